@@ -1,0 +1,3 @@
+"""ismail-core."""
+
+__version__ = "0.1.0"

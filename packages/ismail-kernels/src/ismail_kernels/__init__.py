@@ -1,0 +1,3 @@
+"""ismail-kernels."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+"""ismail-serve."""
+
+__version__ = "0.1.0"

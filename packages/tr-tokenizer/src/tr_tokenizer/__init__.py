@@ -1,0 +1,3 @@
+"""tr-tokenizer."""
+
+__version__ = "0.1.0"

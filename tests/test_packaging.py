@@ -1,0 +1,89 @@
+"""Each package installs and imports on its own, without the rest of the workspace.
+
+These tests build wheels with `uv build` and install them into fresh virtual environments, which
+is what a user who depends on a single package from another repository gets.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ["tr-tokenizer", "ismail-core", "ismail-kernels", "ismail-serve"]
+
+pytestmark = pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not on PATH")
+
+
+def _run(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def _build_wheel(package: str, out: Path) -> Path:
+    _run("uv", "build", "--package", package, "--wheel", "--out-dir", out)
+    wheels = sorted(out.glob(f"{package.replace('-', '_')}-*.whl"))
+    assert wheels, f"no wheel for {package} in {out}"
+    return wheels[-1]
+
+
+def _fresh_venv(path: Path) -> Path:
+    _run("uv", "venv", "--quiet", "--python", sys.executable, path)
+    return path / "bin" / "python"
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_package_metadata(package: str) -> None:
+    meta = tomllib.loads((ROOT / "packages" / package / "pyproject.toml").read_text())["project"]
+    assert meta["name"] == package
+    assert meta["version"] == "0.1.0"
+    assert meta["license"] == "Apache-2.0"
+    assert meta["description"]
+    for doc in ("README.md", "CHANGELOG.md"):
+        assert (ROOT / "packages" / package / doc).is_file()
+
+
+def test_no_local_paths_in_project_files() -> None:
+    files = [ROOT / "pyproject.toml", ROOT / "uv.lock"]
+    files += [ROOT / "packages" / p / "pyproject.toml" for p in PACKAGES]
+    for f in files:
+        text = f.read_text()
+        assert "file://" not in text, f"{f} contains a file:// URL"
+        assert str(ROOT) not in text, f"{f} contains this checkout's path"
+
+
+@pytest.mark.slow
+def test_tokenizer_wheel_installs_without_torch(tmp_path: Path) -> None:
+    wheel = _build_wheel("tr-tokenizer", tmp_path / "dist")
+    python = _fresh_venv(tmp_path / "venv")
+    _run("uv", "pip", "install", "--quiet", "--python", python, wheel)
+    script = (
+        "import importlib.util, tr_tokenizer\n"
+        "assert importlib.util.find_spec('torch') is None, 'torch must not be installed'\n"
+        "print(tr_tokenizer.__version__)\n"
+    )
+    out = _run(python, "-c", script, cwd=tmp_path)
+    assert out.stdout.strip() == "0.1.0"
+
+
+@pytest.mark.slow
+def test_kernels_wheel_installs_without_core(tmp_path: Path) -> None:
+    wheel = _build_wheel("ismail-kernels", tmp_path / "dist")
+    python = _fresh_venv(tmp_path / "venv")
+    _run("uv", "pip", "install", "--quiet", "--python", python, wheel)
+    script = (
+        "import importlib.util, ismail_kernels\n"
+        "for other in ('ismail_core', 'tr_tokenizer', 'ismail_serve'):\n"
+        "    assert importlib.util.find_spec(other) is None, other\n"
+        "print(ismail_kernels.__version__)\n"
+    )
+    out = _run(python, "-c", script, cwd=tmp_path)
+    assert out.stdout.strip() == "0.1.0"
