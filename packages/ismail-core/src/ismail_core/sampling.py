@@ -1,0 +1,168 @@
+"""Token sampling shared by `ismail generate` and the serving engine.
+
+`sample_next` samples one token per row of a batch, each row with its own sampling parameters
+and its own random generator, so a seeded request gives the same tokens whatever else shares
+its batch. `StopMatcher` finds stop strings in streamed text, including ones that span tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SamplingParams:
+    """How to pick the next token.
+
+    temperature: 0 means greedy; otherwise logits are divided by it.
+    top_k: keep the k most likely tokens (0 = all).
+    top_p: keep the smallest set of tokens whose probability reaches top_p (1.0 = all).
+    repetition_penalty: > 1 discourages tokens already in the history (CTRL / HF convention).
+    seed: seeds the request's own generator (None = global RNG).
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+    def make_generator(self, device: torch.device | str = "cpu") -> torch.Generator | None:
+        """A generator seeded with `seed`, or None when the request is unseeded."""
+        if self.seed is None:
+            return None
+        gen = torch.Generator(device=device)
+        gen.manual_seed(self.seed)
+        return gen
+
+
+def apply_repetition_penalty(
+    logits: torch.Tensor, history: Sequence[Sequence[int]], penalties: Sequence[float]
+) -> torch.Tensor:
+    """Penalise tokens already seen in each row's history (returns a new tensor).
+
+    Positive logits are divided by the penalty and negative ones multiplied, so a penalty > 1
+    always lowers the probability of a repeated token.
+    """
+    logits = logits.clone()
+    for row, (seen, penalty) in enumerate(zip(history, penalties, strict=True)):
+        if penalty == 1.0 or not seen:
+            continue
+        idx = torch.tensor(sorted(set(seen)), dtype=torch.long, device=logits.device)
+        picked = logits[row, idx]
+        logits[row, idx] = torch.where(picked > 0, picked / penalty, picked * penalty)
+    return logits
+
+
+def sample_next(
+    logits: torch.Tensor,
+    params: Sequence[SamplingParams],
+    generators: Sequence[torch.Generator | None],
+    history: Sequence[Sequence[int]] | None = None,
+) -> torch.Tensor:
+    """Sample one token id per row of `logits` (B, V); returns a LongTensor of shape (B,).
+
+    Each row uses its own parameters and draws exactly one uniform number from its own
+    generator, so its result does not depend on the other rows in the batch.
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be (batch, vocab), got shape {tuple(logits.shape)}")
+    batch, vocab = logits.shape
+    if not len(params) == len(generators) == batch:
+        raise ValueError(
+            f"need one SamplingParams and one generator per row: got {len(params)} params, "
+            f"{len(generators)} generators for {batch} rows"
+        )
+    logits = logits.float()
+    if history is not None:
+        logits = apply_repetition_penalty(logits, history, [p.repetition_penalty for p in params])
+
+    greedy = torch.tensor([p.temperature == 0 for p in params], device=logits.device)
+    temps = torch.tensor([p.temperature or 1.0 for p in params], device=logits.device)
+    sorted_logits, sorted_idx = torch.sort(logits / temps[:, None], dim=-1, descending=True)
+
+    # top-k: drop ranks >= k (k = 0 keeps everything).
+    ks = torch.tensor([p.top_k or vocab for p in params], device=logits.device)
+    ranks = torch.arange(vocab, device=logits.device)[None, :]
+    sorted_logits = sorted_logits.masked_fill(ranks >= ks[:, None], float("-inf"))
+
+    # top-p: keep a token while the mass of the tokens ranked above it is below top_p; the most
+    # likely token is always kept.
+    probs = torch.softmax(sorted_logits, dim=-1)
+    mass_before = torch.cumsum(probs, dim=-1) - probs
+    top_ps = torch.tensor([p.top_p for p in params], device=logits.device)
+    drop = (mass_before >= top_ps[:, None]) & (top_ps[:, None] < 1.0)
+    probs = probs.masked_fill(drop, 0.0)
+    probs = probs / probs.sum(dim=-1, keepdim=True)
+
+    # Inverse-CDF sampling with one uniform draw per row from that row's generator.
+    uniforms = torch.empty(batch, device=logits.device)
+    for row, gen in enumerate(generators):
+        uniforms[row] = torch.rand((), generator=gen, device=logits.device)
+    cdf = torch.cumsum(probs, dim=-1)
+    rank = torch.searchsorted(cdf, uniforms[:, None] * cdf[:, -1:]).clamp_(max=vocab - 1)
+    # Rounding can land on a zero-probability tail rank; step back to the last kept one.
+    kept = (probs > 0).sum(dim=-1, keepdim=True) - 1
+    rank = torch.minimum(rank, kept)
+    sampled = sorted_idx.gather(1, rank).squeeze(1)
+    return torch.where(greedy, logits.argmax(dim=-1), sampled)
+
+
+class StopMatcher:
+    """Cut streamed text at the first stop string, holding back text that may start one.
+
+    `feed` returns the text that is safe to emit now and whether a stop string was found; text
+    that could be the beginning of a stop string completed by later tokens is held back.
+    After the stream ends without a stop, `flush` returns what was held back.
+    """
+
+    def __init__(self, stops: Sequence[str] | str | None) -> None:
+        if isinstance(stops, str):
+            stops = [stops]
+        self.stops = [s for s in (stops or []) if s]
+        self._held = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Add newly decoded text; return (text safe to emit, whether a stop string was hit)."""
+        if self.stopped:
+            return "", True
+        buf = self._held + text
+        # The stop that completes first wins (ties: the longer one), which makes the result
+        # independent of how the text was split into chunks.
+        hits = [(i + len(s), i) for s in self.stops if (i := buf.find(s)) >= 0]
+        if hits:
+            self.stopped = True
+            self._held = ""
+            return buf[: min(hits)[1]], True
+        hold = self._longest_stop_prefix_suffix(buf)
+        self._held = buf[len(buf) - hold :] if hold else ""
+        return buf[: len(buf) - hold], False
+
+    def flush(self) -> str:
+        """Return held-back text at the end of a stream that did not stop."""
+        held, self._held = self._held, ""
+        return "" if self.stopped else held
+
+    def _longest_stop_prefix_suffix(self, buf: str) -> int:
+        """Length of the longest suffix of `buf` that is a proper prefix of some stop string."""
+        best = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(buf)), best, -1):
+                if buf.endswith(stop[:n]):
+                    best = n
+                    break
+        return best
