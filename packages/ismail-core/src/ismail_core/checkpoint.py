@@ -1,0 +1,206 @@
+"""Checkpoint directories: the contract between training, generation, export and serving.
+
+A checkpoint directory holds
+    config.json          the ModelConfig
+    model.safetensors    the weights (a plain state_dict; tied tensors stored once)
+    tokenizer/           the tokenizer that produced the training data
+    trainer_state.pt     optimizer, schedule, step, RNG and data position (resume only)
+
+It is written into a temporary sibling and renamed into place, so a crash never leaves a
+half-written checkpoint. A run directory keeps its checkpoints under `checkpoints/` with
+symlinks `latest` and `best`; every loader here accepts a run directory, a `checkpoints/`
+folder or a checkpoint directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ismail_core.atomic import atomic_dir
+from ismail_core.tokenizer import Tokenizer, TokenizerError, load_tokenizer
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_DIR = "tokenizer"
+TRAINER_STATE_FILE = "trainer_state.pt"
+CHECKPOINTS_DIR = "checkpoints"
+LATEST = "latest"
+BEST = "best"
+
+# safetensors metadata key listing state-dict entries that share storage with another entry
+# (tied embedding / LM head): {"alias": "stored name"}.
+_ALIASES_KEY = "ismail.aliases"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, incomplete or corrupt; the message names the file."""
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Return the checkpoint directory for a checkpoint, `checkpoints/` folder or run directory."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(
+            f"{path} does not exist: pass a checkpoint directory (with {CONFIG_FILE}) or a run "
+            "directory written by `ismail train`"
+        )
+    if (path / CONFIG_FILE).is_file():
+        return path
+    for pointer in (path / LATEST, path / CHECKPOINTS_DIR / LATEST):
+        if pointer.exists():
+            return pointer.resolve()
+    if path.is_dir() and (path / CHECKPOINTS_DIR).is_dir() or path.name == CHECKPOINTS_DIR:
+        raise CheckpointError(f"{path} has no checkpoint yet (no {CHECKPOINTS_DIR}/{LATEST})")
+    raise CheckpointError(
+        f"{path} is not a checkpoint: it has no {CONFIG_FILE} and no {CHECKPOINTS_DIR}/{LATEST}"
+    )
+
+
+def _unique_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split a state dict into tensors with distinct storage and aliases of the rest.
+
+    safetensors refuses tensors that share memory (a tied embedding and LM head), so each
+    storage is written once and the other names are recorded as aliases.
+    """
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    unique: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    for name, tensor in state.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if tensor.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        unique[name] = tensor.detach().to("cpu").contiguous()
+    return unique, aliases
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Write a state dict as safetensors, storing tied tensors once."""
+    from safetensors.torch import save_file
+
+    unique, aliases = _unique_tensors(state)
+    save_file(unique, str(path), metadata={_ALIASES_KEY: json.dumps(aliases)})
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors state dict written by `save_weights` (aliases restored)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: the checkpoint is incomplete")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = {name: f.get_tensor(name) for name in f.keys()}
+            metadata = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for truncated files
+        raise CheckpointError(f"{path} is corrupt or truncated ({exc})") from exc
+    for alias, name in json.loads(metadata.get(_ALIASES_KEY, "{}")).items():
+        state[alias] = state[name]
+    return state
+
+
+def model_config(model: torch.nn.Module) -> Any:
+    """The ModelConfig of a model, looking through DDP / torch.compile wrappers."""
+    return unwrap_model(model).config
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    trainer_state: dict[str, Any] | None = None,
+    *,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write a checkpoint directory atomically and return its path.
+
+    `state_dict` overrides `model.state_dict()` (the trainer passes the full, gathered state
+    under FSDP); the model is still needed for its config.
+    """
+    directory = Path(directory)
+    if state_dict is None:
+        state_dict = unwrap_model(model).state_dict()
+    with atomic_dir(directory) as tmp:
+        model_config(model).save(tmp / CONFIG_FILE)
+        save_weights(state_dict, tmp / WEIGHTS_FILE)
+        tokenizer.save(tmp / TOKENIZER_DIR)
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
+    return directory
+
+
+def load_config(path: str | Path) -> Any:
+    """The ModelConfig stored in a checkpoint (or run) directory."""
+    from ismail_core.config import ModelConfig
+
+    directory = resolve_checkpoint(path)
+    try:
+        return ModelConfig.load(directory / CONFIG_FILE)
+    except (ValueError, TypeError, KeyError, OSError) as exc:
+        file = directory / CONFIG_FILE
+        raise CheckpointError(f"{file} is not a valid model config: {exc}") from exc
+
+
+def load_checkpoint_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer saved in a checkpoint (or run) directory."""
+    directory = resolve_checkpoint(path)
+    try:
+        return load_tokenizer(directory / TOKENIZER_DIR)
+    except TokenizerError as exc:
+        raise CheckpointError(f"{directory / TOKENIZER_DIR}: {exc}") from exc
+
+
+def load_model(
+    path: str | Path,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[torch.nn.Module, Tokenizer]:
+    """Load (model, tokenizer) from a checkpoint or run directory, in eval mode.
+
+    `device` defaults to CPU; `dtype` converts floating-point weights (default: as stored).
+    """
+    from ismail_core.model import Transformer
+
+    directory = resolve_checkpoint(path)
+    config = load_config(directory)
+    tokenizer = load_checkpoint_tokenizer(directory)
+    state = load_weights(directory / WEIGHTS_FILE)
+    model = Transformer(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{directory / WEIGHTS_FILE} does not match {directory / CONFIG_FILE}: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    model.to(device or "cpu")
+    if dtype is not None:
+        model.to(dtype)
+    model.eval()
+    return model, tokenizer
+
+
+def load_trainer_state(path: str | Path) -> dict[str, Any] | None:
+    """The resume state of a checkpoint, or None when it was saved without one."""
+    file = resolve_checkpoint(path) / TRAINER_STATE_FILE
+    if not file.is_file():
+        return None
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle / zip errors on a truncated file
+        raise CheckpointError(f"{file} is corrupt or truncated ({exc})") from exc

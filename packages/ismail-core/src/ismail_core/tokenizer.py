@@ -1,0 +1,217 @@
+"""One tokenizer interface for the data pipeline, trainer, checkpoints and server.
+
+`load_tokenizer(spec)` returns an object with tr_tokenizer's surface (encode(text).ids, decode,
+decode_stream, encode_batch, vocab_size, eos_id, bos_id, pad_id, special_tokens, save(dir),
+fingerprint) plus `kind` ("tr" or "hf"), whatever the tokenizer behind it:
+
+- None or "tr": the tr-tokenizer shipped with the `tr_tokenizer` package;
+- a directory written by `save` (ours, tr_tokenizer's, or one holding a `tokenizer.json`);
+- a Hugging Face `tokenizer.json` file (for example Mistral's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from ismail_core.atomic import atomic_dir
+
+# Written next to the tokenizer files by `save` so a saved directory loads back as the same kind.
+MARKER_FILE = "ismail_tokenizer.json"
+HF_FILE = "tokenizer.json"
+
+# Names Hugging Face tokenizers commonly use for their special tokens, most common first.
+_EOS_NAMES = ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|eot_id|>", "<|im_end|>")
+_BOS_NAMES = ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>")
+_PAD_NAMES = ("<pad>", "<|pad|>", "[PAD]", "<|finetune_right_pad_id|>")
+
+
+class TokenizerError(ValueError):
+    """A tokenizer spec that cannot be loaded (missing path, unknown format)."""
+
+
+class HFTokenizer:
+    """A Hugging Face `tokenizers.Tokenizer` (tokenizer.json) behind tr_tokenizer's surface."""
+
+    kind = "hf"
+
+    def __init__(self, tokenizer: Any, source: str = "") -> None:
+        self._tok = tokenizer
+        self.source = source
+        self.special_tokens: dict[str, int] = {
+            added.content: idx
+            for idx, added in tokenizer.get_added_tokens_decoder().items()
+            if added.special
+        }
+        self.eos_id = self._first_special(_EOS_NAMES)
+        self.bos_id = self._first_special(_BOS_NAMES)
+        self.pad_id = self._first_special(_PAD_NAMES)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> HFTokenizer:
+        """Load a `tokenizer.json` file."""
+        from tokenizers import Tokenizer
+
+        try:
+            return cls(Tokenizer.from_file(str(path)), source=str(path))
+        except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
+            msg = f"{path} is not a valid Hugging Face tokenizer.json: {exc}"
+            raise TokenizerError(msg) from exc
+
+    def _first_special(self, names: tuple[str, ...]) -> int | None:
+        for name in names:
+            idx = self._tok.token_to_id(name)
+            if idx is not None:
+                return idx
+        return None
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def fingerprint(self) -> str:
+        """Stable hash of the tokenizer definition (vocabulary, merges, normaliser, ...)."""
+        canonical = json.dumps(json.loads(self._tok.to_str()), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def encode(self, text: str) -> Any:
+        """Encode without template special tokens; an Encoding with ids, tokens, offsets."""
+        return self._tok.encode(text, add_special_tokens=False)
+
+    def encode_batch(self, texts: list[str]) -> list[Any]:
+        return self._tok.encode_batch(texts, add_special_tokens=False)
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def decode_stream(self, skip_special_tokens: bool = False) -> IncrementalDecoder:
+        return IncrementalDecoder(self.decode, skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+    def id_to_token(self, idx: int) -> str | None:
+        return self._tok.id_to_token(idx)
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._tok.save(str(directory / HF_FILE))
+        _write_marker(directory, self.kind)
+
+
+class IncrementalDecoder:
+    """Streaming decode for tokenizers without their own: text is emitted once it is complete.
+
+    Decodes a sliding window of ids (from the start of the previous emitted piece) so pieces
+    whose text depends on their left neighbour (leading spaces, byte-level UTF-8 fragments) are
+    decoded in context; text ending in U+FFFD (an incomplete UTF-8 sequence) is held back.
+    """
+
+    def __init__(self, decode: Any, skip_special_tokens: bool) -> None:
+        self._decode = decode
+        self._skip = skip_special_tokens
+        self._ids: list[int] = []
+        self._prefix = 0  # start of the decode window
+        self._read = 0  # ids before this index have been emitted
+
+    def step(self, token_id: int) -> str:
+        """Add one id; return the newly completed text (possibly "")."""
+        self._ids.append(int(token_id))
+        prefix_text = self._decode(self._ids[self._prefix : self._read], self._skip)
+        text = self._decode(self._ids[self._prefix :], self._skip)
+        if len(text) > len(prefix_text) and not text.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self._ids)
+            return text[len(prefix_text) :]
+        return ""
+
+    def flush(self) -> str:
+        """Return whatever is still held back at the end of the stream."""
+        prefix_text = self._decode(self._ids[self._prefix : self._read], self._skip)
+        text = self._decode(self._ids[self._prefix :], self._skip)
+        self._prefix = self._read = len(self._ids)
+        return text[len(prefix_text) :]
+
+
+class TrTokenizer:
+    """tr_tokenizer's Tokenizer with `kind` and a `save` that records the kind."""
+
+    kind = "tr"
+
+    def __init__(self, tokenizer: Any, source: str = "") -> None:
+        self._tok = tokenizer
+        self.source = source
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (encode, decode, decode_stream, vocab_size, ids, fingerprint) is
+        # tr_tokenizer's own implementation of the shared contract.
+        return getattr(self._tok, name)
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._tok.save(directory)
+        _write_marker(directory, self.kind)
+
+
+Tokenizer = HFTokenizer | TrTokenizer
+
+
+def _write_marker(directory: Path, kind: str) -> None:
+    (directory / MARKER_FILE).write_text(json.dumps({"kind": kind}) + "\n")
+
+
+def _load_tr(path: str | Path | None) -> TrTokenizer:
+    try:
+        import tr_tokenizer
+    except ImportError as exc:  # pragma: no cover - tr-tokenizer is a hard dependency
+        raise TokenizerError("tr-tokenizer is not installed: `uv sync --all-packages`") from exc
+    if not hasattr(tr_tokenizer, "load"):
+        raise TokenizerError(
+            "this tr-tokenizer has no load(); pass a Hugging Face tokenizer.json instead "
+            "(--tokenizer path/to/tokenizer.json)"
+        )
+    return TrTokenizer(tr_tokenizer.load(None if path is None else Path(path)), str(path or "tr"))
+
+
+def load_tokenizer(spec: str | Path | None = None) -> Tokenizer:
+    """Load a tokenizer from a spec (see the module docstring); raises TokenizerError."""
+    if isinstance(spec, HFTokenizer | TrTokenizer):
+        return spec
+    if spec is None or str(spec) in ("tr", "tr-tokenizer"):
+        return _load_tr(None)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise TokenizerError(
+            f"tokenizer {spec!r} not found: give 'tr' for the shipped Turkish tokenizer, a "
+            "directory saved by tr-tokenizer or ismail, or a Hugging Face tokenizer.json"
+        )
+    if path.is_file():
+        return HFTokenizer.from_file(path)
+    marker = path / MARKER_FILE
+    if marker.is_file():
+        kind = json.loads(marker.read_text()).get("kind")
+        if kind == "hf":
+            return HFTokenizer.from_file(path / HF_FILE)
+        if kind == "tr":
+            return _load_tr(path)
+        raise TokenizerError(f"{marker}: unknown tokenizer kind {kind!r}")
+    # A directory without our marker: tr_tokenizer's own save, else a Hugging Face folder.
+    try:
+        return _load_tr(path)
+    except Exception as tr_error:
+        if (path / HF_FILE).is_file():
+            return HFTokenizer.from_file(path / HF_FILE)
+        raise TokenizerError(
+            f"{path} holds neither a tr-tokenizer nor a Hugging Face {HF_FILE} ({tr_error})"
+        ) from tr_error
+
+
+def save_tokenizer(tokenizer: Tokenizer, directory: str | Path) -> Path:
+    """Save a tokenizer into `directory` atomically (temporary directory, then rename)."""
+    with atomic_dir(directory) as tmp:
+        tokenizer.save(tmp)
+    return Path(directory)
