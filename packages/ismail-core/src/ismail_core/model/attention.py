@@ -1,0 +1,167 @@
+"""Attention layers: Multi-Head Latent Attention (DeepSeek-V3) and standard MHA/GQA.
+
+Both take x (B, T, dim), the rope cos/sin of the tokens' positions, and either a training-time
+mask (None = plain causal) or a cache plus CacheView for incremental decoding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .cache import CacheView, KVCache, MLACache
+from .norm import RMSNorm
+from .rope import apply_rope, yarn_mscale
+
+Rope = tuple[torch.Tensor, torch.Tensor] | None
+
+
+def _sdpa(q, k, v, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """q (B, H, T, D), k (B, H, S, D), v (B, H, S, Dv); mask None means causal."""
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale
+    )
+
+
+class MLA(nn.Module):
+    """Multi-Head Latent Attention.
+
+    q = wq(x) or wq_b(q_norm(wq_a(x))); wkv_a(x) = [latent (kv_lora_rank), k_pe (qk_rope_head_dim)];
+    wkv_b(kv_norm(latent)) = per-head [k_nope, v]; the rope key k_pe is shared by all heads.
+    Training runs SDPA on decompressed keys/values. Cached calls store only the normed latent
+    and the rotated k_pe and attend with wkv_b absorbed into the query and the output.
+    """
+
+    def __init__(self, cfg: ModelConfig, layer_id: int):
+        super().__init__()
+        self.layer_id = layer_id
+        self.n_heads = cfg.n_heads
+        self.q_lora_rank = cfg.q_lora_rank
+        self.kv_lora_rank = cfg.kv_lora_rank
+        self.qk_nope_head_dim = cfg.qk_nope_head_dim
+        self.qk_rope_head_dim = cfg.qk_rope_head_dim
+        self.v_head_dim = cfg.v_head_dim
+        qk_head_dim = cfg.qk_head_dim
+        if self.q_lora_rank == 0:
+            self.wq = nn.Linear(cfg.dim, cfg.n_heads * qk_head_dim, bias=False)
+        else:
+            self.wq_a = nn.Linear(cfg.dim, cfg.q_lora_rank, bias=False)
+            self.q_norm = RMSNorm(cfg.q_lora_rank)
+            self.wq_b = nn.Linear(cfg.q_lora_rank, cfg.n_heads * qk_head_dim, bias=False)
+        self.wkv_a = nn.Linear(cfg.dim, cfg.kv_lora_rank + cfg.qk_rope_head_dim, bias=False)
+        self.kv_norm = RMSNorm(cfg.kv_lora_rank)
+        self.wkv_b = nn.Linear(
+            cfg.kv_lora_rank, cfg.n_heads * (cfg.qk_nope_head_dim + cfg.v_head_dim), bias=False
+        )
+        self.wo = nn.Linear(cfg.n_heads * cfg.v_head_dim, cfg.dim, bias=False)
+        self.softmax_scale = qk_head_dim**-0.5 * yarn_mscale(cfg.rope_factor, cfg.mscale) ** 2
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: Rope,
+        mask: torch.Tensor | None = None,
+        cache: MLACache | None = None,
+        view: CacheView | None = None,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        H = self.n_heads
+        q = self.wq(x) if self.q_lora_rank == 0 else self.wq_b(self.q_norm(self.wq_a(x)))
+        q = q.view(B, T, H, -1)
+        q_nope, q_pe = q.split([self.qk_nope_head_dim, self.qk_rope_head_dim], dim=-1)
+        cos, sin = rope
+        q_pe = apply_rope(q_pe, cos, sin)
+        latent, k_pe = self.wkv_a(x).split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
+        latent = self.kv_norm(latent)  # (B, T, kv_lora_rank)
+        k_pe = apply_rope(k_pe.unsqueeze(2), cos, sin).squeeze(2)  # (B, T, rope)
+        if cache is None:
+            out = self._dense(q_nope, q_pe, latent, k_pe, mask)
+        else:
+            out = self._absorbed(q_nope, q_pe, latent, k_pe, cache, view)
+        return self.wo(out.reshape(B, T, H * self.v_head_dim))
+
+    def _dense(self, q_nope, q_pe, latent, k_pe, mask) -> torch.Tensor:
+        """Decompress keys/values and run SDPA (training and uncached inference)."""
+        B, T, H, _ = q_nope.shape
+        kv = self.wkv_b(latent).view(B, T, H, self.qk_nope_head_dim + self.v_head_dim)
+        k_nope, v = kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)
+        q = torch.cat([q_nope, q_pe], dim=-1)
+        k = torch.cat([k_nope, k_pe.unsqueeze(2).expand(-1, -1, H, -1)], dim=-1)
+        out = _sdpa(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.softmax_scale
+        )
+        return out.transpose(1, 2)  # (B, T, H, v_head_dim)
+
+    def _absorbed(self, q_nope, q_pe, latent, k_pe, cache: MLACache, view: CacheView):
+        """Write latent/k_pe into the cache, attend over it with wkv_b folded into q and out."""
+        layer_latent = cache.latent[self.layer_id]
+        layer_rope = cache.rope_key[self.layer_id]
+        rows = view.slots[:, None]
+        layer_latent[rows, view.positions] = latent.to(layer_latent.dtype)
+        layer_rope[rows, view.positions] = k_pe.to(layer_rope.dtype)
+        lat = layer_latent[view.slots, : view.kv_len].to(q_nope.dtype)  # (B, S, r)
+        pe = layer_rope[view.slots, : view.kv_len].to(q_nope.dtype)  # (B, S, rope)
+        wkv_b = self.wkv_b.weight.view(self.n_heads, -1, self.kv_lora_rank)
+        q_lat = torch.einsum("bthd,hdc->bthc", q_nope, wkv_b[:, : self.qk_nope_head_dim])
+        scores = torch.einsum("bthc,bsc->bhts", q_lat, lat) + torch.einsum(
+            "bthr,bsr->bhts", q_pe, pe
+        )
+        scores = (scores.float() * self.softmax_scale).masked_fill(~view.mask, float("-inf"))
+        probs = scores.softmax(dim=-1).to(q_nope.dtype)
+        out = torch.einsum("bhts,bsc->bthc", probs, lat)
+        return torch.einsum("bthc,hdc->bthd", out, wkv_b[:, self.qk_nope_head_dim :])
+
+
+class Attention(nn.Module):
+    """Standard causal attention: multi-head (n_kv_heads == n_heads) or grouped-query.
+
+    Rotary positions are applied to q and k when the config uses rope.
+    """
+
+    def __init__(self, cfg: ModelConfig, layer_id: int):
+        super().__init__()
+        self.layer_id = layer_id
+        self.n_heads = cfg.n_heads
+        self.n_kv_heads = cfg.kv_heads
+        self.head_dim = cfg.attn_head_dim
+        self.wq = nn.Linear(cfg.dim, self.n_heads * self.head_dim, bias=cfg.bias)
+        self.wk = nn.Linear(cfg.dim, self.n_kv_heads * self.head_dim, bias=cfg.bias)
+        self.wv = nn.Linear(cfg.dim, self.n_kv_heads * self.head_dim, bias=cfg.bias)
+        self.wo = nn.Linear(self.n_heads * self.head_dim, cfg.dim, bias=cfg.bias)
+        mscale = yarn_mscale(cfg.rope_factor, cfg.mscale) if cfg.pos_emb == "rope" else 1.0
+        self.softmax_scale = self.head_dim**-0.5 * mscale**2
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: Rope,
+        mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        view: CacheView | None = None,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            keys, values = cache.keys[self.layer_id], cache.values[self.layer_id]
+            rows = view.slots[:, None]
+            keys[rows, view.positions] = k.to(keys.dtype)
+            values[rows, view.positions] = v.to(values.dtype)
+            k = keys[view.slots, : view.kv_len].to(x.dtype)
+            v = values[view.slots, : view.kv_len].to(x.dtype)
+            mask = view.mask
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if self.n_kv_heads != self.n_heads:
+            repeat = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        out = _sdpa(q, k, v, mask, self.softmax_scale).transpose(1, 2)
+        return self.wo(out.reshape(B, T, -1))
+
+
+def make_attention(cfg: ModelConfig, layer_id: int) -> nn.Module:
+    return MLA(cfg, layer_id) if cfg.attention == "mla" else Attention(cfg, layer_id)

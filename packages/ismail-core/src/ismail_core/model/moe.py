@@ -1,0 +1,164 @@
+"""Mixture of experts: DeepSeek-V3 sigmoid gate with aux-loss-free balancing, or a Switch/GShard
+softmax gate with router noise and a capacity factor; SwiGLU routed and shared experts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .mlp import SwiGLU
+
+
+@dataclass
+class RouterStats:
+    """Per-layer routing statistics of one forward call.
+
+    load: (n_routed_experts,) int64 token-to-expert assignments before capacity dropping;
+    dropped: int64 scalar, assignments dropped by the capacity factor; aux_loss: float scalar.
+    """
+
+    load: torch.Tensor
+    dropped: torch.Tensor
+    aux_loss: torch.Tensor
+
+
+class Gate(nn.Module):
+    """Top-k router.
+
+    scores = sigmoid(x W^T) (DeepSeek-V3) or softmax(x W^T + noise) (Switch/GShard). A float32
+    bias, updated outside autograd by update_bias, is added for expert *selection* only; the
+    combine weights come from the unbiased scores (normalised over the top-k when norm_topk_prob)
+    times route_scale. Group-limited routing keeps the n_limited_groups best groups (scored by
+    the sum of their two best experts) and masks the others with -inf.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dim = cfg.dim
+        self.n_experts = cfg.n_routed_experts
+        self.topk = cfg.n_activated_experts
+        self.n_groups = cfg.n_expert_groups
+        self.topk_groups = cfg.n_limited_groups
+        self.score_func = cfg.score_func
+        self.route_scale = cfg.route_scale
+        self.norm_topk_prob = cfg.norm_topk_prob
+        self.router_noise = cfg.router_noise
+        self.weight = nn.Parameter(torch.empty(cfg.n_routed_experts, cfg.dim))
+        self.register_buffer("bias", torch.zeros(cfg.n_routed_experts, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (N, dim) -> combine weights (N, k), expert ids (N, k), fp32 scores (N, E)."""
+        logits = F.linear(x.float(), self.weight.float())
+        if self.training and self.router_noise > 0:
+            logits = logits + torch.randn_like(logits) * self.router_noise
+        scores = logits.sigmoid() if self.score_func == "sigmoid" else logits.softmax(dim=-1)
+        choice = scores + self.bias
+        if self.n_groups > 1:
+            grouped = choice.view(x.shape[0], self.n_groups, -1)
+            group_scores = grouped.topk(min(2, grouped.shape[-1]), dim=-1).values.sum(dim=-1)
+            best_groups = group_scores.topk(self.topk_groups, dim=-1).indices
+            keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, best_groups, True)
+            choice = grouped.masked_fill(~keep[..., None], float("-inf")).flatten(1)
+        indices = choice.topk(self.topk, dim=-1).indices
+        weights = scores.gather(1, indices)
+        if self.norm_topk_prob:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        return (weights * self.route_scale).type_as(x), indices, scores
+
+    @torch.no_grad()
+    def update_bias(self, load: torch.Tensor, speed: float) -> None:
+        """Aux-loss-free balancing: bias += speed * sign(mean_load - load), re-centred at 0."""
+        if load.sum() == 0:
+            return
+        load = load.float()
+        self.bias += speed * torch.sign(load.mean() - load)
+        self.bias -= self.bias.mean()
+
+
+class MoE(nn.Module):
+    """Routed SwiGLU experts (top-k of n_routed_experts) plus always-active shared experts.
+
+    Tokens are sorted by expert and each expert runs one batched matmul over its slice (a loop
+    over experts, never over tokens). With capacity_factor > 0 each expert takes at most
+    ceil(capacity_factor * tokens * k / experts) assignments, first choices before second
+    choices, earlier tokens first; the rest are dropped (the token keeps its residual and the
+    shared experts) and counted.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_experts = cfg.n_routed_experts
+        self.topk = cfg.n_activated_experts
+        self.capacity_factor = cfg.capacity_factor
+        self.aux_loss_coeff = cfg.aux_loss_coeff
+        self.gate = Gate(cfg)
+        self.experts = nn.ModuleList(
+            SwiGLU(cfg.dim, cfg.moe_inter_dim) for _ in range(cfg.n_routed_experts)
+        )
+        self.shared_experts = (
+            SwiGLU(cfg.dim, cfg.moe_inter_dim * cfg.n_shared_experts)
+            if cfg.n_shared_experts > 0
+            else None
+        )
+        # assignments counted since the last update_expert_bias(); filled by Transformer.forward
+        self.register_buffer(
+            "load_since_update",
+            torch.zeros(cfg.n_routed_experts, dtype=torch.long),
+            persistent=False,
+        )
+
+    def _keep_within_capacity(self, indices: torch.Tensor) -> torch.Tensor:
+        """indices (N, k) -> bool (N, k): assignments that fit in their expert's capacity."""
+        n_tokens = indices.shape[0]
+        capacity = math.ceil(self.capacity_factor * n_tokens * self.topk / self.n_experts)
+        choice_major = indices.t().reshape(-1)  # all first choices, then all second choices, ...
+        onehot = F.one_hot(choice_major, self.n_experts)
+        position = (onehot.cumsum(dim=0) * onehot).sum(dim=-1) - 1  # place in the expert queue
+        return (position < capacity).view(self.topk, n_tokens).t()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterStats]:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        weights, indices, scores = self.gate(x)
+        flat_experts = indices.reshape(-1)  # (N * k,), token-major
+        with torch.no_grad():
+            load = torch.bincount(flat_experts, minlength=self.n_experts)
+        dropped = torch.zeros((), dtype=torch.long, device=x.device)
+        if self.capacity_factor > 0:
+            keep = self._keep_within_capacity(indices).reshape(-1)
+            dropped = (~keep).sum()
+            # dropped assignments sort after every real expert and are never computed
+            flat_experts = flat_experts.masked_fill(~keep, self.n_experts)
+        order = flat_experts.argsort(stable=True)
+        counts = torch.bincount(flat_experts, minlength=self.n_experts + 1)[: self.n_experts]
+        n_kept = int(counts.sum())
+        order = order[:n_kept]
+        token_ids = order // self.topk
+        routed_in = x[token_ids]
+        outputs, start = [], 0
+        for expert, n in zip(self.experts, counts.tolist()):
+            if n:
+                outputs.append(expert(routed_in[start : start + n]))
+            start += n
+        y = torch.zeros_like(x)
+        if outputs:
+            routed_out = torch.cat(outputs) * weights.reshape(-1)[order, None]
+            y = y.index_add(0, token_ids, routed_out)
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(x)
+        aux = self._aux_loss(scores, load, x.shape[0])
+        return y.view(shape), RouterStats(load=load, dropped=dropped, aux_loss=aux)
+
+    def _aux_loss(self, scores: torch.Tensor, load: torch.Tensor, n_tokens: int) -> torch.Tensor:
+        """Switch-style balance loss coeff * E * sum_i f_i * P_i (f: share of assignments,
+        P: mean routing probability with scores normalised per token); 0 when disabled."""
+        if self.aux_loss_coeff == 0 or not self.training:
+            return torch.zeros((), device=scores.device)
+        probs = scores / scores.sum(dim=-1, keepdim=True)
+        frac = load.float() / (n_tokens * self.topk)
+        return self.aux_loss_coeff * self.n_experts * (frac * probs.mean(dim=0)).sum()

@@ -1,0 +1,267 @@
+"""The decoder: Block (attention + feed-forward) and Transformer (embedding, blocks, LM head)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..config import ModelConfig
+from .attention import make_attention
+from .cache import CacheView, make_view, new_cache
+from .mlp import GeluMLP, SwiGLU
+from .moe import MoE, RouterStats
+from .norm import make_norm
+from .rope import RotaryEmbedding
+
+
+@dataclass
+class ModelOutput:
+    """What Transformer.forward returns when labels are given (or return_output=True).
+
+    loss: lm_loss + aux_loss (None without labels); logits: (B, T, vocab);
+    aux_loss: summed MoE balance loss; expert_load: per-MoE-layer (n_routed_experts,) int64 counts
+    of token-to-expert assignments; dropped_tokens: assignments dropped by the capacity factor.
+    """
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    lm_loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    expert_load: list[torch.Tensor] = field(default_factory=list)
+    dropped_tokens: torch.Tensor | None = None
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + ffn(norm(x)).
+
+    The feed-forward is dense (SwiGLU or GELU) for the first n_dense_layers, MoE afterwards.
+    forward returns (x, RouterStats or None).
+    """
+
+    def __init__(self, cfg: ModelConfig, layer_id: int):
+        super().__init__()
+        self.attn_norm = make_norm(cfg)
+        self.attn = make_attention(cfg, layer_id)
+        self.ffn_norm = make_norm(cfg)
+        if cfg.is_moe_layer(layer_id):
+            self.ffn = MoE(cfg)
+        elif cfg.mlp == "gelu":
+            self.ffn = GeluMLP(cfg.dim, cfg.inter_dim, bias=cfg.bias)
+        else:
+            self.ffn = SwiGLU(cfg.dim, cfg.inter_dim, bias=cfg.bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None = None,
+        cache=None,
+        view: CacheView | None = None,
+    ) -> tuple[torch.Tensor, RouterStats | None]:
+        x = x + self.attn(self.attn_norm(x), rope, mask, cache, view)
+        if isinstance(self.ffn, MoE):
+            out, stats = self.ffn(self.ffn_norm(x))
+            return x + out, stats
+        return x + self.ffn(self.ffn_norm(x)), None
+
+
+class Transformer(nn.Module):
+    """DeepSeek-V3-style decoder (MLA or MHA/GQA attention, dense or MoE feed-forward).
+
+    model(input_ids) -> logits (B, T, vocab); model(input_ids, labels=ids) -> ModelOutput with
+    the shifted LM loss (ignore_index -100) plus MoE aux loss. With cache=model.new_cache(...)
+    the call writes the new tokens at start_pos (int or (B,) tensor) of the cache rows `slots`
+    and attends to each row's positions < start_pos + T.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.activation_checkpointing = cfg.activation_checkpointing
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.pos_embed = (
+            nn.Embedding(cfg.max_seq_len, cfg.dim) if cfg.pos_emb == "learned" else None
+        )
+        rope_dim = cfg.qk_rope_head_dim if cfg.attention == "mla" else cfg.attn_head_dim
+        self.rotary = RotaryEmbedding(cfg, rope_dim) if cfg.pos_emb == "rope" else None
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = make_norm(cfg)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.weight
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ initialisation
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) weights, zero biases, unit norms; residual output projections
+        scaled by 1/sqrt(2 * n_layers) (GPT-2) so a fresh model's loss is close to ln(vocab)."""
+        std = self.cfg.init_std
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+            elif (
+                hasattr(module, "weight") and module.weight is not None and module.weight.ndim == 1
+            ):
+                nn.init.ones_(module.weight)  # RMSNorm / LayerNorm
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        for name, param in self.named_parameters():
+            if name.endswith(("attn.wo.weight", "w2.weight", "ffn.proj.weight")):
+                nn.init.normal_(param, std=std / math.sqrt(2 * self.cfg.n_layers))
+            elif name.endswith("gate.weight"):
+                nn.init.normal_(param, std=std)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        cache=None,
+        start_pos: int | torch.Tensor = 0,
+        slots: torch.Tensor | None = None,
+        return_output: bool = False,
+    ) -> torch.Tensor | ModelOutput:
+        """input_ids (B, T) -> logits (B, T, vocab), or ModelOutput when labels are given or
+        return_output is True."""
+        if input_ids.ndim != 2:
+            raise ValueError(
+                f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}"
+            )
+        B, T = input_ids.shape
+        device = input_ids.device
+        view = None
+        mask = None
+        if cache is None:
+            if not isinstance(start_pos, int) or start_pos != 0 or slots is not None:
+                raise ValueError(
+                    "start_pos and slots need a cache: pass cache=model.new_cache(...)"
+                )
+            positions = torch.arange(T, device=device)
+            if self.cfg.sliding_window and T > self.cfg.sliding_window:
+                mask = sliding_window_mask(T, self.cfg.sliding_window, device)
+        else:
+            view = make_view(cache, B, T, start_pos, slots, self.cfg.sliding_window, device)
+            positions = view.positions
+        h = self.embed(input_ids)
+        if self.pos_embed is not None:
+            if int(positions.max()) >= self.cfg.max_seq_len:
+                raise ValueError(
+                    f"position {int(positions.max())} exceeds max_seq_len {self.cfg.max_seq_len} "
+                    "of this learned-position model; shorten the input"
+                )
+            h = h + self.pos_embed(positions)
+        rope = self.rotary(positions) if self.rotary is not None else None
+
+        stats: list[RouterStats] = []
+        checkpointing = self.activation_checkpointing and self.training and cache is None
+        for layer in self.layers:
+            if checkpointing:
+                h, layer_stats = checkpoint(layer, h, rope, mask, use_reentrant=False)
+            else:
+                h, layer_stats = layer(h, rope, mask, cache, view)
+            if layer_stats is not None:
+                stats.append(layer_stats)
+        logits = self.head(self.norm(h))
+
+        # loads are accumulated here, outside any checkpointed region, so recomputation in the
+        # backward pass never counts a token twice
+        if self.training and stats:
+            with torch.no_grad():
+                for moe, s in zip(self.moe_layers(), stats):
+                    moe.load_since_update += s.load
+        if labels is None and not return_output:
+            return logits
+        aux = sum((s.aux_loss for s in stats), torch.zeros((), device=device))
+        out = ModelOutput(
+            logits=logits,
+            aux_loss=aux,
+            expert_load=[s.load for s in stats],
+            dropped_tokens=sum((s.dropped for s in stats), torch.zeros((), device=device).long()),
+        )
+        if labels is not None:
+            out.lm_loss = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
+            )
+            out.loss = out.lm_loss + aux
+        return out
+
+    # ------------------------------------------------------------------ inference cache
+    def new_cache(self, max_batch: int, max_len: int, device=None, dtype=None):
+        """Empty KV cache for max_batch rows of max_len positions (MLACache or KVCache);
+        device/dtype default to the model's."""
+        param = self.embed.weight
+        return new_cache(self.cfg, max_batch, max_len, device or param.device, dtype or param.dtype)
+
+    # ------------------------------------------------------------------ mixture of experts
+    def moe_layers(self) -> list[MoE]:
+        return [layer.ffn for layer in self.layers if isinstance(layer.ffn, MoE)]
+
+    @torch.no_grad()
+    def update_expert_bias(self) -> None:
+        """Aux-loss-free balancing step: nudge each gate's selection bias toward uniform load
+        using the assignments counted since the previous call, then reset the counts.
+        The trainer calls this after each optimizer step."""
+        for moe in self.moe_layers():
+            if self.cfg.bias_update_speed > 0:
+                moe.gate.update_bias(moe.load_since_update, self.cfg.bias_update_speed)
+            moe.load_since_update.zero_()
+
+    def set_trainable_experts(self, expert_ids: Iterable[int] | None) -> None:
+        """Train only the routed experts in expert_ids (in every MoE layer); freeze the others
+        (requires_grad=False and grad=None, so optimizers keep no state for them).
+        None makes every expert trainable again."""
+        chosen = None if expert_ids is None else {int(e) for e in expert_ids}
+        n = self.cfg.n_routed_experts
+        if chosen is not None and not all(0 <= e < n for e in chosen):
+            raise ValueError(f"expert ids must be in [0, {n}), got {sorted(chosen)}")
+        for moe in self.moe_layers():
+            for i, expert in enumerate(moe.experts):
+                trainable = chosen is None or i in chosen
+                for p in expert.parameters():
+                    p.requires_grad_(trainable)
+                    if not trainable:
+                        p.grad = None
+
+    # ------------------------------------------------------------------ accounting
+    def num_parameters(self, active_only: bool = False) -> int:
+        """Parameter count (tied weights once); active_only counts only the routed experts a
+        token uses (n_activated_experts of n_routed_experts)."""
+        total = sum(p.numel() for p in self.parameters())
+        if active_only:
+            for moe in self.moe_layers():
+                per_expert = sum(p.numel() for p in moe.experts[0].parameters())
+                total -= (moe.n_experts - moe.topk) * per_expert
+        return total
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token as nanoGPT counts them: 6 N + attention, with N the active
+        non-embedding parameters (the LM head counts) and attention 6 L H T (d_qk + d_v)
+        (= 12 L H Q T for equal head sizes), T limited by the sliding window."""
+        cfg = self.cfg
+        n = self.num_parameters(active_only=True)
+        if not cfg.tie_embeddings:
+            n -= self.embed.weight.numel()
+        if self.pos_embed is not None:
+            n -= self.pos_embed.weight.numel()
+        span = min(seq_len, cfg.sliding_window) if cfg.sliding_window else seq_len
+        attn = 6 * cfg.n_layers * cfg.n_heads * span * (cfg.qk_head_dim + cfg.value_head_dim)
+        return 6 * n + attn
+
+
+def sliding_window_mask(seq_len: int, window: int, device) -> torch.Tensor:
+    """(T, T) bool mask: query i attends to keys j with i - window < j <= i."""
+    i = torch.arange(seq_len, device=device)
+    dist = i[:, None] - i[None, :]
+    return (dist >= 0) & (dist < window)

@@ -1,0 +1,187 @@
+"""Transformer behaviour: loss at init, cached decoding == full forward, cache shapes,
+continuous batching rows, variants (MHA/GQA/sliding window/YaRN/learned positions)."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from ismail_core.model import KVCache, MLACache, ModelConfig, ModelOutput, Transformer
+
+# a few-thousand-parameter version of the tiny preset: every test runs in milliseconds
+SMALL = dict(
+    vocab_size=97,
+    max_seq_len=64,
+    dim=48,
+    n_layers=3,
+    n_heads=4,
+    kv_lora_rank=16,
+    qk_nope_head_dim=8,
+    qk_rope_head_dim=8,
+    v_head_dim=12,
+    inter_dim=64,
+    moe_inter_dim=24,
+    n_dense_layers=1,
+    n_routed_experts=4,
+    n_activated_experts=2,
+)
+
+VARIANTS = {
+    "mla-moe": {},
+    "mla-qlora-yarn": dict(q_lora_rank=24, rope_factor=4.0, original_max_seq_len=16),
+    "mla-window": dict(sliding_window=5),
+    "mha-dense": dict(attention="mha", n_routed_experts=0),
+    "gqa-moe-window": dict(attention="gqa", n_kv_heads=2, sliding_window=6),
+    "gpt2-like": dict(
+        attention="mha",
+        pos_emb="learned",
+        mlp="gelu",
+        norm="layernorm",
+        bias=True,
+        n_routed_experts=0,
+        tie_embeddings=True,
+    ),
+}
+
+
+def make_model(seed: int = 0, **overrides) -> Transformer:
+    torch.manual_seed(seed)
+    return Transformer(ModelConfig.preset("tiny", **{**SMALL, **overrides})).eval()
+
+
+def test_fresh_loss_is_near_ln_vocab():
+    model = make_model(vocab_size=1000, dim=64).train()
+    ids = torch.randint(0, 1000, (2, 32))
+    out = model(ids, labels=ids)
+    assert isinstance(out, ModelOutput)
+    assert abs(out.loss.item() - math.log(1000)) < 0.3
+    assert out.logits.shape == (2, 32, 1000)
+    assert len(out.expert_load) == SMALL["n_layers"] - SMALL["n_dense_layers"]
+    for load in out.expert_load:  # every token picks exactly k experts
+        assert load.sum().item() == 2 * 32 * SMALL["n_activated_experts"]
+
+
+def test_plain_call_returns_logits_and_labels_are_shifted_with_ignore_index():
+    model = make_model()
+    ids = torch.randint(0, 97, (2, 10))
+    logits = model(ids)
+    assert torch.is_tensor(logits) and logits.shape == (2, 10, 97)
+    labels = ids.clone()
+    labels[:, :5] = -100
+    out = model(ids, labels=labels)
+    expected = torch.nn.functional.cross_entropy(
+        logits[:, 4:-1].reshape(-1, 97), ids[:, 5:].reshape(-1)
+    )
+    torch.testing.assert_close(out.lm_loss, expected)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_incremental_decoding_matches_full_forward(variant):
+    model = make_model(**VARIANTS[variant])
+    ids = torch.randint(0, 97, (2, 20))
+    with torch.no_grad():
+        full = model(ids)
+        cache = model.new_cache(max_batch=2, max_len=32)
+        pieces = [model(ids[:, :7], cache=cache, start_pos=0)]
+        for t in range(7, 20):
+            pieces.append(model(ids[:, t : t + 1], cache=cache, start_pos=t))
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=2e-5, rtol=1e-4)
+
+
+def test_mla_cache_holds_only_latent_and_rope_key():
+    model = make_model()
+    cache = model.new_cache(max_batch=3, max_len=40)
+    assert isinstance(cache, MLACache)
+    assert cache.latent.shape == (3, 3, 40, SMALL["kv_lora_rank"])
+    assert cache.rope_key.shape == (3, 3, 40, SMALL["qk_rope_head_dim"])
+    per_token = SMALL["n_layers"] * (SMALL["kv_lora_rank"] + SMALL["qk_rope_head_dim"]) * 4
+    assert cache.bytes_per_token() == per_token
+
+
+def test_standard_attention_cache_holds_keys_and_values_per_kv_head():
+    model = make_model(attention="gqa", n_kv_heads=2)
+    cache = model.new_cache(max_batch=2, max_len=16, dtype=torch.bfloat16)
+    assert isinstance(cache, KVCache)
+    head_dim = SMALL["dim"] // SMALL["n_heads"]
+    assert cache.keys.shape == cache.values.shape == (3, 2, 16, 2, head_dim)
+    assert cache.bytes_per_token() == 3 * 2 * 2 * head_dim * 2
+    mha = make_model(attention="mha").new_cache(1, 8)
+    assert mha.bytes_per_token() == 3 * 2 * SMALL["n_heads"] * head_dim * 4
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 12), min_size=2, max_size=3),
+    slot_perm=st.permutations([0, 1, 2, 3]),
+)
+def test_continuous_batching_rows_decode_like_single_sequences(lengths, slot_perm):
+    """Rows prefilled separately into arbitrary slots, then decoded together with different
+    start_pos, give each row's own full-forward logits."""
+    model = make_model(seed=1)
+    torch.manual_seed(len(lengths))
+    seqs = [torch.randint(0, 97, (n + 3,)) for n in lengths]
+    slots = torch.tensor(slot_perm[: len(seqs)])
+    cache = model.new_cache(max_batch=4, max_len=16)
+    with torch.no_grad():
+        for seq, slot, n in zip(seqs, slots, lengths):
+            model(seq[None, :n], cache=cache, start_pos=0, slots=slot[None])
+        got = []
+        for step in range(3):
+            ids = torch.stack([seq[n + step] for seq, n in zip(seqs, lengths)])[:, None]
+            start = torch.tensor(lengths) + step
+            got.append(model(ids, cache=cache, start_pos=start, slots=slots)[:, 0])
+        for row, (seq, n) in enumerate(zip(seqs, lengths)):
+            want = model(seq[None])[0, n : n + 3]
+            torch.testing.assert_close(
+                torch.stack([g[row] for g in got]), want, atol=2e-5, rtol=1e-4
+            )
+
+
+def test_cache_misuse_has_clear_errors():
+    model = make_model()
+    cache = model.new_cache(max_batch=2, max_len=8)
+    ids = torch.zeros(2, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="larger max_len"):
+        model(ids, cache=cache, start_pos=6)
+    with pytest.raises(ValueError, match="slots must be in"):
+        model(ids, cache=cache, slots=torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="need a cache"):
+        model(ids, start_pos=3)
+    with pytest.raises(ValueError, match="start_pos must be an int or have shape"):
+        model(ids, cache=cache, start_pos=torch.tensor([0, 1, 2]))
+
+
+def test_sliding_window_limits_what_a_token_sees():
+    model = make_model(attention="gqa", n_kv_heads=2, sliding_window=4, n_routed_experts=0)
+    ids = torch.randint(0, 97, (1, 12))
+    changed = ids.clone()
+    changed[0, 0] = (ids[0, 0] + 1) % 97
+    with torch.no_grad():
+        a, b = model(ids), model(changed)
+    # one layer of window 4 reaches 3 positions back; three layers reach 9 positions
+    assert torch.equal(a[0, 10:], b[0, 10:])
+    assert not torch.allclose(a[0, 1], b[0, 1])
+
+
+def test_yarn_changes_long_range_rotation_only():
+    base = make_model()
+    yarn = make_model(rope_factor=4.0, original_max_seq_len=16)
+    hi = base.rotary.inv_freq[0].item(), yarn.rotary.inv_freq[0].item()
+    lo = base.rotary.inv_freq[-1].item(), yarn.rotary.inv_freq[-1].item()
+    assert hi[0] == pytest.approx(hi[1])  # fastest dimension extrapolates unchanged
+    assert lo[1] == pytest.approx(lo[0] / 4.0)  # slowest dimension interpolated by the factor
+
+
+def test_num_parameters_and_flops():
+    model = make_model()
+    total = sum(p.numel() for p in model.parameters())
+    assert model.num_parameters() == total
+    expert = sum(p.numel() for p in model.layers[1].ffn.experts[0].parameters())
+    n_moe = SMALL["n_layers"] - SMALL["n_dense_layers"]
+    assert model.num_parameters(active_only=True) == total - n_moe * 2 * expert
+    non_embed = model.num_parameters(active_only=True) - model.embed.weight.numel()
+    attn = 6 * 3 * 4 * 32 * (16 + 12)
+    assert model.flops_per_token(32) == 6 * non_embed + attn
+    tied = make_model(tie_embeddings=True)
+    assert tied.num_parameters() == total - tied.embed.weight.numel()
