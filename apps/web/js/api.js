@@ -1,0 +1,153 @@
+// Helpers shared by the ismail pages: API key, request headers, error wording, SSE reading,
+// and the server status badge. Plain browser JavaScript, no dependencies.
+"use strict";
+
+const Ismail = (() => {
+  const KEY_STORAGE = "ismail.apiKey";
+
+  /** The API key typed by the user (kept in this browser's localStorage only). */
+  function apiKey() {
+    try {
+      return localStorage.getItem(KEY_STORAGE) || "";
+    } catch {
+      return "";
+    }
+  }
+
+  function setApiKey(value) {
+    try {
+      if (value) localStorage.setItem(KEY_STORAGE, value);
+      else localStorage.removeItem(KEY_STORAGE);
+    } catch {
+      // Private browsing can forbid storage; the key then lives only in the input field.
+    }
+  }
+
+  /** JSON request headers, with Bearer auth when a key is set. */
+  function headers() {
+    const h = { "Content-Type": "application/json" };
+    const key = apiKey();
+    if (key) h.Authorization = `Bearer ${key}`;
+    return h;
+  }
+
+  /** Pull the human message out of an OpenAI error body ({"error": {"message"}}) or FastAPI's. */
+  function messageFromBody(body) {
+    if (!body || typeof body !== "object") return "";
+    if (body.error) {
+      if (typeof body.error === "string") return body.error;
+      if (body.error.message) return String(body.error.message);
+    }
+    if (body.detail) {
+      if (typeof body.detail === "string") return body.detail;
+      if (Array.isArray(body.detail)) return body.detail.map((d) => d.msg || JSON.stringify(d)).join("; ");
+    }
+    if (body.message) return String(body.message);
+    return "";
+  }
+
+  /** Turn a non-2xx response into a sentence a person can act on. */
+  async function describeHttpError(response) {
+    let detail = "";
+    const text = await response.text().catch(() => "");
+    try {
+      detail = messageFromBody(JSON.parse(text));
+    } catch {
+      detail = text.trim().slice(0, 300);
+    }
+    const status = response.status;
+    let lead;
+    if (status === 401 || status === 403) {
+      lead = "The server needs a valid API key: enter it under Settings → API key.";
+    } else if (status === 429) {
+      const retry = response.headers.get("Retry-After");
+      lead = `The server is busy right now${retry ? `; try again in ${retry} s` : "; try again shortly"}.`;
+    } else if (status === 503) {
+      lead = "The server is not ready (still loading the model, or shutting down).";
+    } else if (status >= 500) {
+      lead = `The server failed while handling the request (HTTP ${status}).`;
+    } else if (status === 404) {
+      lead = "The server does not offer this endpoint (HTTP 404).";
+    } else {
+      lead = `The server rejected the request (HTTP ${status}).`;
+    }
+    return detail ? `${lead}\n${detail}` : lead;
+  }
+
+  /** Wording for a fetch() that failed before any response (server down, network gone). */
+  function describeNetworkError(err) {
+    return `Could not reach the server (${err && err.message ? err.message : err}). Is ismail-serve running?`;
+  }
+
+  /**
+   * Read a Server-Sent Events body and call onData(dataString) for each event.
+   * The TextDecoder runs in streaming mode so a multi-byte character (ç ğ ı İ ö ş ü) split
+   * across network chunks is joined before it is shown. Returns when the stream ends.
+   */
+  async function readSSE(response, onData) {
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder("utf-8");
+    let buffer = "";
+    let dataLines = [];
+    const dispatchLine = (line) => {
+      if (line === "") {
+        if (dataLines.length) onData(dataLines.join("\n"));
+        dataLines = [];
+      } else if (line.startsWith("data:")) {
+        dataLines.push(line.slice(line.startsWith("data: ") ? 6 : 5));
+      }
+      // Other fields (event:, id:, retry:) and comments (":") carry nothing we use.
+    };
+    for (;;) {
+      const { value, done } = await reader.read();
+      buffer += done ? decoder.decode() : decoder.decode(value, { stream: true });
+      // A trailing "\r" may be the first half of "\r\n": wait for the next chunk to decide.
+      const cut = !done && buffer.endsWith("\r") ? buffer.length - 1 : buffer.length;
+      const lines = buffer.slice(0, cut).split(/\r\n|\r|\n/);
+      buffer = buffer.slice(cut);
+      // The last piece has no line break after it yet (unless the stream is over).
+      if (!done) buffer = lines.pop() + buffer;
+      for (const line of lines) dispatchLine(line);
+      if (done) {
+        dispatchLine("");
+        return;
+      }
+    }
+  }
+
+  /** Fill the status badge with the served model's name, or say why the server is unreachable. */
+  async function showServerStatus(element) {
+    const dot = element.querySelector(".dot");
+    const label = element.querySelector("span:last-child");
+    try {
+      const r = await fetch("v1/models", { headers: headers() });
+      if (!r.ok) {
+        dot.className = "dot bad";
+        label.textContent = (await describeHttpError(r)).split("\n")[0];
+        return null;
+      }
+      const body = await r.json();
+      const model = body.data && body.data[0] ? body.data[0].id : null;
+      dot.className = "dot ok";
+      label.textContent = model ? `model: ${model}` : "connected";
+      element.title = label.textContent;
+      return model;
+    } catch (err) {
+      dot.className = "dot bad";
+      label.textContent = "server unreachable";
+      element.title = describeNetworkError(err);
+      return null;
+    }
+  }
+
+  return {
+    apiKey,
+    setApiKey,
+    headers,
+    messageFromBody,
+    describeHttpError,
+    describeNetworkError,
+    readSSE,
+    showServerStatus,
+  };
+})();

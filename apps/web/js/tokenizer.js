@@ -1,0 +1,226 @@
+// Tokenizer playground: tokenizes the text as it is typed through POST /v1/tokenize and shows
+// each token coloured by kind, with counts, and the plain BPE comparison when the server has one.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const textEl = $("text");
+  const errorEl = $("error");
+  const inspectorEl = $("inspector");
+  const columnsEl = $("columns");
+  const mainColumn = $("main-column");
+  const compareColumn = $("compare-column");
+  const showIdsEl = $("show-ids");
+  const apiKeyEl = $("api-key");
+
+  const KINDS = ["root", "suffix", "bpe", "byte", "special", "whitespace"];
+  const KIND_LABELS = {
+    root: "root",
+    suffix: "suffix",
+    bpe: "BPE",
+    byte: "byte",
+    special: "special",
+    whitespace: "whitespace",
+    other: "other",
+  };
+  // Visible stand-ins for whitespace so a whitespace token is not an empty box.
+  const WHITESPACE_SIGNS = { " ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍" };
+  // A word: letters and digits, with an apostrophe suffix kept on (İstanbul'da is one word).
+  const WORD = /[\p{L}\p{N}]+(?:['’][\p{L}\p{N}]+)*/gu;
+  const DEBOUNCE_MS = 120;
+
+  let modelName = null;
+  let timer = null;
+  let inflight = null;
+  let selected = null;
+
+  /** Number of words in the text, as people count them. */
+  function countWords(text) {
+    return (text.match(WORD) || []).length;
+  }
+
+  /** What to draw for one token: the text it covers in the input, else its vocabulary string. */
+  function tokenLabel(chars, offsets, tokenStrs, i, coveredUpTo) {
+    if (offsets && offsets[i]) {
+      const [start, end] = offsets[i];
+      // Several byte tokens can share one character's span: draw that character only once.
+      if (end > start && start >= coveredUpTo) return chars.slice(start, end).join("");
+    }
+    return tokenStrs ? tokenStrs[i] : "";
+  }
+
+  function visibleText(label) {
+    if (label === "") return "∅";
+    if (/^\s+$/.test(label)) return [...label].map((c) => WHITESPACE_SIGNS[c] || "·").join("");
+    return label;
+  }
+
+  function kindOf(kinds, i) {
+    const kind = kinds && kinds[i];
+    return KINDS.includes(kind) ? kind : "other";
+  }
+
+  function renderCounts(dl, entries) {
+    dl.replaceChildren(
+      ...entries.map(([name, value]) => {
+        const div = document.createElement("div");
+        const dt = document.createElement("dt");
+        dt.textContent = name;
+        const dd = document.createElement("dd");
+        dd.textContent = value;
+        dd.dataset.count = name;
+        div.append(dt, dd);
+        return div;
+      }),
+    );
+  }
+
+  /** Fill one column (model tokenizer or comparison) from a /v1/tokenize-shaped result. */
+  function renderColumn(column, result, text) {
+    const chars = [...text]; // Offsets count code points, as Python does.
+    const ids = result.tokens || [];
+    const box = column.querySelector('[data-role="tokens"]');
+    const kindCounts = {};
+    const nodes = [];
+    let coveredUpTo = 0;
+    ids.forEach((id, i) => {
+      const kind = kindOf(result.kinds, i);
+      kindCounts[kind] = (kindCounts[kind] || 0) + 1;
+      const label = tokenLabel(chars, result.offsets, result.token_strs, i, coveredUpTo);
+      if (result.offsets && result.offsets[i]) coveredUpTo = Math.max(coveredUpTo, result.offsets[i][1]);
+      const span = document.createElement("span");
+      span.className = `tok kind-${kind}`;
+      span.tabIndex = 0;
+      span.dataset.id = id;
+      span.dataset.kind = kind;
+      const vocab = result.token_strs ? result.token_strs[i] : "";
+      span.dataset.info = `#${i}  id ${id}  ${KIND_LABELS[kind]}  ${JSON.stringify(vocab)}`;
+      span.title = `id ${id} · ${KIND_LABELS[kind]} · ${JSON.stringify(vocab)}`;
+      const textNode = document.createElement("span");
+      textNode.textContent = visibleText(label);
+      const idNode = document.createElement("span");
+      idNode.className = "id";
+      idNode.textContent = id;
+      span.append(textNode, idNode);
+      nodes.push(span);
+      if (label.includes("\n")) {
+        const br = document.createElement("span");
+        br.className = "line-break";
+        nodes.push(br);
+      }
+    });
+    box.replaceChildren(...nodes);
+    box.classList.toggle("show-ids", showIdsEl.checked);
+
+    const words = countWords(text);
+    const count = ids.length;
+    renderCounts(column.querySelector('[data-role="counts"]'), [
+      ["tokens", String(count)],
+      ["tokens/word", words ? (count / words).toFixed(2) : "–"],
+      ["chars/token", count ? (chars.length / count).toFixed(2) : "–"],
+    ]);
+    return kindCounts;
+  }
+
+  function renderLegend(kindCounts) {
+    const kinds = [...KINDS, "other"].filter((k) => k !== "other" || kindCounts.other);
+    $("legend").replaceChildren(
+      ...kinds.map((kind) => {
+        const el = document.createElement("span");
+        el.className = `swatch kind-${kind}`;
+        el.textContent = `${KIND_LABELS[kind]} ${kindCounts[kind] || 0}`;
+        return el;
+      }),
+    );
+  }
+
+  function showError(message) {
+    errorEl.textContent = message;
+    errorEl.hidden = !message;
+  }
+
+  async function tokenize() {
+    const text = textEl.value;
+    if (inflight) inflight.abort();
+    const controller = new AbortController();
+    inflight = controller;
+    if (!modelName) modelName = await Ismail.showServerStatus($("server-status"));
+    const body = { prompt: text };
+    if (modelName) body.model = modelName;
+    let result;
+    try {
+      const response = await fetch("v1/tokenize", {
+        method: "POST",
+        headers: Ismail.headers(),
+        body: JSON.stringify(body),
+        signal: controller.signal,
+      });
+      if (!response.ok) {
+        showError(await Ismail.describeHttpError(response));
+        return;
+      }
+      result = await response.json();
+    } catch (err) {
+      if (err.name !== "AbortError") showError(Ismail.describeNetworkError(err));
+      return;
+    } finally {
+      if (inflight === controller) inflight = null;
+    }
+    if (controller.signal.aborted || textEl.value !== text) return; // A newer request is on its way.
+    showError("");
+    const kindCounts = renderColumn(mainColumn, result, text);
+    renderLegend(kindCounts);
+    if (result.max_model_len) {
+      $("context-use").textContent = `${result.count} of ${result.max_model_len} context tokens`;
+    }
+    const comparison = result.comparison;
+    compareColumn.hidden = !comparison;
+    columnsEl.classList.toggle("compare", Boolean(comparison));
+    if (comparison) {
+      renderColumn(compareColumn, comparison, text);
+      compareColumn.querySelector('[data-role="name"]').textContent = comparison.name
+        ? `(${comparison.name})`
+        : "";
+      $("compare-hint").textContent = "";
+    } else {
+      $("compare-hint").textContent =
+        "No plain BPE tokenizer is configured on the server, so there is no side-by-side comparison.";
+    }
+  }
+
+  function scheduleTokenize() {
+    clearTimeout(timer);
+    timer = setTimeout(tokenize, DEBOUNCE_MS);
+  }
+
+  function inspect(token) {
+    if (selected) selected.classList.remove("selected");
+    selected = token;
+    if (!token) return;
+    token.classList.add("selected");
+    inspectorEl.textContent = token.dataset.info;
+  }
+
+  // Hover on desktop, focus for keyboards, tap on phones: all show the token's ID and kind.
+  for (const event of ["mouseover", "focusin", "click"]) {
+    columnsEl.addEventListener(event, (e) => {
+      const token = e.target.closest(".tok");
+      if (token) inspect(token);
+    });
+  }
+
+  textEl.addEventListener("input", scheduleTokenize);
+  showIdsEl.addEventListener("change", () => {
+    for (const box of document.querySelectorAll(".tokens")) {
+      box.classList.toggle("show-ids", showIdsEl.checked);
+    }
+  });
+  apiKeyEl.value = Ismail.apiKey();
+  apiKeyEl.addEventListener("change", async () => {
+    Ismail.setApiKey(apiKeyEl.value.trim());
+    modelName = await Ismail.showServerStatus($("server-status"));
+    tokenize();
+  });
+
+  tokenize();
+})();
