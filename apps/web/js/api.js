@@ -14,13 +14,21 @@ const Ismail = (() => {
     }
   }
 
+  /**
+   * Store the key; returns "" or, for a key HTTP headers cannot carry, a message saying so
+   * (fetch would otherwise fail with a confusing "non ISO-8859-1 code point" error).
+   */
   function setApiKey(value) {
+    if (/[^\x21-\x7e]/.test(value)) {
+      return "The API key can only contain printable ASCII characters (no spaces or letters such as ç, ğ, ı); check what you typed.";
+    }
     try {
       if (value) localStorage.setItem(KEY_STORAGE, value);
       else localStorage.removeItem(KEY_STORAGE);
     } catch {
-      // Private browsing can forbid storage; the key then lives only in the input field.
+      // Private browsing can forbid storage; the key is then forgotten on reload.
     }
+    return "";
   }
 
   /** JSON request headers, with Bearer auth when a key is set. */

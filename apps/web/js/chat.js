@@ -276,8 +276,9 @@
   });
 
   apiKeyEl.addEventListener("change", () => {
-    Ismail.setApiKey(apiKeyEl.value.trim());
-    refreshStatus();
+    const problem = Ismail.setApiKey(apiKeyEl.value.trim());
+    if (problem) showError(problem);
+    else refreshStatus();
   });
 
   $("settings-toggle").addEventListener("click", () => {

@@ -122,9 +122,18 @@
     return kindCounts;
   }
 
-  function renderLegend(kindCounts) {
+  function renderLegend(kindCounts, hasKinds) {
+    const legend = $("legend");
+    if (!hasKinds) {
+      const note = document.createElement("span");
+      note.className = "hint";
+      note.textContent =
+        "The served model's tokenizer does not label token kinds, so tokens are not coloured by kind.";
+      legend.replaceChildren(note);
+      return;
+    }
     const kinds = [...KINDS, "other"].filter((k) => k !== "other" || kindCounts.other);
-    $("legend").replaceChildren(
+    legend.replaceChildren(
       ...kinds.map((kind) => {
         const el = document.createElement("span");
         el.className = `swatch kind-${kind}`;
@@ -169,7 +178,7 @@
     if (controller.signal.aborted || textEl.value !== text) return; // A newer request is on its way.
     showError("");
     const kindCounts = renderColumn(mainColumn, result, text);
-    renderLegend(kindCounts);
+    renderLegend(kindCounts, Array.isArray(result.kinds));
     if (result.max_model_len) {
       $("context-use").textContent = `${result.count} of ${result.max_model_len} context tokens`;
     }
@@ -217,7 +226,11 @@
   });
   apiKeyEl.value = Ismail.apiKey();
   apiKeyEl.addEventListener("change", async () => {
-    Ismail.setApiKey(apiKeyEl.value.trim());
+    const problem = Ismail.setApiKey(apiKeyEl.value.trim());
+    if (problem) {
+      showError(problem);
+      return;
+    }
     modelName = await Ismail.showServerStatus($("server-status"));
     tokenize();
   });
