@@ -1,0 +1,99 @@
+"""The FastAPI application: /v1 routes, /health, /metrics, error handling, OpenAPI schema."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+
+from ismail_serve import __version__
+from ismail_serve.errors import error_responses, install_error_handlers
+from ismail_serve.metrics import CONTENT_TYPE
+from ismail_serve.openai_api import get_state, router
+from ismail_serve.protocol import HealthResponse
+from ismail_serve.state import STATUS_OK, ServerState
+from ismail_serve.web import mount_apps
+
+
+def create_app(
+    state: ServerState,
+    on_startup: Callable[[], None] | None = None,
+    on_shutdown: Callable[[], None] | None = None,
+) -> FastAPI:
+    """The service for `state`; `on_startup` runs when the server starts (it begins loading
+    the model), `on_shutdown` when it stops."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if on_startup is not None:
+            on_startup()
+        yield
+        if on_shutdown is not None:
+            on_shutdown()
+
+    app = FastAPI(
+        title="ismail-serve",
+        version=__version__,
+        description="OpenAI-compatible inference for ismail checkpoints.",
+        lifespan=lifespan,
+    )
+    app.state.serve = state
+    install_error_handlers(app)
+    app.include_router(router)
+
+    @app.get(
+        "/health",
+        response_model=HealthResponse,
+        responses={503: {"model": HealthResponse, "description": "Loading or shutting down"}},
+    )
+    async def health(request: Request) -> JSONResponse:
+        """200 when serving; 503 while loading, draining, or after a failed load."""
+        status = get_state(request).status
+        return JSONResponse({"status": status}, status_code=200 if status == STATUS_OK else 503)
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics in the text exposition format."""
+        return Response(get_state(request).metrics.render(), media_type=CONTENT_TYPE)
+
+    # Web pages from apps/web (issue 8, added by the apps helper): chat at /, playground at
+    # /tokenizer; they are not part of the API schema.
+    mount_apps(app)
+
+    app.openapi = lambda: _openapi_without_422(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi_without_422(app: FastAPI) -> dict[str, Any]:
+    """FastAPI documents a 422 on every route with a body; this service answers 400 instead."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    bad_request = error_responses(400)[400]
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.get("responses", {})
+            if responses.pop("422", None) is not None and "400" not in responses:
+                responses["400"] = {
+                    "description": bad_request["description"],
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/ErrorResponse"}
+                        }
+                    },
+                }
+    schemas = schema.get("components", {}).get("schemas", {})
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    app.openapi_schema = schema
+    return schema

@@ -1,0 +1,104 @@
+"""`ismail-serve CKPT`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+API_KEY_ENV = "ISMAIL_API_KEY"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ismail-serve",
+        description="Serve an ismail checkpoint over an OpenAI-compatible HTTP API "
+        "(/v1/completions, /v1/chat/completions, streaming, continuous batching).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("checkpoint", help="checkpoint directory (or a run directory: uses its latest)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument(
+        "--served-model-name",
+        dest="model_name",
+        default=None,
+        help="model name clients must send (default: the checkpoint directory's name)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"require 'Authorization: Bearer KEY' on /v1 routes (default: ${API_KEY_ENV})",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights and KV-cache dtype (auto: bfloat16 on CUDA, float32 on CPU)",
+    )
+    p.add_argument("--max-batch", type=int, default=16, help="KV slots: sequences run at once")
+    p.add_argument(
+        "--max-model-len",
+        type=int,
+        default=None,
+        help="tokens per sequence, prompt + output (default: the model's max_seq_len)",
+    )
+    p.add_argument(
+        "--kv-cache-memory",
+        dest="kv_cache_memory_mib",
+        type=float,
+        default=None,
+        metavar="MIB",
+        help="size the KV cache from this budget instead of --max-batch",
+    )
+    p.add_argument(
+        "--max-waiting",
+        type=int,
+        default=256,
+        help="sequences that may wait for a slot; beyond that requests get 429",
+    )
+    p.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=512,
+        help="prompt tokens prefilled per engine step (chunked prefill)",
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=600.0,
+        help="seconds a request may run before it is ended (0: no limit)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to let running requests finish after SIGTERM/SIGINT",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ismail_core.checkpoint import CheckpointError, resolve_checkpoint
+
+    from ismail_serve.server import ServeConfig, resolve_device, resolve_dtype, serve
+
+    try:
+        resolve_checkpoint(args.checkpoint)
+        resolve_dtype(args.dtype, resolve_device(args.device))
+    except (CheckpointError, ValueError, RuntimeError) as exc:
+        print(f"ismail-serve: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    config = ServeConfig(**{k: v for k, v in vars(args).items()})
+    if config.request_timeout == 0:
+        config.request_timeout = None
+    return serve(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

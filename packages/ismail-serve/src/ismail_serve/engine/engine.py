@@ -1,0 +1,369 @@
+"""The engine loop: continuous batching over a fixed pool of KV slots.
+
+One thread owns the model. Each step it (1) takes newly submitted sequences and abort requests,
+(2) drops aborted and timed-out sequences, freeing their slots, (3) asks the scheduler for the
+step's prefill chunks and decode batch, (4) runs them, (5) samples one token per finished prompt
+and per decoding sequence, each with its own generator, and (6) pushes new text to each
+sequence's sink. The API side talks to it only through `submit` and `abort`, which are
+thread-safe and never block on the model.
+
+A failure is confined to the sequences it concerns: when a batched forward pass or sampling
+call raises, the rows are retried one by one and only the rows that fail again are ended with
+an error; the loop keeps serving everyone else.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+from ismail_core.sampling import sample_next
+
+from ismail_serve.engine.detokenizer import IncrementalText
+from ismail_serve.engine.model_runner import ModelRunner
+from ismail_serve.engine.scheduler import Scheduler
+from ismail_serve.engine.sequence import (
+    FINISH_ABORT,
+    FINISH_ERROR,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    FINISH_TIMEOUT,
+    OutputSink,
+    SequenceOutput,
+    SequenceRequest,
+)
+from ismail_serve.engine.sequence import (
+    Sequence as Seq,
+)
+from ismail_serve.metrics import ServeMetrics
+
+log = logging.getLogger("ismail_serve")
+
+T = TypeVar("T")
+
+
+class QueueFullError(RuntimeError):
+    """The waiting queue cannot take the request now; the client should retry later."""
+
+
+class EngineStoppedError(RuntimeError):
+    """The engine is draining or stopped and accepts no new requests."""
+
+
+@dataclass
+class EngineConfig:
+    """Engine limits.
+
+    max_batch: KV-cache rows, i.e. sequences that can run at once.
+    max_model_len: positions per row; prompt + output of one sequence never exceeds it.
+    max_waiting: sequences that may wait for a slot before new requests get 429.
+    prefill_chunk: prompt tokens prefilled per step (all prefilling sequences together).
+    request_timeout: seconds a sequence may take from arrival to its end (None: no limit).
+    """
+
+    max_batch: int = 16
+    max_model_len: int = 2048
+    max_waiting: int = 256
+    prefill_chunk: int = 512
+    request_timeout: float | None = 600.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_model_len", "prefill_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_waiting < 0:
+            raise ValueError(f"max_waiting must be >= 0, got {self.max_waiting}")
+        if self.request_timeout is not None and not self.request_timeout > 0:
+            raise ValueError(f"request_timeout must be > 0 seconds, got {self.request_timeout}")
+
+
+class LLMEngine:
+    """Continuous-batching generation over a `ModelRunner`; run `start()` to serve."""
+
+    def __init__(
+        self,
+        runner: ModelRunner,
+        tokenizer: Any,
+        config: EngineConfig,
+        metrics: ServeMetrics | None = None,
+    ) -> None:
+        if runner.max_batch != config.max_batch or runner.max_len != config.max_model_len:
+            raise ValueError("the model runner's cache must match max_batch and max_model_len")
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.config = config
+        self.metrics = metrics or ServeMetrics()
+        self.scheduler = Scheduler(config.max_batch, config.prefill_chunk)
+        self.vocab_size = int(tokenizer.vocab_size)
+        self._lock = threading.Lock()
+        self._new: list[Seq] = []
+        self._aborted: set[str] = set()
+        self._wakeup = threading.Event()
+        self._stop = threading.Event()
+        self._accepting = True
+        self._thread: threading.Thread | None = None
+        self.metrics.kv_slots_total.set(config.max_batch)
+        self.metrics.kv_cache_bytes.set(runner.cache_bytes())
+
+    # ---- API side (any thread) ----
+
+    def submit(self, requests: Sequence[SequenceRequest], sink: OutputSink) -> None:
+        """Queue sequences (all of one request, or none of them).
+
+        Raises QueueFullError when the waiting queue cannot take them all, EngineStoppedError
+        when draining or stopped. Updates arrive through `sink`, called on the engine thread.
+        """
+        with self._lock:
+            if not self._accepting:
+                raise EngineStoppedError("the server is shutting down")
+            free = self.config.max_batch - self.scheduler.num_running
+            queued = len(self._new) + self.scheduler.num_waiting + len(requests)
+            if queued - max(free, 0) > self.config.max_waiting:
+                raise QueueFullError(
+                    f"the waiting queue is full ({self.config.max_waiting} sequences)"
+                )
+            now = time.monotonic()
+            timeout = self.config.request_timeout
+            for req in requests:
+                text = IncrementalText(self.tokenizer, req.stop, req.skip_special_tokens)
+                generator = req.params.make_generator(self.runner.device)
+                deadline = now + timeout if timeout is not None else None
+                self._new.append(Seq(req, text, sink, generator, deadline))
+        self._wakeup.set()
+
+    def abort(self, request_id: str) -> None:
+        """End all sequences of a request at the next step (the client went away)."""
+        with self._lock:
+            self._aborted.add(request_id)
+        self._wakeup.set()
+
+    @property
+    def num_unfinished(self) -> int:
+        """Sequences submitted and not yet finished."""
+        with self._lock:
+            return len(self._new) + self.scheduler.num_waiting + self.scheduler.num_running
+
+    def stop_accepting(self) -> None:
+        """Refuse new requests from now on (draining)."""
+        with self._lock:
+            self._accepting = False
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        """Block until every submitted sequence finished; False if `timeout` passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.num_unfinished:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def abort_all(self) -> None:
+        """End every sequence at the next step (end of a drain deadline)."""
+        with self._lock:
+            self._aborted.update(s.request_id for s in self._new)
+            self._aborted.update(s.request_id for s in self.scheduler.waiting)
+            self._aborted.update(s.request_id for s in self.scheduler.running)
+        self._wakeup.set()
+
+    def start(self) -> None:
+        """Run the engine loop in a daemon thread."""
+        self._thread = threading.Thread(target=self._loop, name="ismail-engine", daemon=True)
+        self._thread.start()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop the loop; sequences still in flight end with finish reason "abort"."""
+        self.stop_accepting()
+        self.abort_all()
+        self._stop.set()
+        self._wakeup.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ---- engine thread ----
+
+    def _loop(self) -> None:
+        while True:
+            self._wakeup.clear()
+            try:
+                worked = self.step()
+            except Exception:  # a bug in the step itself: end what is in flight, keep serving
+                log.exception("engine step failed; ending the sequences in flight")
+                self._fail_everything("internal engine error")
+                worked = False
+            if self._stop.is_set() and not self.scheduler.has_work():
+                return
+            if not worked:
+                # Wake up for new work, or periodically to enforce timeouts of waiting sequences.
+                self._wakeup.wait(timeout=0.25)
+
+    def step(self) -> bool:
+        """One engine iteration; returns whether any model work was done."""
+        self._take_new_and_aborted()
+        self._expire()
+        plan = self.scheduler.schedule()
+        rows: list[Seq] = []
+        row_logits: list[torch.Tensor] = []
+
+        for chunk in plan.prefills:
+            seq = chunk.seq
+            tokens = seq.prompt_ids[chunk.start : chunk.end]
+            logits = self._guarded([seq], lambda s, t=tokens, c=chunk: self._prefill(s, t, c))
+            if logits is None or not chunk.completes_prompt:
+                continue
+            self.metrics.prompt_tokens.inc(seq.num_prompt_tokens)
+            rows.append(seq)
+            row_logits.append(logits)
+
+        if plan.decodes:
+            decoded = self._decode_isolated(plan.decodes)
+            for seq, logits in decoded:
+                rows.append(seq)
+                row_logits.append(logits)
+
+        if rows:
+            self._sample_and_emit(rows, torch.stack(row_logits))
+        self._update_gauges()
+        return not plan.is_empty
+
+    def _prefill(self, seqs: list[Seq], tokens: list[int], chunk: Any) -> torch.Tensor:
+        (seq,) = seqs
+        logits = self.runner.prefill(tokens, chunk.start, seq.slot)
+        seq.num_computed = chunk.end
+        return logits
+
+    def _decode(self, seqs: list[Seq]) -> torch.Tensor:
+        logits = self.runner.decode(
+            [s.last_token for s in seqs], [s.num_tokens - 1 for s in seqs], [s.slot for s in seqs]
+        )
+        for s in seqs:
+            s.num_computed = s.num_tokens
+        return logits
+
+    def _decode_isolated(self, seqs: list[Seq]) -> list[tuple[Seq, torch.Tensor]]:
+        """Batched decode; if it fails, decode each row alone so only failing rows end."""
+        if len(seqs) > 1:
+            try:
+                return list(zip(seqs, self._decode(seqs)))
+            except Exception:
+                log.exception("batched decode failed; retrying row by row")
+        out = []
+        for seq in seqs:
+            logits = self._guarded([seq], self._decode)
+            if logits is not None:
+                out.append((seq, logits[0]))
+        return out
+
+    def _guarded(self, seqs: list[Seq], fn: Callable[[list[Seq]], T]) -> T | None:
+        """Run `fn(seqs)`; on failure end those sequences with an error and return None."""
+        try:
+            return fn(seqs)
+        except Exception as exc:
+            log.exception("sequence(s) %s failed", [s.request_id for s in seqs])
+            for seq in seqs:
+                self._finish_with_error(seq, f"{type(exc).__name__}: {exc}")
+            return None
+
+    def _sample(self, seqs: list[Seq], logits: torch.Tensor) -> list[int]:
+        # Ids the tokenizer cannot decode (a vocabulary padded for speed) are never sampled.
+        if logits.shape[-1] > self.vocab_size:
+            logits[:, self.vocab_size :] = float("-inf")
+        params = [s.request.params for s in seqs]
+        penalised = any(p.repetition_penalty != 1.0 for p in params)
+        history = [s.history() for s in seqs] if penalised else None
+        return sample_next(logits, params, [s.generator for s in seqs], history).tolist()
+
+    def _sample_and_emit(self, seqs: list[Seq], logits: torch.Tensor) -> None:
+        try:
+            tokens = self._sample(seqs, logits)
+        except Exception:
+            log.exception("batched sampling failed; retrying row by row")
+            tokens = []
+            for i, seq in enumerate(seqs):
+                got = self._guarded([seq], lambda s, i=i: self._sample(s, logits[i : i + 1]))
+                tokens.append(got[0] if got else None)
+        for seq, token in zip(seqs, tokens):
+            if token is not None and not seq.is_finished:
+                self._append_token(seq, token)
+
+    def _append_token(self, seq: Seq, token: int) -> None:
+        now = time.monotonic()
+        if seq.last_token_time is None:
+            self.metrics.ttft.observe(now - seq.arrival_time)
+        else:
+            self.metrics.itl.observe(now - seq.last_token_time)
+        seq.last_token_time = now
+        seq.output_ids.append(token)
+        self.metrics.generation_tokens.inc()
+
+        req = seq.request
+        if token in req.stop_token_ids:
+            text, _ = seq.text.finish()
+            self._finish(seq, FINISH_STOP, text)
+            return
+        text, stopped = seq.text.push(token)
+        if stopped:
+            self._finish(seq, FINISH_STOP, text)
+        elif len(seq.output_ids) >= req.max_tokens or seq.num_tokens >= self.config.max_model_len:
+            rest, stopped = seq.text.finish()
+            self._finish(seq, FINISH_STOP if stopped else FINISH_LENGTH, text + rest)
+        elif text:
+            self._emit(seq, SequenceOutput(req.index, text, len(seq.output_ids)))
+
+    def _finish(self, seq: Seq, reason: str, text: str = "", error: str | None = None) -> None:
+        if seq.is_finished:
+            return
+        seq.finish_reason = reason
+        self.scheduler.remove(seq)
+        self.metrics.finished.labels(finish_reason=reason).inc()
+        self.metrics.e2e.observe(time.monotonic() - seq.arrival_time)
+        out = SequenceOutput(seq.request.index, text, len(seq.output_ids), reason, error)
+        self._emit(seq, out)
+
+    def _finish_with_error(self, seq: Seq, message: str) -> None:
+        self._finish(seq, FINISH_ERROR, error=message)
+
+    @staticmethod
+    def _emit(seq: Seq, out: SequenceOutput) -> None:
+        try:
+            seq.sink(out)
+        except Exception:  # the receiving side is gone; nothing to tell it
+            log.debug("dropped an update for request %s", seq.request_id, exc_info=True)
+
+    def _take_new_and_aborted(self) -> None:
+        with self._lock:
+            new, self._new = self._new, []
+            aborted, self._aborted = self._aborted, set()
+        for seq in new:
+            if seq.request_id in aborted:
+                seq.finish_reason = FINISH_ABORT
+                self.metrics.finished.labels(finish_reason=FINISH_ABORT).inc()
+                self._emit(seq, SequenceOutput(seq.request.index, "", 0, FINISH_ABORT))
+            else:
+                self.scheduler.add(seq)
+        if aborted:
+            for seq in [*self.scheduler.waiting, *self.scheduler.running]:
+                if seq.request_id in aborted:
+                    self._finish(seq, FINISH_ABORT)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for seq in [*self.scheduler.waiting, *self.scheduler.running]:
+            if seq.deadline is not None and now >= seq.deadline:
+                self._finish(seq, FINISH_TIMEOUT, error="the request ran past the server timeout")
+
+    def _fail_everything(self, message: str) -> None:
+        for seq in [*self.scheduler.waiting, *self.scheduler.running]:
+            try:
+                self._finish_with_error(seq, message)
+            except Exception:
+                log.exception("could not end sequence %s cleanly", seq.request_id)
+
+    def _update_gauges(self) -> None:
+        self.metrics.running.set(self.scheduler.num_running)
+        self.metrics.waiting.set(self.scheduler.num_waiting + len(self._new))
+        self.metrics.kv_slots_in_use.set(self.scheduler.slots.num_used)

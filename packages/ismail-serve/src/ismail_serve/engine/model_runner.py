@@ -1,0 +1,70 @@
+"""The model and its preallocated KV cache: prefill chunks and batched decode steps.
+
+Uses the model's cache contract: `cache = model.new_cache(max_batch, max_len, ...)` and
+`model(input_ids, cache=cache, start_pos=LongTensor[B], slots=LongTensor[B])`, which writes the
+new tokens into the given cache rows and attends to each row's earlier positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+class ModelRunner:
+    """Runs forward passes against one cache of `max_batch` rows x `max_len` positions."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        max_batch: int,
+        max_len: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self.model = model.eval()
+        if device is None:
+            first = next(model.parameters(), None)
+            device = first.device if first is not None else "cpu"
+        self.device = torch.device(device)
+        self.max_batch = max_batch
+        self.max_len = max_len
+        self.cache = model.new_cache(max_batch, max_len, device=self.device, dtype=dtype)
+
+    def cache_bytes_per_token(self) -> int:
+        """Bytes of cache one token occupies (all layers)."""
+        return int(self.cache.bytes_per_token())
+
+    def cache_bytes(self) -> int:
+        """Bytes of the whole preallocated cache."""
+        return self.cache_bytes_per_token() * self.max_batch * self.max_len
+
+    @torch.inference_mode()
+    def prefill(self, token_ids: Sequence[int], start: int, slot: int) -> torch.Tensor:
+        """Write prompt tokens at positions start.. of cache row `slot`; return the last
+        position's logits (vocab,) in float32."""
+        ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
+        logits = self.model(
+            ids,
+            cache=self.cache,
+            start_pos=torch.tensor([start], dtype=torch.long, device=self.device),
+            slots=torch.tensor([slot], dtype=torch.long, device=self.device),
+        )
+        return logits[0, -1].float()
+
+    @torch.inference_mode()
+    def decode(
+        self, token_ids: Sequence[int], positions: Sequence[int], slots: Sequence[int]
+    ) -> torch.Tensor:
+        """One token per row: write token_ids[i] at positions[i] of row slots[i]; return the
+        next-token logits (B, vocab) in float32."""
+        ids = torch.tensor(list(token_ids), dtype=torch.long, device=self.device)[:, None]
+        logits = self.model(
+            ids,
+            cache=self.cache,
+            start_pos=torch.tensor(list(positions), dtype=torch.long, device=self.device),
+            slots=torch.tensor(list(slots), dtype=torch.long, device=self.device),
+        )
+        return logits[:, -1].float()

@@ -1,0 +1,148 @@
+"""Errors in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+
+Every failure the service reports goes through `APIError` or one of the handlers installed by
+`install_error_handlers`, so clients written for OpenAI (and vLLM) parse all of them the same
+way. FastAPI's default 422 for validation errors becomes 400, as OpenAI does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("ismail_serve")
+
+
+class ErrorInfo(BaseModel):
+    """The body of an OpenAI error."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error envelope."""
+
+    error: ErrorInfo
+
+
+class APIError(Exception):
+    """An error to send to the client with an HTTP status and OpenAI's error body."""
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body OpenAI clients expect."""
+        return error_body(self.message, self.type, self.param, self.code)
+
+    def response(self) -> JSONResponse:
+        """This error as a JSON response."""
+        return JSONResponse(self.body(), status_code=self.status_code, headers=self.headers)
+
+
+def error_body(
+    message: str, type: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """`{"error": {...}}` in OpenAI's shape."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    """A 400 invalid_request_error."""
+    return APIError(400, message, param=param, code=code)
+
+
+# Status codes a route may answer with besides 200, documented in the OpenAPI schema.
+_STATUS_TEXT = {
+    400: "Invalid request (OpenAI error shape)",
+    401: "Missing or wrong API key",
+    408: "The request ran past the server's per-request timeout",
+    429: "The waiting queue is full; retry after the Retry-After header's seconds",
+    500: "The engine failed while running this request",
+    503: "The model is loading or the server is shutting down",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries for the given error status codes."""
+    return {code: {"model": ErrorResponse, "description": _STATUS_TEXT[code]} for code in codes}
+
+
+def _describe_validation_error(exc: RequestValidationError) -> tuple[str, str | None]:
+    """One readable sentence (and the offending parameter) from pydantic's error list."""
+    errors = exc.errors()
+    if not errors:
+        return "Invalid request.", None
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        detail = first.get("ctx", {}).get("error", "")
+        return (
+            f"The request body is not valid JSON ({detail}). Send a JSON object with "
+            "Content-Type: application/json.",
+            None,
+        )
+    # loc starts with "body" / "query"; the rest is the path to the field.
+    loc = [str(p) for p in first.get("loc", ())[1:]]
+    param = ".".join(loc) or None
+    msg = first.get("msg", "invalid value")
+    if first.get("type") == "missing":
+        return f"Missing required parameter '{param}'.", param
+    if param is None:
+        return f"Invalid request body: {msg}.", None
+    extra = f" ({len(errors) - 1} more problem(s) in the request)" if len(errors) > 1 else ""
+    return f"Invalid value for '{param}': {msg}.{extra}", param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every error (ours, validation, routing, unexpected) in OpenAI's shape."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _describe_validation_error(exc)
+        return bad_request(message, param=param).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(
+            error_body(str(exc.detail), kind),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error while serving a request")
+        return JSONResponse(
+            error_body(f"Internal server error: {type(exc).__name__}: {exc}", "server_error"),
+            status_code=500,
+        )

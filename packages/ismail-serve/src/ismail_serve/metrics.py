@@ -1,0 +1,60 @@
+"""Prometheus metrics of the service, served at GET /metrics in the text exposition format."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401  (re-exported)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Latency buckets (seconds) wide enough for a tiny model on CPU and a big one on a GPU.
+_TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+_E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class ServeMetrics:
+    """All metrics in one registry of their own (several servers may share a test process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.running = Gauge("ismail_requests_running", "Sequences running", registry=r)
+        self.waiting = Gauge("ismail_requests_waiting", "Sequences waiting", registry=r)
+        self.kv_slots_in_use = Gauge("ismail_kv_slots_in_use", "KV-cache rows in use", registry=r)
+        self.kv_slots_total = Gauge("ismail_kv_slots_total", "KV-cache rows allocated", registry=r)
+        self.kv_cache_bytes = Gauge("ismail_kv_cache_bytes", "Bytes of the KV cache", registry=r)
+        self.prompt_tokens = Counter("ismail_prompt_tokens", "Prompt tokens prefilled", registry=r)
+        self.generation_tokens = Counter("ismail_generation_tokens", "Tokens generated", registry=r)
+        self.finished = Counter(
+            "ismail_sequences_finished",
+            "Sequences finished, by reason (stop, length, abort, timeout, error)",
+            ["finish_reason"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "ismail_requests_rejected",
+            "Requests refused before running (queue_full, draining, loading)",
+            ["reason"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "ismail_time_to_first_token_seconds",
+            "Time from arrival to the first generated token",
+            buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "ismail_inter_token_latency_seconds",
+            "Time between consecutive generated tokens of a sequence",
+            buckets=_ITL_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "ismail_e2e_request_latency_seconds",
+            "Time from arrival to the end of a sequence",
+            buckets=_E2E_BUCKETS,
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The text exposition of every metric."""
+        return generate_latest(self.registry)

@@ -1,0 +1,518 @@
+"""The /v1 routes: completions, chat completions (plain and streamed), models, tokenize.
+
+Each generation request becomes one `SequenceRequest` per prompt and choice, submitted to the
+engine as a unit. Updates come back on an asyncio queue fed from the engine thread. A client
+that goes away (streaming or not) gets its sequences aborted, which frees their KV slots at the
+engine's next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from ismail_core.sampling import SamplingParams
+
+from ismail_serve.engine import (
+    EngineStoppedError,
+    LLMEngine,
+    QueueFullError,
+    SequenceOutput,
+    SequenceRequest,
+)
+from ismail_serve.engine.sequence import FINISH_ABORT, FINISH_LENGTH, FINISH_STOP, FINISH_TIMEOUT
+from ismail_serve.errors import APIError, bad_request, error_body, error_responses
+from ismail_serve.prompts import encode_text, render_chat, stop_token_ids
+from ismail_serve.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    ModelCard,
+    ModelList,
+    SamplingRequest,
+    TokenizeRequest,
+    TokenizeResponse,
+    sse,
+)
+from ismail_serve.state import ServerState
+
+SSE_DONE = "data: [DONE]\n\n"
+# Seconds a client is told to wait after a 429.
+RETRY_AFTER_S = 1
+
+_bearer = HTTPBearer(auto_error=False, description="The server's API key, if it was given one.")
+
+
+def get_state(request: Request) -> ServerState:
+    return request.app.state.serve
+
+
+async def require_api_key(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """401 unless the request carries `Authorization: Bearer <key>` (when a key is set)."""
+    key = get_state(request).api_key
+    if key is None:
+        return
+    given = credentials.credentials if credentials is not None else ""
+    if not secrets.compare_digest(given.encode(), key.encode()):
+        raise APIError(
+            401,
+            "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>' "
+            "(the key given to ismail-serve with --api-key or ISMAIL_API_KEY).",
+            code="invalid_api_key",
+        )
+
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+_GEN_ERRORS = error_responses(400, 401, 408, 429, 500, 503)
+_STREAM_DOC = {"text/event-stream": {"schema": {"type": "string"}}}
+
+
+# ---- the bridge from the engine thread to the request's event loop ----
+
+
+class OutputQueue:
+    """An asyncio queue the engine thread can feed."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[SequenceOutput] = asyncio.Queue()
+
+    def put(self, out: SequenceOutput) -> None:
+        """Called on the engine thread."""
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, out)
+
+    async def get(self) -> SequenceOutput:
+        return await self._queue.get()
+
+
+async def _client_gone(request: Request) -> None:
+    """Return when the client disconnects (the body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+# ---- building a generation ----
+
+
+@dataclass
+class Generation:
+    """One submitted request: its sequences and where their updates arrive."""
+
+    request_id: str
+    model: str
+    prompts: list[list[int]]
+    sequences: list[SequenceRequest]
+    queue: OutputQueue | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(p) for p in self.prompts)
+
+
+def _check_model(state: ServerState, name: str) -> None:
+    if name != state.model_name:
+        raise bad_request(
+            f"The model '{name}' does not exist. This server serves '{state.model_name}' "
+            "(see GET /v1/models).",
+            param="model",
+            code="model_not_found",
+        )
+
+
+def _check_token_ids(state: ServerState, ids: list[int], param: str) -> None:
+    vocab = int(state.tokenizer.vocab_size)
+    bad = next((i for i in ids if i >= vocab), None)
+    if bad is not None:
+        raise bad_request(
+            f"Token id {bad} is outside the vocabulary (ids 0..{vocab - 1}).", param=param
+        )
+
+
+def _max_tokens(state: ServerState, prompt_len: int, requested: int | None) -> int:
+    """Tokens to generate; 400 worded like vLLM's when prompt + output exceed the context."""
+    limit = state.max_model_len
+    if prompt_len >= limit:
+        raise bad_request(
+            f"This model's maximum context length is {limit} tokens. However, your request "
+            f"has {prompt_len} input tokens. Please reduce the length of the input messages.",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    if requested is None:
+        return limit - prompt_len
+    if prompt_len + requested > limit:
+        raise bad_request(
+            f"This model's maximum context length is {limit} tokens. However, you requested "
+            f"{prompt_len + requested} tokens ({prompt_len} in the messages, {requested} in the "
+            "completion). Please reduce the length of the messages or completion.",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    return requested
+
+
+def _prepare(
+    state: ServerState,
+    body: SamplingRequest,
+    prompts: list[list[int]],
+    max_tokens: int | None,
+    chat: bool,
+    prefix: str,
+) -> Generation:
+    request_id = f"{prefix}-{uuid.uuid4().hex}"
+    stops = body.stop_list()
+    stop_ids = stop_token_ids(state.tokenizer, chat)
+    sequences = []
+    for p, prompt in enumerate(prompts):
+        budget = _max_tokens(state, len(prompt), max_tokens)
+        for j in range(body.n):
+            params = SamplingParams(
+                temperature=body.temperature,
+                top_k=max(body.top_k, 0),
+                top_p=body.top_p,
+                repetition_penalty=body.repetition_penalty,
+                seed=None if body.seed is None else body.seed + j,
+            )
+            sequences.append(
+                SequenceRequest(
+                    request_id=request_id,
+                    index=p * body.n + j,
+                    prompt_ids=prompt,
+                    params=params,
+                    max_tokens=budget,
+                    stop=stops,
+                    stop_token_ids=stop_ids,
+                    skip_special_tokens=body.skip_special_tokens,
+                )
+            )
+    return Generation(request_id, body.model, prompts, sequences)
+
+
+def _completion_prompts(state: ServerState, prompt: Any) -> list[list[int]]:
+    if isinstance(prompt, str):
+        prompts = [encode_text(state.tokenizer, prompt)]
+    elif isinstance(prompt[0], str):
+        prompts = [encode_text(state.tokenizer, p) for p in prompt]
+    elif isinstance(prompt[0], int):
+        prompts = [list(prompt)]
+    else:
+        prompts = [list(p) for p in prompt]
+    for ids in prompts:
+        if not ids:
+            raise bad_request("The prompt encodes to no tokens; send a non-empty prompt.", "prompt")
+        _check_token_ids(state, ids, "prompt")
+    return prompts
+
+
+def _submit(state: ServerState, engine: LLMEngine, gen: Generation) -> None:
+    gen.queue = OutputQueue()
+    try:
+        engine.submit(gen.sequences, gen.queue.put)
+    except QueueFullError as exc:
+        state.metrics.rejected.labels(reason="queue_full").inc()
+        raise APIError(
+            429,
+            f"The server is busy: {exc}. Retry after {RETRY_AFTER_S} s.",
+            type="rate_limit_error",
+            code="queue_full",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        ) from exc
+    except EngineStoppedError as exc:
+        state.metrics.rejected.labels(reason="draining").inc()
+        raise APIError(
+            503,
+            f"{exc}; no new requests are accepted.",
+            type="service_unavailable",
+            code="draining",
+        ) from exc
+
+
+def _failure(out: SequenceOutput) -> APIError:
+    """The error for a sequence that ended other than by stop or length."""
+    if out.finish_reason == FINISH_TIMEOUT:
+        return APIError(
+            408,
+            "The request ran past the server's per-request timeout "
+            "(--request-timeout); ask for fewer tokens.",
+            type="timeout_error",
+            code="timeout",
+        )
+    if out.finish_reason == FINISH_ABORT:
+        return APIError(
+            503,
+            "The server is shutting down and ended this request.",
+            type="service_unavailable",
+            code="draining",
+        )
+    return APIError(
+        500,
+        f"The engine failed on this request: {out.error}",
+        type="server_error",
+        code="engine_error",
+    )
+
+
+# ---- running a generation ----
+
+
+@dataclass
+class _Choice:
+    text: list[str] = field(default_factory=list)
+    num_generated: int = 0
+    finish_reason: str | None = None
+
+
+async def _collect(engine: LLMEngine, gen: Generation, request: Request) -> dict[int, _Choice]:
+    """Wait for every sequence to finish; abort them if the client disconnects first."""
+    choices = {s.index: _Choice() for s in gen.sequences}
+    assert gen.queue is not None
+
+    async def consume() -> SequenceOutput | None:
+        remaining = len(choices)
+        while remaining:
+            out = await gen.queue.get()
+            choice = choices[out.index]
+            choice.text.append(out.text)
+            choice.num_generated = out.num_generated
+            if out.finish_reason is not None:
+                if out.finish_reason not in (FINISH_STOP, FINISH_LENGTH):
+                    return out
+                choice.finish_reason = out.finish_reason
+                remaining -= 1
+        return None
+
+    consumer = asyncio.ensure_future(consume())
+    watcher = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait({consumer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not consumer.done():
+            consumer.cancel()
+            engine.abort(gen.request_id)
+    if consumer.cancelled():
+        raise _ClientGone
+    failed = consumer.result()
+    if failed is not None:
+        engine.abort(gen.request_id)
+        raise _failure(failed)
+    return choices
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its response was ready."""
+
+
+def _usage(gen: Generation, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": gen.prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": gen.prompt_tokens + completion_tokens,
+    }
+
+
+async def _stream(
+    engine: LLMEngine, gen: Generation, chat: bool, include_usage: bool
+) -> AsyncIterator[str]:
+    """Server-Sent Events for a generation; aborts it if the client goes away mid-stream."""
+    assert gen.queue is not None
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    head = {"id": gen.request_id, "object": obj, "created": gen.created, "model": gen.model}
+    generated = {s.index: 0 for s in gen.sequences}
+    remaining = len(generated)
+
+    def chunk(index: int, text: str, finish: str | None, first: bool = False) -> str:
+        if chat:
+            delta = {"role": "assistant", "content": text} if first else {"content": text}
+            if finish is not None and not text:
+                delta = {}
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        else:
+            choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+        return sse({**head, "choices": [choice]})
+
+    try:
+        if chat:
+            for index in generated:
+                yield chunk(index, "", None, first=True)
+        while remaining:
+            out = await gen.queue.get()
+            generated[out.index] = out.num_generated
+            if out.finish_reason is not None and out.finish_reason not in (
+                FINISH_STOP,
+                FINISH_LENGTH,
+            ):
+                err = _failure(out)
+                yield sse(error_body(err.message, err.type, err.param, err.code))
+                yield SSE_DONE
+                return
+            if out.text or out.finish_reason is not None:
+                yield chunk(out.index, out.text, out.finish_reason)
+            if out.finish_reason is not None:
+                remaining -= 1
+        if include_usage:
+            yield sse({**head, "choices": [], "usage": _usage(gen, sum(generated.values()))})
+        yield SSE_DONE
+    finally:
+        if remaining:
+            engine.abort(gen.request_id)
+
+
+def _streaming_response(events: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _run(
+    state: ServerState,
+    body: SamplingRequest,
+    prompts: list[list[int]],
+    max_tokens: int | None,
+    chat: bool,
+    request: Request,
+) -> Response:
+    engine = state.ready_engine()
+    gen = _prepare(state, body, prompts, max_tokens, chat, "chatcmpl" if chat else "cmpl")
+    _submit(state, engine, gen)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return _streaming_response(_stream(engine, gen, chat, include_usage))
+    try:
+        choices = await _collect(engine, gen, request)
+    except _ClientGone:
+        return Response(status_code=499)  # nobody is listening any more
+    usage = _usage(gen, sum(c.num_generated for c in choices.values()))
+    head = {"id": gen.request_id, "created": gen.created, "model": gen.model, "usage": usage}
+    if chat:
+        return JSONResponse(
+            {
+                **head,
+                "object": "chat.completion",
+                "choices": [
+                    {
+                        "index": i,
+                        "message": {"role": "assistant", "content": "".join(c.text)},
+                        "logprobs": None,
+                        "finish_reason": c.finish_reason,
+                    }
+                    for i, c in sorted(choices.items())
+                ],
+            }
+        )
+    return JSONResponse(
+        {
+            **head,
+            "object": "text_completion",
+            "choices": [
+                {
+                    "index": i,
+                    "text": "".join(c.text),
+                    "logprobs": None,
+                    "finish_reason": c.finish_reason,
+                }
+                for i, c in sorted(choices.items())
+            ],
+        }
+    )
+
+
+# ---- routes ----
+
+
+@router.post(
+    "/completions",
+    response_model=None,
+    responses={200: {"model": CompletionResponse, "content": _STREAM_DOC}, **_GEN_ERRORS},
+)
+async def create_completion(body: CompletionRequest, request: Request) -> Response:
+    """OpenAI's text completion; `stream: true` answers with Server-Sent Events."""
+    state = get_state(request)
+    state.ready_engine()
+    body.reject_unsupported()
+    _check_model(state, body.model)
+    prompts = _completion_prompts(state, body.prompt)
+    return await _run(state, body, prompts, body.max_tokens, chat=False, request=request)
+
+
+@router.post(
+    "/chat/completions",
+    response_model=None,
+    responses={200: {"model": ChatCompletionResponse, "content": _STREAM_DOC}, **_GEN_ERRORS},
+)
+async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+    """OpenAI's chat completion with the tokenizer's role tokens as the chat template."""
+    state = get_state(request)
+    state.ready_engine()
+    body.reject_unsupported()
+    _check_model(state, body.model)
+    prompt = render_chat(state.tokenizer, body.messages)
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    return await _run(state, body, [prompt], max_tokens, chat=True, request=request)
+
+
+@router.get("/models", response_model=ModelList, responses=error_responses(401))
+async def list_models(request: Request) -> ModelList:
+    """The one model this server serves."""
+    state = get_state(request)
+    card = ModelCard(id=state.model_name, created=state.created, max_model_len=state.max_model_len)
+    return ModelList(data=[card])
+
+
+@router.post("/tokenize", response_model=TokenizeResponse, responses=error_responses(400, 401, 503))
+async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
+    """Token ids, strings, character offsets and kinds of a prompt (or a rendered chat)."""
+    state = get_state(request)
+    state.ready_engine()
+    if body.model is not None:
+        _check_model(state, body.model)
+    tok = state.tokenizer
+    if (body.prompt is None) == (body.messages is None):
+        raise bad_request("Send exactly one of 'prompt' (text) or 'messages' (a chat).", "prompt")
+    offsets = kinds = None
+    if body.prompt is not None:
+        enc = tok.encode(body.prompt)
+        ids = list(enc.ids)
+        offsets = [tuple(o) for o in enc.offsets]
+        token_kinds = getattr(enc, "kinds", None)
+        kinds = list(token_kinds) if token_kinds is not None else None
+    else:
+        ids = render_chat(tok, body.messages, body.add_generation_prompt)
+    return TokenizeResponse(
+        count=len(ids),
+        max_model_len=state.max_model_len,
+        tokens=ids,
+        token_strs=[tok.id_to_token(i) or "" for i in ids],
+        offsets=offsets,
+        kinds=kinds,
+    )
+
+
+@router.post(
+    "/detokenize", response_model=DetokenizeResponse, responses=error_responses(400, 401, 503)
+)
+async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
+    """Text of a list of token ids."""
+    state = get_state(request)
+    state.ready_engine()
+    if body.model is not None:
+        _check_model(state, body.model)
+    _check_token_ids(state, body.tokens, "tokens")
+    return DetokenizeResponse(prompt=state.tokenizer.decode(body.tokens))

@@ -1,0 +1,234 @@
+"""Request and response schemas of the OpenAI-compatible API.
+
+Field names, defaults and ranges follow OpenAI's API (and vLLM's extras such as top_k and
+repetition_penalty). Types are strict: a string where a number belongs is a 400, not a silent
+conversion. Unknown fields are ignored, as vLLM does, except the OpenAI features this server
+does not implement, which are rejected by `reject_unsupported` instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ismail_serve.errors import bad_request
+
+# Largest values accepted for integer knobs: beyond these torch tensors would overflow.
+_INT32_MAX = 2**31 - 1
+_MAX_N = 16
+
+# OpenAI features that clients may send but this server does not implement.
+UNSUPPORTED_FIELDS = (
+    "logprobs",
+    "top_logprobs",
+    "echo",
+    "suffix",
+    "best_of",
+    "logit_bias",
+    "presence_penalty",
+    "frequency_penalty",
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "response_format",
+)
+
+
+class StreamOptions(BaseModel):
+    """stream_options: include_usage adds a final chunk with token counts."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    include_usage: bool = False
+
+
+class SamplingRequest(BaseModel):
+    """Fields shared by /v1/completions and /v1/chat/completions."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    model: str = Field(description="The served model name (see /v1/models).")
+    max_tokens: int | None = Field(
+        None, ge=1, le=_INT32_MAX, description="Tokens to generate (default: up to the context)."
+    )
+    temperature: float = Field(1.0, ge=0, le=2, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
+    top_k: int = Field(0, ge=-1, le=_INT32_MAX, description="0 or -1 disables top-k.")
+    repetition_penalty: float = Field(1.0, gt=0, le=100, allow_inf_nan=False)
+    stop: str | Annotated[list[str], Field(max_length=16)] | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    n: int = Field(1, ge=1, le=_MAX_N)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    skip_special_tokens: bool = Field(True, description="Leave special tokens out of the text.")
+    user: str | None = None
+
+    def reject_unsupported(self) -> None:
+        """400 for OpenAI features this server does not implement (instead of ignoring them)."""
+        extra = self.model_extra or {}
+        for name in UNSUPPORTED_FIELDS:
+            value = extra.get(name)
+            if value not in (None, False, 0, 0.0, {}, []):
+                raise bad_request(
+                    f"'{name}' is not supported by ismail-serve; remove it from the request.",
+                    param=name,
+                    code="unsupported_parameter",
+                )
+
+    def stop_list(self) -> list[str]:
+        """`stop` as a list of non-empty strings."""
+        if self.stop is None:
+            return []
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop
+        return [s for s in stops if s]
+
+
+class CompletionRequest(SamplingRequest):
+    """POST /v1/completions."""
+
+    prompt: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+        | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+        | Annotated[
+            list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]],
+            Field(min_length=1),
+        ]
+    ) = Field(description="Text, a list of texts, token ids, or a list of token-id lists.")
+
+
+class TextPart(BaseModel):
+    """A text part of a chat message's content."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """One chat message; `developer` is treated as `system` (OpenAI's newer name)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        """The message's text, parts joined."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatCompletionRequest(SamplingRequest):
+    """POST /v1/chat/completions."""
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: int | None = Field(
+        None, ge=1, le=_INT32_MAX, description="Newer OpenAI name for max_tokens."
+    )
+
+
+class TokenizeRequest(BaseModel):
+    """POST /v1/tokenize: either `prompt` or `messages` (rendered with the chat template)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_generation_prompt: bool = True
+
+
+class DetokenizeRequest(BaseModel):
+    """POST /v1/detokenize."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    model: str | None = None
+    tokens: list[Annotated[int, Field(ge=0, le=_INT32_MAX)]]
+
+
+# ---- responses (documented in the OpenAPI schema) ----
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class ChatChoiceMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatChoiceMessage
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "ismail"
+    max_model_len: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str]
+    offsets: list[tuple[int, int]] | None = Field(
+        None, description="Character span of each token in the prompt (None for messages)."
+    )
+    kinds: list[str] | None = Field(
+        None, description="Kind of each token (root, suffix, bpe, byte, special, whitespace)."
+    )
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "loading", "draining", "failed"]
+
+
+def sse(data: dict[str, Any] | str) -> str:
+    """One Server-Sent Events message."""
+    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return f"data: {payload}\n\n"

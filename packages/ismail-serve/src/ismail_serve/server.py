@@ -1,0 +1,209 @@
+"""Start-up, model loading and graceful shutdown around uvicorn.
+
+The HTTP server starts first and loads the model in a background thread, so /health can say
+"loading" (503) meanwhile. SIGTERM or SIGINT starts a drain: new requests get 503, /health
+turns 503, running and queued requests finish (up to `drain_timeout`, after which they are
+aborted), then the server exits with status 0. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import torch
+import uvicorn
+
+from ismail_serve.app import create_app
+from ismail_serve.engine import EngineConfig, LLMEngine
+from ismail_serve.engine.model_runner import ModelRunner
+from ismail_serve.metrics import ServeMetrics
+from ismail_serve.state import STATUS_DRAINING, STATUS_FAILED, ServerState
+
+log = logging.getLogger("ismail_serve")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ServeConfig:
+    """Everything `ismail-serve` is configured with (see `ismail-serve --help`)."""
+
+    checkpoint: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model_name: str | None = None
+    api_key: str | None = None
+    device: str | None = None  # None: cuda when available, else cpu
+    dtype: str | None = None  # None: bfloat16 on cuda, float32 on cpu
+    quantize: str | None = None  # "fp8": weights to FP8 through ismail-kernels
+    max_batch: int = 16
+    max_model_len: int | None = None  # None: the model's max_seq_len
+    kv_cache_memory_mib: float | None = None  # if set, max_batch is derived from it
+    max_waiting: int = 256
+    prefill_chunk: int = 512
+    request_timeout: float | None = 600.0
+    drain_timeout: float = 30.0
+    log_level: str = "info"
+
+    @property
+    def served_name(self) -> str:
+        return self.model_name or Path(self.checkpoint).resolve().name
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was given but no CUDA device is available; use cpu")
+    return device
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    if name is None or name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)} or auto, got {name!r}")
+    return DTYPES[name]
+
+
+def _slots_for_budget(model: torch.nn.Module, budget_mib: float, max_len: int, dtype) -> int:
+    """KV slots of `max_len` positions that fit in `budget_mib` MiB."""
+    per_token = model.new_cache(1, 1, dtype=dtype).bytes_per_token()
+    slots = int(budget_mib * 2**20 // (per_token * max_len))
+    if slots < 1:
+        need = per_token * max_len / 2**20
+        raise ValueError(
+            f"--kv-cache-memory {budget_mib} MiB holds no slot of {max_len} tokens "
+            f"({need:.1f} MiB each); raise it or lower --max-model-len"
+        )
+    return slots
+
+
+def load_engine(config: ServeConfig, metrics: ServeMetrics) -> LLMEngine:
+    """Load the checkpoint and build the engine (not yet started)."""
+    from ismail_core.checkpoint import load_model
+
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    model, tokenizer = load_model(config.checkpoint, device=device, dtype=dtype)
+    model_max = int(model.cfg.max_seq_len)
+    max_len = config.max_model_len or model_max
+    if max_len > model_max:
+        raise ValueError(
+            f"--max-model-len {max_len} exceeds the model's max_seq_len {model_max}; lower it"
+        )
+    max_batch = config.max_batch
+    if config.kv_cache_memory_mib is not None:
+        max_batch = _slots_for_budget(model, config.kv_cache_memory_mib, max_len, dtype)
+    runner = ModelRunner(model, max_batch=max_batch, max_len=max_len, device=device, dtype=dtype)
+    engine_config = EngineConfig(
+        max_batch=max_batch,
+        max_model_len=max_len,
+        max_waiting=config.max_waiting,
+        prefill_chunk=config.prefill_chunk,
+        request_timeout=config.request_timeout,
+    )
+    return LLMEngine(runner, tokenizer, engine_config, metrics)
+
+
+def describe_engine(engine: LLMEngine, config: ServeConfig) -> str:
+    """The start-up message: what is served where, and how big the KV cache is."""
+    runner = engine.runner
+    kind = "MLA latent + RoPE key" if getattr(runner.model.cfg, "attention", "") == "mla" else "K/V"
+    base = f"http://{config.host}:{config.port}"
+    return (
+        f"ismail-serve: serving '{config.served_name}' ({config.checkpoint}) on {runner.device}, "
+        f"dtype {str(next(runner.model.parameters()).dtype).removeprefix('torch.')}\n"
+        f"  KV cache ({kind}): {engine.config.max_batch} slots x {engine.config.max_model_len} "
+        f"tokens x {runner.cache_bytes_per_token()} B/token = "
+        f"{runner.cache_bytes() / 2**20:.1f} MiB\n"
+        f"  OpenAI API: {base}/v1  (health {base}/health, metrics {base}/metrics)"
+    )
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn with a graceful drain on SIGTERM/SIGINT and an exit status of our own."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState, drain_timeout: float) -> None:
+        super().__init__(config)
+        self.state = state
+        self.drain_timeout = drain_timeout
+        self.exit_code = 0
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not recording the signal (as uvicorn does) keeps it from being re-raised after the
+        # shutdown, which would make the exit status 128 + signal instead of 0.
+        if self._draining:
+            log.warning("second signal: stopping now")
+            self.should_exit = self.force_exit = True
+            return
+        self._draining = True
+        log.info("received %s: draining", signal.Signals(sig).name)
+        if self.state.engine is not None:
+            self.state.engine.stop_accepting()
+        self.state.status = STATUS_DRAINING
+        threading.Thread(target=self._drain, name="ismail-drain", daemon=True).start()
+
+    def _drain(self) -> None:
+        engine = self.state.engine
+        if engine is not None and not engine.wait_idle(self.drain_timeout):
+            log.warning("drain deadline (%.0f s) passed: aborting what is left", self.drain_timeout)
+            engine.abort_all()
+            engine.wait_idle(5.0)
+        self.should_exit = True
+
+    def fail(self, message: str) -> None:
+        """The model could not be loaded: report it and stop with status 1."""
+        print(f"ismail-serve: error: {message}", file=sys.stderr, flush=True)
+        self.state.status = STATUS_FAILED
+        self.exit_code = 1
+        self.should_exit = True
+
+
+def serve(config: ServeConfig) -> int:
+    """Run the service until it is stopped; returns the process exit status."""
+    metrics = ServeMetrics()
+    state = ServerState(model_name=config.served_name, api_key=config.api_key, metrics=metrics)
+    server: DrainingServer
+
+    def load() -> None:
+        try:
+            engine = load_engine(config, metrics)
+        except Exception as exc:  # any failure to load is reported, not raised in a thread
+            log.debug("model loading failed", exc_info=True)
+            server.fail(f"could not load {config.checkpoint}: {type(exc).__name__}: {exc}")
+            return
+        engine.start()
+        if state.status == STATUS_DRAINING:  # a signal came while loading
+            engine.stop_accepting()
+            state.engine = engine
+            return
+        state.attach(engine)
+        print(describe_engine(engine, config), flush=True)
+
+    def start_loading() -> None:
+        threading.Thread(target=load, name="ismail-load", daemon=True).start()
+
+    def stop_engine() -> None:
+        if state.engine is not None:
+            state.engine.shutdown()
+
+    app = create_app(state, on_startup=start_loading, on_shutdown=stop_engine)
+    uv_config = uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level=config.log_level,
+        timeout_graceful_shutdown=10,
+    )
+    server = DrainingServer(uv_config, state, config.drain_timeout)
+    server.run()
+    return server.exit_code

@@ -1,0 +1,56 @@
+"""What the HTTP handlers share: the engine once loaded, the tokenizer, status and settings."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ismail_serve.engine import LLMEngine
+from ismail_serve.errors import APIError
+from ismail_serve.metrics import ServeMetrics
+
+STATUS_LOADING = "loading"
+STATUS_OK = "ok"
+STATUS_DRAINING = "draining"
+STATUS_FAILED = "failed"
+
+
+@dataclass
+class ServerState:
+    """Mutable server state; `status` moves loading -> ok -> draining (or loading -> failed)."""
+
+    model_name: str
+    api_key: str | None = None
+    metrics: ServeMetrics = field(default_factory=ServeMetrics)
+    status: str = STATUS_LOADING
+    engine: LLMEngine | None = None
+    tokenizer: Any = None
+    max_model_len: int = 0
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def attach(self, engine: LLMEngine) -> None:
+        """The model is loaded: start serving with this engine."""
+        self.engine = engine
+        self.metrics = engine.metrics
+        self.tokenizer = engine.tokenizer
+        self.max_model_len = engine.config.max_model_len
+        self.status = STATUS_OK
+
+    def ready_engine(self) -> LLMEngine:
+        """The engine, or a 503 while loading, draining or after a failed load."""
+        if self.status == STATUS_OK and self.engine is not None:
+            return self.engine
+        reason = {
+            STATUS_LOADING: "The model is still loading; retry in a few seconds.",
+            STATUS_DRAINING: "The server is shutting down and accepts no new requests.",
+            STATUS_FAILED: "The model failed to load; see the server log.",
+        }[self.status]
+        self.metrics.rejected.labels(reason=self.status).inc()
+        raise APIError(
+            503,
+            reason,
+            type="service_unavailable",
+            code=self.status,
+            headers={"Retry-After": "5"} if self.status == STATUS_LOADING else None,
+        )

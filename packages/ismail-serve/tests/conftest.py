@@ -1,0 +1,84 @@
+"""Fixtures: a small byte-level BPE tokenizer with chat role tokens and a tiny random model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ismail_core import ModelConfig, Transformer
+from ismail_core.tokenizer import HFTokenizer
+from ismail_serve.engine import EngineConfig, LLMEngine
+from ismail_serve.engine.model_runner import ModelRunner
+
+SPECIALS = ["<|endoftext|>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+CORPUS = [
+    "Kitaplarımızdan birini okudunuz mu? Çocuklar bahçede oynuyor.",
+    "İstanbul'da güneşli bir gün; öğretmenler ışığı söndürdü.",
+    "Ağaçların gölgesinde şarkı söyleyen kuşlar, üzüm bağları.",
+    "hello world, the quick brown fox jumps over the lazy dog 0123456789",
+]
+
+
+def build_tokenizer(vocab_size: int = 400) -> HFTokenizer:
+    """A byte-level BPE trained on a few Turkish sentences (multi-byte ğ ş ı split over ids)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    return HFTokenizer(tok)
+
+
+def tiny_config(vocab_size: int, max_seq_len: int = 128) -> ModelConfig:
+    return ModelConfig.preset(
+        "tiny",
+        vocab_size=vocab_size,
+        max_seq_len=max_seq_len,
+        dim=64,
+        n_layers=2,
+        n_heads=2,
+        inter_dim=128,
+        moe_inter_dim=64,
+        kv_lora_rank=32,
+        qk_nope_head_dim=16,
+        qk_rope_head_dim=8,
+        v_head_dim=16,
+    )
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> HFTokenizer:
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def model(tokenizer: HFTokenizer) -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(tiny_config(tokenizer.vocab_size)).eval()
+
+
+@pytest.fixture
+def make_engine(model, tokenizer):
+    """Build (and later shut down) engines on the tiny model; not started unless asked."""
+    engines: list[LLMEngine] = []
+
+    def make(start: bool = True, model_override=None, **overrides) -> LLMEngine:
+        config = EngineConfig(**{"max_batch": 4, "max_model_len": 96, **overrides})
+        runner = ModelRunner(
+            model_override or model, max_batch=config.max_batch, max_len=config.max_model_len
+        )
+        engine = LLMEngine(runner, tokenizer, config)
+        if start:
+            engine.start()
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.shutdown()

@@ -1,0 +1,229 @@
+"""The engine loop on a tiny random model: batching must not change any sequence's result."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+
+import pytest
+import torch
+from ismail_core.sampling import SamplingParams
+from ismail_serve.engine import QueueFullError, SequenceOutput, SequenceRequest
+
+PROMPTS = [
+    "Kitaplarımızdan birini",
+    "İstanbul'da güneşli bir gün; öğretmenler ışığı",
+    "Ağaç",
+    "hello world, the quick brown fox jumps over the lazy dog",
+    "Çocuklar bahçede",
+    "üzüm bağları",
+]
+
+
+class Collector:
+    """An output sink that gathers the updates of one request and signals when it is done."""
+
+    def __init__(self, num_sequences: int) -> None:
+        self.text: dict[int, list[str]] = defaultdict(list)
+        self.finish: dict[int, str] = {}
+        self.errors: dict[int, str | None] = {}
+        self.updates: list[SequenceOutput] = []
+        self._remaining = num_sequences
+        self._lock = threading.Lock()
+        self.done = threading.Event()
+        self.first = threading.Event()
+
+    def __call__(self, out: SequenceOutput) -> None:
+        with self._lock:
+            self.updates.append(out)
+            self.text[out.index].append(out.text)
+            self.first.set()
+            if out.finish_reason is not None:
+                self.finish[out.index] = out.finish_reason
+                self.errors[out.index] = out.error
+                self._remaining -= 1
+                if self._remaining == 0:
+                    self.done.set()
+
+    def result(self, index: int = 0) -> str:
+        assert self.done.wait(60), "the engine did not finish the request"
+        return "".join(self.text[index])
+
+
+def seq_request(tokenizer, rid: str, prompt: str, index: int = 0, **kw) -> SequenceRequest:
+    params = kw.pop("params", SamplingParams(temperature=0.0))
+    return SequenceRequest(
+        request_id=rid,
+        index=index,
+        prompt_ids=tokenizer.encode(prompt).ids,
+        params=params,
+        max_tokens=kw.pop("max_tokens", 10),
+        skip_special_tokens=False,
+        **kw,
+    )
+
+
+@torch.no_grad()
+def reference_greedy(model, prompt_ids: list[int], max_tokens: int) -> list[int]:
+    """Greedy decoding by recomputing the whole sequence each step (no cache, batch of one)."""
+    ids = list(prompt_ids)
+    for _ in range(max_tokens):
+        logits = model(torch.tensor([ids]))[0, -1]
+        ids.append(int(logits.argmax()))
+    return ids[len(prompt_ids) :]
+
+
+def test_batched_greedy_matches_uncached_reference(make_engine, model, tokenizer):
+    # 6 requests, 4 slots, 5-token prefill chunks: queueing, chunked prefill and batched decode
+    # with rows at different positions must give each request its solo, uncached result.
+    engine = make_engine(max_batch=4, prefill_chunk=5)
+    collectors = []
+    for i, prompt in enumerate(PROMPTS):
+        c = Collector(1)
+        engine.submit([seq_request(tokenizer, f"r{i}", prompt, max_tokens=12)], c)
+        collectors.append(c)
+    for prompt, c in zip(PROMPTS, collectors):
+        expected = reference_greedy(model, tokenizer.encode(prompt).ids, 12)
+        assert c.result() == tokenizer.decode(expected)
+        assert c.finish[0] == "length"
+    assert engine.scheduler.slots.num_used == 0
+    assert engine.scheduler.num_running == 0
+
+
+def test_seeded_sampling_is_independent_of_the_batch(make_engine, tokenizer):
+    params = SamplingParams(temperature=1.0, top_p=0.9, seed=1234)
+    engine = make_engine()
+    alone = Collector(1)
+    engine.submit([seq_request(tokenizer, "a", PROMPTS[1], params=params, max_tokens=20)], alone)
+    solo_text = alone.result()
+
+    crowd = [Collector(1) for _ in range(3)]
+    target = Collector(1)
+    for i, c in enumerate(crowd):
+        unseeded = SamplingParams(temperature=1.2)
+        engine.submit([seq_request(tokenizer, f"c{i}", PROMPTS[i], params=unseeded)], c)
+    engine.submit([seq_request(tokenizer, "b", PROMPTS[1], params=params, max_tokens=20)], target)
+    assert target.result() == solo_text
+
+
+def test_stop_string_spanning_tokens_cuts_the_text(make_engine, tokenizer):
+    engine = make_engine()
+    full = Collector(1)
+    engine.submit([seq_request(tokenizer, "full", PROMPTS[0], max_tokens=30)], full)
+    text = full.result()
+    assert len(text) > 8, f"need a longer greedy output to cut, got {text!r}"
+    stop = text[4:8]  # four characters, usually more than one token
+    cut = Collector(1)
+    req = seq_request(tokenizer, "cut", PROMPTS[0], max_tokens=30, stop=[stop])
+    engine.submit([req], cut)
+    assert cut.result() == text[: text.find(stop)]
+    assert cut.finish[0] == "stop"
+
+
+def test_stop_token_ends_the_sequence(make_engine, model, tokenizer):
+    engine = make_engine()
+    prompt_ids = tokenizer.encode(PROMPTS[2]).ids
+    greedy = reference_greedy(model, prompt_ids, 6)
+    c = Collector(1)
+    stop_ids = frozenset({greedy[3]})
+    req = seq_request(tokenizer, "s", PROMPTS[2], max_tokens=30, stop_token_ids=stop_ids)
+    engine.submit([req], c)
+    first_stop = greedy.index(greedy[3])
+    assert c.result() == tokenizer.decode(greedy[:first_stop])
+    assert c.finish[0] == "stop"
+
+
+def test_stream_updates_hold_only_complete_characters(make_engine, tokenizer):
+    # Random sampling on a byte-level vocabulary produces lone UTF-8 continuation bytes; the
+    # text of each update must still be whole characters and add up to a one-shot decode.
+    engine = make_engine()
+    for seed in range(4):
+        c = Collector(1)
+        params = SamplingParams(temperature=1.5, seed=seed)
+        engine.submit([seq_request(tokenizer, f"u{seed}", "ğ", params=params, max_tokens=40)], c)
+        text = c.result()
+        pieces = [u.text for u in c.updates]
+        assert "".join(pieces) == text
+        for piece in pieces:
+            assert piece.encode("utf-8").decode("utf-8") == piece
+
+
+def test_abort_frees_the_slot(make_engine, tokenizer):
+    engine = make_engine(max_batch=2)
+    c = Collector(1)
+    engine.submit([seq_request(tokenizer, "long", PROMPTS[0], max_tokens=80)], c)
+    assert c.first.wait(30)
+    engine.abort("long")
+    assert c.done.wait(30)
+    assert c.finish[0] == "abort"
+    assert engine.scheduler.slots.num_used == 0
+
+
+def test_waiting_queue_is_bounded(make_engine, tokenizer):
+    engine = make_engine(start=False, max_batch=1, max_waiting=1)
+    sink = Collector(3)
+    engine.submit([seq_request(tokenizer, "a", "x")], sink)  # takes the free slot
+    engine.submit([seq_request(tokenizer, "b", "x")], sink)  # waits
+    with pytest.raises(QueueFullError):
+        engine.submit([seq_request(tokenizer, "c", "x")], sink)
+    # All-or-nothing: a two-sequence request does not fit either.
+    with pytest.raises(QueueFullError):
+        engine.submit([seq_request(tokenizer, "d", "x", index=i) for i in range(2)], sink)
+
+
+def test_timeout_ends_waiting_and_running_sequences(make_engine, tokenizer):
+    engine = make_engine(start=False, request_timeout=0.05)
+    c = Collector(2)
+    engine.submit([seq_request(tokenizer, "t", "x", index=i, max_tokens=80) for i in range(2)], c)
+    time.sleep(0.1)
+    engine.start()
+    assert c.done.wait(30)
+    assert c.finish == {0: "timeout", 1: "timeout"}
+    assert engine.scheduler.slots.num_used == 0
+
+
+class FailOnSlot(torch.nn.Module):
+    """The real model, except that any decode step including cache row `slot` raises."""
+
+    def __init__(self, model: torch.nn.Module, slot: int) -> None:
+        super().__init__()
+        self.model = model
+        self.slot = slot
+
+    def new_cache(self, *args, **kwargs):
+        return self.model.new_cache(*args, **kwargs)
+
+    def forward(self, input_ids, cache=None, start_pos=0, slots=None):
+        if input_ids.shape[1] == 1 and self.slot in slots.tolist():
+            raise RuntimeError("injected failure")
+        return self.model(input_ids, cache=cache, start_pos=start_pos, slots=slots)
+
+
+def test_a_failing_sequence_does_not_affect_the_others(make_engine, model, tokenizer):
+    engine = make_engine(start=False, model_override=FailOnSlot(model, slot=1), max_batch=3)
+    collectors = [Collector(1) for _ in range(3)]
+    for i, c in enumerate(collectors):
+        engine.submit([seq_request(tokenizer, f"f{i}", PROMPTS[i], max_tokens=8)], c)
+    engine.start()  # admitted in order: request i gets slot i
+    for i in (0, 2):
+        expected = reference_greedy(model, tokenizer.encode(PROMPTS[i]).ids, 8)
+        assert collectors[i].result() == tokenizer.decode(expected)
+        assert collectors[i].finish[0] == "length"
+    collectors[1].result()
+    assert collectors[1].finish[0] == "error"
+    assert "injected failure" in collectors[1].errors[0]
+    assert engine.scheduler.slots.num_used == 0
+
+
+def test_drain_waits_for_running_sequences(make_engine, tokenizer):
+    engine = make_engine()
+    c = Collector(1)
+    engine.submit([seq_request(tokenizer, "d", PROMPTS[0], max_tokens=30)], c)
+    engine.stop_accepting()
+    assert engine.wait_idle(60)
+    assert c.finish[0] == "length"
+    from ismail_serve.engine import EngineStoppedError
+
+    with pytest.raises(EngineStoppedError):
+        engine.submit([seq_request(tokenizer, "late", "x")], c)
