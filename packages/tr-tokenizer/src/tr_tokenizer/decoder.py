@@ -1,0 +1,131 @@
+"""Turning ids back into text: case markers, shared suffixes spelled from context, byte fallback.
+
+One state machine serves both one-shot `decode` and streaming: it emits text only for complete
+characters, so the concatenation of all `step` outputs equals `decode(ids)`.
+"""
+
+from __future__ import annotations
+
+import codecs
+
+import regex
+
+from tr_tokenizer.casing import tr_upper
+from tr_tokenizer.suffixes import Element, left_context, parse_form, realize
+from tr_tokenizer.vocab import Vocabulary
+
+# Kind codes used in the per-id tables.
+TEXT, SPECIAL, CAP, UPPER, BYTE, SHARED = range(6)
+
+_LETTERS_ONLY = regex.compile(r"[\p{L}\p{M}]+")
+_SPACED_WORD = regex.compile(r" [\p{L}\p{M}]+")
+_TAIL = 48  # characters of output kept as left context for shared suffixes
+
+
+def _utf8_errors(exc: UnicodeDecodeError) -> tuple[str, int]:
+    """Decode surrogate code points written by the encoder; replace anything else invalid."""
+    try:
+        return codecs.lookup_error("surrogatepass")(exc)
+    except UnicodeDecodeError:
+        return "\ufffd", exc.start + 1
+
+
+codecs.register_error("tr_tokenizer", _utf8_errors)
+
+
+class DecodeTables:
+    """Per-id lookup tables derived from a vocabulary."""
+
+    def __init__(self, vocab: Vocabulary) -> None:
+        n = len(vocab.pieces)
+        self.kind = [TEXT] * n
+        self.text: list[str] = [""] * n
+        self.byte = [0] * n
+        self.elements: list[tuple[Element, ...]] = [()] * n
+        self.letters_only = [False] * n  # may continue an all-caps word
+        self.spaced_word = [False] * n  # may start an all-caps word
+        for i, (text, kind, _) in enumerate(vocab.pieces):
+            self.text[i] = text
+            if kind == "special":
+                self.kind[i] = SPECIAL
+            elif kind == "case":
+                self.kind[i] = CAP if text == "<|cap|>" else UPPER
+            elif kind == "byte":
+                self.kind[i] = BYTE
+                self.byte[i] = int(text[3:5], 16)
+            elif kind == "suffix" and text.startswith("+"):
+                self.kind[i] = SHARED
+                self.elements[i] = parse_form(text[1:])
+                self.letters_only[i] = True
+            else:
+                self.letters_only[i] = _LETTERS_ONLY.fullmatch(text) is not None
+                self.spaced_word[i] = _SPACED_WORD.fullmatch(text) is not None
+
+
+# Case states of the decoder.
+_NONE, _CAP_PENDING, _UPPER_START, _UPPER_CONT = range(4)
+
+
+class DecodeState:
+    """Incremental decoder. `step(id)` returns the newly completed text."""
+
+    def __init__(self, tables: DecodeTables, skip_special_tokens: bool = False) -> None:
+        self.t = tables
+        self.skip_special = skip_special_tokens
+        self.case = _NONE
+        self.tail = ""
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="tr_tokenizer")
+        self.pending_bytes = False
+
+    def step(self, token_id: int) -> str:
+        t = self.t
+        kind = t.kind[token_id]
+        if kind == BYTE:
+            self.pending_bytes = True
+            out = self.utf8.decode(bytes((t.byte[token_id],)))
+            self.case = _NONE
+            return self._emit(out)
+        out = self.flush() if self.pending_bytes else ""
+        if kind == TEXT or kind == SHARED:
+            if kind == SHARED:
+                last, vowel = left_context(self.tail)
+                piece = realize(t.elements[token_id], last, vowel)
+                if piece is None:  # no word to the left (only for ids not made by encode)
+                    piece = realize(t.elements[token_id], "a", "a") or ""
+            else:
+                piece = t.text[token_id]
+            case = self.case
+            if case != _NONE:
+                if case == _CAP_PENDING:
+                    j = 1 if piece[:1] == " " else 0
+                    piece = piece[:j] + tr_upper(piece[j : j + 1]) + piece[j + 1 :]
+                    self.case = _NONE
+                elif t.letters_only[token_id] or (case == _UPPER_START and t.spaced_word[token_id]):
+                    piece = tr_upper(piece)
+                    self.case = _UPPER_CONT
+                else:
+                    self.case = _NONE
+            return out + self._emit(piece)
+        if kind == CAP:
+            self.case = _CAP_PENDING
+            return out
+        if kind == UPPER:
+            self.case = _UPPER_START
+            return out
+        # SPECIAL
+        self.case = _NONE
+        if self.skip_special:
+            return out
+        return out + self._emit(t.text[token_id])
+
+    def _emit(self, text: str) -> str:
+        if text:
+            self.tail = (self.tail + text)[-_TAIL:]
+        return text
+
+    def flush(self) -> str:
+        """Return text held back for incomplete UTF-8 bytes (as U+FFFD if never completed)."""
+        if not self.pending_bytes:
+            return ""
+        self.pending_bytes = False
+        return self._emit(self.utf8.decode(b"", final=True))

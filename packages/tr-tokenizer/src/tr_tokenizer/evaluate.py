@@ -1,0 +1,107 @@
+"""Quality measures: tokens per word, bytes per token, round trip, morphology alignment.
+
+Morphology alignment (as in the project's issue): over the words whose lemma is a proper prefix
+of the word (compared in Turkish lowercase), the share where a token boundary falls exactly at
+the lemma's end and no token boundary falls strictly inside the lemma.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tr_tokenizer.casing import tr_lower
+
+Offsets = Sequence[tuple[int, int]]
+
+
+@dataclass
+class Sentence:
+    """A sentence's text and its words as (start, end, lemma) character spans."""
+
+    text: str
+    words: list[tuple[int, int, str]]
+
+
+def read_conllu(path: str | Path) -> list[Sentence]:
+    """Sentences of a CoNLL-U file with surface words and lemmas.
+
+    Multiword tokens (ID ranges such as 3-4) count as one surface word with the lemma of their
+    first part; their parts are skipped.
+    """
+    sentences: list[Sentence] = []
+    text = None
+    rows: list[tuple[str, str]] = []
+    skip_until = 0
+    for line in Path(path).read_text(encoding="utf-8").split("\n"):
+        if line.startswith("# text = "):
+            text = line[len("# text = ") :]
+        elif line.startswith("#"):
+            continue
+        elif not line.strip():
+            if text is not None and rows:
+                sentences.append(_locate(text, rows))
+            text, rows, skip_until = None, [], 0
+        else:
+            cols = line.split("\t")
+            if len(cols) < 3:
+                continue
+            if "-" in cols[0]:
+                first, last = cols[0].split("-")
+                skip_until = int(last)
+                rows.append((cols[1], "\x00" + first))  # lemma filled from the first part
+            elif "." in cols[0]:
+                continue
+            elif int(cols[0]) <= skip_until:
+                if rows and rows[-1][1] == "\x00" + cols[0]:
+                    rows[-1] = (rows[-1][0], cols[2])
+            else:
+                rows.append((cols[1], cols[2]))
+    if text is not None and rows:
+        sentences.append(_locate(text, rows))
+    return sentences
+
+
+def _locate(text: str, rows: list[tuple[str, str]]) -> Sentence:
+    words = []
+    pos = 0
+    for form, lemma in rows:
+        start = text.find(form, pos)
+        if start < 0:
+            continue
+        words.append((start, start + len(form), lemma))
+        pos = start + len(form)
+    return Sentence(text, words)
+
+
+def aligned(word_start: int, word_end: int, lemma_len: int, offsets: Offsets) -> bool:
+    """True if a boundary falls at word_start + lemma_len and none inside the lemma."""
+    cut = word_start + lemma_len
+    at_cut = False
+    for a, b in offsets:
+        for boundary in (a, b):
+            if word_start < boundary < cut:
+                return False
+            if boundary == cut:
+                at_cut = True
+    return at_cut
+
+
+def morphology_alignment(
+    sentences: Iterable[Sentence], offsets_of: Callable[[str], Offsets]
+) -> tuple[int, int]:
+    """(aligned words, eligible words) over sentences, with offsets from `offsets_of(text)`."""
+    good = total = 0
+    for s in sentences:
+        offsets = [o for o in offsets_of(s.text) if o[0] != o[1]]
+        for start, end, lemma in s.words:
+            form = tr_lower(s.text[start:end])
+            lem = tr_lower(lemma)
+            if not lem or len(lem) >= len(form) or not form.startswith(lem):
+                continue
+            total += 1
+            # only the offsets that overlap this word matter
+            near = [(a, b) for a, b in offsets if a < end and b > start]
+            good += aligned(start, end, len(lem), near)
+    return good, total

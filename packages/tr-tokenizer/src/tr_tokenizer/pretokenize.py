@@ -1,0 +1,33 @@
+"""Pre-tokenization: split text into chunks that are encoded independently (and cached).
+
+The chunks cover the input exactly and in order, so offsets follow from chunk lengths. A word
+carries its leading space (" kitaplar") so a typical word needs no separate space token. Apostrophe
+suffixes stay with their word ("Ankara'da") because their surface depends on the word's vowels.
+Letters, digits and punctuation never share a chunk, so no learned piece mixes them; names of
+non-text tokens ("<|eos|>", "<0x41>", "+lAr") can therefore never collide with a text piece.
+"""
+
+from __future__ import annotations
+
+import regex
+
+_LETTERS = r"[\p{L}\p{M}]+"
+PATTERN = regex.compile(
+    rf" ?{_LETTERS}(?:['’]{_LETTERS})*"  # word with optional leading space and apostrophe suffixes
+    r"| ?\p{N}{1,3}"  # numbers in groups of at most three digits
+    rf"|['’]{_LETTERS}"  # apostrophe suffix after a number or symbol ("1920'de")
+    r"| ?[^\s\p{L}\p{M}\p{N}]+"  # punctuation and symbols
+    r"|\s+(?!\S)"  # whitespace run, leaving one space for the next word
+    r"|\s+"
+)
+WORD = regex.compile(rf" ?{_LETTERS}(?:['’]{_LETTERS})*")
+APOSTROPHES = ("'", "’")
+
+# Chunks longer than this are encoded in context-free segments of this length (no morphology),
+# which bounds the work per chunk and keeps 10 MB single-line inputs linear.
+MAX_CHUNK = 64
+
+
+def split(text: str) -> list[str]:
+    """Split text into chunks whose concatenation is exactly `text`."""
+    return PATTERN.findall(text)

@@ -1,0 +1,280 @@
+"""The public Tokenizer: encode/decode, batches, streaming decode, save/load."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from multiprocessing import get_context
+from pathlib import Path
+
+import regex
+
+from tr_tokenizer.decoder import DecodeState, DecodeTables
+from tr_tokenizer.encoder import ChunkEncoder
+from tr_tokenizer.pretokenize import PATTERN
+from tr_tokenizer.vocab import BOS, EOS, PAD, SPECIAL_TOKENS, Vocabulary
+
+_CACHE_LIMIT = 1_000_000  # cached chunks before the cache is cleared
+_PARALLEL_MIN_CHARS = 1_000_000  # below this, a batch is encoded in this process
+
+
+class _ChunkCache(dict):
+    """chunk -> token ids; encodes on a miss, so the hot loop is a plain dict lookup."""
+
+    def __init__(self, encoder: ChunkEncoder, lens: dict) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.lens = lens
+
+    def __missing__(self, chunk: str) -> tuple[int, ...]:
+        ids, lens = self.encoder.encode_chunk(chunk)
+        if len(self) >= _CACHE_LIMIT:
+            self.clear()
+            self.lens.clear()
+        self[chunk] = ids
+        self.lens[chunk] = lens
+        return ids
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One token of a segmentation: its vocabulary name, the text it covers, its kind."""
+
+    token: str
+    text: str
+    kind: str
+
+
+class Encoding:
+    """Result of `encode`: `.ids`, plus `.tokens` and `.offsets` computed on first use."""
+
+    __slots__ = ("ids", "_text", "_special", "_tok", "_tokens", "_offsets")
+
+    def __init__(self, ids: list[int], text: str, tok: Tokenizer, special: bool = False) -> None:
+        self.ids = ids
+        self._text = text
+        self._special = special
+        self._tok = tok
+        self._tokens: list[str] | None = None
+        self._offsets: list[tuple[int, int]] | None = None
+
+    @property
+    def tokens(self) -> list[str]:
+        """Vocabulary names of the tokens (shared suffixes appear as their form, e.g. "+lAr")."""
+        if self._tokens is None:
+            names = self._tok._names
+            self._tokens = [names[i] for i in self.ids]
+        return self._tokens
+
+    @property
+    def offsets(self) -> list[tuple[int, int]]:
+        """(start, end) character span of each token; spans cover the input in order."""
+        if self._offsets is None:
+            self._offsets = self._tok._offsets(self._text, self._special)
+        return self._offsets
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return f"Encoding(ids={self.ids!r})"
+
+
+class DecodeStream:
+    """Streaming decoder: `step(id)` returns newly completed text; `flush()` the remainder."""
+
+    def __init__(self, tok: Tokenizer, skip_special_tokens: bool = False) -> None:
+        self._tok = tok
+        self._state = DecodeState(tok._tables, skip_special_tokens)
+
+    def step(self, token_id: int) -> str:
+        self._tok._check_id(token_id)
+        return self._state.step(token_id)
+
+    def flush(self) -> str:
+        return self._state.flush()
+
+
+class Tokenizer:
+    """A lossless, morphology-aware Turkish tokenizer over a fixed vocabulary."""
+
+    def __init__(self, vocab: Vocabulary) -> None:
+        self.vocab = vocab
+        self._names = [p[0] for p in vocab.pieces]
+        self._kinds = [p[1] for p in vocab.pieces]
+        self._ids = {name: i for i, name in enumerate(self._names)}
+        self._tables = DecodeTables(vocab)
+        self._encoder = ChunkEncoder(vocab, self._tables)
+        self._lens: dict[str, tuple[int, ...]] = {}
+        self._cache = _ChunkCache(self._encoder, self._lens)
+        self.special_tokens: dict[str, int] = {t: self._ids[t] for t in SPECIAL_TOKENS}
+        self._special_re = regex.compile("|".join(regex.escape(t) for t in SPECIAL_TOKENS))
+        self.fingerprint: str = vocab.fingerprint()
+
+    # ---- vocabulary ---------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._names)
+
+    @property
+    def pad_id(self) -> int:
+        return self.special_tokens[PAD]
+
+    @property
+    def bos_id(self) -> int:
+        return self.special_tokens[BOS]
+
+    @property
+    def eos_id(self) -> int:
+        return self.special_tokens[EOS]
+
+    def token_to_id(self, token: str) -> int | None:
+        """Id of a vocabulary name, or None if there is no such token."""
+        return self._ids.get(token)
+
+    def id_to_token(self, token_id: int) -> str:
+        """Vocabulary name of an id (ValueError for an id outside the vocabulary)."""
+        self._check_id(token_id)
+        return self._names[token_id]
+
+    def kind(self, token_id: int) -> str:
+        """Kind of a token: special, case, byte, space, root, suffix or bpe."""
+        self._check_id(token_id)
+        return self._kinds[token_id]
+
+    # ---- encoding -----------------------------------------------------------------------
+
+    def encode(self, text: str, allow_special: bool = False) -> Encoding:
+        """Encode text. With allow_special, special-token names in the text become their ids."""
+        return Encoding(self.encode_ids(text, allow_special), text, self, allow_special)
+
+    def encode_ids(self, text: str, allow_special: bool = False) -> list[int]:
+        """Token ids only: the fast path (no tokens or offsets)."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode() expects str, got {type(text).__name__}; decode bytes first")
+        cache = self._cache
+        if allow_special and "<|" in text:
+            ids: list[int] = []
+            pos = 0
+            for m in self._special_re.finditer(text):
+                ids += [i for c in PATTERN.findall(text[pos : m.start()]) for i in cache[c]]
+                ids.append(self.special_tokens[m.group()])
+                pos = m.end()
+            ids += [i for c in PATTERN.findall(text[pos:]) for i in cache[c]]
+            return ids
+        return [i for c in PATTERN.findall(text) for i in cache[c]]
+
+    def _offsets(self, text: str, allow_special: bool) -> list[tuple[int, int]]:
+        offsets: list[tuple[int, int]] = []
+        pos = 0
+        if allow_special and "<|" in text:
+            for m in self._special_re.finditer(text):
+                self._chunk_offsets(text[pos : m.start()], pos, offsets)
+                offsets.append((m.start(), m.end()))
+                pos = m.end()
+        self._chunk_offsets(text[pos:], pos, offsets)
+        return offsets
+
+    def _chunk_offsets(self, text: str, pos: int, offsets: list[tuple[int, int]]) -> None:
+        lens, cache = self._lens, self._cache
+        for c in PATTERN.findall(text):
+            if c not in lens:
+                cache.__missing__(c)
+            for n in lens[c]:
+                offsets.append((pos, pos + n))
+                pos += n
+
+    def encode_batch(self, texts: Sequence[str], num_workers: int | None = None) -> list[Encoding]:
+        """Encode many texts; large batches are split over processes (default: all CPUs)."""
+        return [
+            Encoding(ids, text, self)
+            for ids, text in zip(self.encode_batch_ids(texts, num_workers), texts)
+        ]
+
+    def encode_batch_ids(
+        self, texts: Sequence[str], num_workers: int | None = None
+    ) -> list[list[int]]:
+        """Ids for many texts, encoded over `num_workers` processes when the batch is large."""
+        texts = list(texts)
+        for t in texts:
+            if not isinstance(t, str):
+                raise TypeError(f"encode_batch() expects str items, got {type(t).__name__}")
+        workers = num_workers or os.cpu_count() or 1
+        total = sum(len(t) for t in texts)
+        if workers <= 1 or len(texts) < 2 or total < _PARALLEL_MIN_CHARS:
+            return [self.encode_ids(t) for t in texts]
+        # fork: workers inherit this tokenizer and its warm cache without pickling it.
+        global _WORKER_TOKENIZER
+        _WORKER_TOKENIZER = self
+        per = max(1, -(-len(texts) // (workers * 4)))
+        batches = [texts[i : i + per] for i in range(0, len(texts), per)]
+        with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+            results = pool.map(_encode_in_worker, batches)
+            return [ids for batch in results for ids in batch]
+
+    def segment(self, text: str) -> list[Piece]:
+        """Morphological view: each token with the text it covers and its kind."""
+        enc = self.encode(text)
+        return [
+            Piece(self._names[i], text[a:b], self._kinds[i])
+            for i, (a, b) in zip(enc.ids, enc.offsets)
+        ]
+
+    # ---- decoding -----------------------------------------------------------------------
+
+    def _check_id(self, token_id: int) -> None:
+        if isinstance(token_id, bool) or not isinstance(token_id, int):
+            if not (hasattr(token_id, "__index__") and not isinstance(token_id, float)):
+                raise TypeError(f"token ids must be int, got {type(token_id).__name__}")
+            token_id = token_id.__index__()
+        if not 0 <= token_id < len(self._names):
+            raise ValueError(
+                f"unknown token id {token_id}: this vocabulary has ids 0..{len(self._names) - 1}"
+            )
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        """Text for ids; decode(encode(s).ids) == s for every string s."""
+        ids = [int(i) if not isinstance(i, int) else i for i in ids]
+        n = len(self._names)
+        for i in ids:
+            if not 0 <= i < n:
+                raise ValueError(f"unknown token id {i}: this vocabulary has ids 0..{n - 1}")
+        state = DecodeState(self._tables, skip_special_tokens)
+        step = state.step
+        return "".join([step(i) for i in ids]) + state.flush()
+
+    def decode_stream(self, skip_special_tokens: bool = False) -> DecodeStream:
+        """A streaming decoder that only ever emits complete characters."""
+        return DecodeStream(self, skip_special_tokens)
+
+    # ---- persistence --------------------------------------------------------------------
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the vocabulary to `directory/tokenizer.json` (atomically)."""
+        return self.vocab.save(directory)
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size}, fingerprint={self.fingerprint!r})"
+
+
+_WORKER_TOKENIZER: Tokenizer | None = None
+
+
+def _encode_in_worker(texts: list[str]) -> list[list[int]]:
+    assert _WORKER_TOKENIZER is not None
+    return [_WORKER_TOKENIZER.encode_ids(t) for t in texts]
+
+
+DEFAULT_VOCAB = "default"
+
+
+def load(path: str | os.PathLike | None = None) -> Tokenizer:
+    """Load a tokenizer: None for the shipped default vocabulary, else a saved directory."""
+    if path is None:
+        with resources.as_file(resources.files("tr_tokenizer") / "data" / DEFAULT_VOCAB) as p:
+            return Tokenizer(Vocabulary.load(p))
+    return Tokenizer(Vocabulary.load(path))

@@ -1,0 +1,409 @@
+"""Training a vocabulary: roots from a lexicon, suffix tokens from the inventory, BPE for the rest.
+
+Steps (each a function below):
+1. count pre-tokenized chunks in the corpus (plus optional word counts, e.g. a frequency list);
+2. parse every frequent lowercase word as lexicon root + inventory suffixes (two passes of hard
+   EM: the second pass scores parses with root and suffix frequencies from the first);
+3. keep the most frequent roots (with and without a leading space) and suffix chains (whole
+   sequences such as "+lArIndAn" shared across allomorphs, or literal "larından" without sharing);
+4. train BPE with `tokenizers` on what the morphology does not cover (unparsed words, names,
+   numbers, punctuation) to fill the rest of the vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tr_tokenizer.casing import MIXED, case_class, tr_lower
+from tr_tokenizer.pretokenize import MAX_CHUNK, PATTERN, WORD
+from tr_tokenizer.suffixes import (
+    APOSTROPHES,
+    INVENTORY,
+    canonical_chain,
+    left_context,
+    parse_form,
+    realize,
+    surfaces,
+)
+from tr_tokenizer.vocab import Vocabulary, fixed_pieces
+
+
+@dataclass
+class TrainConfig:
+    """Knobs of `train`. Fractions are of the vocabulary left after the fixed tokens."""
+
+    vocab_size: int = 32768
+    share_allomorphs: bool = True  # one id per suffix chain across its allomorphs
+    suffix_chains: int = 2000  # suffix tokens beyond the single-morpheme inventory
+    root_fraction: float = 0.62  # share of the remaining vocabulary given to roots
+    unspaced_ratio: float = 0.1  # assumed share of a root's uses without a leading space
+    max_parse_words: int = 300_000  # most frequent word types parsed for statistics
+    min_root_count: float = 2.0
+    alphabet_size: int = 200  # single characters kept as pieces
+    bpe_min_frequency: int = 2
+
+
+def train(
+    files_or_iterator: str | os.PathLike | Iterable[str | os.PathLike] | Iterable[str],
+    vocab_size: int = 32768,
+    *,
+    lexicon: str | os.PathLike | Iterable[str] | None = None,
+    word_counts: str | os.PathLike | Mapping[str, float] | None = None,
+    share_allomorphs: bool = True,
+    config: TrainConfig | None = None,
+):
+    """Train a tokenizer.
+
+    files_or_iterator: a text file path, a list of paths, or an iterable of text strings.
+    lexicon: roots (a file with one root per line, or an iterable); without one there is no
+        root layer and words are covered by BPE plus suffix tokens.
+    word_counts: extra word frequencies (a mapping or a "word<TAB>count" file), e.g. a
+        frequency list of a larger corpus than the prose given.
+    Returns a `Tokenizer`.
+    """
+    from tr_tokenizer.tokenizer import Tokenizer
+
+    cfg = config or TrainConfig()
+    cfg.vocab_size = vocab_size
+    cfg.share_allomorphs = share_allomorphs
+    chunks = count_chunks(_texts(files_or_iterator))
+    if word_counts is not None:
+        for word, count in _word_counts(word_counts).items():
+            for chunk in PATTERN.findall(" " + word):
+                chunks[chunk] += count
+    if not chunks:
+        raise ValueError("train() got no text: pass files or an iterable of non-empty strings")
+    roots = _lexicon(lexicon)
+    vocab = build_vocabulary(chunks, roots, cfg)
+    return Tokenizer(vocab)
+
+
+# ---- inputs -------------------------------------------------------------------------------
+
+
+def _texts(source) -> Iterable[str]:
+    if isinstance(source, (str, os.PathLike)):
+        source = [source]
+    for item in source:
+        if isinstance(item, os.PathLike) or (isinstance(item, str) and _is_file(item)):
+            path = Path(item)
+            yield path.read_text(encoding="utf-8")
+        elif isinstance(item, str):
+            yield item
+        else:
+            raise TypeError(f"train() expects paths or strings, got {type(item).__name__}")
+
+
+def _is_file(item: str) -> bool:
+    return len(item) < 4096 and "\n" not in item and Path(item).is_file()
+
+
+def _lexicon(lexicon) -> set[str]:
+    if lexicon is None:
+        return set()
+    if isinstance(lexicon, (str, os.PathLike)):
+        path = Path(lexicon)
+        if not path.is_file():
+            raise FileNotFoundError(f"lexicon file {path} does not exist (one root per line)")
+        lexicon = path.read_text(encoding="utf-8").split("\n")
+    roots = set()
+    for root in lexicon:
+        root = tr_lower(root.strip())
+        if root and WORD.fullmatch(root) and not root.startswith(" "):
+            roots.add(root)
+    return roots
+
+
+def _word_counts(word_counts) -> Mapping[str, float]:
+    if isinstance(word_counts, Mapping):
+        return word_counts
+    path = Path(word_counts)
+    if not path.is_file():
+        raise FileNotFoundError(f"word count file {path} does not exist (word<TAB>count lines)")
+    counts: dict[str, float] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+        if not line:
+            continue
+        word, _, count = line.rpartition("\t")
+        try:
+            counts[word] = counts.get(word, 0.0) + float(count)
+        except ValueError as e:
+            raise ValueError(f"{path}:{n}: expected 'word<TAB>count', got {line!r}") from e
+    return counts
+
+
+def count_chunks(texts: Iterable[str]) -> Counter:
+    """Count pre-tokenized chunks over texts."""
+    counts: Counter = Counter()
+    for text in texts:
+        counts.update(PATTERN.findall(text))
+    return counts
+
+
+# ---- morphology statistics -----------------------------------------------------------------
+
+
+class _MorphParser:
+    """Parses lowercase words as root + inventory morphemes (for training statistics)."""
+
+    def __init__(self, roots: set[str]) -> None:
+        self.roots = roots
+        self.max_root = max((len(r) for r in roots), default=0)
+        self.by_surface: dict[str, list[str]] = {}
+        for form in INVENTORY:
+            for s in surfaces(form):
+                self.by_surface.setdefault(s, []).append(form)
+        self.max_surface = max(len(s) for s in self.by_surface)
+        self.root_cost: dict[str, float] = {}
+        self.morph_cost: dict[str, float] = {}
+        self.default_root_cost = 1.0
+        self.default_morph_cost = 1.0
+
+    def parse(self, word: str) -> tuple[str, list[str]] | None:
+        """Best (root, [morpheme forms and apostrophes]) for a word, or None."""
+        best: tuple[float, str, list[str]] | None = None
+        for L in range(min(len(word), self.max_root), 0, -1):
+            root = word[:L]
+            if root not in self.roots:
+                continue
+            rc = self.root_cost.get(root, self.default_root_cost) - 1e-3 * L
+            rest = self._suffixes(word, L)
+            if rest is None:
+                continue
+            cost, forms = rest
+            if best is None or rc + cost < best[0]:
+                best = (rc + cost, root, forms)
+        return None if best is None else (best[1], best[2])
+
+    def _suffixes(self, word: str, start: int) -> tuple[float, list[str]] | None:
+        n = len(word)
+        cost = [math.inf] * (n + 1)
+        back: list[tuple[int, str] | None] = [None] * (n + 1)
+        cost[start] = 0.0
+        for i in range(start, n):
+            if cost[i] == math.inf:
+                continue
+            if word[i] in APOSTROPHES and cost[i] < cost[i + 1]:
+                cost[i + 1] = cost[i]
+                back[i + 1] = (i, word[i])
+            last, vowel = left_context(word[:i])
+            for j in range(i + 1, min(n, i + self.max_surface) + 1):
+                sub = word[i:j]
+                for form in self.by_surface.get(sub, ()):
+                    c = cost[i] + self.morph_cost.get(form, self.default_morph_cost)
+                    if c < cost[j] and realize(parse_form(form), last, vowel) == sub:
+                        cost[j] = c
+                        back[j] = (i, form)
+        if cost[n] == math.inf:
+            return None
+        forms = []
+        j = n
+        while j > start:
+            i, form = back[j]
+            forms.append(form)
+            j = i
+        forms.reverse()
+        return cost[n], forms
+
+    def set_costs(self, root_counts: Counter, morph_counts: Counter) -> None:
+        """Switch to unigram costs (-log p) estimated from a previous pass."""
+        rt = sum(root_counts.values()) or 1.0
+        mt = sum(morph_counts.values()) or 1.0
+        self.root_cost = {r: -math.log(c / rt) for r, c in root_counts.items()}
+        self.morph_cost = {m: -math.log(c / mt) for m, c in morph_counts.items()}
+        self.default_root_cost = -math.log(0.5 / rt)
+        self.default_morph_cost = -math.log(0.5 / mt)
+
+
+def _chains(forms: list[str]) -> list[list[str]]:
+    """Split a parse's suffix list at apostrophes into morpheme runs."""
+    runs: list[list[str]] = [[]]
+    for f in forms:
+        if f in APOSTROPHES:
+            runs.append([])
+        else:
+            runs[-1].append(f)
+    return [r for r in runs if r]
+
+
+def _surface_of_run(word: str, root: str, forms: list[str]) -> list[str]:
+    """Surface strings of each apostrophe-free morpheme run of a parsed word."""
+    out = []
+    pos = len(root)
+    run = ""
+    for f in forms:
+        if f in APOSTROPHES:
+            if run:
+                out.append(run)
+            run = ""
+            pos += 1
+            continue
+        last, vowel = left_context(word[:pos])
+        s = realize(parse_form(f), last, vowel) or ""
+        run += s
+        pos += len(s)
+    if run:
+        out.append(run)
+    return out
+
+
+# ---- vocabulary assembly -------------------------------------------------------------------
+
+
+def build_vocabulary(chunks: Counter, lexicon: set[str], cfg: TrainConfig) -> Vocabulary:
+    """Choose roots, suffix tokens and BPE pieces from chunk counts."""
+    fixed = fixed_pieces()
+    words: Counter = Counter()  # lowercase word (with its leading space, if any) -> count
+    raw: Counter = Counter()  # chunks encoded without morphology
+    chars: Counter = Counter()
+    for chunk, count in chunks.items():
+        for ch in chunk:
+            chars[ch] += count
+        if len(chunk) <= MAX_CHUNK and WORD.fullmatch(chunk):
+            case, low = case_class(chunk)
+            if case != MIXED:
+                words[low] += count
+                continue
+        if not chunk.isspace():
+            raw[chunk] += count
+
+    # 2. parse words (spaced and unspaced uses pooled) in two passes
+    bare: Counter = Counter()
+    for w, c in words.items():
+        bare[w.lstrip(" ")] += c
+    frequent = [w for w, _ in bare.most_common(cfg.max_parse_words)]
+    parser = _MorphParser(lexicon)
+    parses: dict[str, tuple[str, list[str]] | None] = {}
+    for _ in range(2):
+        root_counts: Counter = Counter()
+        morph_counts: Counter = Counter()
+        for w in frequent:
+            p = parser.parse(w)
+            parses[w] = p
+            if p is not None:
+                root_counts[p[0]] += bare[w]
+                for f in p[1]:
+                    morph_counts[f] += bare[w]
+        parser.set_costs(root_counts, morph_counts)
+
+    # 3a. roots, with and without a leading space
+    variant_counts: Counter = Counter()
+    for w, c in words.items():
+        bw = w.lstrip(" ")
+        p = parses.get(bw)
+        if p is None:
+            continue
+        spaced = w.startswith(" ")
+        variant_counts[(" " if spaced else "") + p[0]] += c
+        if spaced:
+            variant_counts[p[0]] += cfg.unspaced_ratio * c
+
+    # 3b. suffix tokens: the inventory's morphemes, their literal allomorphs, frequent chains
+    literal_suffixes = sorted({s for form in INVENTORY for s in surfaces(form)})
+    shared_forms = list(INVENTORY) if cfg.share_allomorphs else []
+    chain_counts: Counter = Counter()
+    for w, p in parses.items():
+        if p is None:
+            continue
+        root, forms = p
+        if cfg.share_allomorphs:
+            for run in _chains(forms):
+                chain_counts["+" + canonical_chain(run)] += bare[w]
+        else:
+            for s in _surface_of_run(w, root, forms):
+                chain_counts[s] += bare[w]
+    singles = {"+" + f for f in shared_forms} | set(literal_suffixes)
+    chains = [c for c, _ in chain_counts.most_common() if c not in singles][: cfg.suffix_chains]
+
+    budget = cfg.vocab_size - len(fixed)
+    suffix_total = len(literal_suffixes) + len(shared_forms) + len(chains)
+    n_roots = int(cfg.root_fraction * (budget - suffix_total - cfg.alphabet_size))
+    roots = [
+        (r, c)
+        for r, c in variant_counts.most_common()
+        if c >= cfg.min_root_count and r not in singles
+    ][:n_roots]
+
+    pieces: list[tuple[str, str, float]] = list(fixed)
+    seen = {p[0] for p in pieces}
+
+    def add(text: str, kind: str, score: float) -> None:
+        if text not in seen and len(pieces) < cfg.vocab_size:
+            seen.add(text)
+            pieces.append((text, kind, round(score, 3)))
+
+    suffix_total_count = sum(chain_counts.values()) or 1.0
+    for form in shared_forms:
+        add("+" + form, "suffix", _logp(chain_counts.get("+" + form, 0.5), suffix_total_count))
+    for s in literal_suffixes:
+        add(s, "suffix", _logp(chain_counts.get(s, 0.5), suffix_total_count))
+    for c in chains:
+        add(c, "suffix", _logp(chain_counts[c], suffix_total_count))
+    root_total = sum(c for _, c in roots) or 1.0
+    for r, c in roots:
+        add(r, "root", _logp(c, root_total))
+    alphabet = [ch for ch, _ in chars.most_common(cfg.alphabet_size) if not ch.isspace()]
+    for ch in alphabet:
+        add(ch, "bpe", -20.0)
+
+    # 4. BPE over what the morphology does not cover
+    residual = _residual(words, raw, pieces, cfg)
+    for rank, piece in enumerate(_train_bpe(residual, alphabet, cfg.vocab_size - len(pieces))):
+        add(piece, "bpe", -math.log(rank + 2))
+    return Vocabulary(pieces, config=asdict(cfg))
+
+
+def _logp(count: float, total: float) -> float:
+    return math.log(max(count, 1e-9) / total)
+
+
+def _residual(words: Counter, raw: Counter, pieces: list, cfg: TrainConfig) -> Counter:
+    """Chunks the morphology cannot fully parse with the chosen roots and suffix tokens."""
+    from tr_tokenizer.decoder import DecodeTables
+    from tr_tokenizer.encoder import ChunkEncoder
+
+    vocab = Vocabulary(list(pieces))
+    encoder = ChunkEncoder(vocab, DecodeTables(vocab))
+    residual: Counter = Counter(raw)
+    for w, c in words.most_common(2 * cfg.max_parse_words):
+        if encoder._morph(w) is None:
+            residual[w] += c
+    return residual
+
+
+def _train_bpe(residual: Counter, alphabet: list[str], n_pieces: int) -> list[str]:
+    """Learn up to n_pieces BPE pieces (in merge order) with the `tokenizers` library."""
+    if n_pieces <= 0 or not residual:
+        return []
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers, trainers
+
+    sep = "\u0001"  # never inside a chunk we keep; separates repeated chunks
+    total = sum(residual.values())
+    scale = min(1.0, 5_000_000 / total)  # bound the training input size
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.Split(sep, behavior="removed")
+    trainer = trainers.BpeTrainer(
+        vocab_size=n_pieces + len(alphabet) + 200,
+        min_frequency=2,
+        initial_alphabet=alphabet,
+        limit_alphabet=len(alphabet) + 50,
+        show_progress=False,
+    )
+
+    def lines():
+        for chunk, count in residual.items():
+            if sep in chunk:
+                continue
+            k = max(1, round(count * scale))
+            yield sep.join([chunk] * min(k, 100_000))
+
+    hf.train_from_iterator(lines(), trainer)
+    vocab = hf.get_vocab()
+    ordered = sorted(vocab, key=vocab.__getitem__)
+    return [p for p in ordered if len(p) > 1][:n_pieces]

@@ -1,0 +1,147 @@
+"""The vocabulary file: an ordered list of pieces (id = position) with a kind and a score.
+
+Stored as `tokenizer.json` inside a directory, written atomically. Kinds:
+  special  "<|pad|>", "<|bos|>", "<|eos|>", chat role markers
+  case     "<|cap|>" (next word capitalized), "<|upper|>" (next word in capitals)
+  byte     "<0x00>" ... "<0xFF>" (UTF-8 byte fallback)
+  space    whitespace runs (" ", "   ", "\\n", "\\t", ...)
+  root     lexicon roots, with or without a leading space (" kitap", "kitap")
+  suffix   "+lArI" (shared: spelled out by rule from the left context) or a literal surface "ları"
+  bpe      pieces learned by BPE for what the morphology does not cover
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FORMAT = "tr-tokenizer"
+FORMAT_VERSION = 1
+FILE_NAME = "tokenizer.json"
+KINDS = ("special", "case", "byte", "space", "root", "suffix", "bpe")
+
+PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
+CHAT_MARKERS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+SPECIAL_TOKENS = (PAD, BOS, EOS, *CHAT_MARKERS)
+CAP, UPPER = "<|cap|>", "<|upper|>"
+BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
+SPACE_TOKENS = (
+    tuple(" " * n for n in range(1, 17))
+    + tuple("\n" * n for n in range(1, 5))
+    + tuple("\t" * n for n in range(1, 5))
+    + ("\r\n", "\r", "\n\n\n\n\n\n\n\n", " \n", "\n ", "\n  ", "\n    ", "\n\t", "\u00a0")
+)
+
+
+def fixed_pieces() -> list[tuple[str, str, float]]:
+    """The pieces every vocabulary starts with, in id order."""
+    pieces = [(t, "special", 0.0) for t in SPECIAL_TOKENS]
+    pieces += [(CAP, "case", 0.0), (UPPER, "case", 0.0)]
+    pieces += [(t, "byte", 0.0) for t in BYTE_TOKENS]
+    pieces += [(t, "space", 0.0) for t in SPACE_TOKENS]
+    return pieces
+
+
+class VocabularyError(ValueError):
+    """A vocabulary file is missing or malformed."""
+
+
+@dataclass
+class Vocabulary:
+    """Pieces in id order plus the training config that produced them."""
+
+    pieces: list[tuple[str, str, float]]
+    config: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate(where="vocabulary")
+
+    def validate(self, where: str) -> None:
+        """Raise VocabularyError naming `where` if the pieces are inconsistent."""
+        seen: set[str] = set()
+        for i, piece in enumerate(self.pieces):
+            if not (isinstance(piece, (list, tuple)) and len(piece) == 3):
+                raise VocabularyError(
+                    f"{where}: piece {i} must be [text, kind, score], got {piece!r}"
+                )
+            text, kind, score = piece
+            if not isinstance(text, str) or not text:
+                raise VocabularyError(f"{where}: piece {i} has empty or non-string text {text!r}")
+            if kind not in KINDS:
+                raise VocabularyError(f"{where}: piece {i} ({text!r}) has unknown kind {kind!r}")
+            if not isinstance(score, (int, float)):
+                raise VocabularyError(f"{where}: piece {i} ({text!r}) has non-numeric score")
+            if text in seen:
+                raise VocabularyError(f"{where}: piece {text!r} appears twice")
+            seen.add(text)
+        fixed = fixed_pieces()
+        if [tuple(p[:2]) for p in self.pieces[: len(fixed)]] != [p[:2] for p in fixed]:
+            raise VocabularyError(
+                f"{where}: the first {len(fixed)} pieces must be the special, case, byte and "
+                "whitespace tokens in their standard order; retrain with tr_tokenizer.train()"
+            )
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": FORMAT,
+                "version": FORMAT_VERSION,
+                "config": self.config,
+                "pieces": [list(p) for p in self.pieces],
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+
+    def fingerprint(self) -> str:
+        """A stable hash of the pieces and config (hex, 16 characters)."""
+        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()[:16]
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write `directory/tokenizer.json` atomically (temp file + os.replace)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / FILE_NAME
+        fd, tmp = tempfile.mkstemp(prefix=".tokenizer-", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(self.to_json())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Vocabulary:
+        """Read a vocabulary from a directory written by `save` (or the json file itself)."""
+        path = Path(path)
+        file = path / FILE_NAME if path.is_dir() else path
+        if not file.exists():
+            raise VocabularyError(
+                f"no tokenizer vocabulary at {file}: pass a directory written by "
+                "Tokenizer.save() or None for the shipped default"
+            )
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise VocabularyError(f"{file} is not valid JSON ({e}); the file is corrupt") from e
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise VocabularyError(f"{file} is not a tr-tokenizer vocabulary (missing format tag)")
+        if data.get("version") != FORMAT_VERSION:
+            raise VocabularyError(
+                f"{file} has format version {data.get('version')!r}; this tr-tokenizer reads "
+                f"version {FORMAT_VERSION}"
+            )
+        pieces = data.get("pieces")
+        if not isinstance(pieces, list):
+            raise VocabularyError(f"{file}: 'pieces' must be a list")
+        vocab = cls.__new__(cls)
+        vocab.pieces = [tuple(p) if isinstance(p, list) else p for p in pieces]
+        vocab.config = data.get("config") or {}
+        vocab.validate(where=str(file))
+        return vocab
