@@ -16,7 +16,7 @@ from ismail_serve.metrics import CONTENT_TYPE
 from ismail_serve.openai_api import get_state, router
 from ismail_serve.protocol import HealthResponse
 from ismail_serve.state import STATUS_OK, ServerState
-from ismail_serve.web import mount_apps
+from ismail_serve.web import find_apps_dir, mount_apps
 
 
 def create_app(
@@ -68,6 +68,10 @@ def create_app(
     # /tokenizer; they are not part of the API schema.
     mount_apps(app)
 
+    apps_dir = find_apps_dir()
+    if apps_dir is not None:
+        mount_apps(app, apps_dir)
+    app.state.pages_mounted = apps_dir is not None
     app.openapi = lambda: _openapi_without_422(app)  # type: ignore[method-assign]
     return app
 

@@ -77,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds to let running requests finish after SIGTERM/SIGINT",
     )
+    p.add_argument(
+        "--compare-tokenizer",
+        default=None,
+        metavar="PATH",
+        help="a tokenizer (e.g. a plain BPE tokenizer.json) the tokenizer playground shows "
+        "side by side with the model's",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 

@@ -476,9 +476,33 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=[card])
 
 
+def _token_kinds(tok: Any, text: str, ids: list[int]) -> list[str]:
+    """Kind of each token: tr-tokenizer's own (root, suffix, case, ...) via its segmentation,
+    else "special" or "bpe"."""
+    if getattr(tok, "kind", None) == "tr" and hasattr(tok, "segment"):
+        pieces = tok.segment(text)
+        if len(pieces) == len(ids):
+            return [p.kind for p in pieces]
+    specials = set(getattr(tok, "special_tokens", {}).values())
+    return ["special" if i in specials else "bpe" for i in ids]
+
+
+def _tokenization(tok: Any, text: str) -> dict[str, Any]:
+    enc = tok.encode(text)
+    ids = list(enc.ids)
+    return {
+        "count": len(ids),
+        "tokens": ids,
+        "token_strs": [tok.id_to_token(i) or "" for i in ids],
+        "offsets": [tuple(o) for o in enc.offsets],
+        "kinds": _token_kinds(tok, text, ids),
+    }
+
+
 @router.post("/tokenize", response_model=TokenizeResponse, responses=error_responses(400, 401, 503))
 async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
-    """Token ids, strings, character offsets and kinds of a prompt (or a rendered chat)."""
+    """Token ids, strings, character offsets and kinds of a prompt (or a rendered chat), and
+    the prompt under the comparison tokenizer when the server has one."""
     state = get_state(request)
     state.ready_engine()
     if body.model is not None:
@@ -486,23 +510,21 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
     tok = state.tokenizer
     if (body.prompt is None) == (body.messages is None):
         raise bad_request("Send exactly one of 'prompt' (text) or 'messages' (a chat).", "prompt")
-    offsets = kinds = None
     if body.prompt is not None:
-        enc = tok.encode(body.prompt)
-        ids = list(enc.ids)
-        offsets = [tuple(o) for o in enc.offsets]
-        token_kinds = getattr(enc, "kinds", None)
-        kinds = list(token_kinds) if token_kinds is not None else None
+        result = _tokenization(tok, body.prompt)
+        if state.compare_tokenizer is not None:
+            result["comparison"] = {
+                "name": state.compare_name,
+                **_tokenization(state.compare_tokenizer, body.prompt),
+            }
     else:
         ids = render_chat(tok, body.messages, body.add_generation_prompt)
-    return TokenizeResponse(
-        count=len(ids),
-        max_model_len=state.max_model_len,
-        tokens=ids,
-        token_strs=[tok.id_to_token(i) or "" for i in ids],
-        offsets=offsets,
-        kinds=kinds,
-    )
+        result = {
+            "count": len(ids),
+            "tokens": ids,
+            "token_strs": [tok.id_to_token(i) or "" for i in ids],
+        }
+    return TokenizeResponse(max_model_len=state.max_model_len, **result)
 
 
 @router.post(

@@ -207,16 +207,32 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class TokenizeResponse(BaseModel):
+class Tokenization(BaseModel):
+    """Tokens of a text under one tokenizer."""
+
     count: int
-    max_model_len: int
     tokens: list[int]
     token_strs: list[str]
     offsets: list[tuple[int, int]] | None = Field(
         None, description="Character span of each token in the prompt (None for messages)."
     )
     kinds: list[str] | None = Field(
-        None, description="Kind of each token (root, suffix, bpe, byte, special, whitespace)."
+        None,
+        description="Kind of each token: tr-tokenizer's root, suffix, bpe, byte, case, space, "
+        "special; bpe or special for other tokenizers.",
+    )
+
+
+class ComparisonTokenization(Tokenization):
+    """The same text under the comparison tokenizer (`--compare-tokenizer`)."""
+
+    name: str
+
+
+class TokenizeResponse(Tokenization):
+    max_model_len: int
+    comparison: ComparisonTokenization | None = Field(
+        None, description="The prompt under the server's comparison tokenizer, if it has one."
     )
 
 

@@ -18,6 +18,7 @@ from types import FrameType
 
 import torch
 import uvicorn
+from ismail_core.tokenizer import load_tokenizer
 
 from ismail_serve.app import create_app
 from ismail_serve.engine import EngineConfig, LLMEngine
@@ -49,6 +50,7 @@ class ServeConfig:
     prefill_chunk: int = 512
     request_timeout: float | None = 600.0
     drain_timeout: float = 30.0
+    compare_tokenizer: str | None = None  # a plain BPE shown next to the model's tokenizer
     log_level: str = "info"
 
     @property
@@ -113,7 +115,7 @@ def load_engine(config: ServeConfig, metrics: ServeMetrics) -> LLMEngine:
     return LLMEngine(runner, tokenizer, engine_config, metrics)
 
 
-def describe_engine(engine: LLMEngine, config: ServeConfig) -> str:
+def describe_engine(engine: LLMEngine, config: ServeConfig, pages: bool) -> str:
     """The start-up message: what is served where, and how big the KV cache is."""
     runner = engine.runner
     kind = "MLA latent + RoPE key" if getattr(runner.model.cfg, "attention", "") == "mla" else "K/V"
@@ -125,6 +127,7 @@ def describe_engine(engine: LLMEngine, config: ServeConfig) -> str:
         f"tokens x {runner.cache_bytes_per_token()} B/token = "
         f"{runner.cache_bytes() / 2**20:.1f} MiB\n"
         f"  OpenAI API: {base}/v1  (health {base}/health, metrics {base}/metrics)"
+        + (f"\n  chat: {base}/  tokenizer playground: {base}/tokenizer" if pages else "")
     )
 
 
@@ -177,6 +180,9 @@ def serve(config: ServeConfig) -> int:
     def load() -> None:
         try:
             engine = load_engine(config, metrics)
+            if config.compare_tokenizer is not None:
+                state.compare_tokenizer = load_tokenizer(config.compare_tokenizer)
+                state.compare_name = Path(config.compare_tokenizer).name
         except Exception as exc:  # any failure to load is reported, not raised in a thread
             log.debug("model loading failed", exc_info=True)
             server.fail(f"could not load {config.checkpoint}: {type(exc).__name__}: {exc}")
@@ -187,7 +193,7 @@ def serve(config: ServeConfig) -> int:
             state.engine = engine
             return
         state.attach(engine)
-        print(describe_engine(engine, config), flush=True)
+        print(describe_engine(engine, config, app.state.pages_mounted), flush=True)
 
     def start_loading() -> None:
         threading.Thread(target=load, name="ismail-load", daemon=True).start()

@@ -27,6 +27,8 @@ class ServerState:
     engine: LLMEngine | None = None
     tokenizer: Any = None
     max_model_len: int = 0
+    compare_tokenizer: Any = None  # shown next to the model's in the tokenizer playground
+    compare_name: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
 
     def attach(self, engine: LLMEngine) -> None:
