@@ -30,7 +30,7 @@ class TiedLM(torch.nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.config = config
+        self.cfg = config
         self.embed = torch.nn.Embedding(config.vocab_size, config.dim)
         self.norm = torch.nn.LayerNorm(config.dim)
         self.head = torch.nn.Linear(config.dim, config.vocab_size, bias=False)
@@ -49,7 +49,7 @@ def test_save_and_load_round_trip(hf_tokenizer_file: Path, tmp_path: Path) -> No
     assert sorted(p.name for p in ckpt.iterdir()) == sorted(
         [CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR, TRAINER_STATE_FILE]
     )
-    assert load_config(ckpt) == model.config
+    assert load_config(ckpt) == model.cfg
     assert load_checkpoint_tokenizer(ckpt).fingerprint == tok.fingerprint
     weights = load_weights(ckpt / WEIGHTS_FILE)
     for name, tensor in model.state_dict().items():
@@ -128,3 +128,35 @@ def test_errors_name_the_file(hf_tokenizer_file: Path, tmp_path: Path) -> None:
     (ck / TRAINER_STATE_FILE).write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="trainer_state.pt is corrupt"):
         load_trainer_state(ck)
+
+
+def test_load_model_gives_identical_logits(hf_tokenizer_file: Path, tmp_path: Path) -> None:
+    from ismail_core import Transformer, load_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.preset(
+        "tiny", vocab_size=384, dim=64, n_layers=2, max_seq_len=32, tie_embeddings=True
+    )
+    model = Transformer(cfg).eval()
+    tok = load_tokenizer(hf_tokenizer_file)
+    save_checkpoint(tmp_path / "run" / "checkpoints" / "step_1", model, tok)
+    atomic_symlink("step_1", tmp_path / "run" / "checkpoints" / "latest")
+    loaded, loaded_tok = load_model(tmp_path / "run")
+    ids = torch.tensor([tok.encode("Yurtta sulh, cihanda sulh!").ids])
+    assert torch.equal(loaded(ids), model(ids))
+    assert loaded_tok.fingerprint == tok.fingerprint
+    assert not loaded.training
+    half, _ = load_model(tmp_path / "run", dtype=torch.bfloat16)
+    assert half.embed.weight.dtype == torch.bfloat16
+
+
+def test_load_model_rejects_mismatched_weights(hf_tokenizer_file: Path, tmp_path: Path) -> None:
+    from ismail_core import Transformer, load_model
+
+    cfg = ModelConfig.preset("tiny", vocab_size=384, dim=64, n_layers=2, max_seq_len=32)
+    ck = save_checkpoint(tmp_path / "ck", Transformer(cfg), load_tokenizer(hf_tokenizer_file))
+    ModelConfig.preset("tiny", vocab_size=384, dim=64, n_layers=3, max_seq_len=32).save(
+        ck / CONFIG_FILE
+    )
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_model(ck)

@@ -106,7 +106,7 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def model_config(model: torch.nn.Module) -> Any:
     """The ModelConfig of a model, looking through DDP / torch.compile wrappers."""
-    return unwrap_model(model).config
+    return unwrap_model(model).cfg
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -182,7 +182,12 @@ def load_model(
     tokenizer = load_checkpoint_tokenizer(directory)
     state = load_weights(directory / WEIGHTS_FILE)
     model = Transformer(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(
+            f"{directory / WEIGHTS_FILE} does not match its config: {exc}"
+        ) from exc
     if missing or unexpected:
         raise CheckpointError(
             f"{directory / WEIGHTS_FILE} does not match {directory / CONFIG_FILE}: "

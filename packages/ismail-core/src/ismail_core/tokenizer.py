@@ -147,7 +147,10 @@ class TrTokenizer:
 
     def __getattr__(self, name: str) -> Any:
         # Everything else (encode, decode, decode_stream, vocab_size, ids, fingerprint) is
-        # tr_tokenizer's own implementation of the shared contract.
+        # tr_tokenizer's own implementation of the shared contract. Dunder and private names
+        # are not forwarded: unpickling (datasets.map workers) looks them up before _tok exists.
+        if name.startswith("_"):
+            raise AttributeError(name)
         return getattr(self._tok, name)
 
     def save(self, directory: str | Path) -> None:

@@ -1,0 +1,387 @@
+"""The `ismail` command: data, train, generate, eval, report, export.
+
+`uv run ismail train` with no arguments trains the tiny model on the built-in Turkish corpus.
+Every command turns bad input into a one-line `error: ...` message and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+# ---------------------------------------------------------------------- ismail data
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    from ismail_core.corpus.prepare import DataSpec
+    from ismail_core.corpus.sources import describe_sources
+
+    d = DataSpec()
+    p = sub.add_parser(
+        "data",
+        help="clean, split and tokenize a corpus into memory-mapped shards",
+        description="Clean (NFC, control characters, duplicates, short documents), split "
+        "deterministically into train/val, tokenize in parallel and write token shards plus "
+        "meta.json into OUT. SOURCE is " + describe_sources() + ".",
+    )
+    p.add_argument("source", nargs="?", default=d.source, help=f"text source (default {d.source})")
+    p.add_argument("--out", default=d.out, help=f"data directory to write (default {d.out})")
+    p.add_argument(
+        "--tokenizer",
+        default=d.tokenizer,
+        help="'tr' (shipped tr-tokenizer), a saved tokenizer directory or a tokenizer.json",
+    )
+    p.add_argument(
+        "--train-tokenizer",
+        action="store_true",
+        help="train a new tr-tokenizer on the training split first",
+    )
+    p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="for --train-tokenizer")
+    p.add_argument("--text-field", default=d.text_field, help="text column of jsonl/parquet/hf")
+    p.add_argument("--split", dest="hf_split", default=d.hf_split, help="split of an hf: source")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--min-chars", type=int, default=d.min_chars, help="drop shorter documents")
+    p.add_argument("--num-proc", type=int, default=None, help="tokenization processes")
+    p.add_argument("--shard-tokens", type=int, default=d.shard_tokens, help="tokens per shard")
+    p.add_argument("--cache-dir", default=None, help="datasets cache directory")
+    p.set_defaults(func=_run_data)
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    from ismail_core.corpus import DataSpec, prepare_data
+
+    fields = DataSpec.__dataclass_fields__
+    spec = DataSpec(**{k: v for k, v in vars(args).items() if k in fields})
+    if not 0 <= spec.val_fraction < 1:
+        raise _usage(f"--val-fraction must be in [0, 1), got {spec.val_fraction}")
+    meta = prepare_data(spec)
+    tok = meta["tokenizer"]
+    print(f"wrote {spec.out}: {tok['kind']} tokenizer {tok['fingerprint']} ({meta['dtype']})")
+    for name, split in meta["splits"].items():
+        print(
+            f"  {name:<5} {split['documents']:>8,} documents {split['tokens']:>12,} tokens "
+            f"{split['bytes'] / max(split['tokens'], 1):.2f} bytes/token"
+        )
+    dropped = meta["dropped"]
+    print(f"  dropped {dropped['too_short']} short and {dropped['duplicates']} duplicate documents")
+    return 0
+
+
+# ---------------------------------------------------------------------- ismail train
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from ismail_core.train.config import option_fields
+
+    p = sub.add_parser(
+        "train",
+        help="train a model (no arguments: tiny model on the built-in corpus, CPU-friendly)",
+        description="Train a model. Options are read from the defaults, then --config FILE "
+        "(JSON or YAML with sections run/data/train/optim/eval/checkpoint/log/dist/model), "
+        "then flags. With no arguments: the tiny preset on the built-in Turkish corpus "
+        "(tokenized on first use). Under torchrun: `torchrun --nproc-per-node N -m ismail_core "
+        "train ...`. A run directory with checkpoints is resumed automatically.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
+    p.add_argument("--config", help="JSON or YAML config file", default=argparse.SUPPRESS)
+    for key, (kind, text, default) in option_fields().items():
+        meta = _metavar(kind)
+        p.add_argument(
+            f"--{key}",
+            dest=key,
+            metavar=meta,
+            default=argparse.SUPPRESS,
+            help=f"{text} (default: {default})" if default is not None else text,
+        )
+    p.set_defaults(func=_run_train)
+
+
+def _metavar(kind: Any) -> str:
+    name = getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+    return name.upper().replace(" | NONE", "")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from ismail_core.train import build_config, train
+    from ismail_core.train.config import read_config_file
+
+    values = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config")}
+    layers = [read_config_file(args.config)] if getattr(args, "config", None) else []
+    cfg = build_config(*layers, values)
+    result = train(cfg)
+    if result.interrupted:
+        print(f"saved {result.checkpoint}; run the same command again to continue")
+        return EXIT_INTERRUPTED
+    if _is_main_process() and result.checkpoint is not None:
+        _print_summary(result, cfg.log.sample_tokens)
+    return 0
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _print_summary(result: Any, sample_tokens: int) -> None:
+    from ismail_core.checkpoint import load_model
+    from ismail_core.generate import generate_text
+    from ismail_core.sampling import SamplingParams
+
+    evals = result.evals
+    if len(evals) >= 2:
+        first, last = evals[0], evals[-1]
+        print(
+            f"validation bits/byte {first['bits_per_byte']:.3f} (step {first['step']}) -> "
+            f"{last['bits_per_byte']:.3f} (step {last['step']})"
+        )
+    if sample_tokens > 0:
+        model, tokenizer = load_model(result.checkpoint)
+        prompt = "Türk milleti"
+        params = SamplingParams(temperature=0.8, top_k=40, seed=0)
+        text = generate_text(model, tokenizer, prompt, sample_tokens, params)
+        print(f"sample: {prompt}{text}")
+    print(f"checkpoint: {result.checkpoint}")
+    print(f"serve it:   uv run ismail-serve {result.run_dir}")
+    print(f"generate:   uv run ismail generate {result.run_dir} --prompt 'Türk milleti'")
+
+
+# ---------------------------------------------------------------------- ismail generate
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="generate text from a checkpoint",
+        description="Generate a continuation of --prompt with the KV cache, streaming it to "
+        "the terminal. CKPT is a checkpoint directory or a run directory (its latest).",
+    )
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=50, help="0 = off")
+    p.add_argument("--top-p", type=float, default=0.95, help="1 = off")
+    p.add_argument("--repetition-penalty", type=float, default=1.1, help="1 = off")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-stream", action="store_true", help="print only when done")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from ismail_core.checkpoint import load_model
+    from ismail_core.generate import stream_text
+    from ismail_core.sampling import SamplingParams
+
+    if args.max_new_tokens < 1:
+        raise _usage("--max-new-tokens must be at least 1")
+    try:
+        params = SamplingParams(
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            repetition_penalty=args.repetition_penalty,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        raise _usage(str(exc)) from exc
+    model, tokenizer = load_model(args.checkpoint, device=args.device)
+    pieces = stream_text(model, tokenizer, args.prompt, args.max_new_tokens, params, args.stop)
+    if args.no_stream:
+        print(args.prompt + "".join(pieces))
+        return 0
+    sys.stdout.write(args.prompt)
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+# ---------------------------------------------------------------------- ismail eval
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="loss, perplexity and bits per byte of a checkpoint on some data",
+        description="Evaluate CKPT on DATA: a data directory from `ismail data` (made with the "
+        "checkpoint's tokenizer) or a text source (file, folder, builtin), tokenized with the "
+        "checkpoint's tokenizer first.",
+    )
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("--data", required=True, help="data directory or text source")
+    p.add_argument("--split", default="val", help="split of a data directory (default val)")
+    p.add_argument("--seq-len", type=int, default=0, help="0 = the model's max_seq_len")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-tokens", type=int, default=0, help="0 = the whole split")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import json
+    import tempfile
+
+    from ismail_core.checkpoint import TOKENIZER_DIR, load_model, resolve_checkpoint
+    from ismail_core.corpus import DataError, DataSpec, ShardedSplit, load_metadata, prepare_data
+    from ismail_core.evaluate import evaluate
+
+    model, tokenizer = load_model(args.checkpoint, device=args.device)
+    seq_len = args.seq_len or model.cfg.max_seq_len
+    if seq_len > model.cfg.max_seq_len:
+        raise _usage(f"--seq-len {seq_len} exceeds the model's max_seq_len {model.cfg.max_seq_len}")
+    with tempfile.TemporaryDirectory(prefix="ismail-eval-") as tmp:
+        data_dir, split = Path(args.data), args.split
+        if not (data_dir / "meta.json").is_file():
+            # A text source: tokenize it all into one split with the checkpoint's tokenizer.
+            tok_dir = resolve_checkpoint(args.checkpoint) / TOKENIZER_DIR
+            spec = DataSpec(source=args.data, out=tmp, tokenizer=str(tok_dir), val_fraction=0)
+            prepare_data(spec)
+            data_dir, split = Path(tmp), "train"
+        meta = load_metadata(data_dir)
+        if meta["tokenizer"]["fingerprint"] != tokenizer.fingerprint:
+            raise DataError(
+                f"{data_dir} was tokenized with tokenizer {meta['tokenizer']['fingerprint']}, "
+                f"the checkpoint uses {tokenizer.fingerprint}; pass the raw text instead or "
+                "re-tokenize with the checkpoint's tokenizer"
+            )
+        result = evaluate(
+            model,
+            ShardedSplit.open(data_dir, split),
+            seq_len,
+            batch_size=args.batch_size,
+            max_tokens=args.max_tokens or None,
+            device=args.device,
+        )
+    print(json.dumps(result.to_dict()))
+    return 0
+
+
+# ---------------------------------------------------------------------- ismail report
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="plots (PNG + HTML page) of a run's metrics",
+        description="Plot training/validation loss, learning rate, tokens/s and per-layer "
+        "expert load of RUN into RUN/report (PNG files and index.html).",
+    )
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--out", default=None, help="output directory (default RUN/report)")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from ismail_core.report import write_report
+
+    page = write_report(args.run, args.out)
+    print(f"wrote {page}")
+    return 0
+
+
+# ---------------------------------------------------------------------- ismail export
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint to Hugging Face transformers format",
+        description="Write OUT with config.json + model.safetensors that "
+        "transformers.AutoModelForCausalLM.from_pretrained(OUT) loads.",
+    )
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--format", default="hf", choices=["hf"])
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from ismail_core.hf import export_checkpoint_hf
+
+    out = export_checkpoint_hf(args.checkpoint, args.out)
+    print(f"wrote {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------- entry point
+class UsageError(ValueError):
+    """A bad command-line value."""
+
+
+def _usage(message: str) -> UsageError:
+    return UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ismail",
+        description="Turkish-first DeepSeek-style language models: data, training, generation.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_data, _add_train, _add_generate, _add_eval, _add_report, _add_export):
+        add(sub)
+    return parser
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix: reported in one line, without a traceback."""
+    from ismail_core.checkpoint import CheckpointError
+    from ismail_core.corpus import DataError
+    from ismail_core.generate import GenerationError
+    from ismail_core.hf import HFFormatError
+    from ismail_core.tokenizer import TokenizerError
+    from ismail_core.train.config import ConfigError
+    from ismail_core.train.optimizer import OptimizerError
+    from ismail_core.train.precision import PrecisionError
+    from ismail_core.train.trainer import TrainError
+
+    return (
+        UsageError,
+        CheckpointError,
+        DataError,
+        GenerationError,
+        HFFormatError,
+        TokenizerError,
+        ConfigError,
+        OptimizerError,
+        PrecisionError,
+        TrainError,
+        FileNotFoundError,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `ismail` command; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        return _main_train(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return _dispatch(args)
+
+
+def _main_train(argv: list[str]) -> int:
+    """`ismail train`: unknown flags get a suggestion of the closest option."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        from ismail_core.train.config import closest_key, option_fields
+
+        flag = next((u for u in unknown if u.startswith("--")), unknown[0])
+        key = flag.lstrip("-").split("=", 1)[0]
+        hint = closest_key(key, list(option_fields()))
+        hint = hint.replace("(did you mean '", "(did you mean '--")
+        print(f"ismail train: error: unknown option {flag!r}{hint}", file=sys.stderr)
+        return EXIT_USAGE
+    return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    errors = _expected_errors()
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except errors as exc:
+        print(f"ismail {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, UsageError) else 1

@@ -1,0 +1,169 @@
+"""`ismail data`: turn a text source into tokenized, memory-mapped train/validation shards."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+
+from ismail_core.atomic import atomic_dir, atomic_write_json
+from ismail_core.corpus.cleaning import clean_text, text_hash
+from ismail_core.corpus.errors import DataError
+from ismail_core.corpus.shards import FORMAT, META_FILE, TOKENIZER_DIR, token_dtype, write_split
+from ismail_core.corpus.sources import load_source
+from ismail_core.corpus.split import split_flags
+from ismail_core.tokenizer import Tokenizer, TrTokenizer, load_tokenizer
+
+
+@dataclass
+class DataSpec:
+    """What `ismail data` builds.
+
+    source: "builtin", a local file or folder, or "hf:NAME[:CONFIG]".
+    out: the data directory to write (replaced atomically when complete).
+    tokenizer: "tr" (shipped tr-tokenizer), a saved tokenizer directory or a tokenizer.json.
+    train_tokenizer: train a new tr-tokenizer of `vocab_size` on the training split first.
+    min_chars: documents shorter than this after cleaning are dropped.
+    val_fraction: share of documents (by content hash) in the validation split.
+    num_proc: tokenization processes (None: all cores for corpora of 256+ documents).
+    """
+
+    source: str = "builtin"
+    out: str = "data/builtin"
+    tokenizer: str = "tr"
+    train_tokenizer: bool = False
+    vocab_size: int = 32768
+    text_field: str = "text"
+    hf_split: str = "train"
+    min_chars: int = 32
+    val_fraction: float = 0.05
+    num_proc: int | None = None
+    shard_tokens: int = 1 << 27
+    cache_dir: str | None = None
+
+
+def _clean_batch(batch: dict[str, list]) -> dict[str, list]:
+    texts = [clean_text(t or "") for t in batch["text"]]
+    return {"text": texts, "hash": [text_hash(t) for t in texts], "chars": [len(t) for t in texts]}
+
+
+def _tokenize_batch(batch: dict[str, list], tokenizer: Tokenizer, eos_id: int | None) -> dict:
+    ids = [enc.ids for enc in tokenizer.encode_batch(batch["text"])]
+    if eos_id is not None:
+        ids = [doc + [eos_id] for doc in ids]
+    return {
+        "ids": ids,
+        "n_tokens": [len(doc) for doc in ids],
+        "n_bytes": [len(t.encode("utf-8")) for t in batch["text"]],
+    }
+
+
+def _workers(spec: DataSpec, n_docs: int) -> int | None:
+    if spec.num_proc is not None:
+        return spec.num_proc if spec.num_proc > 1 else None
+    # Process start-up costs more than it saves on small corpora.
+    return min(os.cpu_count() or 1, 8) if n_docs >= 256 else None
+
+
+def _clean_and_dedup(ds: datasets.Dataset, spec: DataSpec) -> tuple[datasets.Dataset, dict]:
+    raw = len(ds)
+    ds = ds.map(_clean_batch, batched=True, num_proc=_workers(spec, raw), desc="cleaning")
+    seen: set[str] = set()
+    keep, short, dupes = [], 0, 0
+    for i, (digest, n) in enumerate(zip(ds["hash"], ds["chars"])):
+        if n < spec.min_chars:
+            short += 1
+        elif digest in seen:
+            dupes += 1
+        else:
+            seen.add(digest)
+            keep.append(i)
+    if not keep:
+        raise DataError(
+            f"{spec.source!r} has no usable documents: {raw} read, {short} shorter than "
+            f"{spec.min_chars} characters after cleaning, {dupes} duplicates "
+            "(point to a non-empty corpus or lower --min-chars)"
+        )
+    return ds.select(keep).remove_columns("chars"), {
+        "read": raw,
+        "too_short": short,
+        "duplicates": dupes,
+    }
+
+
+def _train_tokenizer(texts: datasets.Dataset, vocab_size: int) -> Tokenizer:
+    import tr_tokenizer
+
+    if not hasattr(tr_tokenizer, "train"):
+        raise DataError("this tr-tokenizer cannot train; drop --train-tokenizer")
+    batches = (b["text"] for b in texts.iter(batch_size=256))
+    return TrTokenizer(tr_tokenizer.train((t for b in batches for t in b), vocab_size=vocab_size))
+
+
+def prepare_data(spec: DataSpec) -> dict[str, Any]:
+    """Build the data directory `spec.out`; returns its metadata (also written to meta.json)."""
+    ds = load_source(
+        spec.source, text_field=spec.text_field, split=spec.hf_split, cache_dir=spec.cache_dir
+    )
+    if len(ds) == 0:
+        raise DataError(f"{spec.source!r} is empty: it holds no documents")
+    ds, dropped = _clean_and_dedup(ds, spec)
+    flags = split_flags(list(ds["hash"]), spec.val_fraction)
+    splits = {
+        "train": ds.select([i for i, v in enumerate(flags) if not v]),
+        "val": ds.select([i for i, v in enumerate(flags) if v]),
+    }
+    tokenizer = (
+        _train_tokenizer(splits["train"], spec.vocab_size)
+        if spec.train_tokenizer
+        else load_tokenizer(spec.tokenizer)
+    )
+    dtype = token_dtype(tokenizer.vocab_size)
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "dtype": dtype.name,
+        "tokenizer": tokenizer_info(tokenizer),
+        "spec": asdict(spec),
+        "dropped": dropped,
+        "splits": {},
+    }
+    out = Path(spec.out)
+    with atomic_dir(out) as tmp:
+        tokenizer.save(tmp / TOKENIZER_DIR)
+        for name, part in splits.items():
+            if len(part) == 0:
+                continue
+            tokens = part.map(
+                _tokenize_batch,
+                batched=True,
+                batch_size=64,
+                num_proc=_workers(spec, len(part)),
+                fn_kwargs={"tokenizer": tokenizer, "eos_id": tokenizer.eos_id},
+                remove_columns=part.column_names,
+                desc=f"tokenizing {name}",
+            )
+            total = int(np.sum(tokens["n_tokens"], dtype=np.int64))
+            batches = (b["ids"] for b in tokens.iter(batch_size=1024))
+            shards = write_split(tmp, name, batches, total, dtype, spec.shard_tokens)
+            meta["splits"][name] = {
+                "documents": len(part),
+                "tokens": total,
+                "bytes": int(np.sum(tokens["n_bytes"], dtype=np.int64)),
+                "shards": shards,
+            }
+        atomic_write_json(tmp / META_FILE, meta)
+    return meta
+
+
+def tokenizer_info(tokenizer: Tokenizer) -> dict[str, Any]:
+    """What shards and checkpoints record about their tokenizer, to detect mismatches."""
+    return {
+        "kind": tokenizer.kind,
+        "fingerprint": tokenizer.fingerprint,
+        "vocab_size": tokenizer.vocab_size,
+        "eos_id": tokenizer.eos_id,
+    }

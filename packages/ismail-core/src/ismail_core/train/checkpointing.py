@@ -1,0 +1,124 @@
+"""Checkpoints of a training run: step directories, `latest` and `best` links, pruning.
+
+    OUT_DIR/checkpoints/step_00000100/   (config.json, model.safetensors, tokenizer/, ...)
+    OUT_DIR/checkpoints/latest -> step_00000100
+    OUT_DIR/checkpoints/best   -> step_00000050   (lowest validation loss)
+
+Each checkpoint is written atomically before the links move, and old ones are deleted only
+after that, so a crash at any point leaves the previous good checkpoint reachable.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ismail_core.atomic import atomic_symlink
+from ismail_core.checkpoint import (
+    BEST,
+    CHECKPOINTS_DIR,
+    LATEST,
+    CheckpointError,
+    load_trainer_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from ismail_core.tokenizer import Tokenizer
+
+STEP_PREFIX = "step_"
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random state that training consumes (router noise, dropout, ...)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CheckpointManager:
+    """Saves and finds the checkpoints of one run directory."""
+
+    def __init__(self, run_dir: str | Path, keep_last: int) -> None:
+        self.dir = Path(run_dir) / CHECKPOINTS_DIR
+        self.keep_last = keep_last
+
+    def step_dirs(self) -> list[Path]:
+        """Complete step checkpoints, oldest first (temporary directories start with '.')."""
+        if not self.dir.is_dir():
+            return []
+        return sorted(p for p in self.dir.glob(f"{STEP_PREFIX}*") if p.is_dir())
+
+    def latest(self) -> Path | None:
+        link = self.dir / LATEST
+        return link.resolve() if link.exists() else None
+
+    def best(self) -> Path | None:
+        link = self.dir / BEST
+        return link.resolve() if link.exists() else None
+
+    def save(
+        self,
+        step: int,
+        model: torch.nn.Module,
+        tokenizer: Tokenizer,
+        trainer_state: dict[str, Any],
+        state_dict: dict[str, torch.Tensor] | None = None,
+        is_best: bool = False,
+    ) -> Path:
+        """Write step `step`, move `latest` (and `best`), then prune old checkpoints."""
+        name = f"{STEP_PREFIX}{step:08d}"
+        path = save_checkpoint(
+            self.dir / name, model, tokenizer, trainer_state, state_dict=state_dict
+        )
+        atomic_symlink(name, self.dir / LATEST)
+        if is_best or self.best() is None:
+            atomic_symlink(name, self.dir / BEST)
+        self._prune()
+        return path
+
+    def _prune(self) -> None:
+        keep = set(self.step_dirs()[-self.keep_last :])
+        keep.update(p for p in (self.latest(), self.best()) if p is not None)
+        for path in self.step_dirs():
+            if path.resolve() not in {k.resolve() for k in keep}:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def find_resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from: `resume` is 'auto', 'never' or a checkpoint path."""
+    manager_dir = run_dir / CHECKPOINTS_DIR
+    if resume == "never":
+        if (manager_dir / LATEST).exists():
+            raise CheckpointError(
+                f"{run_dir} already holds checkpoints and run.resume=never: choose another "
+                "--run.out_dir or resume with --run.resume auto"
+            )
+        return None
+    if resume == "auto":
+        if not (manager_dir / LATEST).exists():
+            return None
+        return resolve_checkpoint(run_dir)
+    return resolve_checkpoint(resume)
+
+
+def read_resume_state(checkpoint: Path) -> dict[str, Any]:
+    """The trainer state of `checkpoint`, with a clear error when it has none."""
+    state = load_trainer_state(checkpoint)
+    if state is None:
+        raise CheckpointError(
+            f"{checkpoint} has no trainer_state.pt, so training cannot resume from it exactly; "
+            "start a new run (fine-tuning from weights alone is not supported yet)"
+        )
+    return state

@@ -1,0 +1,286 @@
+"""Training configuration: dataclass sections, config files and dotted flag overrides.
+
+The resolved configuration is: defaults <- config file (JSON or YAML) <- flags such as
+`--optim.lr 1e-3` or `--model.dim 384`. Model fields come from `ModelConfig.preset(preset)`
+with `model` overrides on top. Unknown keys anywhere give an error naming the closest key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ismail_core.config import ModelConfig
+
+
+class ConfigError(ValueError):
+    """A bad training configuration (unknown key, wrong type, impossible value)."""
+
+
+def _doc(text: str, **kw: Any) -> Any:
+    """A dataclass field whose help text `ismail train --help` shows."""
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class RunSection:
+    out_dir: str = _doc("run directory (checkpoints, metrics, config)", default="runs/tiny")
+    seed: int = _doc("seed for initialisation, data order and dropout", default=1234)
+    resume: str = _doc(
+        "'auto' continues from OUT_DIR's latest checkpoint if there is one, 'never' refuses "
+        "to reuse a run directory that has checkpoints, or a checkpoint path",
+        default="auto",
+    )
+
+
+@dataclass
+class DataSection:
+    path: str = _doc("tokenized data directory (from `ismail data`)", default="data/builtin")
+    source: str = _doc(
+        "text source used to create DATA.PATH when it does not exist yet", default="builtin"
+    )
+    tokenizer: str = _doc("tokenizer used to create DATA.PATH when needed", default="tr")
+
+
+@dataclass
+class TrainSection:
+    steps: int = _doc("optimizer steps", default=300)
+    batch_size: int = _doc("sequences per micro-batch (per process)", default=8)
+    grad_accum: int = _doc("micro-batches per optimizer step", default=1)
+    seq_len: int = _doc("tokens per sequence (0 = the model's max_seq_len)", default=0)
+    device: str = _doc("'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...", default="auto")
+    precision: str = _doc("fp32, bf16, fp16 (with a grad scaler) or fp8", default="fp32")
+    compile: bool = _doc("wrap the model in torch.compile", default=False)
+    activation_checkpointing: bool = _doc("recompute block activations in backward", default=False)
+    expert_rotation: int = _doc(
+        "train only this many routed experts at a time, rotating (0 = all experts)", default=0
+    )
+    rotation_interval: int = _doc("optimizer steps between expert rotations", default=50)
+    threads: int = _doc("CPU threads for torch (0 = torch's default)", default=0)
+
+
+@dataclass
+class OptimSection:
+    name: str = _doc("adamw or adamw8bit (bitsandbytes, CUDA only)", default="adamw")
+    lr: float = _doc("peak learning rate", default=3e-3)
+    min_lr: float = _doc("learning-rate floor reached at the end of the cosine", default=3e-4)
+    warmup_steps: int = _doc("linear warm-up steps", default=20)
+    schedule: str = _doc("cosine or constant (after warm-up)", default="cosine")
+    weight_decay: float = _doc("AdamW weight decay (matrices only)", default=0.1)
+    beta1: float = _doc("AdamW beta1", default=0.9)
+    beta2: float = _doc("AdamW beta2", default=0.95)
+    eps: float = _doc("AdamW epsilon", default=1e-8)
+    grad_clip: float = _doc("clip the global gradient norm (0 = off)", default=1.0)
+
+
+@dataclass
+class EvalSection:
+    interval: int = _doc("evaluate every N steps (0 = only at the end)", default=50)
+    max_tokens: int = _doc("validation tokens per evaluation (0 = the whole split)", default=0)
+    batch_size: int = _doc("sequences per evaluation batch", default=8)
+
+
+@dataclass
+class CheckpointSection:
+    interval: int = _doc("save every N steps (0 = only at the end)", default=100)
+    keep_last: int = _doc("keep this many recent checkpoints (plus the best)", default=2)
+
+
+@dataclass
+class LogSection:
+    interval: int = _doc("write a metrics line every N steps", default=5)
+    progress: bool = _doc("show a progress bar", default=True)
+    tensorboard: bool = _doc("also log to TensorBoard (OUT_DIR/tensorboard)", default=False)
+    wandb: bool = _doc("also log to Weights & Biases", default=False)
+    wandb_project: str = _doc("W&B project", default="ismail")
+    wandb_mode: str = _doc("W&B mode: online or offline", default="offline")
+    sample_tokens: int = _doc("tokens of the sample printed at the end (0 = none)", default=48)
+
+
+@dataclass
+class DistSection:
+    strategy: str = _doc("ddp or fsdp (FSDP2) when launched with torchrun", default="ddp")
+    backend: str = _doc("'auto' (nccl on GPU, gloo on CPU), nccl or gloo", default="auto")
+
+
+@dataclass
+class TrainConfig:
+    """Everything `ismail train` needs; saved as OUT_DIR/train_config.json."""
+
+    preset: str = _doc("model preset (tiny, ismail-512, ismail-1024, gpt2-124m)", default="tiny")
+    model: dict[str, Any] = _doc("ModelConfig overrides", default_factory=dict)
+    run: RunSection = field(default_factory=RunSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    log: LogSection = field(default_factory=LogSection)
+    dist: DistSection = field(default_factory=DistSection)
+
+    def model_config(self, vocab_size: int | None = None) -> ModelConfig:
+        """The ModelConfig: preset, then `model` overrides; vocab_size from the tokenizer
+        unless set explicitly."""
+        overrides = dict(self.model)
+        if vocab_size is not None:
+            overrides.setdefault("vocab_size", vocab_size)
+        try:
+            return ModelConfig.preset(self.preset, **overrides)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(str(exc)) from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Raise ConfigError for impossible values."""
+        t, o = self.train, self.optim
+        checks = [
+            (t.steps > 0, "train.steps must be positive"),
+            (t.batch_size > 0, "train.batch_size must be positive"),
+            (t.grad_accum > 0, "train.grad_accum must be positive"),
+            (t.seq_len >= 0, "train.seq_len must be >= 0"),
+            (t.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}"),
+            (o.name in OPTIMIZERS, f"optim.name must be one of {OPTIMIZERS}"),
+            (o.schedule in ("cosine", "constant"), "optim.schedule must be cosine or constant"),
+            (o.lr > 0 and 0 <= o.min_lr <= o.lr, "need optim.lr > 0 and 0 <= optim.min_lr <= lr"),
+            (o.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+            (self.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1"),
+            (self.dist.strategy in ("ddp", "fsdp"), "dist.strategy must be ddp or fsdp"),
+            (self.log.interval > 0, "log.interval must be positive"),
+            (t.expert_rotation >= 0, "train.expert_rotation must be >= 0"),
+            (t.rotation_interval > 0, "train.rotation_interval must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
+OPTIMIZERS = ("adamw", "adamw8bit")
+
+
+def section_classes() -> dict[str, type]:
+    """Section name -> section dataclass."""
+    return {
+        f.name: f.default_factory
+        for f in fields(TrainConfig)
+        if f.default_factory is not dataclasses.MISSING
+        and dataclasses.is_dataclass(f.default_factory)
+    }
+
+
+def option_fields() -> dict[str, tuple[type, str, Any]]:
+    """Every dotted option: key -> (type, help, default). Includes `model.<ModelConfig field>`."""
+    options: dict[str, tuple[type, str, Any]] = {}
+    for f in fields(TrainConfig):
+        if f.name == "preset":
+            options["preset"] = (str, f.metadata["help"], f.default)
+    for section, cls in section_classes().items():
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            options[f"{section}.{f.name}"] = (hints[f.name], f.metadata.get("help", ""), f.default)
+    hints = typing.get_type_hints(ModelConfig)
+    for f in fields(ModelConfig):
+        options[f"model.{f.name}"] = (hints[f.name], f"ModelConfig.{f.name}", None)
+    return options
+
+
+def closest_key(key: str, known: list[str]) -> str:
+    """' (did you mean X?)' for the closest known key, or ''."""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def coerce(value: Any, kind: Any, key: str) -> Any:
+    """Convert a flag or file value to the field's type (bool, int, float, str, optionals)."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        kind = args[0]
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(float(value)) if isinstance(value, str) and "e" in value else int(value)
+        if kind is float:
+            return float(value)
+        if kind is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}") from None
+    return value
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'optim': {'lr': 1}} -> {'optim.lr': 1}; `model` keeps one level (its field names)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON or YAML training config into a flat {dotted key: value} dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            tree = yaml.safe_load(text) or {}
+        else:
+            tree = json.loads(text)
+    except Exception as exc:  # yaml and json raise different types; both mean a broken file
+        raise ConfigError(f"cannot parse {path}: {exc}") from exc
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(tree).__name__}")
+    return flatten(tree)
+
+
+def build_config(*layers: dict[str, Any]) -> TrainConfig:
+    """Apply flat {dotted key: value} layers, in order, on top of the defaults."""
+    options = option_fields()
+    cfg = TrainConfig()
+    for layer in layers:
+        for key, value in layer.items():
+            if key not in options:
+                raise ConfigError(f"unknown config key {key!r}{closest_key(key, list(options))}")
+            kind = options[key][0]
+            value = coerce(value, kind, key)
+            if key == "preset":
+                cfg.preset = value
+            elif key.startswith("model."):
+                cfg.model[key.split(".", 1)[1]] = value
+            else:
+                section, name = key.split(".", 1)
+                setattr(getattr(cfg, section), name, value)
+    cfg.validate()
+    return cfg
+
+
+def config_from_dict(tree: dict[str, Any]) -> TrainConfig:
+    """Rebuild a TrainConfig from `to_dict()` output (train_config.json)."""
+    return build_config(flatten(tree))

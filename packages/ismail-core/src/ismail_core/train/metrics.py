@@ -1,0 +1,121 @@
+"""Metrics: JSONL in the run directory always; TensorBoard and Weights & Biases when asked;
+a progress bar; model FLOPs utilisation (MFU)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ismail_core.train.config import ConfigError, LogSection
+
+METRICS_FILE = "metrics.jsonl"
+
+# Dense bf16 peak FLOP/s of common GPUs (vendor figures), for MFU as nanoGPT reports it.
+GPU_PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10": 125e12,
+    "4090": 165e12,
+    "3090": 71e12,
+    "T4": 65e12,
+}
+
+
+def peak_flops(device: torch.device) -> tuple[float, str]:
+    """(peak FLOP/s, where the figure comes from) for MFU.
+
+    GPUs use the vendor's dense bf16 peak; elsewhere the peak is measured as the best of a few
+    1024^3 fp32 matmuls, so CPU MFU means "share of this machine's matmul throughput".
+    """
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, flops in GPU_PEAK_FLOPS.items():
+            if key in name:
+                return flops, f"{name} bf16 peak"
+    n = 1024
+    a = torch.randn(n, n, device=device)
+    best = float("inf")
+    for _ in range(8):
+        start = time.perf_counter()
+        a @ a
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best, "measured fp32 matmul"
+
+
+class MetricsLogger:
+    """Writes metric rows to OUT_DIR/metrics.jsonl (and TensorBoard / W&B); main process only."""
+
+    def __init__(self, run_dir: Path, cfg: LogSection, enabled: bool, config: dict) -> None:
+        self.enabled = enabled
+        self.file = None
+        self.tb = None
+        self.wandb = None
+        if not enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # Appending keeps the history of a resumed run in one file.
+        self.file = open(run_dir / METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise ConfigError(
+                    "log.tensorboard needs tensorboard: install ismail-core[tensorboard]"
+                ) from exc
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        if cfg.wandb:
+            try:
+                import wandb
+            except ImportError as exc:
+                raise ConfigError(
+                    "log.wandb needs the wandb package: install ismail-core[wandb]"
+                ) from exc
+            self.wandb = wandb.init(
+                project=cfg.wandb_project, mode=cfg.wandb_mode, dir=str(run_dir), config=config
+            )
+
+    def log(self, kind: str, step: int, values: dict[str, Any]) -> None:
+        """Record one row: kind is "train" or "eval"; list values (expert load) are kept whole."""
+        if not self.enabled:
+            return
+        row = {"kind": kind, "step": step, "time": time.time(), **values}
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        scalars = {k: v for k, v in values.items() if isinstance(v, int | float)}
+        if self.tb is not None:
+            for key, value in scalars.items():
+                self.tb.add_scalar(f"{kind}/{key}", value, step)
+        if self.wandb is not None:
+            self.wandb.log({f"{kind}/{k}": v for k, v in scalars.items()}, step=step)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """All rows of a run's metrics.jsonl; rows re-logged after a resume replace older ones."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a run directory?")
+    rows: dict[tuple[str, int], dict] = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a crash
+            continue
+        rows[(row["kind"], row["step"])] = row
+    return sorted(rows.values(), key=lambda r: (r["step"], r["kind"]))

@@ -1,0 +1,62 @@
+"""Mixed precision: autocast context, gradient scaler, FP8 conversion through ismail-kernels."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+class PrecisionError(RuntimeError):
+    """The requested precision cannot run here."""
+
+
+@dataclass
+class Precision:
+    """How forward passes run: `autocast()` context and an optional grad scaler (fp16)."""
+
+    name: str
+    device: torch.device
+    scaler: Any = None  # torch.amp.GradScaler for fp16
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}.get(
+            self.name
+        )
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+
+def build_precision(name: str, device: torch.device) -> Precision:
+    """Precision for `name` (fp32, bf16, fp16, fp8) on `device`."""
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise PrecisionError("this GPU has no bf16 support; use --train.precision fp16")
+    if name == "fp16":
+        return Precision(name, device, torch.amp.GradScaler(device.type))
+    if name == "fp8" and device.type != "cuda":
+        raise PrecisionError(
+            "train.precision=fp8 needs a CUDA GPU with FP8 tensor cores (H100/Ada or newer); "
+            "use --train.precision bf16 or fp32"
+        )
+    return Precision(name, device)
+
+
+def fp8_converter() -> Callable[[torch.nn.Module], torch.nn.Module]:
+    """ismail-kernels' function that swaps a model's linear layers for FP8 training ones."""
+    try:
+        import ismail_kernels
+    except ImportError as exc:
+        raise PrecisionError(
+            "train.precision=fp8 needs ismail-kernels: install ismail-core[fp8]"
+        ) from exc
+    convert = getattr(ismail_kernels, "convert_to_fp8_training", None)
+    if convert is None:
+        raise PrecisionError(
+            "this ismail-kernels has no FP8 training converter (convert_to_fp8_training); "
+            "use --train.precision bf16"
+        )
+    return convert

@@ -1,0 +1,441 @@
+"""The training loop: `train(cfg)` runs `ismail train` from a resolved TrainConfig.
+
+Components live in their own modules (config, optimizer, lr_schedule, batches, precision,
+checkpointing, metrics, distributed); this file wires them together in the order a reader
+expects: set up -> (resume) -> loop of optimizer steps with evaluation and checkpoints -> end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ismail_core.atomic import atomic_write_json
+from ismail_core.checkpoint import (
+    CheckpointError,
+    load_checkpoint_tokenizer,
+    load_config,
+    load_weights,
+)
+from ismail_core.corpus import DataError, DataSpec, ShardedSplit, load_metadata, prepare_data
+from ismail_core.corpus.prepare import tokenizer_info
+from ismail_core.corpus.shards import TOKENIZER_DIR
+from ismail_core.evaluate import EvalResult, evaluate
+from ismail_core.model import Transformer
+from ismail_core.tokenizer import load_tokenizer
+from ismail_core.train import distributed
+from ismail_core.train.batches import training_batch
+from ismail_core.train.checkpointing import (
+    CheckpointManager,
+    find_resume_checkpoint,
+    read_resume_state,
+    rng_state,
+    set_rng_state,
+)
+from ismail_core.train.config import ConfigError, TrainConfig
+from ismail_core.train.lr_schedule import lr_at, set_lr
+from ismail_core.train.metrics import MetricsLogger, peak_flops
+from ismail_core.train.optimizer import build_optimizer
+from ismail_core.train.precision import build_precision, fp8_converter
+
+CONFIG_FILE = "train_config.json"
+
+# What to change when a GPU runs out of memory, most effective first.
+MEMORY_KNOBS = (
+    "--train.batch_size (smaller, with a larger --train.grad_accum), --train.seq_len, "
+    "--train.activation_checkpointing true, --train.precision bf16, --optim.name adamw8bit, "
+    "--train.expert_rotation N"
+)
+
+
+class TrainError(RuntimeError):
+    """Training cannot start or continue; the message says what to change."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or interrupted) run leaves behind."""
+
+    run_dir: Path
+    step: int
+    checkpoint: Path | None
+    interrupted: bool = False
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+
+def ensure_data(cfg: TrainConfig, info: distributed.DistInfo) -> Path:
+    """The data directory, tokenized first (by the main process) if it does not exist yet."""
+    path = Path(cfg.data.path)
+    if not (path / "meta.json").is_file():
+        if path.exists() and any(path.iterdir()):
+            raise DataError(
+                f"{path} exists but is not a tokenized data directory; point --data.path at "
+                "one made by `ismail data` or at a new directory"
+            )
+        if info.is_main:
+            print(f"preparing {cfg.data.source!r} into {path} (first run only)", flush=True)
+            prepare_data(
+                DataSpec(source=cfg.data.source, out=str(path), tokenizer=cfg.data.tokenizer)
+            )
+        distributed.barrier(info)
+    return path
+
+
+class Trainer:
+    """One training run. `run()` returns a TrainResult; `on_step(step, trainer)` is called
+    after every optimizer step (tests use it to interrupt a run)."""
+
+    def __init__(
+        self, cfg: TrainConfig, on_step: Callable[[int, Trainer], None] | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.on_step = on_step
+        self.run_dir = Path(cfg.run.out_dir)
+        self.info = distributed.init_distributed(cfg.dist, cfg.train.device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.device = self.info.device
+        self._setup_data()
+        self._setup_model()
+        self.manager = CheckpointManager(self.run_dir, cfg.checkpoint.keep_last)
+        self.metrics = MetricsLogger(
+            self.run_dir,
+            cfg.log,
+            self.info.is_main,
+            {**cfg.to_dict(), "model_config": self.model_cfg.to_dict()},
+        )
+
+    # ------------------------------------------------------------------ set-up
+    def _setup_data(self) -> None:
+        cfg = self.cfg
+        data_dir = ensure_data(cfg, self.info)
+        self.meta = load_metadata(data_dir)
+        self.tokenizer = load_tokenizer(data_dir / TOKENIZER_DIR)
+        if self.tokenizer.fingerprint != self.meta["tokenizer"]["fingerprint"]:
+            raise DataError(f"{data_dir}: tokenizer/ does not match meta.json; recreate the data")
+        self.train_split = ShardedSplit.open(data_dir, "train")
+        self.val_split = (
+            ShardedSplit.open(data_dir, "val") if "val" in self.meta["splits"] else None
+        )
+
+        self.resume_from = find_resume_checkpoint(cfg.run.resume, self.run_dir)
+        if self.resume_from is not None:
+            ckpt_tok = load_checkpoint_tokenizer(self.resume_from)
+            if ckpt_tok.fingerprint != self.tokenizer.fingerprint:
+                raise CheckpointError(
+                    f"{self.resume_from} was trained with tokenizer {ckpt_tok.fingerprint} but "
+                    f"{data_dir} was made with {self.tokenizer.fingerprint}: the token ids mean "
+                    "different things. Re-tokenize the data with the checkpoint's tokenizer "
+                    f"(`ismail data SOURCE --tokenizer {self.resume_from / 'tokenizer'}`) or "
+                    "start a new run directory"
+                )
+
+    def _setup_model(self) -> None:
+        cfg, info = self.cfg, self.info
+        if self.resume_from is not None:
+            self.model_cfg = load_config(self.resume_from)
+        else:
+            self.model_cfg = cfg.model_config(vocab_size=self.tokenizer.vocab_size)
+        if self.model_cfg.vocab_size < self.tokenizer.vocab_size:
+            raise ConfigError(
+                f"model.vocab_size {self.model_cfg.vocab_size} is smaller than the tokenizer's "
+                f"{self.tokenizer.vocab_size}; drop --model.vocab_size to use the tokenizer's"
+            )
+        self.seq_len = cfg.train.seq_len or self.model_cfg.max_seq_len
+        if self.seq_len > self.model_cfg.max_seq_len:
+            raise ConfigError(
+                f"train.seq_len {self.seq_len} exceeds the model's max_seq_len "
+                f"{self.model_cfg.max_seq_len}; lower --train.seq_len or raise --model.max_seq_len"
+            )
+        if cfg.train.expert_rotation and info.enabled:
+            raise ConfigError(
+                "train.expert_rotation is for single-GPU runs; drop it under torchrun"
+            )
+        if cfg.train.expert_rotation > self.model_cfg.n_routed_experts:
+            raise ConfigError(
+                f"train.expert_rotation {cfg.train.expert_rotation} exceeds the model's "
+                f"{self.model_cfg.n_routed_experts} routed experts"
+            )
+
+        torch.manual_seed(cfg.run.seed)
+        model = Transformer(self.model_cfg)
+        model.activation_checkpointing = cfg.train.activation_checkpointing
+        self.start_step = 0
+        self.best_val = math.inf
+        state = None
+        if self.resume_from is not None:
+            state = read_resume_state(self.resume_from)
+            model.load_state_dict(load_weights(self.resume_from / "model.safetensors"))
+            self.start_step = int(state["step"])
+            self.best_val = float(state.get("best_val_loss", math.inf))
+        self.raw_model = model.to(self.device)
+        self.precision = build_precision(cfg.train.precision, self.device)
+        if cfg.train.precision == "fp8":
+            self.raw_model = fp8_converter()(self.raw_model)
+        self.flops_per_token = self.raw_model.flops_per_token(self.seq_len)
+        self.model = distributed.wrap_model(self.raw_model, info, cfg.dist.strategy)
+        if cfg.train.compile:
+            self.model = torch.compile(self.model)
+        self.optimizer = build_optimizer(self.raw_model, cfg.optim, self.device)
+        if state is not None:
+            distributed.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
+            if self.precision.scaler is not None and state.get("scaler"):
+                self.precision.scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)])
+
+    # ------------------------------------------------------------------ pieces of a step
+    def _rotate_experts(self, step: int) -> None:
+        """Train `expert_rotation` consecutive experts, moving on every rotation_interval steps."""
+        k = self.cfg.train.expert_rotation
+        if not k:
+            return
+        n = self.model_cfg.n_routed_experts
+        first = (step // self.cfg.train.rotation_interval) * k
+        self.raw_model.set_trainable_experts([(first + i) % n for i in range(k)])
+
+    def _forward_backward(self, step: int) -> tuple[float, list[torch.Tensor]]:
+        """Accumulate gradients over grad_accum micro-batches; returns (mean loss, expert load)."""
+        cfg, info = self.cfg, self.info
+        accum = cfg.train.grad_accum
+        total = torch.zeros((), device=self.device)
+        loads: list[torch.Tensor] = []
+        for micro in range(accum):
+            ids = training_batch(
+                self.train_split,
+                cfg.train.batch_size,
+                self.seq_len,
+                seed=cfg.run.seed,
+                step=step,
+                micro=micro,
+                rank=info.rank,
+            ).to(self.device, non_blocking=True)
+            # DDP all-reduces gradients only on the last micro-batch.
+            sync = micro == accum - 1 or not isinstance(
+                self.model, torch.nn.parallel.DistributedDataParallel
+            )
+            ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
+            with ctx, self.precision.autocast():
+                out = self.model(ids, labels=ids)
+                loss = out.loss / accum
+            if self.precision.scaler is not None:
+                self.precision.scaler.scale(loss).backward()
+            else:
+                loss.backward()
+            total += out.lm_loss.detach() / accum
+            loads = [a + b for a, b in zip(loads, out.expert_load)] if loads else out.expert_load
+        distributed.all_reduce_sum(total, info)
+        return float(total) / info.world_size, loads
+
+    def _optimizer_step(self) -> float:
+        """Clip, step, update the MoE balancing biases; returns the gradient norm."""
+        scaler = self.precision.scaler
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
+        params = [p for p in self.raw_model.parameters() if p.grad is not None]
+        clip = self.cfg.optim.grad_clip
+        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        if scaler is not None:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        # Every rank must apply the same bias update: sum the expert loads first.
+        for moe in self.raw_model.moe_layers():
+            distributed.all_reduce_sum(moe.load_since_update, self.info)
+        self.raw_model.update_expert_bias()
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+    def _evaluate(self) -> EvalResult | None:
+        if self.val_split is None:
+            return None
+        cfg = self.cfg
+        return evaluate(
+            self.model if distributed.is_fsdp(self.model) else self.raw_model,
+            self.val_split,
+            self.seq_len,
+            batch_size=cfg.eval.batch_size,
+            max_tokens=cfg.eval.max_tokens or None,
+            device=self.device,
+            autocast=self.precision.autocast(),
+            rank=self.info.rank,
+            world_size=self.info.world_size,
+            reduce=lambda t: distributed.all_reduce_sum(t, self.info),
+        )
+
+    def _save(self, step: int, val: EvalResult | None) -> Path | None:
+        is_best = val is not None and val.loss < self.best_val
+        if is_best:
+            self.best_val = val.loss
+        # Under FSDP every rank takes part in gathering the full state; rank 0 writes.
+        state_dict = distributed.full_model_state(self.model)
+        optim_state = distributed.full_optimizer_state(self.model, self.optimizer)
+        rngs = [rng_state()]
+        if self.info.enabled:
+            rngs = [None] * self.info.world_size
+            torch.distributed.all_gather_object(rngs, rng_state())
+        path = None
+        if self.info.is_main:
+            trainer_state = {
+                "step": step,
+                "optimizer": optim_state,
+                "scaler": self.precision.scaler.state_dict() if self.precision.scaler else None,
+                "rng": rngs,
+                "best_val_loss": self.best_val,
+                "tokens_seen": step * self.tokens_per_step,
+                "data": tokenizer_info(self.tokenizer),
+            }
+            path = self.manager.save(
+                step, self.raw_model, self.tokenizer, trainer_state, state_dict, is_best
+            )
+        distributed.barrier(self.info)
+        return path
+
+    @property
+    def tokens_per_step(self) -> int:
+        t = self.cfg.train
+        return t.batch_size * t.grad_accum * self.seq_len * self.info.world_size
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> TrainResult:
+        cfg, info = self.cfg, self.info
+        result = TrainResult(self.run_dir, self.start_step, self.resume_from)
+        if info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            resolved = {**cfg.to_dict(), "model_config": self.model_cfg.to_dict()}
+            atomic_write_json(self.run_dir / CONFIG_FILE, resolved)
+            self._print_header()
+        peak, _ = peak_flops(self.device)
+        steps = cfg.train.steps
+        bar = self._progress(steps)
+        step = self.start_step
+        last_val: EvalResult | None = None
+        self.model.train()
+        try:
+            if step == 0 and self.val_split is not None:
+                last_val = self._log_eval(0, result, bar)
+            while step < steps:
+                started = time.perf_counter()
+                self._rotate_experts(step)
+                lr = lr_at(step, steps, cfg.optim)
+                set_lr(self.optimizer, lr)
+                loss, loads = self._forward_backward(step)
+                grad_norm = self._optimizer_step()
+                step += 1
+                elapsed = time.perf_counter() - started
+                tok_s = self.tokens_per_step / elapsed
+                mfu = self.flops_per_token * tok_s / info.world_size / peak
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(
+                        loss=f"{loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{tok_s:.0f}", mfu=f"{mfu:.1%}"
+                    )
+                if step % cfg.log.interval == 0 or step == steps:
+                    self.metrics.log(
+                        "train",
+                        step,
+                        {
+                            "loss": loss,
+                            "lr": lr,
+                            "grad_norm": grad_norm,
+                            "tokens_per_s": tok_s,
+                            "mfu": mfu,
+                            "tokens": step * self.tokens_per_step,
+                            "expert_load": [x.tolist() for x in loads],
+                        },
+                    )
+                if not math.isfinite(loss):
+                    raise TrainError(
+                        f"loss became {loss} at step {step}; lower --optim.lr or use "
+                        "--train.precision bf16 / fp32"
+                    )
+                if step < steps and cfg.eval.interval and step % cfg.eval.interval == 0:
+                    last_val = self._log_eval(step, result, bar)
+                if step < steps and cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
+                    result.checkpoint = self._save(step, last_val)
+                result.step = step
+                if self.on_step is not None:
+                    self.on_step(step, self)
+            if step > self.start_step or self.manager.latest() is None:
+                result.checkpoint = self._save(step, self._log_eval(step, result, bar))
+            else:  # resumed a run that had already finished
+                result.checkpoint = self.manager.latest()
+        except KeyboardInterrupt:
+            # The step in flight is dropped: its gradients and expert loads are discarded, so
+            # the checkpoint is exactly the state after `step` completed steps.
+            self.optimizer.zero_grad(set_to_none=True)
+            for moe in self.raw_model.moe_layers():
+                moe.load_since_update.zero_()
+            if bar is not None:
+                bar.close()
+            if info.is_main:
+                print(f"\ninterrupted: saving a checkpoint at step {step}", flush=True)
+            result.checkpoint = self._save(step, None)
+            result.step, result.interrupted = step, True
+        except torch.OutOfMemoryError as exc:
+            raise TrainError(
+                f"out of GPU memory ({exc}). Reduce memory with {MEMORY_KNOBS}"
+            ) from exc
+        finally:
+            if bar is not None:
+                bar.close()
+            self.metrics.close()
+        return result
+
+    def _log_eval(self, step: int, result: TrainResult, bar) -> EvalResult | None:
+        val = self._evaluate()
+        if val is None:
+            return None
+        row = val.to_dict()
+        self.metrics.log("eval", step, row)
+        result.evals.append({"step": step, **row})
+        if self.info.is_main:
+            message = (
+                f"step {step:>5}  val loss {val.loss:.3f}  ppl {val.perplexity:.1f}  "
+                f"bits/byte {val.bits_per_byte:.3f}"
+            )
+            (bar.write if bar is not None else print)(message)
+        return val
+
+    def _progress(self, steps: int):
+        if not (self.info.is_main and self.cfg.log.progress):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            total=steps, initial=self.start_step, desc="training", unit="step", dynamic_ncols=True
+        )
+
+    def _print_header(self) -> None:
+        m = self.raw_model
+        where = (
+            f"resuming from {self.resume_from} at step {self.start_step}"
+            if self.resume_from
+            else "new run"
+        )
+        tok = self.tokenizer
+        print(
+            f"ismail train: {self.cfg.preset} model, {m.num_parameters() / 1e6:.1f}M parameters "
+            f"({m.num_parameters(active_only=True) / 1e6:.1f}M active), {tok.kind} tokenizer "
+            f"({tok.vocab_size} tokens), {self.train_split.num_tokens:,} training tokens\n"
+            f"  {self.cfg.train.steps} steps x {self.tokens_per_step:,} tokens on {self.device} "
+            f"({self.info.world_size} process(es), {self.cfg.train.precision}); {where}\n"
+            f"  run directory: {self.run_dir}",
+            flush=True,
+        )
+
+
+def train(cfg: TrainConfig, on_step: Callable[[int, Trainer], None] | None = None) -> TrainResult:
+    """Run training to `cfg.train.steps` (resuming when the run directory has a checkpoint)."""
+    trainer = Trainer(cfg, on_step)
+    try:
+        return trainer.run()
+    finally:
+        distributed.shutdown(trainer.info)
