@@ -64,10 +64,7 @@ def create_app(
         """Prometheus metrics in the text exposition format."""
         return Response(get_state(request).metrics.render(), media_type=CONTENT_TYPE)
 
-    # Web pages from apps/web (issue 8, added by the apps helper): chat at /, playground at
-    # /tokenizer; they are not part of the API schema.
-    mount_apps(app)
-
+    # Web pages from apps/web (issue 8): chat at /, playground at /tokenizer; not in the schema.
     apps_dir = find_apps_dir()
     if apps_dir is not None:
         mount_apps(app, apps_dir)
@@ -99,5 +96,10 @@ def _openapi_without_422(app: FastAPI) -> dict[str, Any]:
     schemas = schema.get("components", {}).get("schemas", {})
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
+    # The one model name generation requests accept.
+    for name in ("CompletionRequest", "ChatCompletionRequest"):
+        model_field = schemas.get(name, {}).get("properties", {}).get("model")
+        if model_field is not None:
+            model_field["enum"] = [app.state.serve.model_name]
     app.openapi_schema = schema
     return schema
