@@ -44,11 +44,14 @@ DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 CORPUS = [
+    "Kitaplarımızdan birini okuyabilir misiniz? Güzel bir gün.",
     "Arkadaşlar, bu gece burada sizleri toplamaktan maksadım şudur.",
     "Türkiye Cumhuriyeti'nin temeli kültürdür; İstanbul'da ve Ankara'da okullar açıldı.",
     "Çocuklar öğretmenlerine çiçek getirdiler, ığdır ve şırnak'tan gelen öğrenciler de vardı.",
     "Hayatta en hakiki mürşit ilimdir, fendir. Ne mutlu Türküm diyene!",
 ]
+
+LEXICON = ["kitap", "oku", "gün", "güzel", "bir", "çocuk", "öğretmen", "okul", "gece", "kültür"]
 
 pytestmark = [
     pytest.mark.slow,
@@ -62,33 +65,41 @@ pytestmark = [
 # ---------------------------------------------------------------- server on a tiny checkpoint
 
 
-def _tokenizer(directory: Path):
-    """A small byte-level BPE with the chat role tokens, trained on a few Turkish sentences."""
+def _tokenizers(directory: Path):
+    """A small tr-tokenizer (roots, suffixes, BPE) and a plain BPE of the same size.
+
+    Both are trained on a few Turkish sentences; the plain BPE (a Hugging Face tokenizer.json)
+    is what the playground shows side by side with the model's tokenizer.
+    """
+    import tr_tokenizer
     from ismail_core.tokenizer import load_tokenizer
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
+    tr = tr_tokenizer.train(CORPUS * 4, vocab_size=1024, lexicon=LEXICON)
+    tr.save(directory / "tr")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=["<pad>", "<s>", "</s>", *ROLE_TOKENS],
+        vocab_size=tr.vocab_size,
+        special_tokens=["<|pad|>", "<|bos|>", "<|eos|>", *ROLE_TOKENS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(CORPUS * 4, trainer)
-    tok.save(str(directory / "tokenizer.json"))
-    return load_tokenizer(directory / "tokenizer.json")
+    bpe.train_from_iterator(CORPUS * 4, trainer)
+    bpe.save(str(directory / "plain-bpe.json"))
+    return load_tokenizer(directory / "tr"), directory / "plain-bpe.json"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(checkpoint directory of a tiny random model, plain BPE tokenizer.json to compare)."""
     import torch
     from ismail_core import ModelConfig, Transformer
     from ismail_core.checkpoint import save_checkpoint
 
     work = tmp_path_factory.mktemp("apps-ckpt")
-    tok = _tokenizer(work)
+    tok, plain_bpe = _tokenizers(work)
     torch.manual_seed(0)
     cfg = ModelConfig.preset(
         "tiny",
@@ -102,9 +113,9 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     model = Transformer(cfg)
     with torch.no_grad():
-        for token in ("<|end|>", "</s>"):
-            model.head.weight[tok.token_to_id(token)] = 0.0
-    return save_checkpoint(work / "tiny-ismail", model, tok)
+        for stop_id in (tok.token_to_id("<|end|>"), tok.eos_id):
+            model.head.weight[stop_id] = 0.0
+    return save_checkpoint(work / "tiny-ismail", model, tok), plain_bpe
 
 
 def _free_port() -> int:
@@ -114,14 +125,17 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """`ismail-serve` on the tiny checkpoint; yields its URL, key, model name and log file."""
+def server(
+    checkpoint: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict]:
+    """`ismail-serve` on the tiny checkpoint; yields its URL, model name and log file."""
+    ckpt, plain_bpe = checkpoint
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("apps-serve") / "serve.log"
     command = [
         str(Path(sys.executable).with_name("ismail-serve")),
-        str(checkpoint),
+        str(ckpt),
         "--host",
         "127.0.0.1",
         "--port",
@@ -132,6 +146,8 @@ def server(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "cpu",
         "--max-batch",
         "4",
+        "--compare-tokenizer",
+        str(plain_bpe),
     ]
     with log.open("w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -205,6 +221,17 @@ def _wait_for_model(page) -> None:
 def _set_sampling(page, *, temperature: str, max_tokens: str) -> None:
     page.fill("#temperature", temperature)
     page.fill("#max-tokens", max_tokens)
+
+
+def test_startup_message_links_the_pages(server) -> None:
+    # The message is printed right after the model is attached; allow it a moment to flush.
+    deadline = time.monotonic() + 10
+    while "/tokenizer" not in server["log"].read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines = server["log"].read_text().splitlines()
+    pages = [line for line in lines if f"{server['base']}/tokenizer" in line]
+    assert pages, "\n".join(lines)
+    assert f"{server['base']}/ " in pages[0] or pages[0].endswith(f"{server['base']}/")
 
 
 # ---------------------------------------------------------------- chat page
@@ -316,51 +343,82 @@ def test_server_errors_are_shown_in_plain_words(open_page, server) -> None:
 SAMPLE = "Kitaplarımızdan birini okuyabilir misiniz?\nİstanbul'da güzel bir gün."
 
 
-def test_playground_shows_each_token_with_its_id_kind_and_counts(open_page, server) -> None:
-    page = open_page("/tokenizer")
-    page.fill("#text", SAMPLE)
-    expected = httpx.post(
+WHITESPACE_SIGNS = {" ": "␣", "\n": "↵"}
+
+
+def _tokenize(server: dict, text: str) -> dict:
+    response = httpx.post(
         f"{server['base']}/v1/tokenize",
-        json={"model": server["model"], "prompt": SAMPLE},
+        json={"model": server["model"], "prompt": text},
         headers=_auth(),
         timeout=30,
-    ).json()
-    count = expected["count"]
-    page.wait_for_selector(f"#main-column [data-count='tokens']:text-is('{count}')")
-    tokens = page.query_selector_all("#main-column .tok")
-    assert [int(t.get_attribute("data-id")) for t in tokens] == expected["tokens"]
-    kinds = expected["kinds"] or ["other"] * count
-    assert [t.get_attribute("data-kind") for t in tokens] == kinds
-    for token in tokens:  # coloured: every token box has a background of its own kind
-        colour = token.evaluate("el => getComputedStyle(el).backgroundColor")
-        assert colour not in ("rgba(0, 0, 0, 0)", "transparent")
-    if expected["kinds"] is None:
-        assert "does not label token kinds" in page.text_content("#legend")
-    else:
-        for kind in set(kinds):
-            assert page.text_content(f"#legend .kind-{kind}").endswith(f" {kinds.count(kind)}")
-    # The visible text of the tokens spells the input (whitespace drawn as signs).
-    drawn = "".join(t.query_selector("span").text_content() for t in tokens)
-    assert drawn.replace("␣", " ").replace("↵", "\n") == SAMPLE
-
-    words = 8  # Kitaplarımızdan birini okuyabilir misiniz İstanbul'da güzel bir gün
-    assert page.text_content("#main-column [data-count='tokens/word']") == f"{count / words:.2f}"
-    assert page.text_content("#main-column [data-count='chars/token']") == (
-        f"{len(SAMPLE) / count:.2f}"
     )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _check_column(page, column: str, result: dict, text: str) -> list:
+    """The column shows exactly the server's tokens, kinds and counts for `text`."""
+    count = result["count"]
+    page.wait_for_selector(f"{column} [data-count='tokens']:text-is('{count}')")
+    tokens = page.query_selector_all(f"{column} .tok")
+    assert [int(t.get_attribute("data-id")) for t in tokens] == result["tokens"]
+    assert [t.get_attribute("data-kind") for t in tokens] == (result["kinds"] or [""] * count)
+    words = len(text.split())
+    assert page.text_content(f"{column} [data-count='tokens/word']") == f"{count / words:.2f}"
+    assert page.text_content(f"{column} [data-count='chars/token']") == f"{len(text) / count:.2f}"
+    return tokens
+
+
+def test_playground_shows_tokens_by_kind_with_ids_and_counts(open_page, server) -> None:
+    page = open_page("/tokenizer")
+    page.fill("#text", SAMPLE)
+    expected = _tokenize(server, SAMPLE)
+    kinds = expected["kinds"]
+    assert kinds and {"root", "suffix", "case", "space"} <= set(kinds), kinds
+    tokens = _check_column(page, "#main-column", expected, SAMPLE)
+
+    # Each token is drawn as the text it covers (whitespace as a sign, a case marker as ⇧),
+    # and together they spell the input.
+    assert "".join(t.get_attribute("data-text") for t in tokens) == SAMPLE
+    for token, (start, end), kind in zip(tokens, expected["offsets"], kinds):
+        label = token.query_selector(".text").text_content()
+        covered = SAMPLE[start:end]
+        if kind == "case":
+            assert label == "⇧"
+        elif covered.isspace():
+            assert label == "".join(WHITESPACE_SIGNS[c] for c in covered)
+        elif covered:
+            assert label == covered
+
+    # Coloured by kind: one background colour per kind, a different one for each kind.
+    colours: dict[str, set[str]] = {}
+    for token, kind in zip(tokens, kinds):
+        colour = token.evaluate("el => getComputedStyle(el).backgroundColor")
+        colours.setdefault(kind, set()).add(colour)
+    assert all(len(c) == 1 for c in colours.values()), colours
+    assert len({c.pop() for c in colours.values()}) == len(colours), colours
+    for kind in set(kinds):
+        shown = "whitespace" if kind == "space" else kind
+        assert page.text_content(f"#legend .kind-{shown}").endswith(f" {kinds.count(kind)}")
+
+    # IDs on hover (and on tap/focus), and all at once with "Show IDs".
     tokens[3].hover()
-    assert f"id {expected['tokens'][3]}" in page.text_content("#inspector")
+    assert f"id {expected['tokens'][3]} " in page.text_content("#inspector")
+    assert tokens[3].get_attribute("title").startswith(f"id {expected['tokens'][3]} ")
     page.check("#show-ids")
     assert tokens[3].query_selector(".id").is_visible()
+
+    # Side by side: the plain BPE configured with --compare-tokenizer.
+    comparison = expected["comparison"]
+    assert comparison is not None and comparison["count"] > 0
+    assert page.is_visible("#compare-column")
+    _check_column(page, "#compare-column", comparison, SAMPLE)
     _screenshot(page, "tokenizer-desktop")
 
-    # Live: editing the text re-tokenizes without a button.
-    page.fill("#text", "Merhaba")
-    page.wait_for_function(
-        "document.querySelectorAll('#main-column .tok').length > 0 && "
-        "[...document.querySelectorAll('#main-column .tok span:first-child')]"
-        ".map(s => s.textContent).join('') === 'Merhaba'"
-    )
+    # Live: editing the text re-tokenizes it, no button needed.
+    page.fill("#text", "Güzel bir gün")
+    _check_column(page, "#main-column", _tokenize(server, "Güzel bir gün"), "Güzel bir gün")
 
 
 @pytest.mark.parametrize("path", ["/", "/tokenizer"])

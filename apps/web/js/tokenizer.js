@@ -13,13 +13,16 @@
   const showIdsEl = $("show-ids");
   const apiKeyEl = $("api-key");
 
-  const KINDS = ["root", "suffix", "bpe", "byte", "special", "whitespace"];
+  // Kinds the page colours (tr-tokenizer's names; "space" is drawn as whitespace).
+  const KINDS = ["root", "suffix", "bpe", "byte", "special", "case", "whitespace"];
+  const KIND_ALIASES = { space: "whitespace" };
   const KIND_LABELS = {
     root: "root",
     suffix: "suffix",
     bpe: "BPE",
     byte: "byte",
     special: "special",
+    case: "case marker",
     whitespace: "whitespace",
     other: "other",
   };
@@ -39,24 +42,27 @@
     return (text.match(WORD) || []).length;
   }
 
-  /** What to draw for one token: the text it covers in the input, else its vocabulary string. */
-  function tokenLabel(chars, offsets, tokenStrs, i, coveredUpTo) {
-    if (offsets && offsets[i]) {
-      const [start, end] = offsets[i];
-      // Several byte tokens can share one character's span: draw that character only once.
-      if (end > start && start >= coveredUpTo) return chars.slice(start, end).join("");
-    }
-    return tokenStrs ? tokenStrs[i] : "";
+  /** The text of the input a token covers ("" for a zero-width token such as a case marker). */
+  function coveredText(chars, offsets, i) {
+    if (!offsets || !offsets[i]) return null;
+    const [start, end] = offsets[i];
+    return chars.slice(start, end).join("");
   }
 
-  function visibleText(label) {
-    if (label === "") return "∅";
-    if (/^\s+$/.test(label)) return [...label].map((c) => WHITESPACE_SIGNS[c] || "·").join("");
-    return label;
+  /** What to draw for one token: the text it covers, else its vocabulary name. */
+  function visibleText(covered, vocab, kind) {
+    if (covered === null || covered === "") {
+      // Zero-width tokens: a case marker, or a later byte of a character split into bytes.
+      if (kind === "case") return "⇧";
+      return vocab || "∅";
+    }
+    if (/^\s+$/.test(covered)) return [...covered].map((c) => WHITESPACE_SIGNS[c] || "·").join("");
+    return covered;
   }
 
   function kindOf(kinds, i) {
-    const kind = kinds && kinds[i];
+    const raw = kinds && kinds[i];
+    const kind = KIND_ALIASES[raw] || raw;
     return KINDS.includes(kind) ? kind : "other";
   }
 
@@ -82,28 +88,29 @@
     const box = column.querySelector('[data-role="tokens"]');
     const kindCounts = {};
     const nodes = [];
-    let coveredUpTo = 0;
     ids.forEach((id, i) => {
       const kind = kindOf(result.kinds, i);
       kindCounts[kind] = (kindCounts[kind] || 0) + 1;
-      const label = tokenLabel(chars, result.offsets, result.token_strs, i, coveredUpTo);
-      if (result.offsets && result.offsets[i]) coveredUpTo = Math.max(coveredUpTo, result.offsets[i][1]);
+      const vocab = result.token_strs ? result.token_strs[i] : "";
+      const covered = coveredText(chars, result.offsets, i);
       const span = document.createElement("span");
       span.className = `tok kind-${kind}`;
       span.tabIndex = 0;
       span.dataset.id = id;
-      span.dataset.kind = kind;
-      const vocab = result.token_strs ? result.token_strs[i] : "";
-      span.dataset.info = `#${i}  id ${id}  ${KIND_LABELS[kind]}  ${JSON.stringify(vocab)}`;
+      span.dataset.kind = result.kinds ? result.kinds[i] : "";
+      if (covered !== null) span.dataset.text = covered;
+      const where = result.offsets ? `  chars ${result.offsets[i][0]}-${result.offsets[i][1]}` : "";
+      span.dataset.info = `#${i}  id ${id}  ${KIND_LABELS[kind]}  ${JSON.stringify(vocab)}${where}`;
       span.title = `id ${id} · ${KIND_LABELS[kind]} · ${JSON.stringify(vocab)}`;
       const textNode = document.createElement("span");
-      textNode.textContent = visibleText(label);
+      textNode.className = "text";
+      textNode.textContent = visibleText(covered, vocab, kind);
       const idNode = document.createElement("span");
       idNode.className = "id";
       idNode.textContent = id;
       span.append(textNode, idNode);
       nodes.push(span);
-      if (label.includes("\n")) {
+      if (covered && covered.includes("\n")) {
         const br = document.createElement("span");
         br.className = "line-break";
         nodes.push(br);
