@@ -308,6 +308,34 @@ def test_stop_button_cancels_the_reply(open_page, server) -> None:
     page.wait_for_selector(".message.assistant >> nth=1 >> .stats:text-matches('8 tokens')")
 
 
+def test_sse_reader_joins_characters_split_across_network_chunks(open_page) -> None:
+    # Network chunks can end inside a UTF-8 character or between "\r" and "\n". Feed the
+    # page's SSE reader a stream cut into single bytes and check every event arrives whole.
+    page = open_page("/")
+    events = ["Çağrı ışığı söndü, İzmir'e gidiyoruz.", '{"ğ": "ş\\nü"}', "iki\nsatır", "[DONE]"]
+    wire = (
+        "".join(f"data: {e}\r\n\r\n" for e in events[:2])
+        + ": a comment\r\ndata: iki\r\ndata: satır\r\n\r\n"  # one event, two data lines
+        + f"data:{events[3]}\n\n"
+    )
+    received = page.evaluate(
+        """async (wire) => {
+          const bytes = new TextEncoder().encode(wire);
+          const body = new ReadableStream({
+            start(controller) {
+              for (const b of bytes) controller.enqueue(new Uint8Array([b]));
+              controller.close();
+            },
+          });
+          const got = [];
+          await Ismail.readSSE(new Response(body), (data) => got.push(data));
+          return got;
+        }""",
+        wire,
+    )
+    assert received == events
+
+
 def test_server_errors_are_shown_in_plain_words(open_page, server) -> None:
     page = open_page("/", api_key=None)
     # Without the key the status badge and a send both say what to do.
@@ -430,6 +458,11 @@ def test_pages_fit_a_phone_screen(open_page, path: str) -> None:
     else:
         page.click("#settings-toggle")
         assert page.is_visible("#temperature")
+        page.fill("#max-tokens", "12")
+        page.fill("#prompt", "Günaydın! Bugün ne yapalım?")
+        page.click("#send")  # sending folds the settings away to make room for the reply
+        page.wait_for_selector(".message.assistant .stats:text-matches('12 tokens')")
+        assert not page.is_visible("#temperature")
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"{path} scrolls sideways on a phone by {overflow}px"
     _screenshot(page, {"/": "phone-chat", "/tokenizer": "phone-tokenizer"}[path])
