@@ -9,10 +9,12 @@ round-trip is re-encoded from the raw text, so encoding is lossless by construct
 
 from __future__ import annotations
 
-from tr_tokenizer.casing import CAPITALIZED, LOWER, UPPER, case_class
+import regex
+
+from tr_tokenizer.casing import CAPITALIZED, MIXED, UPPER, case_class, tr_lower
 from tr_tokenizer.decoder import DecodeState, DecodeTables
 from tr_tokenizer.pretokenize import APOSTROPHES, MAX_CHUNK, WORD
-from tr_tokenizer.suffixes import Element, left_context, parse_form, realize, surfaces
+from tr_tokenizer.suffixes import Element, context_key, parse_form, realize
 from tr_tokenizer.vocab import BYTE_TOKENS, CAP, Vocabulary
 from tr_tokenizer.vocab import UPPER as UPPER_TOKEN
 
@@ -21,6 +23,7 @@ _INF = float("inf")
 # scores are log-probabilities, scaled so that they never outweigh a whole token.
 _TIE = 1e-3
 _BYTE_PENALTY = 40.0
+_APOSTROPHE_SPLIT = regex.compile("(['’])")
 
 Path_ = list[tuple[int, int]]  # (token id, number of characters it covers)
 
@@ -33,14 +36,14 @@ class ChunkEncoder:
         self.text_ids: dict[str, int] = {}
         self.root_ids: dict[str, int] = {}
         self.suffix_ids: dict[str, int] = {}  # literal suffix pieces and apostrophes
-        self.shared_by_surface: dict[str, list[tuple[int, tuple[Element, ...]]]] = {}
+        self.shared: list[tuple[int, tuple[Element, ...]]] = []
+        # context key -> ({spelling: (id, cost)}, longest spelling), built on first use
+        self.tables_by_context: dict[tuple | None, tuple[dict[str, tuple[int, float]], int]] = {}
         self.cost: list[float] = []
         for i, (text, kind, score) in enumerate(vocab.pieces):
             self.cost.append(1.0 + _TIE * min(-score, 30.0))
             if kind == "suffix" and text.startswith("+"):
-                elements = parse_form(text[1:])
-                for surface in surfaces(text[1:]):
-                    self.shared_by_surface.setdefault(surface, []).append((i, elements))
+                self.shared.append((i, parse_form(text[1:])))
             elif kind in ("root", "suffix", "bpe", "space"):
                 self.text_ids[text] = i
                 if kind == "root":
@@ -52,8 +55,6 @@ class ChunkEncoder:
                 self.suffix_ids[apostrophe] = self.text_ids[apostrophe]
         self.max_text = max((len(t) for t in self.text_ids), default=1)
         self.max_root = max((len(t) for t in self.root_ids), default=0)
-        self.max_suffix = max((len(t) for t in self.suffix_ids), default=0)
-        self.max_shared = max((len(t) for t in self.shared_by_surface), default=0)
         self.byte0 = vocab.pieces.index((BYTE_TOKENS[0], "byte", 0.0)) if vocab.pieces else 0
         self.cap_id = next(i for i, p in enumerate(vocab.pieces) if p[0] == CAP)
         self.upper_id = next(i for i, p in enumerate(vocab.pieces) if p[0] == UPPER_TOKEN)
@@ -79,17 +80,47 @@ class ChunkEncoder:
 
     def _encode_word(self, chunk: str) -> Path_ | None:
         case, low = case_class(chunk)
-        if case not in (LOWER, CAPITALIZED, UPPER):
-            return None
-        path = self._morph(low)
-        if path is None:
-            path = self._cheapest(low, shared=True)
+        if case != MIXED:
+            path = self._morph(low)
+            if path is None:
+                path = self._cheapest(low, shared=True)
+            path = self._with_marker(case, path)
+            if self._decode(path) == chunk:
+                return path
+        if any(a in chunk for a in APOSTROPHES):
+            path = self._encode_runs(chunk)
+            if self._decode(path) == chunk:
+                return path
+        return None
+
+    def _with_marker(self, case: int, path: Path_) -> Path_:
         if case == CAPITALIZED:
-            path = [(self.cap_id, 0), *path]
-        elif case == UPPER:
-            path = [(self.upper_id, 0), *path]
-        if self._decode(path) != chunk:
-            return None
+            return [(self.cap_id, 0), *path]
+        if case == UPPER:
+            return [(self.upper_id, 0), *path]
+        return path
+
+    def _encode_runs(self, chunk: str) -> Path_:
+        """Encode the letter runs between apostrophes separately, each with its own case.
+
+        An all-caps marker covers letters only, so "ANKARA'DA" becomes
+        <upper> " ankara" "'" <upper> "+DA"; the suffix is still spelled from "ankara".
+        """
+        path: Path_ = []
+        context = ""
+        for part in _APOSTROPHE_SPLIT.split(chunk):
+            if not part:
+                continue
+            case, low = case_class(part)
+            if part in APOSTROPHES or case == MIXED:
+                path += self._cheapest(part, shared=False)
+                context += tr_lower(part)
+                continue
+            sub = self._morph(low) if not context else None
+            if sub is None:
+                sub = self._cheapest(context + low, shared=True, start=len(context))
+            path += self._with_marker(case, sub)
+            context += low
         return path
 
     def _decode(self, path: Path_) -> str:
@@ -113,40 +144,50 @@ class ChunkEncoder:
         return _trace(back, n) if cost[n] < _INF else None
 
     def _suffix_edges(self, s: str, i: int, cost: list[float], back: list) -> None:
-        n = len(s)
+        """Relax edges from position i over every suffix token that spells s[i:j] here."""
+        table, longest = self._suffix_table(context_key(s[:i]))
         c0 = cost[i]
-        for j in range(i + 1, min(n, i + self.max_suffix) + 1):
-            tid = self.suffix_ids.get(s[i:j])
-            if tid is not None and c0 + self.cost[tid] < cost[j]:
-                cost[j] = c0 + self.cost[tid]
-                back[j] = (i, tid)
-        if self.max_shared:
-            self._shared_edges(s, i, cost, back)
+        for j in range(i + 1, min(len(s), i + longest) + 1):
+            hit = table.get(s[i:j])
+            if hit is not None and c0 + hit[1] < cost[j]:
+                cost[j] = c0 + hit[1]
+                back[j] = (i, hit[0])
 
-    def _shared_edges(self, s: str, i: int, cost: list[float], back: list) -> None:
-        n = len(s)
-        c0 = cost[i]
-        last, vowel = left_context(s[:i])
-        if last is None:
-            return
-        for j in range(i + 1, min(n, i + self.max_shared) + 1):
-            sub = s[i:j]
-            for tid, elements in self.shared_by_surface.get(sub, ()):
-                c = c0 + self.cost[tid] - _TIE  # prefer the shared id over a literal twin
-                if c < cost[j] and realize(elements, last, vowel) == sub:
-                    cost[j] = c
-                    back[j] = (i, tid)
+    def _suffix_table(
+        self, key: tuple[str, str | None] | None
+    ) -> tuple[dict[str, tuple[int, float]], int]:
+        """Spelling -> (cheapest suffix id, cost) in one left context, and the longest spelling.
+
+        Built once per context key (a few dozen exist) so the search is one dict lookup per span.
+        """
+        cached = self.tables_by_context.get(key)
+        if cached is not None:
+            return cached
+        table: dict[str, tuple[int, float]] = {}
+        for text, tid in self.suffix_ids.items():
+            table[text] = (tid, self.cost[tid])
+        if key is not None:
+            for tid, elements in self.shared:
+                text = realize(elements, *key)
+                if text:
+                    c = self.cost[tid] - _TIE  # prefer a shared id over a literal twin
+                    if text not in table or c < table[text][1]:
+                        table[text] = (tid, c)
+        result = (table, max(map(len, table), default=0))
+        self.tables_by_context[key] = result
+        return result
 
     # ---- fallback -----------------------------------------------------------------------
 
-    def _cheapest(self, s: str, shared: bool) -> Path_:
-        """Fewest-token segmentation over all text pieces (and shared suffixes), bytes last."""
+    def _cheapest(self, s: str, shared: bool, start: int = 0) -> Path_:
+        """Fewest-token segmentation of s[start:] over all text pieces (and shared suffixes
+        spelled from s[:i]), with bytes for characters no piece covers."""
         n = len(s)
         cost = [_INF] * (n + 1)
         back: list[tuple[int, int] | None] = [None] * (n + 1)
-        cost[0] = 0.0
+        cost[start] = 0.0
         text_ids, costs = self.text_ids, self.cost
-        for i in range(n):
+        for i in range(start, n):
             c0 = cost[i]
             if c0 == _INF:
                 continue
@@ -155,8 +196,9 @@ class ChunkEncoder:
                 if tid is not None and c0 + costs[tid] < cost[j]:
                     cost[j] = c0 + costs[tid]
                     back[j] = (i, tid)
-            if shared and i > 0 and self.max_shared:
-                self._shared_edges(s, i, cost, back)
+            if shared and i > 0:
+                # suffix tokens spelled from the left context (literal ones are text pieces too)
+                self._suffix_edges(s, i, cost, back)
             nbytes = len(s[i].encode("utf-8", "surrogatepass"))
             c = c0 + nbytes * (1.0 + _TIE * _BYTE_PENALTY)
             if c < cost[i + 1]:
@@ -164,7 +206,7 @@ class ChunkEncoder:
                 back[i + 1] = (i, -1)
         path: Path_ = []
         j = n
-        while j > 0:
+        while j > start:
             i, tid = back[j]
             if tid == -1:
                 data = s[i].encode("utf-8", "surrogatepass")

@@ -177,6 +177,21 @@ def left_context(text: str) -> tuple[str | None, str | None]:
     return last_letter, None
 
 
+def context_key(text: str) -> tuple[str, str | None] | None:
+    """The part of the left context that suffix spelling depends on, or None if no word.
+
+    Spelling looks at whether the last letter is a vowel (and which), a voiceless consonant or
+    another consonant, and at the last vowel; so a voiceless ending is represented by "t", any
+    other consonant by "r". Two texts with the same key spell every suffix the same way.
+    """
+    last, vowel = left_context(text)
+    if last is None:
+        return None
+    if last not in VOWELS:
+        last = "t" if last in VOICELESS else "r"
+    return last, vowel
+
+
 def _harmony(kind: str, vowel: str) -> str:
     back, rounded = vowel in BACK_VOWELS, vowel in ROUNDED_VOWELS
     if kind == "A":

@@ -45,7 +45,6 @@ class TrainConfig:
     max_parse_words: int = 300_000  # most frequent word types parsed for statistics
     min_root_count: float = 2.0
     alphabet_size: int = 200  # single characters kept as pieces
-    bpe_min_frequency: int = 2
 
 
 def train(
@@ -353,7 +352,9 @@ def build_vocabulary(chunks: Counter, lexicon: set[str], cfg: TrainConfig) -> Vo
 
     # 4. BPE over what the morphology does not cover
     residual = _residual(words, raw, pieces, cfg)
-    for rank, piece in enumerate(_train_bpe(residual, alphabet, cfg.vocab_size - len(pieces))):
+    wanted = cfg.vocab_size - len(pieces)
+    learned = [p for p in _train_bpe(residual, alphabet, 2 * wanted) if p not in seen]
+    for rank, piece in enumerate(learned[:wanted]):
         add(piece, "bpe", -math.log(rank + 2))
     return Vocabulary(pieces, config=asdict(cfg))
 
@@ -389,8 +390,8 @@ def _train_bpe(residual: Counter, alphabet: list[str], n_pieces: int) -> list[st
     hf = HFTokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.Split(sep, behavior="removed")
     trainer = trainers.BpeTrainer(
-        vocab_size=n_pieces + len(alphabet) + 200,
-        min_frequency=2,
+        vocab_size=n_pieces + len(alphabet),
+        min_frequency=1,
         initial_alphabet=alphabet,
         limit_alphabet=len(alphabet) + 50,
         show_progress=False,

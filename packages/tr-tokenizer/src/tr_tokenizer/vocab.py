@@ -102,19 +102,23 @@ class Vocabulary:
         return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()[:16]
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write `directory/tokenizer.json` atomically (temp file + os.replace)."""
+        """Write `directory/tokenizer.json` atomically."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        target = directory / FILE_NAME
-        fd, tmp = tempfile.mkstemp(prefix=".tokenizer-", suffix=".tmp", dir=directory)
+        return self.write(directory / FILE_NAME)
+
+    def write(self, file: str | os.PathLike) -> Path:
+        """Write the vocabulary to one file atomically (temp file + os.replace)."""
+        file = Path(file)
+        fd, tmp = tempfile.mkstemp(prefix=".tokenizer-", suffix=".tmp", dir=file.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(self.to_json())
-            os.replace(tmp, target)
+            os.replace(tmp, file)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return target
+        return file
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Vocabulary:

@@ -1,0 +1,235 @@
+"""tr-tokenizer against a byte-level BPE of the same size, on Turkish prose it was not trained on.
+
+Rows: the shipped tr-tokenizer (allomorph sharing on); the same training run with sharing off; a
+byte-level BPE trained with `tokenizers` on the same corpus and vocabulary size; tiktoken running
+that same BPE (speed only: same tokens). Evaluation text: the UD Turkish treebank sentences in
+../shared/data/ud-turkish (evaluation only; nothing is trained or tuned on them).
+
+    uv run python bench/tokenizer.py            # trains the comparison tokenizers once (~3 min)
+
+Columns: tokens per word (whitespace words), UTF-8 bytes per token, exact round trip (share of
+sentences), morphology alignment (see tr_tokenizer.evaluate), single-thread encode MB/s on the
+whole text as one string (cold: a fresh per-word cache; warm: second pass), and batch encode MB/s
+over 2 cores on the sentences repeated 8 times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("RAYON_NUM_THREADS", "2")  # tokenizers' batch threads: the 2 cores we have
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+ROOT = Path(__file__).resolve().parents[1]
+UD = ROOT / ".." / "shared" / "data" / "ud-turkish"
+sys.path.insert(0, str(ROOT / "packages" / "tr-tokenizer" / "scripts"))
+
+import tr_tokenizer  # noqa: E402
+from tr_tokenizer.evaluate import morphology_alignment, read_conllu  # noqa: E402
+
+
+def train_comparisons(cache: Path, vocab_size: int, retrain: bool) -> tuple[Path, Path]:
+    """Train (once) the no-sharing tr-tokenizer and the byte-level BPE on the default corpus."""
+    import build_default_vocab as build
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    inputs = cache / "inputs"
+    no_share = cache / f"tr-no-share-{vocab_size}"
+    bpe_file = cache / f"bytelevel-bpe-{vocab_size}.json"
+    if retrain or not (inputs / "word_counts.tsv").exists():
+        inputs.mkdir(parents=True, exist_ok=True)
+        build.write_inputs(inputs)
+    prose, roots, counts = (inputs / n for n in ("prose.txt", "roots.txt", "word_counts.tsv"))
+    if retrain or not (no_share / "tokenizer.json").exists():
+        print("training tr-tokenizer without allomorph sharing ...", file=sys.stderr)
+        tr_tokenizer.train(
+            [prose],
+            vocab_size=vocab_size,
+            lexicon=roots,
+            word_counts=counts,
+            share_allomorphs=False,
+        ).save(no_share)
+    if retrain or not bpe_file.exists():
+        print("training byte-level BPE ...", file=sys.stderr)
+        bpe = Tokenizer(models.BPE())
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        bpe.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            special_tokens=["<|pad|>", "<|bos|>", "<|eos|>"],
+            show_progress=False,
+        )
+        bpe.train_from_iterator(_bpe_corpus(prose, counts), trainer)
+        bpe.save(str(bpe_file))
+    return no_share, bpe_file
+
+
+def _bpe_corpus(prose: Path, counts: Path):
+    """The same text the tr-tokenizer trainer sees: prose plus the word-frequency list."""
+    yield from prose.read_text(encoding="utf-8").split("\n")
+    for line in counts.read_text(encoding="utf-8").split("\n"):
+        if line:
+            word, _, count = line.rpartition("\t")
+            yield (" " + word) * max(1, round(float(count)))
+
+
+def tiktoken_from(bpe_file: Path):
+    """A tiktoken Encoding with the same merges as the byte-level BPE (same tokens)."""
+    import json
+
+    import tiktoken
+
+    byte_of = {c: b for b, c in _bytes_to_unicode().items()}
+    vocab = json.loads(bpe_file.read_text(encoding="utf-8"))["model"]["vocab"]
+    ranks = {}
+    for token, rank in vocab.items():
+        if token.startswith("<|"):
+            continue
+        ranks[bytes(byte_of[c] for c in token)] = rank
+    pattern = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+    return tiktoken.Encoding("bench-bpe", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def best_time(fn, repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@dataclass
+class Row:
+    name: str
+    vocab: int
+    tokens: int  # over the sentences encoded one by one
+    exact: float | None
+    align: float | None
+    cold: float
+    warm: float
+    batch: float
+
+
+def measure_tr(name, load, sentences, text, batch) -> Row:
+    tok = load()
+    texts = [s.text for s in sentences]
+    mb, batch_mb = _mb(text), sum(map(_mb, batch))
+    t0 = time.perf_counter()
+    tok.encode_ids(text)
+    cold = mb / (time.perf_counter() - t0)
+    warm = mb / best_time(lambda: tok.encode_ids(text))
+    batch_rate = batch_mb / best_time(lambda: tok.encode_batch_ids(batch, 2), 2)
+    ids = [tok.encode_ids(t) for t in texts]
+    exact = sum(tok.decode(i) == t for i, t in zip(ids, texts)) / len(texts)
+    good, total = morphology_alignment(sentences, lambda t: tok.encode(t).offsets)
+    tokens = sum(map(len, ids))
+    return Row(name, tok.vocab_size, tokens, exact, good / total, cold, warm, batch_rate)
+
+
+def measure_bpe(hf, sentences, text, batch) -> Row:
+    texts = [s.text for s in sentences]
+    mb, batch_mb = _mb(text), sum(map(_mb, batch))
+    rate = mb / best_time(lambda: hf.encode(text))
+    batch_rate = batch_mb / best_time(lambda: hf.encode_batch(batch), 2)
+    encs = hf.encode_batch(texts)
+    exact = sum(hf.decode(e.ids) == t for e, t in zip(encs, texts)) / len(texts)
+    good, total = morphology_alignment(sentences, lambda t: hf.encode(t).offsets)
+    tokens = sum(len(e.ids) for e in encs)
+    name = "byte-level BPE (tokenizers)"
+    return Row(name, hf.get_vocab_size(), tokens, exact, good / total, rate, rate, batch_rate)
+
+
+def measure_tiktoken(tk, hf, sentences, text, batch) -> Row:
+    texts = [s.text for s in sentences]
+    mb, batch_mb = _mb(text), sum(map(_mb, batch))
+    rate = mb / best_time(lambda: tk.encode_ordinary(text))
+    batch_rate = batch_mb / best_time(lambda: tk.encode_ordinary_batch(batch, num_threads=2), 2)
+    ids = tk.encode_ordinary_batch(texts)
+    same = sum(a == hf.encode(t).ids for a, t in zip(ids, texts)) / len(texts)
+    name = f"same BPE in tiktoken ({same:.0%} same ids)"
+    return Row(name, tk.n_vocab, sum(map(len, ids)), None, None, rate, rate, batch_rate)
+
+
+def _mb(text: str) -> float:
+    return len(text.encode("utf-8")) / 1e6
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "tr-tokenizer-bench")
+    p.add_argument("--retrain", action="store_true", help="retrain the comparison tokenizers")
+    args = p.parse_args()
+    files = sorted(UD.glob("*.conllu"))
+    if not files:
+        print(f"no UD Turkish data under {UD.resolve()}; nothing to measure", file=sys.stderr)
+        return 1
+    from tokenizers import Tokenizer as HFTokenizer
+
+    sentences = [s for f in files for s in read_conllu(f)]
+    texts = [s.text for s in sentences]
+    text = "\n".join(texts)
+    n_words = sum(len(t.split()) for t in texts)
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    batch = texts * 8
+
+    default = tr_tokenizer.load()
+    no_share_dir, bpe_file = train_comparisons(args.cache, default.vocab_size, args.retrain)
+    hf = HFTokenizer.from_file(str(bpe_file))
+    rows = [
+        measure_tr("tr-tokenizer (sharing, shipped)", tr_tokenizer.load, sentences, text, batch),
+        measure_tr(
+            "tr-tokenizer (no sharing)",
+            lambda: tr_tokenizer.load(no_share_dir),
+            sentences,
+            text,
+            batch,
+        ),
+        measure_bpe(hf, sentences, text, batch),
+        measure_tiktoken(tiktoken_from(bpe_file), hf, sentences, text, batch),
+    ]
+    print(
+        f"\nUD Turkish, 5 files: {len(texts)} sentences, {n_words} words, {n_bytes / 1e6:.2f} MB."
+        " Quality per sentence; speed on all sentences joined by newlines (one string),"
+        f" batch on the sentences x8 ({8 * n_bytes / 1e6:.1f} MB) over 2 cores.\n"
+    )
+    head = ["tokenizer", "vocab", "tok/word", "bytes/tok", "round trip", "morph align",
+            "MB/s cold", "MB/s warm", "MB/s batch"]  # fmt: skip
+    widths = [40, 6, 8, 9, 10, 11, 9, 9, 10]
+    print("| " + " | ".join(h.ljust(w) if i == 0 else h.rjust(w)
+                            for i, (h, w) in enumerate(zip(head, widths))) + " |")  # fmt: skip
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        cells = [r.name, str(r.vocab), f"{r.tokens / n_words:.3f}", f"{n_bytes / r.tokens:.2f}",
+                 _pct(r.exact), _pct(r.align), f"{r.cold:.2f}", f"{r.warm:.2f}",
+                 f"{r.batch:.2f}"]  # fmt: skip
+        print("| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                for i, (c, w) in enumerate(zip(cells, widths))) + " |")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""A Hugging Face `transformers` tokenizer backed by tr_tokenizer (install the `hf` extra).
+
+    from tr_tokenizer.hf import TrTokenizerHF
+    hf_tok = TrTokenizerHF()                  # the shipped vocabulary
+    hf_tok("Kitaplarımızdan birini okudunuz mu?")["input_ids"]
+    hf_tok.save_pretrained("out"); TrTokenizerHF.from_pretrained("out")
+
+Ids are identical to `tr_tokenizer`'s, and decoding is exact (no space clean-up).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+try:
+    from transformers import PreTrainedTokenizer
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError("tr_tokenizer.hf needs transformers: pip install 'tr-tokenizer[hf]'") from e
+
+from tr_tokenizer.tokenizer import Tokenizer, load
+from tr_tokenizer.vocab import BOS, CHAT_MARKERS, EOS, PAD, Vocabulary
+
+VOCAB_FILE = "tr_tokenizer.json"
+
+
+class TrTokenizerHF(PreTrainedTokenizer):
+    """`transformers` wrapper: same ids, tokens and exact decoding as `tr_tokenizer.Tokenizer`."""
+
+    vocab_files_names = {"vocab_file": VOCAB_FILE}
+    model_input_names = ["input_ids", "attention_mask"]
+
+    def __init__(
+        self, vocab_file: str | None = None, tokenizer: Tokenizer | None = None, **kwargs
+    ) -> None:
+        if tokenizer is None:
+            tokenizer = Tokenizer(Vocabulary.load(vocab_file)) if vocab_file else load()
+        self.tr = tokenizer
+        kwargs.setdefault("bos_token", BOS)
+        kwargs.setdefault("eos_token", EOS)
+        kwargs.setdefault("pad_token", PAD)
+        kwargs.setdefault("additional_special_tokens", list(CHAT_MARKERS))
+        kwargs.setdefault("clean_up_tokenization_spaces", False)
+        super().__init__(**kwargs)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tr.vocab_size
+
+    def get_vocab(self) -> dict[str, int]:
+        return {self.tr._names[i]: i for i in range(self.tr.vocab_size)}
+
+    def _tokenize(self, text: str, **kwargs) -> list[str]:
+        return self.tr.encode(text).tokens
+
+    def _convert_token_to_id(self, token: str) -> int:
+        token_id = self.tr.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"unknown token {token!r}: not in the tr-tokenizer vocabulary")
+        return token_id
+
+    def _convert_id_to_token(self, index: int) -> str:
+        return self.tr.id_to_token(index)
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        return self.tr.decode([self._convert_token_to_id(t) for t in tokens])
+
+    def _decode(self, token_ids, skip_special_tokens: bool = False, **kwargs) -> str:
+        if isinstance(token_ids, int):
+            token_ids = [token_ids]
+        return self.tr.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+    def save_vocabulary(
+        self, save_directory: str, filename_prefix: str | None = None
+    ) -> tuple[str, ...]:
+        name = f"{filename_prefix}-{VOCAB_FILE}" if filename_prefix else VOCAB_FILE
+        os.makedirs(save_directory, exist_ok=True)
+        return (str(self.tr.vocab.write(Path(save_directory) / name)),)

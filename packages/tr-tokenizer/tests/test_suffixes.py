@@ -1,0 +1,52 @@
+"""Suffix spelling rules and Turkish casing, checked against real Turkish word forms."""
+
+from __future__ import annotations
+
+import pytest
+from tr_tokenizer.casing import CAPITALIZED, LOWER, MIXED, UPPER, case_class, tr_lower, tr_upper
+from tr_tokenizer.suffixes import INVENTORY, canonical_chain, left_context, parse_form, realize
+
+# (stem, suffix form, expected spelling), from standard Turkish forms
+CASES = [
+    ("kitap", "lAr", "lar"), ("ev", "lAr", "ler"), ("göz", "DA", "de"), ("kitap", "DA", "ta"),
+    ("ağaç", "DAn", "tan"), ("oda", "(y)A", "ya"), ("ev", "(y)A", "e"), ("oda", "(s)I", "sı"),
+    ("ev", "(s)I", "i"), ("okul", "(n)In", "un"), ("kapı", "(n)In", "nın"), ("göz", "(I)m", "üm"),
+    ("araba", "(I)m", "m"), ("gel", "DI", "di"), ("git", "DI", "ti"), ("kork", "DI", "tu"),
+    ("gör", "DI", "dü"), ("gel", "(y)AcAk", "ecek"), ("oku", "(y)AcAk", "yacak"),
+    ("iş", "CI", "çi"), ("yol", "CI", "cu"), ("söz", "lIk", "lük"), ("kitap", "lArI", "ları"),
+    ("Ankara'", "(y)A", "ya"), ("Mehmet'", "DA", "te"), ("İZMİR'", "DA", "de"),
+    ("kal", "Iyor", "ıyor"), ("gör", "Iyor", "üyor"), ("bir", "(ş)Ar", "er"),
+    ("iki", "(ş)Ar", "şer"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("stem,form,expected", CASES)
+def test_realize_matches_turkish(stem: str, form: str, expected: str) -> None:
+    assert realize(parse_form(form), *left_context(stem)) == expected
+
+
+def test_no_vowel_context_is_not_realizable() -> None:
+    assert realize(parse_form("DA"), *left_context("1920'")) is None
+    assert realize(parse_form("lAr"), *left_context("")) is None
+    assert left_context("word ") == (None, None)
+
+
+def test_inventory_forms_parse_and_chains_resolve_buffers() -> None:
+    for form in INVENTORY:
+        assert parse_form(form)
+    assert canonical_chain(["lAr", "(s)I", "nDAn"]) == "lArInDAn"
+    assert canonical_chain(["(y)AcAğ", "(I)m"]) == "(y)AcAğIm"
+    assert canonical_chain(["(s)I", "(y)lA"]) == "(s)Iyl" + "A"
+    with pytest.raises(ValueError, match="bad suffix form"):
+        parse_form("(yA")
+
+
+def test_turkish_casing() -> None:
+    assert tr_lower("İSTANBUL IŞIK") == "istanbul ışık"
+    assert tr_upper("istanbul ışık") == "İSTANBUL IŞIK"
+    assert "İ".lower() != "i"  # why the Turkish mapping is needed
+    assert case_class(" Işık") == (CAPITALIZED, " ışık")
+    assert case_class("IŞIK") == (UPPER, "ışık")
+    assert case_class("ışık") == (LOWER, "ışık")
+    assert case_class("iPhone")[0] == MIXED
+    assert case_class("I")[0] == CAPITALIZED  # one letter: capitalized, not all-caps
