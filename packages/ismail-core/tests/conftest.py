@@ -55,3 +55,71 @@ def hf_tokenizer_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _one_thread() -> None:
     # The CI machine has two cores shared by several jobs; tiny tensors gain nothing from more.
     torch.set_num_threads(1)
+
+
+# A model small enough that a training step takes milliseconds on one core.
+TINY_MODEL = {
+    "max_seq_len": 64,
+    "dim": 64,
+    "n_layers": 2,
+    "n_heads": 2,
+    "kv_lora_rank": 16,
+    "qk_nope_head_dim": 16,
+    "qk_rope_head_dim": 8,
+    "v_head_dim": 16,
+    "inter_dim": 128,
+    "moe_inter_dim": 64,
+}
+
+
+def _tiny_train_layer(run_dir: Path, data_dir: Path, **overrides) -> dict:
+    """Flat config overrides for a seconds-long training run of the tiny test model."""
+    layer = {f"model.{k}": v for k, v in TINY_MODEL.items()}
+    layer.update(
+        {
+            "run.out_dir": str(run_dir),
+            "data.path": str(data_dir),
+            "train.steps": 8,
+            "train.batch_size": 4,
+            "train.seq_len": 32,
+            "optim.warmup_steps": 2,
+            "eval.interval": 4,
+            "eval.max_tokens": 2048,
+            "checkpoint.interval": 4,
+            "log.interval": 1,
+            "log.progress": False,
+            "log.sample_tokens": 8,
+        }
+    )
+    layer.update(overrides)
+    return layer
+
+
+@pytest.fixture(scope="session")
+def tiny_train_layer():
+    """`tiny_train_layer(run_dir, data_dir, **overrides)` -> flat config for a tiny run."""
+    return _tiny_train_layer
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory, hf_tokenizer_file: Path) -> Path:
+    """A data directory: 40 built-in speeches tokenized with the 384-token test tokenizer."""
+    import json
+
+    from ismail_core.corpus import DataSpec, prepare_data
+    from ismail_core.corpus.builtin import builtin_texts
+
+    root = tmp_path_factory.mktemp("tiny-data")
+    source = root / "speeches.jsonl"
+    source.write_text("\n".join(json.dumps({"text": t}) for t in builtin_texts()[:40]))
+    out = root / "data"
+    prepare_data(
+        DataSpec(
+            source=str(source),
+            out=str(out),
+            tokenizer=str(hf_tokenizer_file),
+            cache_dir=str(root / "cache"),
+            val_fraction=0.1,
+        )
+    )
+    return out

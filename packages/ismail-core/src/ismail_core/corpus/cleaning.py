@@ -20,12 +20,12 @@ def clean_text(text: str) -> str:
     NFC matters for Turkish: decomposed ş/ğ/ı/İ from some sources would otherwise be tokenized
     differently from their composed forms.
     """
-    text = unicodedata.normalize("NFC", text)
     text = _CRLF.sub("\n", text)
     text = _CONTROL.sub("", text)
     text = _TRAILING_SPACE.sub("\n", text)
     text = _MANY_BLANK_LINES.sub("\n\n", text)
-    return text.strip()
+    # NFC last: removing a control character can bring a letter and its combining mark together.
+    return unicodedata.normalize("NFC", text).strip()
 
 
 def text_hash(text: str) -> str:

@@ -40,7 +40,8 @@ def peak_flops(device: torch.device) -> tuple[float, str]:
             if key in name:
                 return flops, f"{name} bf16 peak"
     n = 1024
-    a = torch.randn(n, n, device=device)
+    # Not torch.randn: drawing from the global generator would change a resumed run's noise.
+    a = torch.full((n, n), 0.5, device=device)
     best = float("inf")
     for _ in range(8):
         start = time.perf_counter()

@@ -37,16 +37,15 @@ def build_precision(name: str, device: torch.device) -> Precision:
         raise PrecisionError("this GPU has no bf16 support; use --train.precision fp16")
     if name == "fp16":
         return Precision(name, device, torch.amp.GradScaler(device.type))
-    if name == "fp8" and device.type != "cuda":
-        raise PrecisionError(
-            "train.precision=fp8 needs a CUDA GPU with FP8 tensor cores (H100/Ada or newer); "
-            "use --train.precision bf16 or fp32"
-        )
+    # fp8 off a GPU runs ismail-kernels' PyTorch reference path: exact FP8 numerics, emulated
+    # (slow), which is what CI can test.
     return Precision(name, device)
 
 
 def fp8_converter() -> Callable[[torch.nn.Module], torch.nn.Module]:
-    """ismail-kernels' function that swaps a model's linear layers for FP8 training ones."""
+    """ismail-kernels' function that swaps a model's linear layers for FP8 training ones
+    (FP8 forward, straight-through backward; the state dict keeps high-precision weights).
+    Layers whose input size is not a multiple of its block size (128) stay in bf16."""
     try:
         import ismail_kernels
     except ImportError as exc:
