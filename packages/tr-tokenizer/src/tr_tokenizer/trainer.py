@@ -16,7 +16,7 @@ import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from tr_tokenizer.casing import MIXED, case_class, tr_lower
@@ -31,6 +31,8 @@ from tr_tokenizer.suffixes import (
     surfaces,
 )
 from tr_tokenizer.vocab import Vocabulary, fixed_pieces
+
+MIN_VOCAB_SIZE = 512
 
 
 @dataclass
@@ -67,9 +69,12 @@ def train(
     """
     from tr_tokenizer.tokenizer import Tokenizer
 
-    cfg = config or TrainConfig()
-    cfg.vocab_size = vocab_size
-    cfg.share_allomorphs = share_allomorphs
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small: the special, byte and whitespace tokens alone "
+            f"take {len(fixed_pieces())}; use at least {MIN_VOCAB_SIZE}"
+        )
+    cfg = replace(config or TrainConfig(), vocab_size=vocab_size, share_allomorphs=share_allomorphs)
     chunks = count_chunks(_texts(files_or_iterator))
     if word_counts is not None:
         for word, count in _word_counts(word_counts).items():

@@ -1,0 +1,94 @@
+"""Training: roots from a lexicon, shared vs literal suffixes, BPE fill, determinism, errors."""
+
+from __future__ import annotations
+
+import pytest
+import tr_tokenizer
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tr_tokenizer.trainer import TrainConfig
+
+CORPUS = """Kitaplarımızdan birini okudunuz mu? Evet, kitabı dün akşam okudum.
+Evlerimizde çok kitap var. Kitaplar evlerde, defterler okullarda kalır.
+Öğrenciler okula gittiler ve öğretmenlerine sorular sordular.
+Ankara'da yaşıyorum; İstanbul'a her yıl gidiyorum. Google'da aradım, 1920'de kurulmuş.
+Saatler geçti, gözlerimiz yoruldu. Gözlüklerini evde unutmuşsun.
+Yollarda arabalar, denizlerde gemiler vardı. Gemilerden biri limandan ayrıldı.
+Çocuklar bahçede oynuyorlar, kediler ağaçların altında uyuyorlar.
+"""
+LEXICON = ["kitap", "kitab", "ev", "defter", "okul", "öğrenci", "öğretmen", "soru", "sor",
+           "oku", "git", "gel", "göz", "gözlük", "yol", "araba", "deniz", "gemi", "liman",
+           "ayrıl", "çocuk", "bahçe", "oyna", "kedi", "ağaç", "alt", "uyu", "saat", "geç",
+           "yorul", "unut", "bir", "var", "çok", "kal", "yaşa", "ara", "kur", "yıl"]  # fmt: skip
+SMALL = TrainConfig(suffix_chains=200, alphabet_size=120)
+
+
+@pytest.fixture(scope="module")
+def small() -> tr_tokenizer.Tokenizer:
+    return tr_tokenizer.train([CORPUS * 3], vocab_size=1200, lexicon=LEXICON, config=SMALL)
+
+
+@pytest.fixture(scope="module")
+def small_literal() -> tr_tokenizer.Tokenizer:
+    return tr_tokenizer.train(
+        [CORPUS * 3], vocab_size=1200, lexicon=LEXICON, share_allomorphs=False,
+        config=TrainConfig(suffix_chains=200, alphabet_size=120),
+    )  # fmt: skip
+
+
+def test_vocabulary_has_roots_suffixes_and_bpe(small) -> None:
+    assert small.vocab_size <= 1200
+    kinds = [small.kind(i) for i in range(small.vocab_size)]
+    assert {"root", "suffix", "bpe"} <= set(kinds)
+    assert small.kind(small.token_to_id(" kitap")) == "root"
+    assert small.encode(" kitaplarımızdan").tokens[0] == " kitap"
+
+
+def test_share_allomorphs_option(small, small_literal) -> None:
+    assert small.token_to_id("+lAr") is not None
+    assert small.encode(" evler").ids[-1] == small.encode(" yollar").ids[-1]
+    assert small_literal.token_to_id("+lAr") is None
+    names = [small_literal.id_to_token(i) for i in range(small_literal.vocab_size)]
+    assert not any(name.startswith("+") for name in names)
+    assert small_literal.encode(" evler").ids[-1] != small_literal.encode(" yollar").ids[-1]
+    assert small.fingerprint != small_literal.fingerprint
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("abcçdeğıiİIoöşuü KLMŞ'’.\n1😀")), max_size=50))
+def test_trained_tokenizers_round_trip(small, small_literal, text: str) -> None:
+    assert small.decode(small.encode(text).ids) == text
+    assert small_literal.decode(small_literal.encode(text).ids) == text
+
+
+def test_training_is_deterministic_and_sources_equivalent(small, tmp_path) -> None:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS * 3, encoding="utf-8")
+    lexicon = tmp_path / "roots.txt"
+    lexicon.write_text("\n".join(LEXICON), encoding="utf-8")
+    again = tr_tokenizer.train(corpus, vocab_size=1200, lexicon=lexicon, config=SMALL)
+    assert again.fingerprint == small.fingerprint
+    small.save(tmp_path / "saved")
+    assert tr_tokenizer.load(tmp_path / "saved").fingerprint == small.fingerprint
+
+
+def test_word_counts_add_frequency(tmp_path) -> None:
+    counts = tmp_path / "counts.tsv"
+    counts.write_text("kalemlerimizden\t500\nkalem\t300\n", encoding="utf-8")
+    tok = tr_tokenizer.train(
+        [CORPUS], vocab_size=1000, lexicon=LEXICON + ["kalem"], word_counts=counts, config=SMALL
+    )
+    assert tok.encode(" kalemlerimizden").tokens[0] == " kalem"
+
+
+def test_training_errors(tmp_path) -> None:
+    with pytest.raises(ValueError, match="no text"):
+        tr_tokenizer.train([], vocab_size=1000)
+    with pytest.raises(FileNotFoundError, match="lexicon file"):
+        tr_tokenizer.train([CORPUS], vocab_size=1000, lexicon=tmp_path / "missing.txt")
+    bad = tmp_path / "counts.tsv"
+    bad.write_text("word\tmany\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="counts.tsv:1"):
+        tr_tokenizer.train([CORPUS], vocab_size=1000, word_counts=bad)
+    with pytest.raises(ValueError, match="vocab_size"):
+        tr_tokenizer.train([CORPUS], vocab_size=100)
