@@ -68,10 +68,17 @@ def test_tokenizer_wheel_installs_without_torch(tmp_path: Path) -> None:
     script = (
         "import importlib.util, tr_tokenizer\n"
         "assert importlib.util.find_spec('torch') is None, 'torch must not be installed'\n"
+        "tok = tr_tokenizer.load()\n"
+        "text = 'Kitaplarımızdan birini okudunuz mu?\\n\\tİSTANBUL 😀'\n"
+        "ids = tok.encode(text).ids\n"
+        "assert tok.vocab_size == 32768 and tok.decode(ids) == text, ids\n"
         "print(tr_tokenizer.__version__)\n"
     )
     out = _run(python, "-c", script, cwd=tmp_path)
     assert out.stdout.strip() == "0.1.0"
+    cli = tmp_path / "venv" / "bin" / "tr-tokenizer"
+    ids = _run(cli, "encode", "--ids", "Ankara'da", cwd=tmp_path).stdout.split()
+    assert _run(cli, "decode", *ids, cwd=tmp_path).stdout == "Ankara'da"
 
 
 @pytest.mark.slow

@@ -275,6 +275,6 @@ DEFAULT_VOCAB = "default"
 def load(path: str | os.PathLike | None = None) -> Tokenizer:
     """Load a tokenizer: None for the shipped default vocabulary, else a saved directory."""
     if path is None:
-        with resources.as_file(resources.files("tr_tokenizer") / "data" / DEFAULT_VOCAB) as p:
+        with resources.as_file(resources.files("tr_tokenizer") / "vocabs" / DEFAULT_VOCAB) as p:
             return Tokenizer(Vocabulary.load(p))
     return Tokenizer(Vocabulary.load(path))
