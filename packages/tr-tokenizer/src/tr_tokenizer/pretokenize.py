@@ -31,8 +31,3 @@ APOSTROPHES = ("'", "’")
 # Chunks longer than this are encoded in context-free segments of this length (no morphology),
 # which bounds the work per chunk and keeps 10 MB single-line inputs linear.
 MAX_CHUNK = 64
-
-
-def split(text: str) -> list[str]:
-    """Split text into chunks whose concatenation is exactly `text`."""
-    return PATTERN.findall(text)

@@ -91,12 +91,24 @@ def train(
 
 
 def _texts(source) -> Iterable[str]:
+    """Texts from a file path, a list of file paths, or an iterable of text strings.
+
+    A str is a path only when given alone or in a list/tuple whose items all name existing
+    files; strings from any other iterable are text, so a line that happens to equal a file
+    name is never read as a file.
+    """
     if isinstance(source, (str, os.PathLike)):
-        source = [source]
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"training file {path} does not exist")
+        yield path.read_text(encoding="utf-8")
+        return
+    paths = isinstance(source, (list, tuple)) and all(
+        isinstance(x, os.PathLike) or (isinstance(x, str) and _is_file(x)) for x in source
+    )
     for item in source:
-        if isinstance(item, os.PathLike) or (isinstance(item, str) and _is_file(item)):
-            path = Path(item)
-            yield path.read_text(encoding="utf-8")
+        if isinstance(item, os.PathLike) or paths:
+            yield Path(item).read_text(encoding="utf-8")
         elif isinstance(item, str):
             yield item
         else:
@@ -104,7 +116,7 @@ def _texts(source) -> Iterable[str]:
 
 
 def _is_file(item: str) -> bool:
-    return len(item) < 4096 and "\n" not in item and Path(item).is_file()
+    return 0 < len(item) < 4096 and "\n" not in item and Path(item).is_file()
 
 
 def _lexicon(lexicon) -> set[str]:
