@@ -210,16 +210,11 @@ def load_fp8_state_dict(
                 f"({layer.out_features}, {layer.in_features})"
             )
         block_size = _block_size_from_shapes(name, weight.shape, state_dict[key].shape)
-        fp8_layer = FP8Linear(
-            layer.in_features,
-            layer.out_features,
-            bias=layer.bias is not None,
-            block_size=block_size,
-            scale_fmt=scale_fmt,
-            device=layer.weight.device,
-            bias_dtype=layer.bias.dtype if layer.bias is not None else torch.bfloat16,
-        )
         parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attr, fp8_layer)
+        setattr(
+            model.get_submodule(parent_name),
+            attr,
+            FP8Linear.shaped_like(layer, block_size, scale_fmt),
+        )
     model.load_state_dict(state_dict, strict=strict)
     return model

@@ -71,6 +71,21 @@ class FP8Linear(nn.Module):
             self.register_parameter("bias", None)
 
     @classmethod
+    def shaped_like(
+        cls, linear: nn.Linear, block_size: int = DEFAULT_BLOCK_SIZE, scale_fmt: str | None = None
+    ) -> FP8Linear:
+        """An FP8Linear with linear's shape, bias and device, holding no weights yet."""
+        return cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            block_size=block_size,
+            scale_fmt=scale_fmt,
+            device=linear.weight.device,
+            bias_dtype=linear.bias.dtype if linear.bias is not None else torch.bfloat16,
+        )
+
+    @classmethod
     @torch.no_grad()
     def from_linear(
         cls,
@@ -80,17 +95,8 @@ class FP8Linear(nn.Module):
         backend: str = "auto",
     ) -> FP8Linear:
         """Quantize an nn.Linear's weight into a new FP8Linear on the same device."""
-        weight = linear.weight
-        layer = cls(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
-            block_size=block_size,
-            scale_fmt=scale_fmt,
-            device=weight.device,
-            bias_dtype=linear.bias.dtype if linear.bias is not None else torch.bfloat16,
-        )
-        w_fp8, scale = weight_quant(weight.detach(), block_size, backend=backend)
+        layer = cls.shaped_like(linear, block_size, scale_fmt)
+        w_fp8, scale = weight_quant(linear.weight.detach(), block_size, backend=backend)
         layer.weight.copy_(w_fp8)
         layer.weight_scale_inv.copy_(scale)
         if linear.bias is not None:

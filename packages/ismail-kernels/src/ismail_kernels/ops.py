@@ -11,6 +11,7 @@ Backends:
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -26,6 +27,7 @@ _OUTPUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _MIN_FP8_CAPABILITY = (8, 9)
 
 
+@functools.cache
 def triton_available() -> bool:
     """True when the `triton` package can be imported (Linux wheels only)."""
     return importlib.util.find_spec("triton") is not None
@@ -35,6 +37,7 @@ def _interpret_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
+@functools.cache
 def _gpu_supports_fp8(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= _MIN_FP8_CAPABILITY
 
@@ -76,10 +79,10 @@ def _check_block_size(block_size: int) -> None:
         raise ValueError(f"block_size must be a power of two >= 16, got {block_size}")
 
 
-def _check_dtype(name: str, t: torch.Tensor, allowed: tuple[torch.dtype, ...]) -> None:
-    if t.dtype not in allowed:
+def _check_dtype(name: str, dtype: torch.dtype, allowed: tuple[torch.dtype, ...]) -> None:
+    if dtype not in allowed:
         names = ", ".join(str(d).removeprefix("torch.") for d in allowed)
-        raise TypeError(f"{name} must have dtype {names}; got {t.dtype}")
+        raise TypeError(f"{name} must have dtype {names}; got {dtype}")
 
 
 def act_quant(
@@ -99,7 +102,7 @@ def act_quant(
         (y, s): y (..., K) float8_e4m3fn with y * s ~= x (saturating at +-448), and
         s (..., K / block_size) float32.
     """
-    _check_dtype("act_quant input", x, _FLOAT_INPUTS)
+    _check_dtype("act_quant input", x.dtype, _FLOAT_INPUTS)
     _check_block_size(block_size)
     if scale_fmt not in SCALE_FORMATS:
         raise ValueError(f"scale_fmt must be None or 'ue8m0', got {scale_fmt!r}")
@@ -124,7 +127,7 @@ def weight_quant(
     Returns (w_fp8, s): w_fp8 float8_e4m3fn of w's shape and s float32 of shape
     (ceil(rows / bs), ceil(cols / bs)), with w_fp8 * s ~= w blockwise.
     """
-    _check_dtype("weight_quant input", w, _FLOAT_INPUTS)
+    _check_dtype("weight_quant input", w.dtype, _FLOAT_INPUTS)
     _check_block_size(block_size)
     if w.dim() != 2:
         raise ValueError(f"weight_quant needs a 2-D weight, got shape {tuple(w.shape)}")
@@ -148,9 +151,9 @@ def weight_dequant(
     backend: str = "auto",
 ) -> torch.Tensor:
     """Dequantize a block-quantized 2-D FP8 weight: each block times its fp32 scale."""
-    _check_dtype("weight_dequant weight", w_fp8, (FP8_DTYPE,))
-    _check_dtype("weight_dequant scale", scale, (torch.float32,))
-    _check_dtype("weight_dequant out_dtype", torch.empty(0, dtype=out_dtype), _OUTPUT_DTYPES)
+    _check_dtype("weight_dequant weight", w_fp8.dtype, (FP8_DTYPE,))
+    _check_dtype("weight_dequant scale", scale.dtype, (torch.float32,))
+    _check_dtype("weight_dequant out_dtype", out_dtype, _OUTPUT_DTYPES)
     _check_block_size(block_size)
     if w_fp8.dim() != 2:
         raise ValueError(f"weight_dequant needs a 2-D weight, got shape {tuple(w_fp8.shape)}")
@@ -191,11 +194,11 @@ def fp8_gemm(
     Returns:
         (..., N) tensor of out_dtype (bfloat16, float16 or float32).
     """
-    _check_dtype("fp8_gemm a", a, (FP8_DTYPE,))
-    _check_dtype("fp8_gemm b", b, (FP8_DTYPE,))
-    _check_dtype("fp8_gemm a_scale", a_scale, (torch.float32,))
-    _check_dtype("fp8_gemm b_scale", b_scale, (torch.float32,))
-    _check_dtype("fp8_gemm out_dtype", torch.empty(0, dtype=out_dtype), _OUTPUT_DTYPES)
+    _check_dtype("fp8_gemm a", a.dtype, (FP8_DTYPE,))
+    _check_dtype("fp8_gemm b", b.dtype, (FP8_DTYPE,))
+    _check_dtype("fp8_gemm a_scale", a_scale.dtype, (torch.float32,))
+    _check_dtype("fp8_gemm b_scale", b_scale.dtype, (torch.float32,))
+    _check_dtype("fp8_gemm out_dtype", out_dtype, _OUTPUT_DTYPES)
     if b.dim() != 2 or a.dim() == 0 or a.shape[-1] != b.shape[1]:
         raise ValueError(
             f"fp8_gemm computes a @ b.T and needs a (..., K) and b (N, K); "
