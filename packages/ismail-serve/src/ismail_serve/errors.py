@@ -106,8 +106,9 @@ def _describe_validation_error(exc: RequestValidationError) -> tuple[str, str | 
             "Content-Type: application/json.",
             None,
         )
-    # loc starts with "body" / "query"; the rest is the path to the field.
-    loc = [str(p) for p in first.get("loc", ())[1:]]
+    # loc starts with "body" / "query"; the rest is the path to the field, with pydantic's
+    # names of union members (e.g. "constrained-str") mixed in, which are left out.
+    loc = [str(p) for p in first.get("loc", ())[1:] if isinstance(p, int) or p.isidentifier()]
     param = ".".join(loc) or None
     msg = first.get("msg", "invalid value")
     if first.get("type") == "missing":

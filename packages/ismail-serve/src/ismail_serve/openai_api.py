@@ -30,7 +30,7 @@ from ismail_serve.engine import (
 )
 from ismail_serve.engine.sequence import FINISH_ABORT, FINISH_LENGTH, FINISH_STOP, FINISH_TIMEOUT
 from ismail_serve.errors import APIError, bad_request, error_body, error_responses
-from ismail_serve.prompts import encode_text, render_chat, stop_token_ids
+from ismail_serve.prompts import check_unicode, encode_prompt, render_chat, stop_token_ids
 from ismail_serve.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -176,7 +176,7 @@ def _prepare(
 ) -> Generation:
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     stops = body.stop_list()
-    stop_ids = stop_token_ids(state.tokenizer, chat)
+    stop_ids = frozenset() if body.ignore_eos else stop_token_ids(state.tokenizer, chat)
     sequences = []
     for p, prompt in enumerate(prompts):
         budget = _max_tokens(state, len(prompt), max_tokens)
@@ -205,9 +205,9 @@ def _prepare(
 
 def _completion_prompts(state: ServerState, prompt: Any) -> list[list[int]]:
     if isinstance(prompt, str):
-        prompts = [encode_text(state.tokenizer, prompt)]
+        prompts = [encode_prompt(state.tokenizer, prompt)]
     elif isinstance(prompt[0], str):
-        prompts = [encode_text(state.tokenizer, p) for p in prompt]
+        prompts = [encode_prompt(state.tokenizer, p) for p in prompt]
     elif isinstance(prompt[0], int):
         prompts = [list(prompt)]
     else:
@@ -488,6 +488,7 @@ def _token_kinds(tok: Any, text: str, ids: list[int]) -> list[str]:
 
 
 def _tokenization(tok: Any, text: str) -> dict[str, Any]:
+    check_unicode(text, "prompt")
     enc = tok.encode(text)
     ids = list(enc.ids)
     return {

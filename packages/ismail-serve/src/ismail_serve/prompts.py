@@ -1,9 +1,13 @@
 """Prompts to token ids: plain text for /v1/completions, the chat template for chat.
 
+Both start with the end-of-sequence id when the tokenizer has one: training data separates
+documents with it, so the model reads what follows as the start of a document (the same
+convention as `ismail generate`).
+
 The chat template uses the tokenizer's role tokens and is built from ids, never by parsing
 marker strings out of text, so a user who types "<|system|>" cannot forge a role:
 
-    <|system|> system text <|end|> <|user|> user text <|end|> ... <|assistant|>
+    <eos> <|system|> system text <|end|> <|user|> user text <|end|> ... <|assistant|>
 
 Generation of a chat reply stops at <|end|> (or the tokenizer's end-of-sequence token).
 """
@@ -12,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+from ismail_core.generate import prompt_ids
 
 from ismail_serve.errors import bad_request
 from ismail_serve.protocol import ChatMessage
@@ -38,9 +44,27 @@ def _special_id(tokenizer: Any, token: str) -> int:
     return int(idx)
 
 
-def encode_text(tokenizer: Any, text: str) -> list[int]:
+def check_unicode(text: str, param: str) -> None:
+    """400 for text that is not valid Unicode (JSON can carry lone UTF-16 surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise bad_request(
+            f"'{param}' holds a lone UTF-16 surrogate at position {exc.start}; send valid text.",
+            param=param,
+        ) from exc
+
+
+def encode_text(tokenizer: Any, text: str, param: str = "messages") -> list[int]:
     """Token ids of plain text (no special tokens added)."""
+    check_unicode(text, param)
     return list(tokenizer.encode(text).ids)
+
+
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a completion prompt: the document separator, then the text."""
+    check_unicode(text, "prompt")
+    return prompt_ids(tokenizer, text)
 
 
 def render_chat(
@@ -48,7 +72,7 @@ def render_chat(
 ) -> list[int]:
     """Token ids of a conversation in the chat template (see the module docstring)."""
     end = _special_id(tokenizer, END_TOKEN)
-    ids: list[int] = []
+    ids = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
     for message in messages:
         ids.append(_special_id(tokenizer, ROLE_TOKENS[message.role]))
         ids.extend(encode_text(tokenizer, message.text()))

@@ -63,6 +63,9 @@ class SamplingRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     skip_special_tokens: bool = Field(True, description="Leave special tokens out of the text.")
+    ignore_eos: bool = Field(
+        False, description="Keep generating past end-of-sequence tokens (for benchmarks)."
+    )
     user: str | None = None
 
     def reject_unsupported(self) -> None:
