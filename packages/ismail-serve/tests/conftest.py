@@ -53,6 +53,12 @@ def tiny_config(vocab_size: int, max_seq_len: int = 128) -> ModelConfig:
 
 
 @pytest.fixture(scope="session")
+def make_config():
+    """`tiny_config(vocab_size, max_seq_len=128)` for tests that build their own model."""
+    return tiny_config
+
+
+@pytest.fixture(scope="session")
 def tokenizer() -> HFTokenizer:
     return build_tokenizer()
 

@@ -38,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "float32", "bfloat16", "float16"],
         help="weights and KV-cache dtype (auto: bfloat16 on CUDA, float32 on CPU)",
     )
+    p.add_argument(
+        "--quantize",
+        default=None,
+        choices=["fp8"],
+        help="quantize Linear weights to block-scaled FP8 through ismail-kernels (Triton on "
+        "FP8 GPUs, a PyTorch reference elsewhere)",
+    )
     p.add_argument("--max-batch", type=int, default=16, help="KV slots: sequences run at once")
     p.add_argument(
         "--max-model-len",

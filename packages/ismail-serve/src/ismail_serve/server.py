@@ -95,6 +95,12 @@ def load_engine(config: ServeConfig, metrics: ServeMetrics) -> LLMEngine:
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     model, tokenizer = load_model(config.checkpoint, device=device, dtype=dtype)
+    if config.quantize == "fp8":
+        from ismail_kernels import quantize_model
+
+        quantize_model(model)  # Linear layers -> FP8Linear (block-scaled float8_e4m3fn)
+    elif config.quantize is not None:
+        raise ValueError(f"--quantize must be fp8, got {config.quantize!r}")
     model_max = int(model.cfg.max_seq_len)
     max_len = config.max_model_len or model_max
     if max_len > model_max:
@@ -122,7 +128,8 @@ def describe_engine(engine: LLMEngine, config: ServeConfig, pages: bool) -> str:
     base = f"http://{config.host}:{config.port}"
     return (
         f"ismail-serve: serving '{config.served_name}' ({config.checkpoint}) on {runner.device}, "
-        f"dtype {str(next(runner.model.parameters()).dtype).removeprefix('torch.')}\n"
+        f"dtype {str(runner.model.embed.weight.dtype).removeprefix('torch.')}"
+        f"{', FP8 weights' if config.quantize == 'fp8' else ''}\n"
         f"  KV cache ({kind}): {engine.config.max_batch} slots x {engine.config.max_model_len} "
         f"tokens x {runner.cache_bytes_per_token()} B/token = "
         f"{runner.cache_bytes() / 2**20:.1f} MiB\n"
