@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 import tr_tokenizer
@@ -100,6 +101,12 @@ def test_save_load_round_trip_and_fingerprint(tok, tmp_path) -> None:
     text = "Türkçe metin: Ankara'da 23 Nisan 1920'de toplandılar."
     assert again.encode(text).ids == tok.encode(text).ids
     assert not list((tmp_path / "t").glob(".tokenizer-*"))  # no temp file left behind
+
+
+def test_pickle_round_trip(tok) -> None:
+    again = pickle.loads(pickle.dumps(tok))
+    assert again.fingerprint == tok.fingerprint
+    assert again.encode("Ankara'da").ids == tok.encode("Ankara'da").ids
 
 
 def test_missing_and_corrupt_vocabulary_errors(tmp_path) -> None:

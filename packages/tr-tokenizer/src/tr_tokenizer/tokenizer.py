@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
+from itertools import chain
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from tr_tokenizer.encoder import ChunkEncoder
 from tr_tokenizer.pretokenize import PATTERN
 from tr_tokenizer.vocab import BOS, EOS, PAD, SPECIAL_TOKENS, Vocabulary
 
-_CACHE_LIMIT = 1_000_000  # cached chunks before the cache is cleared
+_CACHE_LIMIT = 500_000  # cached chunks before the cache is cleared (bounds memory)
 _PARALLEL_MIN_CHARS = 1_000_000  # below this, a batch is encoded in this process
 
 
@@ -156,17 +157,18 @@ class Tokenizer:
         """Token ids only: the fast path (no tokens or offsets)."""
         if not isinstance(text, str):
             raise TypeError(f"encode() expects str, got {type(text).__name__}; decode bytes first")
-        cache = self._cache
+        # map + chain keep the per-chunk loop in C; a cache miss calls _ChunkCache.__missing__
+        lookup = self._cache.__getitem__
         if allow_special and "<|" in text:
             ids: list[int] = []
             pos = 0
             for m in self._special_re.finditer(text):
-                ids += [i for c in PATTERN.findall(text[pos : m.start()]) for i in cache[c]]
+                ids += chain.from_iterable(map(lookup, PATTERN.findall(text[pos : m.start()])))
                 ids.append(self.special_tokens[m.group()])
                 pos = m.end()
-            ids += [i for c in PATTERN.findall(text[pos:]) for i in cache[c]]
+            ids += chain.from_iterable(map(lookup, PATTERN.findall(text[pos:])))
             return ids
-        return [i for c in PATTERN.findall(text) for i in cache[c]]
+        return list(chain.from_iterable(map(lookup, PATTERN.findall(text))))
 
     def _offsets(self, text: str, allow_special: bool) -> list[tuple[int, int]]:
         offsets: list[tuple[int, int]] = []
@@ -256,6 +258,10 @@ class Tokenizer:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the vocabulary to `directory/tokenizer.json` (atomically)."""
         return self.vocab.save(directory)
+
+    def __reduce__(self):
+        # pickle the vocabulary only (e.g. for multiprocessing workers), not the caches
+        return (Tokenizer, (self.vocab,))
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, fingerprint={self.fingerprint!r})"

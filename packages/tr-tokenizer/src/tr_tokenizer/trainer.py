@@ -33,6 +33,7 @@ from tr_tokenizer.suffixes import (
 from tr_tokenizer.vocab import Vocabulary, fixed_pieces
 
 MIN_VOCAB_SIZE = 512
+_BASE_ALPHABET = [chr(c) for c in range(33, 127)] + list("çğıöşüÇĞİÖŞÜâîûÂÎÛ")
 
 
 @dataclass
@@ -363,7 +364,14 @@ def build_vocabulary(chunks: Counter, lexicon: set[str], cfg: TrainConfig) -> Vo
     root_total = sum(c for _, c in roots) or 1.0
     for r, c in roots:
         add(r, "root", _logp(c, root_total))
-    alphabet = [ch for ch, _ in chars.most_common(cfg.alphabet_size) if not ch.isspace()]
+    # printable ASCII and the Turkish letters always get a piece (code, URLs, rare capitals);
+    # the rest of the alphabet is the corpus's most frequent characters
+    alphabet = list(dict.fromkeys(_BASE_ALPHABET))
+    for ch, _ in chars.most_common():
+        if len(alphabet) >= cfg.alphabet_size:
+            break
+        if not ch.isspace() and ch not in alphabet:
+            alphabet.append(ch)
     for ch in alphabet:
         add(ch, "bpe", -20.0)
 
