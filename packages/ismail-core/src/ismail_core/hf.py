@@ -368,21 +368,34 @@ def _is_conv1d(hf_name: str) -> bool:
     return re.search(r"\.(c_attn\.[qkv]|c_proj|c_fc)\.weight$", hf_name) is not None
 
 
-def _state_keys(model: Transformer) -> list[str]:
-    """State-dict names with tied weights listed once (the embedding)."""
-    keys = list(model.state_dict().keys())
+def _split_w13(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Split each SwiGLU's stacked w13 into w1 (gate) and w3 (up), the halves HF stores."""
+    out = {}
+    for name, tensor in state.items():
+        if ".w13." in name:
+            gate, up = tensor.chunk(2, dim=0)
+            out[name.replace(".w13.", ".w1.")] = gate
+            out[name.replace(".w13.", ".w3.")] = up
+        else:
+            out[name] = tensor
+    return out
+
+
+def _hf_side_state(model: Transformer) -> dict[str, torch.Tensor]:
+    """The state dict as HF lays it out: tied weights once (the embedding), w13 split."""
+    state = model.state_dict()
     if model.cfg.tie_embeddings:
-        keys.remove("head.weight")
-    return keys
+        del state["head.weight"]
+    return _split_w13(state)
 
 
 def _to_hf_tensors(model: Transformer, arch: str) -> dict[str, torch.Tensor]:
     cfg = model.cfg
-    state = model.state_dict()
+    state = _hf_side_state(model)
     out: dict[str, torch.Tensor] = {}
-    for name in _state_keys(model):
+    for name, tensor in state.items():
         hf_name = _hf_name(name, _RULES[arch])
-        tensor = state[name].detach().cpu()
+        tensor = tensor.detach().cpu()
         if arch == "llama" and cfg.pos_emb == "rope" and re.search(r"attn\.w[qk]\.weight$", name):
             heads = cfg.n_heads if ".wq." in name else cfg.kv_heads
             tensor = tensor[_interleaved_to_half(heads, cfg.attn_head_dim)]
@@ -483,7 +496,7 @@ def import_hf(directory: str | Path, dtype: torch.dtype | None = None) -> Transf
     weights = _normalise_hf_names(_read_hf_weights(directory), arch)
     model = Transformer(cfg)
     state = {}
-    for name in _state_keys(model):
+    for name in _hf_side_state(model):
         hf_name = _hf_name(name, _RULES[arch])
         if hf_name not in weights:
             raise HFFormatError(f"{directory}: weight {hf_name!r} (for {name}) is missing")
@@ -495,6 +508,9 @@ def import_hf(directory: str | Path, dtype: torch.dtype | None = None) -> Transf
             order = _interleaved_to_half(heads, cfg.attn_head_dim)
             tensor = tensor[torch.argsort(order)]
         state[name] = tensor
+    for name in [n for n in state if ".w1." in n]:
+        up = state.pop(name.replace(".w1.", ".w3."))
+        state[name.replace(".w1.", ".w13.")] = torch.cat([state.pop(name), up])
     if cfg.tie_embeddings:
         state["head.weight"] = state["embed.weight"]
     model.load_state_dict(state, strict=True)

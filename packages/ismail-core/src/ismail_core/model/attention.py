@@ -79,13 +79,24 @@ class MLA(nn.Module):
         if cache is None:
             out = self._dense(q_nope, q_pe, latent, k_pe, mask)
         else:
-            out = self._absorbed(q_nope, q_pe, latent, k_pe, cache, view)
+            # store only the normed latent and the rotated shared key, then read the rows back
+            layer_latent = cache.latent[self.layer_id]
+            layer_rope = cache.rope_key[self.layer_id]
+            rows = view.slots[:, None]
+            layer_latent[rows, view.positions] = latent.to(layer_latent.dtype)
+            layer_rope[rows, view.positions] = k_pe.to(layer_rope.dtype)
+            latent = layer_latent[view.slots, : view.kv_len].to(x.dtype)  # (B, S, r)
+            k_pe = layer_rope[view.slots, : view.kv_len].to(x.dtype)  # (B, S, rope)
+            # decode steps absorb wkv_b (cheap per token); prefill chunks decompress once
+            attend = self._absorbed if T == 1 else self._dense
+            out = attend(q_nope, q_pe, latent, k_pe, view.mask)
         return self.wo(out.reshape(B, T, H * self.v_head_dim))
 
     def _dense(self, q_nope, q_pe, latent, k_pe, mask) -> torch.Tensor:
-        """Decompress keys/values and run SDPA (training and uncached inference)."""
-        B, T, H, _ = q_nope.shape
-        kv = self.wkv_b(latent).view(B, T, H, self.qk_nope_head_dim + self.v_head_dim)
+        """Decompress keys/values of latent (B, S, r) and run SDPA; mask None means causal."""
+        B, S, _ = latent.shape
+        H = self.n_heads
+        kv = self.wkv_b(latent).view(B, S, H, self.qk_nope_head_dim + self.v_head_dim)
         k_nope, v = kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)
         q = torch.cat([q_nope, q_pe], dim=-1)
         k = torch.cat([k_nope, k_pe.unsqueeze(2).expand(-1, -1, H, -1)], dim=-1)
@@ -94,21 +105,16 @@ class MLA(nn.Module):
         )
         return out.transpose(1, 2)  # (B, T, H, v_head_dim)
 
-    def _absorbed(self, q_nope, q_pe, latent, k_pe, cache: MLACache, view: CacheView):
-        """Write latent/k_pe into the cache, attend over it with wkv_b folded into q and out."""
-        layer_latent = cache.latent[self.layer_id]
-        layer_rope = cache.rope_key[self.layer_id]
-        rows = view.slots[:, None]
-        layer_latent[rows, view.positions] = latent.to(layer_latent.dtype)
-        layer_rope[rows, view.positions] = k_pe.to(layer_rope.dtype)
-        lat = layer_latent[view.slots, : view.kv_len].to(q_nope.dtype)  # (B, S, r)
-        pe = layer_rope[view.slots, : view.kv_len].to(q_nope.dtype)  # (B, S, rope)
+    def _absorbed(self, q_nope, q_pe, lat, pe, mask) -> torch.Tensor:
+        """Attend over cached latents lat (B, S, r) and rope keys pe (B, S, rope) with wkv_b's
+        key half folded into the query and its value half applied after attention, so keys
+        and values are never decompressed."""
         wkv_b = self.wkv_b.weight.view(self.n_heads, -1, self.kv_lora_rank)
         q_lat = torch.einsum("bthd,hdc->bthc", q_nope, wkv_b[:, : self.qk_nope_head_dim])
         scores = torch.einsum("bthc,bsc->bhts", q_lat, lat) + torch.einsum(
             "bthr,bsr->bhts", q_pe, pe
         )
-        scores = (scores.float() * self.softmax_scale).masked_fill(~view.mask, float("-inf"))
+        scores = (scores.float() * self.softmax_scale).masked_fill(~mask, float("-inf"))
         probs = scores.softmax(dim=-1).to(q_nope.dtype)
         out = torch.einsum("bhts,bsc->bthc", probs, lat)
         return torch.einsum("bthc,hdc->bthd", out, wkv_b[:, self.qk_nope_head_dim :])

@@ -10,17 +10,18 @@ from torch import nn
 class SwiGLU(nn.Module):
     """w2(silu(w1 x) * w3 x); used for dense layers, routed experts and shared experts.
 
-    Args: dim: model width; inter_dim: hidden width; bias: linear biases.
+    The gate (w1) and up (w3) projections are stored stacked as one linear, w13, so both run
+    as a single matmul. Args: dim: model width; inter_dim: hidden width; bias: linear biases.
     """
 
     def __init__(self, dim: int, inter_dim: int, bias: bool = False):
         super().__init__()
-        self.w1 = nn.Linear(dim, inter_dim, bias=bias)  # gate
+        self.w13 = nn.Linear(dim, 2 * inter_dim, bias=bias)  # [gate; up]
         self.w2 = nn.Linear(inter_dim, dim, bias=bias)  # down
-        self.w3 = nn.Linear(dim, inter_dim, bias=bias)  # up
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
 class GeluMLP(nn.Module):

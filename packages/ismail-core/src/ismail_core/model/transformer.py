@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from ..config import ModelConfig
 from .attention import make_attention
 from .cache import CacheView, make_view, new_cache
+from .loss import lm_cross_entropy
 from .mlp import GeluMLP, SwiGLU
 from .moe import MoE, RouterStats
 from .norm import make_norm
@@ -191,9 +192,9 @@ class Transformer(nn.Module):
             dropped_tokens=sum((s.dropped for s in stats), torch.zeros((), device=device).long()),
         )
         if labels is not None:
-            out.lm_loss = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
-            )
+            # shift the labels, not the logits: slicing (B, T, vocab) logits would copy them
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+            out.lm_loss = lm_cross_entropy(logits.flatten(0, 1), targets.flatten())
             out.loss = out.lm_loss + aux
         return out
 
