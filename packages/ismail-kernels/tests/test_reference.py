@@ -21,6 +21,12 @@ from ismail_kernels.reference import expand_block_scales
 FP32_SLACK = 1e-6  # relative fp32 rounding in x / s and y * s
 
 
+@pytest.fixture(autouse=True)
+def reference_backend(monkeypatch):
+    """backend="auto" means the reference path here, even if TRITON_INTERPRET is set."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
 def random_blocks(shape, seed: int, log10_scale: float, zero_every: int = 3) -> torch.Tensor:
     """Values spanning ~4 decades per row (so subnormal fp8 codes occur), some rows zeroed."""
     g = torch.Generator().manual_seed(seed)

@@ -13,6 +13,7 @@ from typing import Any
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from triton.runtime.jit import JITFunction
 
 from . import triton_kernels as tk
 
@@ -24,6 +25,11 @@ def _source(kernel, signature: dict[str, str], constexprs: dict[str, Any], align
     for name in constexprs:
         signature[name] = "constexpr"
     return ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+
+
+def compilable() -> bool:
+    """False when TRITON_INTERPRET=1 at import turned the kernels into interpreter objects."""
+    return isinstance(tk._fp8_gemm_kernel, JITFunction)
 
 
 def compile_kernels(
@@ -39,6 +45,11 @@ def compile_kernels(
     `.metadata.shared` the shared memory one program uses. gemm_tile overrides
     BLOCK_M/BLOCK_N/GROUP_M (default 128/128/8).
     """
+    if not compilable():
+        raise RuntimeError(
+            "TRITON_INTERPRET was set when ismail_kernels was imported, so its kernels are "
+            "interpreter objects; compile in a process started without TRITON_INTERPRET"
+        )
     target = GPUTarget("cuda", arch, 32)
     tile = {"BLOCK_M": 128, "BLOCK_N": 128, "GROUP_M": 8, **(gemm_tile or {})}
     quant_sig = {"x_ptr": "*bf16", "y_ptr": "*fp8e4nv", "s_ptr": "*fp32"}
@@ -74,8 +85,12 @@ def compile_kernels(
             ["a_ptr", "b_ptr", "c_ptr", "a_s_ptr", "b_s_ptr", "N", "K"],
         ),
     }
-    gemm_options = {"num_warps": num_warps, "num_stages": num_stages}
+    # FP fusion on, as at launch with Triton's default (stated, to keep Triton 3.9+ quiet).
+    options = {"enable_fp_fusion": True}
+    gemm_options = options | {"num_warps": num_warps, "num_stages": num_stages}
     return {
-        name: triton.compile(src, target=target, options=gemm_options if "gemm" in name else None)
+        name: triton.compile(
+            src, target=target, options=gemm_options if "gemm" in name else options
+        )
         for name, src in sources.items()
     }
