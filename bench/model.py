@@ -3,7 +3,9 @@
 Both run the same configuration and the same weights (ours is exported with `export_hf` and
 loaded by transformers). Each measurement runs in its own subprocess, so peak memory is the
 process's own high-water mark (CPU: RSS growth over the loaded model; CUDA: max allocated),
-and ours/peer alternate over several rounds so machine noise hits both alike.
+and ours/peer alternate over several rounds so machine noise hits both alike. On CPU the table
+also gives tokens per CPU-second (process time), which other jobs on a shared machine disturb
+far less than wall time.
 
     uv run python bench/model.py                   # tiny + ismail-512, decode at 512 and 2048
     uv run python bench/model.py --quick           # tiny only, shorter decode
@@ -67,11 +69,11 @@ def worker_train(args) -> dict:
     vocab = model.config.vocab_size if args.impl == "hf" else model.cfg.vocab_size
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (args.batch, args.seq), generator=gen).to(args.device)
-    times = []
+    times, cpu_times = [], []
     mem_start = _memory_start(args.device)
     for step in range(args.steps + 1):  # the first step warms up and is not timed
         _sync(args.device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if args.impl == "hf":
             loss = model(input_ids=ids, labels=ids).loss
         else:
@@ -80,8 +82,10 @@ def worker_train(args) -> dict:
         _sync(args.device)
         if step:
             times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
         model.zero_grad(set_to_none=False)  # keep gradient buffers: they belong in the peak
-    return {"times": times, "peak_mb": _memory_peak(args.device, mem_start)}
+    peak = _memory_peak(args.device, mem_start)
+    return {"times": times, "cpu_times": cpu_times, "peak_mb": peak}
 
 
 def _hf_cache_bytes(past) -> int:
@@ -102,29 +106,31 @@ def worker_decode(args) -> dict:
     vocab = model.config.vocab_size if args.impl == "hf" else model.cfg.vocab_size
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (1, args.context), generator=gen).to(args.device)
-    times = []
+    times, cpu_times = [], []
     if args.impl == "hf":
         out = model(input_ids=ids, use_cache=True)
         past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
         for _ in range(args.steps):
             _sync(args.device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = model(input_ids=tok, past_key_values=past, use_cache=True)
             tok = out.logits[:, -1:].argmax(-1)
             _sync(args.device)
             times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
         bytes_per_token = _hf_cache_bytes(past) / (args.context + args.steps)
     else:
         cache = model.new_cache(1, args.context + args.steps)
         tok = model(ids, cache=cache, start_pos=0)[:, -1:].argmax(-1)
         for step in range(args.steps):
             _sync(args.device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             tok = model(tok, cache=cache, start_pos=args.context + step)[:, -1:].argmax(-1)
             _sync(args.device)
             times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
         bytes_per_token = cache.bytes_per_token()
-    return {"times": times, "cache_bytes_per_token": bytes_per_token}
+    return {"times": times, "cpu_times": cpu_times, "cache_bytes_per_token": bytes_per_token}
 
 
 # ----------------------------------------------------------------------------- driver
@@ -151,6 +157,10 @@ def run_worker(kind: str, impl: str, hf_dir: str, opts: argparse.Namespace, **ex
     if proc.returncode:
         sys.exit(f"benchmark worker failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _median(results: list[dict], key: str) -> float:
+    return statistics.median(t for r in results for t in r[key])
 
 
 def alternate(kind: str, hf_dir: str, opts, **extra) -> dict[str, list[dict]]:
@@ -185,7 +195,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--quick", action="store_true", help="tiny only, short decode")
     # worker-only options
     parser.add_argument("--worker", choices=["train", "decode"], help=argparse.SUPPRESS)
@@ -211,26 +221,35 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         print("forward+backward (median step; memory = peak growth during steps)")
-        print(f"{'config':<12} {'batch x seq':>11} {'impl':<6} {'tokens/s':>10} {'peak MB':>9}")
+        print(
+            f"{'config':<12} {'batch x seq':>11} {'impl':<6} {'tokens/s':>9} "
+            f"{'tokens/cpu-s':>12} {'peak MB':>8}"
+        )
         for name in opts.configs:
             hf_dir = export_config(name, tmp, opts.dtype)
             batch, seq = TRAIN_SHAPES.get(name, (1, 512))
             res = alternate("train", hf_dir, opts, batch=batch, seq=seq, steps=opts.steps)
-            speeds = {}
+            wall, cpu = {}, {}
             for impl, label in (("ours", "ismail"), ("hf", "hf")):
-                step = statistics.median(t for r in res[impl] for t in r["times"])
-                speeds[impl] = batch * seq / step
+                wall[impl] = batch * seq / _median(res[impl], "times")
+                cpu[impl] = batch * seq / _median(res[impl], "cpu_times")
                 peak = max(r["peak_mb"] for r in res[impl])
                 print(
-                    f"{name:<12} {f'{batch} x {seq}':>11} {label:<6} {speeds[impl]:>10.0f} "
-                    f"{peak:>9.0f}"
+                    f"{name:<12} {f'{batch} x {seq}':>11} {label:<6} {wall[impl]:>9.0f} "
+                    f"{cpu[impl]:>12.0f} {peak:>8.0f}"
                 )
-            print(f"{'':<12} {'':>11} {'ratio':<6} {speeds['ours'] / speeds['hf']:>9.2f}x\n")
+            print(
+                f"{'':<12} {'':>11} {'ratio':<6} {wall['ours'] / wall['hf']:>8.2f}x "
+                f"{cpu['ours'] / cpu['hf']:>11.2f}x\n"
+            )
 
         name = opts.decode_config
         hf_dir = str(tmp / name) if name in opts.configs else export_config(name, tmp, opts.dtype)
         print(f"decode, batch 1, {name} (median of {opts.decode_steps} steps after prefill)")
-        print(f"{'context':>8} {'impl':<22} {'KV bytes/token':>15} {'tokens/s':>9}")
+        print(
+            f"{'context':>8} {'impl':<22} {'KV bytes/token':>15} {'tokens/s':>9} "
+            f"{'tokens/cpu-s':>12}"
+        )
         from ismail_core.config import ModelConfig
 
         cfg = ModelConfig.preset(name)
@@ -239,9 +258,12 @@ def main() -> None:
         for context in opts.contexts:
             res = alternate("decode", hf_dir, opts, context=context, steps=opts.decode_steps)
             for impl, label in (("ours", "ismail MLA absorbed"), ("hf", "hf DynamicCache")):
-                step = statistics.median(t for r in res[impl] for t in r["times"])
                 per_token = res[impl][0]["cache_bytes_per_token"]
-                print(f"{context:>8} {label:<22} {per_token:>15.0f} {1 / step:>9.1f}")
+                print(
+                    f"{context:>8} {label:<22} {per_token:>15.0f} "
+                    f"{1 / _median(res[impl], 'times'):>9.1f} "
+                    f"{1 / _median(res[impl], 'cpu_times'):>12.1f}"
+                )
         print(f"{'':>8} {'decompressed K/V':<22} {expanded:>15.0f} {'(computed)':>9}")
 
 

@@ -143,3 +143,21 @@ def test_import_of_original_openai_gpt2_layout(tmp_path):
     ids = torch.randint(0, 101, (1, 30))
     with torch.no_grad():
         torch.testing.assert_close(import_hf(tmp_path / "gpt2").eval()(ids), model(ids))
+
+
+@pytest.mark.slow
+def test_ismail_export_cli_writes_a_folder_transformers_loads(tmp_path, hf_tokenizer_file):
+    import subprocess
+    import sys
+
+    from ismail_core.checkpoint import save_checkpoint
+    from ismail_core.tokenizer import load_tokenizer
+
+    model = random_model(dict(MLA, vocab_size=384))
+    save_checkpoint(tmp_path / "ckpt", model, load_tokenizer(hf_tokenizer_file))
+    cmd = [sys.executable, "-m", "ismail_core", "export", "--format", "hf"]
+    subprocess.run([*cmd, str(tmp_path / "ckpt"), str(tmp_path / "out")], check=True)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    ids = torch.randint(0, 384, (1, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, model(ids), atol=1e-4, rtol=1e-4)
