@@ -33,13 +33,18 @@ import tr_tokenizer  # noqa: E402
 from tr_tokenizer.evaluate import morphology_alignment, read_conllu  # noqa: E402
 
 
-def train_comparisons(cache: Path, vocab_size: int, retrain: bool) -> tuple[Path, Path]:
-    """Train (once) the no-sharing tr-tokenizer and the byte-level BPE on the default corpus."""
+def train_comparisons(cache: Path, default, retrain: bool) -> tuple[Path, Path]:
+    """Train (once) the no-sharing tr-tokenizer and the byte-level BPE on the default corpus.
+
+    The no-sharing run is keyed by the shipped vocabulary's fingerprint, so it is retrained
+    whenever the shipped vocabulary (or the code that built it) changes.
+    """
+    vocab_size = default.vocab_size
     import build_default_vocab as build
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     inputs = cache / "inputs"
-    no_share = cache / f"tr-no-share-{vocab_size}"
+    no_share = cache / f"tr-no-share-{vocab_size}-{default.fingerprint}"
     bpe_file = cache / f"bytelevel-bpe-{vocab_size}.json"
     if retrain or not (inputs / "word_counts.tsv").exists():
         inputs.mkdir(parents=True, exist_ok=True)
@@ -197,7 +202,7 @@ def main() -> int:
     batch = texts * 8
 
     default = tr_tokenizer.load()
-    no_share_dir, bpe_file = train_comparisons(args.cache, default.vocab_size, args.retrain)
+    no_share_dir, bpe_file = train_comparisons(args.cache, default, args.retrain)
     hf = HFTokenizer.from_file(str(bpe_file))
     rows = [
         measure_tr("tr-tokenizer (sharing, shipped)", tr_tokenizer.load, sentences, text, batch),
