@@ -1,5 +1,6 @@
-"""FP8 on ismail-core's model: a quantized `tiny` Transformer keeps its held-out loss, the FP8
-state dict reloads into a fresh model, cached decoding works, and FP8 training learns.
+"""FP8 on ismail-core's model: a quantized `tiny` Transformer keeps its held-out loss, its FP8
+weights survive ismail-core's safetensors writer and reload into a fresh model, cached decoding
+works, and FP8 training learns.
 
 The model is trained briefly on bytes of the built-in Turkish corpus (vocabulary 256, so no
 tokenizer is involved) until its loss is far below the uniform ln(256) = 5.55: only a model that
@@ -109,10 +110,14 @@ def test_quantized_tiny_model_keeps_its_held_out_loss(trained, corpus):
 
 
 @pytest.mark.slow
-def test_fp8_state_dict_reloads_and_decodes_with_cache(trained, corpus):
+def test_fp8_weights_file_reloads_and_decodes_with_cache(trained, corpus, tmp_path):
+    from ismail_core.checkpoint import load_weights, save_weights
+
     quantized = quantize_model(copy.deepcopy(trained), FP8)
-    state = quantized.state_dict()
+    save_weights(quantized.state_dict(), tmp_path / "model.safetensors")
+    state = load_weights(tmp_path / "model.safetensors")
     assert is_fp8_state_dict(state)
+    assert state["layers.0.attn.wo.weight"].dtype == torch.float8_e4m3fn
     fresh = load_fp8_state_dict(Transformer(tiny_config()), state).eval()
     ids = corpus[1][:2, :24]
     with torch.no_grad():
