@@ -89,6 +89,7 @@ def _tiny_train_layer(run_dir: Path, data_dir: Path, **overrides) -> dict:
             "log.interval": 1,
             "log.progress": False,
             "log.sample_tokens": 8,
+            "train.precision": "fp32",
         }
     )
     layer.update(overrides)

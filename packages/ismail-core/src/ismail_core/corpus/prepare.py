@@ -13,7 +13,14 @@ import numpy as np
 from ismail_core.atomic import atomic_dir, atomic_write_json
 from ismail_core.corpus.cleaning import clean_text, text_hash
 from ismail_core.corpus.errors import DataError
-from ismail_core.corpus.shards import FORMAT, META_FILE, TOKENIZER_DIR, token_dtype, write_split
+from ismail_core.corpus.shards import (
+    FORMAT,
+    META_FILE,
+    TOKENIZER_DIR,
+    token_dtype,
+    tokenizer_info,
+    write_split,
+)
 from ismail_core.corpus.sources import load_source
 from ismail_core.corpus.split import split_flags
 from ismail_core.tokenizer import Tokenizer, TrTokenizer, load_tokenizer
@@ -106,6 +113,8 @@ def _train_tokenizer(texts: datasets.Dataset, vocab_size: int) -> Tokenizer:
 
 def prepare_data(spec: DataSpec) -> dict[str, Any]:
     """Build the data directory `spec.out`; returns its metadata (also written to meta.json)."""
+    # A bad tokenizer spec should fail before minutes of reading and cleaning.
+    tokenizer = None if spec.train_tokenizer else load_tokenizer(spec.tokenizer)
     ds = load_source(
         spec.source, text_field=spec.text_field, split=spec.hf_split, cache_dir=spec.cache_dir
     )
@@ -117,11 +126,8 @@ def prepare_data(spec: DataSpec) -> dict[str, Any]:
         "train": ds.select([i for i, v in enumerate(flags) if not v]),
         "val": ds.select([i for i, v in enumerate(flags) if v]),
     }
-    tokenizer = (
-        _train_tokenizer(splits["train"], spec.vocab_size)
-        if spec.train_tokenizer
-        else load_tokenizer(spec.tokenizer)
-    )
+    if tokenizer is None:
+        tokenizer = _train_tokenizer(splits["train"], spec.vocab_size)
     dtype = token_dtype(tokenizer.vocab_size)
     meta: dict[str, Any] = {
         "format": FORMAT,
@@ -157,13 +163,3 @@ def prepare_data(spec: DataSpec) -> dict[str, Any]:
             }
         atomic_write_json(tmp / META_FILE, meta)
     return meta
-
-
-def tokenizer_info(tokenizer: Tokenizer) -> dict[str, Any]:
-    """What shards and checkpoints record about their tokenizer, to detect mismatches."""
-    return {
-        "kind": tokenizer.kind,
-        "fingerprint": tokenizer.fingerprint,
-        "vocab_size": tokenizer.vocab_size,
-        "eos_id": tokenizer.eos_id,
-    }

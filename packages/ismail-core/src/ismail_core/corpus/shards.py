@@ -164,3 +164,13 @@ class ShardedSplit:
         """Starts of consecutive non-overlapping windows covering the split (for evaluation)."""
         usable = self.num_tokens if max_tokens is None else min(self.num_tokens, max_tokens)
         return list(range(0, usable - length + 1, length - 1))
+
+
+def tokenizer_info(tokenizer: Any) -> dict[str, Any]:
+    """What shards and checkpoints record about their tokenizer, to detect mismatches."""
+    return {
+        "kind": tokenizer.kind,
+        "fingerprint": tokenizer.fingerprint,
+        "vocab_size": tokenizer.vocab_size,
+        "eos_id": tokenizer.eos_id,
+    }

@@ -55,7 +55,11 @@ class TrainSection:
     grad_accum: int = _doc("micro-batches per optimizer step", default=1)
     seq_len: int = _doc("tokens per sequence (0 = the model's max_seq_len)", default=0)
     device: str = _doc("'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...", default="auto")
-    precision: str = _doc("fp32, bf16, fp16 (with a grad scaler) or fp8", default="fp32")
+    precision: str = _doc(
+        "auto (bf16 where the hardware supports it natively, else fp32), fp32, bf16, "
+        "fp16 (with a grad scaler) or fp8 (ismail-kernels)",
+        default="auto",
+    )
     compile: bool = _doc("wrap the model in torch.compile", default=False)
     activation_checkpointing: bool = _doc("recompute block activations in backward", default=False)
     expert_rotation: int = _doc(
@@ -160,9 +164,11 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        # Check the preset and model overrides now, before any data is prepared.
+        self.model_config()
 
 
-PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp8")
 OPTIMIZERS = ("adamw", "adamw8bit")
 
 

@@ -24,9 +24,8 @@ from ismail_core.checkpoint import (
     load_config,
     load_weights,
 )
-from ismail_core.corpus import DataError, DataSpec, ShardedSplit, load_metadata, prepare_data
-from ismail_core.corpus.prepare import tokenizer_info
-from ismail_core.corpus.shards import TOKENIZER_DIR
+from ismail_core.corpus import DataError, ShardedSplit, load_metadata
+from ismail_core.corpus.shards import TOKENIZER_DIR, tokenizer_info
 from ismail_core.evaluate import EvalResult, evaluate
 from ismail_core.model import Transformer
 from ismail_core.tokenizer import load_tokenizer
@@ -80,6 +79,8 @@ def ensure_data(cfg: TrainConfig, info: distributed.DistInfo) -> Path:
                 "one made by `ismail data` or at a new directory"
             )
         if info.is_main:
+            from ismail_core.corpus import DataSpec, prepare_data
+
             print(f"preparing {cfg.data.source!r} into {path} (first run only)", flush=True)
             prepare_data(
                 DataSpec(source=cfg.data.source, out=str(path), tokenizer=cfg.data.tokenizer)
@@ -426,7 +427,7 @@ class Trainer:
             f"({m.num_parameters(active_only=True) / 1e6:.1f}M active), {tok.kind} tokenizer "
             f"({tok.vocab_size} tokens), {self.train_split.num_tokens:,} training tokens\n"
             f"  {self.cfg.train.steps} steps x {self.tokens_per_step:,} tokens on {self.device} "
-            f"({self.info.world_size} process(es), {self.cfg.train.precision}); {where}\n"
+            f"({self.info.world_size} process(es), {self.precision.name}); {where}\n"
             f"  run directory: {self.run_dir}",
             flush=True,
         )
