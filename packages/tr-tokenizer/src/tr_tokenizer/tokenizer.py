@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from itertools import chain
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 import regex
@@ -207,16 +208,26 @@ class Tokenizer:
                 raise TypeError(f"encode_batch() expects str items, got {type(t).__name__}")
         workers = num_workers or os.cpu_count() or 1
         total = sum(len(t) for t in texts)
-        if workers <= 1 or len(texts) < 2 or total < _PARALLEL_MIN_CHARS:
+        fork = "fork" in get_all_start_methods()  # not on Windows
+        if workers <= 1 or len(texts) < 2 or total < _PARALLEL_MIN_CHARS or not fork:
             return [self.encode_ids(t) for t in texts]
-        # fork: workers inherit this tokenizer and its warm cache without pickling it.
-        global _WORKER_TOKENIZER
-        _WORKER_TOKENIZER = self
+        # fork: workers inherit this tokenizer, its warm cache and the texts without pickling;
+        # only (start, end) ranges go out and lists of ids come back. Freezing the parent's
+        # objects and disabling the workers' collector keeps garbage collection in the workers
+        # from touching (and so copying) every inherited object.
+        global _WORKER_JOB
+        _WORKER_JOB = (self, texts)
         per = max(1, -(-len(texts) // (workers * 4)))
-        batches = [texts[i : i + per] for i in range(0, len(texts), per)]
-        with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
-            results = pool.map(_encode_in_worker, batches)
-            return [ids for batch in results for ids in batch]
+        ranges = [(i, min(i + per, len(texts))) for i in range(0, len(texts), per)]
+        gc.freeze()
+        try:
+            with ProcessPoolExecutor(
+                workers, mp_context=get_context("fork"), initializer=gc.disable
+            ) as pool:
+                return [ids for batch in pool.map(_encode_range, ranges) for ids in batch]
+        finally:
+            gc.unfreeze()
+            _WORKER_JOB = None
 
     def segment(self, text: str) -> list[Piece]:
         """Morphological view: each token with the text it covers and its kind."""
@@ -267,12 +278,13 @@ class Tokenizer:
         return f"Tokenizer(vocab_size={self.vocab_size}, fingerprint={self.fingerprint!r})"
 
 
-_WORKER_TOKENIZER: Tokenizer | None = None
+_WORKER_JOB: tuple[Tokenizer, list[str]] | None = None
 
 
-def _encode_in_worker(texts: list[str]) -> list[list[int]]:
-    assert _WORKER_TOKENIZER is not None
-    return [_WORKER_TOKENIZER.encode_ids(t) for t in texts]
+def _encode_range(bounds: tuple[int, int]) -> list[list[int]]:
+    assert _WORKER_JOB is not None, "worker started without a job (needs the fork start method)"
+    tok, texts = _WORKER_JOB
+    return [tok.encode_ids(t) for t in texts[bounds[0] : bounds[1]]]
 
 
 DEFAULT_VOCAB = "default"
