@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tr_tokenizer.casing import CAPITALIZED, LOWER, MIXED, UPPER, case_class, tr_lower, tr_upper
-from tr_tokenizer.suffixes import INVENTORY, canonical_chain, left_context, parse_form, realize
+from tr_tokenizer.suffixes import (
+    INVENTORY,
+    canonical_chain,
+    context_key,
+    context_keys,
+    left_context,
+    parse_form,
+    realize,
+)
 
 # (stem, suffix form, expected spelling), from standard Turkish forms
 CASES = [
@@ -23,6 +33,12 @@ CASES = [
 @pytest.mark.parametrize("stem,form,expected", CASES)
 def test_realize_matches_turkish(stem: str, form: str, expected: str) -> None:
     assert realize(parse_form(form), *left_context(stem)) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("aeıioöuükptrgIİAÖ'’ 1.\u0307")), max_size=60))
+def test_context_keys_match_the_backward_scan(text: str) -> None:
+    assert context_keys(text) == [context_key(text[:i]) for i in range(len(text) + 1)]
 
 
 def test_no_vowel_context_is_not_realizable() -> None:

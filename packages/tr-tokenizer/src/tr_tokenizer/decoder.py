@@ -74,7 +74,7 @@ class DecodeState:
         self.skip_special = skip_special_tokens
         self.case = _NONE
         self.tail = ""
-        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="tr_tokenizer")
+        self.utf8: codecs.IncrementalDecoder | None = None  # created at the first byte token
         self.pending_bytes = False
 
     def step(self, token_id: int) -> str:
@@ -82,6 +82,8 @@ class DecodeState:
         kind = t.kind[token_id]
         if kind == BYTE:
             self.pending_bytes = True
+            if self.utf8 is None:
+                self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="tr_tokenizer")
             out = self.utf8.decode(bytes((t.byte[token_id],)))
             self.case = _NONE
             return self._emit(out)
@@ -128,4 +130,5 @@ class DecodeState:
         if not self.pending_bytes:
             return ""
         self.pending_bytes = False
+        assert self.utf8 is not None
         return self._emit(self.utf8.decode(b"", final=True))

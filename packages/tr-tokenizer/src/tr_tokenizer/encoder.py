@@ -14,7 +14,7 @@ import regex
 from tr_tokenizer.casing import CAPITALIZED, MIXED, UPPER, case_class, tr_lower
 from tr_tokenizer.decoder import DecodeState, DecodeTables
 from tr_tokenizer.pretokenize import APOSTROPHES, MAX_CHUNK, WORD
-from tr_tokenizer.suffixes import Element, context_key, parse_form, realize
+from tr_tokenizer.suffixes import Element, context_keys, parse_form, realize
 from tr_tokenizer.vocab import BYTE_TOKENS, CAP, Vocabulary
 from tr_tokenizer.vocab import UPPER as UPPER_TOKEN
 
@@ -137,15 +137,18 @@ class ChunkEncoder:
             if tid is not None:
                 cost[j] = self.cost[tid]
                 back[j] = (0, tid)
+        keys = None
         for i in range(1, n):
             if cost[i] == _INF:
                 continue
-            self._suffix_edges(s, i, cost, back)
+            keys = keys or context_keys(s)
+            self._suffix_edges(s, i, keys[i], cost, back)
         return _trace(back, n) if cost[n] < _INF else None
 
-    def _suffix_edges(self, s: str, i: int, cost: list[float], back: list) -> None:
-        """Relax edges from position i over every suffix token that spells s[i:j] here."""
-        table, longest = self._suffix_table(context_key(s[:i]))
+    def _suffix_edges(self, s: str, i: int, key, cost: list[float], back: list) -> None:
+        """Relax edges from position i over every suffix token that spells s[i:j] after a
+        left context with this key (literal suffixes only when key is None)."""
+        table, longest = self._suffix_table(key)
         c0 = cost[i]
         for j in range(i + 1, min(len(s), i + longest) + 1):
             hit = table.get(s[i:j])
@@ -187,6 +190,7 @@ class ChunkEncoder:
         back: list[tuple[int, int] | None] = [None] * (n + 1)
         cost[start] = 0.0
         text_ids, costs = self.text_ids, self.cost
+        keys = context_keys(s) if shared else None
         for i in range(start, n):
             c0 = cost[i]
             if c0 == _INF:
@@ -198,7 +202,7 @@ class ChunkEncoder:
                     back[j] = (i, tid)
             if shared and i > 0:
                 # suffix tokens spelled from the left context (literal ones are text pieces too)
-                self._suffix_edges(s, i, cost, back)
+                self._suffix_edges(s, i, keys[i], cost, back)
             nbytes = len(s[i].encode("utf-8", "surrogatepass"))
             c = c0 + nbytes * (1.0 + _TIE * _BYTE_PENALTY)
             if c < cost[i + 1]:

@@ -184,12 +184,33 @@ def context_key(text: str) -> tuple[str, str | None] | None:
     another consonant, and at the last vowel; so a voiceless ending is represented by "t", any
     other consonant by "r". Two texts with the same key spell every suffix the same way.
     """
-    last, vowel = left_context(text)
+    return _key(*left_context(text))
+
+
+def _key(last: str | None, vowel: str | None) -> tuple[str, str | None] | None:
     if last is None:
         return None
     if last not in VOWELS:
         last = "t" if last in VOICELESS else "r"
     return last, vowel
+
+
+def context_keys(text: str) -> list[tuple[str, str | None] | None]:
+    """[context_key(text[:i]) for i in 0..len(text)], in one forward pass."""
+    if len(text) > _CONTEXT_CHARS:  # the backward scan's window matters only for long text
+        return [context_key(text[:i]) for i in range(len(text) + 1)]
+    keys: list[tuple[str, str | None] | None] = [None]
+    last = vowel = None
+    for ch in text:
+        if ch not in APOSTROPHES:
+            if _is_letter(ch):
+                last = "ı" if ch == "I" else "i" if ch == "İ" else ch.lower()
+                if last in VOWELS:
+                    vowel = last
+            else:
+                last = vowel = None
+        keys.append(_key(last, vowel))
+    return keys
 
 
 def _harmony(kind: str, vowel: str) -> str:
