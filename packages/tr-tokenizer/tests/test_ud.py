@@ -19,6 +19,28 @@ def test_alignment_definition() -> None:
     assert aligned(0, 8, 5, [(0, 0), (0, 5), (5, 8)])  # a case marker before the word is fine
 
 
+CONLLU = """# text = Yirmilerindeki kitapları okudum.
+1-2\tYirmilerindeki\t_\t_
+1\tYirmilerinde\tyirmi\tNUM
+2\tki\tki\tADP
+3\tkitapları\tkitap\tNOUN
+4\tokudum\toku\tVERB
+5\t.\t.\tPUNCT
+
+"""
+
+
+def test_read_conllu_words_and_multiword_tokens(tmp_path, tok) -> None:
+    path = tmp_path / "x.conllu"
+    path.write_text(CONLLU, encoding="utf-8")
+    (sentence,) = read_conllu(path)
+    words = [(sentence.text[a:b], lemma) for a, b, lemma in sentence.words]
+    assert words == [("Yirmilerindeki", "yirmi"), ("kitapları", "kitap"), ("okudum", "oku"),
+                     (".", ".")]  # fmt: skip
+    good, total = morphology_alignment([sentence], lambda t: tok.encode(t).offsets)
+    assert total == 3 and 0 <= good <= 3
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not FILES, reason=f"UD Turkish data not found under {UD}")
 def test_targets_on_ud_turkish(tok) -> None:

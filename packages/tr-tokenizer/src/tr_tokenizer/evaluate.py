@@ -32,8 +32,8 @@ def read_conllu(path: str | Path) -> list[Sentence]:
     """
     sentences: list[Sentence] = []
     text = None
-    rows: list[tuple[str, str]] = []
-    skip_until = 0
+    rows: list[tuple[str, str]] = []  # (surface form, lemma)
+    mwt_form, mwt_first, mwt_last = None, 0, 0  # the multiword token being read, if any
     for line in Path(path).read_text(encoding="utf-8").split("\n"):
         if line.startswith("# text = "):
             text = line[len("# text = ") :]
@@ -42,21 +42,20 @@ def read_conllu(path: str | Path) -> list[Sentence]:
         elif not line.strip():
             if text is not None and rows:
                 sentences.append(_locate(text, rows))
-            text, rows, skip_until = None, [], 0
+            text, rows, mwt_form = None, [], None
         else:
             cols = line.split("\t")
-            if len(cols) < 3:
+            if len(cols) < 3 or "." in cols[0]:  # empty nodes have ids like 5.1
                 continue
             if "-" in cols[0]:
                 first, last = cols[0].split("-")
-                skip_until = int(last)
-                rows.append((cols[1], "\x00" + first))  # lemma filled from the first part
-            elif "." in cols[0]:
+                mwt_form, mwt_first, mwt_last = cols[1], int(first), int(last)
                 continue
-            elif int(cols[0]) <= skip_until:
-                if rows and rows[-1][1] == "\x00" + cols[0]:
-                    rows[-1] = (rows[-1][0], cols[2])
-            else:
+            word_id = int(cols[0])
+            if mwt_form is not None and word_id == mwt_first:
+                rows.append((mwt_form, cols[2]))
+            elif mwt_form is None or word_id > mwt_last:
+                mwt_form = None
                 rows.append((cols[1], cols[2]))
     if text is not None and rows:
         sentences.append(_locate(text, rows))
