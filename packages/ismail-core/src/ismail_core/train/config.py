@@ -50,7 +50,7 @@ class DataSection:
 
 @dataclass
 class TrainSection:
-    steps: int = _doc("optimizer steps", default=300)
+    steps: int = _doc("optimizer steps", default=200)
     batch_size: int = _doc("sequences per micro-batch (per process)", default=8)
     grad_accum: int = _doc("micro-batches per optimizer step", default=1)
     seq_len: int = _doc("tokens per sequence (0 = the model's max_seq_len)", default=0)
@@ -85,7 +85,7 @@ class OptimSection:
 
 @dataclass
 class EvalSection:
-    interval: int = _doc("evaluate every N steps (0 = only at the end)", default=50)
+    interval: int = _doc("evaluate every N steps (0 = only at the end)", default=40)
     max_tokens: int = _doc("validation tokens per evaluation (0 = the whole split)", default=0)
     batch_size: int = _doc("sequences per evaluation batch", default=8)
 

@@ -1,0 +1,182 @@
+"""Training-step benchmark: ismail's trainer recipe on `tiny` (and `ismail-512` on a GPU).
+
+Rows, all measured in this run with the same training step (AdamW with decay groups, the same
+precision, gradient clipping) on random token batches:
+  ismail MoE       the preset as `ismail train` builds it (with the MoE bias update each step)
+  transformers     transformers' DeepseekV3ForCausalLM with the same config and weights
+                   (exported with ismail_core.hf.export_hf)
+  ismail dense     a dense model whose active parameter count matches the MoE model's
+
+Each row runs in its own subprocess so peak memory is that process's own high-water mark
+(CPU: peak RSS minus RSS after building the model; CUDA: max allocated). Tokens per CPU-second
+(process time) is given next to wall-clock tokens/s because other jobs on a shared machine
+disturb it far less. MFU uses the model's flops_per_token (nanoGPT count, active parameters).
+
+    uv run python bench/train.py                  # tiny on CPU
+    uv run python bench/train.py --device cuda    # tiny and ismail-512 on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+SHAPES = {"tiny": (8, 256), "ismail-512": (8, 512)}  # (batch, seq) per step
+VARIANTS = ("transformers", "ismail MoE", "ismail dense")  # the peer first: ratios need it
+
+
+def _config(preset: str, variant: str):
+    from ismail_core import ModelConfig, Transformer
+
+    cfg = ModelConfig.preset(preset)
+    if variant != "ismail dense":
+        return cfg
+    target = Transformer(cfg).num_parameters(active_only=True)
+    best = None
+    # inter_dim for an all-dense model with the MoE model's active parameters (meta device:
+    # counting parameters allocates nothing).
+    with torch.device("meta"):
+        for inter in range(64, 8 * cfg.dim + 1, 16):
+            dense = ModelConfig.preset(
+                preset, n_routed_experts=0, n_dense_layers=cfg.n_layers, inter_dim=inter
+            )
+            gap = abs(Transformer(dense).num_parameters(active_only=True) - target)
+            if best is None or gap < best[0]:
+                best = (gap, dense)
+    return best[1]
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def worker(preset: str, variant: str, device: str, precision: str, steps: int) -> dict:
+    """Time `steps` training steps of one variant; returns the measurements."""
+    from ismail_core import Transformer
+    from ismail_core.train.config import OptimSection
+    from ismail_core.train.optimizer import build_optimizer
+    from ismail_core.train.precision import build_precision
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    cfg = _config(preset, variant)
+    ours = Transformer(cfg)
+    flops_per_token = ours.flops_per_token(SHAPES[preset][1])
+    active = ours.num_parameters(active_only=True)
+    if variant == "transformers":
+        import transformers
+        from ismail_core.hf import export_hf
+
+        with tempfile.TemporaryDirectory() as tmp:
+            export_hf(ours, tmp)
+            model = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+        del ours
+    else:
+        model = ours
+    model.to(dev).train()
+    optimizer = build_optimizer(model, OptimSection(), dev)
+    prec = build_precision(precision, dev)
+    batch, seq = SHAPES[preset]
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq), generator=gen).to(dev)
+
+    def step() -> None:
+        with prec.autocast():
+            out = model(ids, labels=ids)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if hasattr(model, "update_expert_bias"):
+            model.update_expert_bias()
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    step()  # warm-up: allocates optimizer state, autotunes kernels
+    step()
+    sync()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev) / 2**20
+    else:
+        base = _rss_mb()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        step()
+    sync()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else _rss_mb()
+    tokens = steps * batch * seq
+    return {
+        "tok_s": tokens / wall,
+        "tok_cpu_s": tokens / cpu,
+        "peak_mb": peak,
+        "extra_mb": peak - base,
+        "active_m": active / 1e6,
+        "flops_per_token": flops_per_token,
+        "precision": prec.name,
+    }
+
+
+def _peak_flops(device: str) -> float:
+    from ismail_core.train.metrics import peak_flops
+
+    return peak_flops(torch.device(device))[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="auto", help="auto, fp32, bf16, fp16")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--worker", nargs=2, metavar=("PRESET", "VARIANT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(*args.worker, args.device, args.precision, args.steps)))
+        return
+
+    presets = ["tiny"] + (["ismail-512"] if args.device.startswith("cuda") else [])
+    peak = _peak_flops(args.device)
+    print(f"device {args.device}, {torch.get_num_threads()} threads, {args.steps} timed steps")
+    header = (
+        f"{'preset':<11} {'model':<13} {'active M':>8} {'prec':>5} {'tok/s':>8} "
+        f"{'tok/cpu-s':>9} {'MFU':>6} {'peak MB':>8} {'+MB step':>8} {'vs tf':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    for preset in presets:
+        rows = {}
+        for variant in VARIANTS:
+            cmd = [sys.executable, __file__, "--worker", preset, variant]
+            cmd += ["--device", args.device, "--precision", args.precision]
+            cmd += ["--steps", str(args.steps)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(f"{preset:<11} {variant:<13} failed: {done.stderr.strip()[-300:]}")
+                continue
+            rows[variant] = r = json.loads(done.stdout.strip().splitlines()[-1])
+            peer = rows.get("transformers", {}).get("tok_s")
+            ratio = f"{r['tok_s'] / peer:.2f}x" if peer and variant != "transformers" else ""
+            mfu = r["flops_per_token"] * r["tok_s"] / peak
+            print(
+                f"{preset:<11} {variant:<13} {r['active_m']:>8.1f} {r['precision']:>5} "
+                f"{r['tok_s']:>8.0f} {r['tok_cpu_s']:>9.0f} {mfu:>6.1%} {r['peak_mb']:>8.0f} "
+                f"{r['extra_mb']:>8.0f} {ratio:>6}"
+            )
+    print(
+        "MFU on CPU is relative to a measured fp32 1024^3 matmul; on GPUs to the bf16 peak. "
+        "'vs tf' = tokens/s over transformers' DeepseekV3 with the same config."
+    )
+
+
+if __name__ == "__main__":
+    main()
