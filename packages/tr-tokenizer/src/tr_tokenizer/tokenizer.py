@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import gc
 import os
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from itertools import chain
-from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 import regex
 
 from tr_tokenizer.decoder import DecodeState, DecodeTables
 from tr_tokenizer.encoder import ChunkEncoder
+from tr_tokenizer.parallel import WorkerPool, fork_available
 from tr_tokenizer.pretokenize import PATTERN
 from tr_tokenizer.vocab import BOS, EOS, PAD, SPECIAL_TOKENS, Vocabulary
 
@@ -115,6 +113,7 @@ class Tokenizer:
         self.special_tokens: dict[str, int] = {t: self._ids[t] for t in SPECIAL_TOKENS}
         self._special_re = regex.compile("|".join(regex.escape(t) for t in SPECIAL_TOKENS))
         self.fingerprint: str = vocab.fingerprint()
+        self._pool: WorkerPool | None = None
 
     # ---- vocabulary ---------------------------------------------------------------------
 
@@ -192,7 +191,8 @@ class Tokenizer:
                 pos += n
 
     def encode_batch(self, texts: Sequence[str], num_workers: int | None = None) -> list[Encoding]:
-        """Encode many texts; large batches are split over processes (default: all CPUs)."""
+        """Encode many texts; large batches are split over worker processes (default: one per
+        CPU), which are started on first use and kept for later batches (see `close`)."""
         return [
             Encoding(ids, text, self)
             for ids, text in zip(self.encode_batch_ids(texts, num_workers), texts)
@@ -208,26 +208,18 @@ class Tokenizer:
                 raise TypeError(f"encode_batch() expects str items, got {type(t).__name__}")
         workers = num_workers or os.cpu_count() or 1
         total = sum(len(t) for t in texts)
-        fork = "fork" in get_all_start_methods()  # not on Windows
-        if workers <= 1 or len(texts) < 2 or total < _PARALLEL_MIN_CHARS or not fork:
+        if workers <= 1 or len(texts) < 2 or total < _PARALLEL_MIN_CHARS or not fork_available():
             return [self.encode_ids(t) for t in texts]
-        # fork: workers inherit this tokenizer, its warm cache and the texts without pickling;
-        # only (start, end) ranges go out and lists of ids come back. Freezing the parent's
-        # objects and disabling the workers' collector keeps garbage collection in the workers
-        # from touching (and so copying) every inherited object.
-        global _WORKER_JOB
-        _WORKER_JOB = (self, texts)
-        per = max(1, -(-len(texts) // (workers * 4)))
-        ranges = [(i, min(i + per, len(texts))) for i in range(0, len(texts), per)]
-        gc.freeze()
-        try:
-            with ProcessPoolExecutor(
-                workers, mp_context=get_context("fork"), initializer=gc.disable
-            ) as pool:
-                return [ids for batch in pool.map(_encode_range, ranges) for ids in batch]
-        finally:
-            gc.unfreeze()
-            _WORKER_JOB = None
+        if self._pool is None or self._pool.workers != workers:
+            self.close()
+            self._pool = WorkerPool(self, workers)
+        return self._pool.encode(texts)
+
+    def close(self) -> None:
+        """Stop batch-encoding worker processes, if any (they also stop with the tokenizer)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def segment(self, text: str) -> list[Piece]:
         """Morphological view: each token with the text it covers and its kind."""
@@ -276,15 +268,6 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, fingerprint={self.fingerprint!r})"
-
-
-_WORKER_JOB: tuple[Tokenizer, list[str]] | None = None
-
-
-def _encode_range(bounds: tuple[int, int]) -> list[list[int]]:
-    assert _WORKER_JOB is not None, "worker started without a job (needs the fork start method)"
-    tok, texts = _WORKER_JOB
-    return [tok.encode_ids(t) for t in texts[bounds[0] : bounds[1]]]
 
 
 DEFAULT_VOCAB = "default"
