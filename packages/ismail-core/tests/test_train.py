@@ -112,11 +112,14 @@ def test_resume_refuses_data_from_another_tokenizer(
 
 
 def test_corrupt_latest_checkpoint_is_named(tmp_path: Path, make_cfg) -> None:
-    train(make_cfg(tmp_path, **{"train.steps": 4}))
+    train(make_cfg(tmp_path, **{"train.steps": 6, "checkpoint.interval": 3}))
     weights = resolve_checkpoint(tmp_path / "run") / WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match=f"{weights}.*corrupt"):
-        train(make_cfg(tmp_path, **{"train.steps": 6}))
+    earlier = tmp_path / "run" / "checkpoints" / "step_00000003"
+    with pytest.raises(CheckpointError, match=f"{weights}.*corrupt.*--run.resume {earlier}"):
+        train(make_cfg(tmp_path, **{"train.steps": 8}))
+    resumed = train(make_cfg(tmp_path, **{"train.steps": 8, "run.resume": str(earlier)}))
+    assert resumed.step == 8 and resumed.checkpoint.name == "step_00000008"
 
 
 @pytest.mark.parametrize(
@@ -179,3 +182,35 @@ def test_expert_rotation_freezes_the_other_experts(tmp_path: Path, make_cfg) -> 
     ]
     assert changed == [True, True, False, False]
     assert all(p.grad is None for e in moe.experts[2:] for p in e.parameters())
+
+
+def test_activation_checkpointing_gives_the_same_training(tmp_path: Path, make_cfg) -> None:
+    plain = train(make_cfg(tmp_path / "a", **{"train.steps": 2}))
+    overrides = {"train.steps": 2, "train.activation_checkpointing": True}
+    ckpt = train(make_cfg(tmp_path / "b", **overrides))
+    a = load_weights(plain.checkpoint / WEIGHTS_FILE)
+    b = load_weights(ckpt.checkpoint / WEIGHTS_FILE)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_tensorboard_logging_and_missing_wandb(tmp_path: Path, make_cfg) -> None:
+    pytest.importorskip("tensorboard")
+    train(make_cfg(tmp_path, **{"train.steps": 1, "log.tensorboard": True}))
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="needs the wandb package"):
+            train(make_cfg(tmp_path / "w", **{"log.wandb": True}))
+
+
+def test_out_of_memory_names_the_knobs(tmp_path: Path, make_cfg, monkeypatch) -> None:
+    from ismail_core.train.trainer import Trainer, TrainError
+
+    def oom(self, step):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "_forward_backward", oom)
+    with pytest.raises(TrainError, match="out of GPU memory.*--train.batch_size.*adamw8bit"):
+        train(make_cfg(tmp_path))

@@ -172,8 +172,11 @@ class Trainer:
         self.best_val = math.inf
         state = None
         if self.resume_from is not None:
-            state = read_resume_state(self.resume_from)
-            model.load_state_dict(load_weights(self.resume_from / "model.safetensors"))
+            try:
+                state = read_resume_state(self.resume_from)
+                model.load_state_dict(load_weights(self.resume_from / "model.safetensors"))
+            except CheckpointError as exc:
+                raise CheckpointError(f"{exc}{self._earlier_checkpoints_hint()}") from exc
             self.start_step = int(state["step"])
             self.best_val = float(state.get("best_val_loss", math.inf))
         self.raw_model = model.to(self.device)
@@ -190,6 +193,17 @@ class Trainer:
             if self.precision.scaler is not None and state.get("scaler"):
                 self.precision.scaler.load_state_dict(state["scaler"])
             set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)])
+
+    def _earlier_checkpoints_hint(self) -> str:
+        """How to resume from an older checkpoint when the latest one is broken."""
+        others = [
+            p
+            for p in CheckpointManager(self.run_dir, 1).step_dirs()
+            if p.resolve() != self.resume_from.resolve()
+        ]
+        if not others:
+            return ""
+        return f"; resume from an earlier checkpoint with --run.resume {others[-1]}"
 
     # ------------------------------------------------------------------ pieces of a step
     def _rotate_experts(self, step: int) -> None:
