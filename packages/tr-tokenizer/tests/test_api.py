@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import pickle
 
 import pytest
@@ -155,6 +156,17 @@ def test_encode_batch_matches_encode_in_processes(tok, monkeypatch) -> None:
     batch = tok.encode_batch(texts, num_workers=2)
     assert [e.ids for e in batch] == [tok.encode(t).ids for t in texts]
     assert batch[3].offsets == tok.encode(texts[3]).offsets
+
+
+def _batch_in_daemon(texts: list[str]) -> list[list[int]]:
+    return tr_tokenizer.load().encode_batch_ids(texts, num_workers=2)
+
+
+def test_encode_batch_inside_a_pool_worker_runs_serially(tok, monkeypatch) -> None:
+    monkeypatch.setattr(tokenizer_module, "_PARALLEL_MIN_CHARS", 0)
+    texts = ["Ankara'da yaşıyorum.", "Kitaplarımızdan birini okudunuz mu?"]
+    with multiprocessing.get_context("fork").Pool(1) as pool:  # its workers are daemonic
+        assert pool.apply(_batch_in_daemon, (texts,)) == [tok.encode_ids(t) for t in texts]
 
 
 def test_segment_kinds(tok) -> None:

@@ -11,7 +11,7 @@ import gc
 import weakref
 from array import array
 from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_all_start_methods, get_context
+from multiprocessing import current_process, get_all_start_methods, get_context
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -21,8 +21,9 @@ _TOKENIZER: Tokenizer | None = None  # the tokenizer inside a worker process
 
 
 def fork_available() -> bool:
-    """Workers inherit the tokenizer by fork (Linux, macOS); elsewhere batches run serially."""
-    return "fork" in get_all_start_methods()
+    """Whether workers can be forked here: they inherit the tokenizer by fork (Linux, macOS),
+    and a daemonic process (e.g. a multiprocessing.Pool worker) may not have children."""
+    return "fork" in get_all_start_methods() and not current_process().daemon
 
 
 def _init_worker(tok: Tokenizer) -> None:
