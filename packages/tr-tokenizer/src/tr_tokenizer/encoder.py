@@ -148,7 +148,7 @@ class ChunkEncoder:
     def _suffix_edges(self, s: str, i: int, key, cost: list[float], back: list) -> None:
         """Relax edges from position i over every suffix token that spells s[i:j] after a
         left context with this key (literal suffixes only when key is None)."""
-        table, longest = self._suffix_table(key)
+        table, longest = self.tables_by_context.get(key) or self._suffix_table(key)
         c0 = cost[i]
         for j in range(i + 1, min(len(s), i + longest) + 1):
             hit = table.get(s[i:j])

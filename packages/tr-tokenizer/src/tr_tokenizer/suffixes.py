@@ -199,17 +199,23 @@ def context_keys(text: str) -> list[tuple[str, str | None] | None]:
     """[context_key(text[:i]) for i in 0..len(text)], in one forward pass."""
     if len(text) > _CONTEXT_CHARS:  # the backward scan's window matters only for long text
         return [context_key(text[:i]) for i in range(len(text) + 1)]
+    # the same rules as left_context and _key, inlined: this runs once per new word
     keys: list[tuple[str, str | None] | None] = [None]
-    last = vowel = None
+    key = None
+    vowel = None
     for ch in text:
-        if ch not in APOSTROPHES:
-            if _is_letter(ch):
-                last = "ı" if ch == "I" else "i" if ch == "İ" else ch.lower()
-                if last in VOWELS:
-                    vowel = last
+        if ch in APOSTROPHES:
+            pass
+        elif ch.isalpha() or "\u0300" <= ch <= "\u036f":
+            low = "ı" if ch == "I" else "i" if ch == "İ" else ch.lower()
+            if low in VOWELS:
+                vowel = low
+                key = (low, low)
             else:
-                last = vowel = None
-        keys.append(_key(last, vowel))
+                key = ("t" if low in VOICELESS else "r", vowel)
+        else:
+            key = vowel = None
+        keys.append(key)
     return keys
 
 
