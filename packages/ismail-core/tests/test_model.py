@@ -214,3 +214,21 @@ def test_prefill_chunks_and_decode_steps_agree_with_uncached_forward():
         parts = [model(ids[:, a:b], cache=cache, start_pos=a) for a, b in [(0, 5), (5, 12)]]
         parts += [model(ids[:, t : t + 1], cache=cache, start_pos=t) for t in range(12, 16)]
         torch.testing.assert_close(torch.cat(parts, 1), model(ids), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu_and_decodes_in_bfloat16():
+    model = make_model(q_lora_rank=24)
+    ids = torch.randint(0, 97, (2, 24))
+    with torch.no_grad():
+        want = model(ids)
+        gpu = model.to("cuda")
+        torch.testing.assert_close(gpu(ids.cuda()).cpu(), want, atol=1e-4, rtol=1e-3)
+        gpu = gpu.to(torch.bfloat16)
+        cache = gpu.new_cache(2, 24)
+        assert cache.latent.dtype == torch.bfloat16 and cache.latent.is_cuda
+        steps = [gpu(ids[:, :16].cuda(), cache=cache, start_pos=0)[:, -1]]
+        for t in range(16, 23):
+            steps.append(gpu(ids[:, t : t + 1].cuda(), cache=cache, start_pos=t)[:, -1])
+        got = torch.stack(steps, 1).float().cpu()
+        torch.testing.assert_close(got, want[:, 15:23], atol=0.1, rtol=0.05)

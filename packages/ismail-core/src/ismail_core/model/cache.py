@@ -112,15 +112,19 @@ def make_view(
         slots = torch.as_tensor(slots, dtype=torch.long, device=device).reshape(-1)
         if slots.shape != (batch,):
             raise ValueError(f"slots must have shape ({batch},), got {tuple(slots.shape)}")
-    if int(start.min()) < 0:
+    # one device-to-host transfer for all four bounds (each would be a GPU sync)
+    lo_start, hi_start, lo_slot, hi_slot = torch.stack(
+        [start.min(), start.max(), slots.min(), slots.max()]
+    ).tolist()
+    if lo_start < 0:
         raise ValueError("start_pos must be >= 0")
-    kv_len = int(start.max()) + seq_len
+    kv_len = hi_start + seq_len
     if kv_len > cache.max_len:
         raise ValueError(
             f"cache holds {cache.max_len} positions but this call needs {kv_len}; "
             "create the cache with a larger max_len"
         )
-    if int(slots.min()) < 0 or int(slots.max()) >= cache.max_batch:
+    if lo_slot < 0 or hi_slot >= cache.max_batch:
         raise ValueError(f"slots must be in [0, {cache.max_batch}); create a larger cache")
     positions = start[:, None] + torch.arange(seq_len, device=device)  # (B, T)
     key_pos = torch.arange(kv_len, device=device)
