@@ -28,11 +28,12 @@ GPU_PEAK_FLOPS = {
 }
 
 
-def peak_flops(device: torch.device) -> tuple[float, str]:
+def peak_flops(device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[float, str]:
     """(peak FLOP/s, where the figure comes from) for MFU.
 
     GPUs use the vendor's dense bf16 peak; elsewhere the peak is measured as the best of a few
-    1024^3 fp32 matmuls, so CPU MFU means "share of this machine's matmul throughput".
+    1024^3 matmuls in the training dtype, so CPU MFU means "share of this machine's matmul
+    throughput" (and reads high when other jobs slowed the measurement).
     """
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -41,7 +42,7 @@ def peak_flops(device: torch.device) -> tuple[float, str]:
                 return flops, f"{name} bf16 peak"
     n = 1024
     # Not torch.randn: drawing from the global generator would change a resumed run's noise.
-    a = torch.full((n, n), 0.5, device=device)
+    a = torch.full((n, n), 0.5, device=device, dtype=dtype)
     best = float("inf")
     for _ in range(8):
         start = time.perf_counter()
@@ -49,7 +50,7 @@ def peak_flops(device: torch.device) -> tuple[float, str]:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best, "measured fp32 matmul"
+    return 2 * n**3 / best, f"measured {dtype} matmul"
 
 
 class MetricsLogger:

@@ -22,11 +22,16 @@ class Precision:
     device: torch.device
     scaler: Any = None  # torch.amp.GradScaler for fp16
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}.get(
-            self.name
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype matmuls run in under `autocast()` (fp8 layers aside)."""
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}.get(
+            self.name, torch.float32
         )
-        if dtype is None:
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        dtype = self.compute_dtype
+        if dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 

@@ -327,7 +327,8 @@ class Trainer:
             resolved = {**cfg.to_dict(), "model_config": self.model_cfg.to_dict()}
             atomic_write_json(self.run_dir / CONFIG_FILE, resolved)
             self._print_header()
-        peak, _ = peak_flops(self.device)
+        peak, _ = peak_flops(self.device, self.precision.compute_dtype)
+        tok_s = 0.0  # smoothed for the progress bar
         steps = cfg.train.steps
         bar = self._progress(steps)
         step = self.start_step
@@ -345,7 +346,8 @@ class Trainer:
                 grad_norm = self._optimizer_step()
                 step += 1
                 elapsed = time.perf_counter() - started
-                tok_s = self.tokens_per_step / elapsed
+                step_tok_s = self.tokens_per_step / elapsed
+                tok_s = step_tok_s if tok_s == 0 else 0.8 * tok_s + 0.2 * step_tok_s
                 mfu = self.flops_per_token * tok_s / info.world_size / peak
                 if bar is not None:
                     bar.update(1)
@@ -360,8 +362,8 @@ class Trainer:
                             "loss": loss,
                             "lr": lr,
                             "grad_norm": grad_norm,
-                            "tokens_per_s": tok_s,
-                            "mfu": mfu,
+                            "tokens_per_s": step_tok_s,
+                            "mfu": self.flops_per_token * step_tok_s / info.world_size / peak,
                             "tokens": step * self.tokens_per_step,
                             "expert_load": [x.tolist() for x in loads],
                         },
