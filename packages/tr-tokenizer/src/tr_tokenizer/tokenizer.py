@@ -184,9 +184,12 @@ class Tokenizer:
     def _chunk_offsets(self, text: str, pos: int, offsets: list[tuple[int, int]]) -> None:
         lens, cache = self._lens, self._cache
         for c in PATTERN.findall(text):
-            if c not in lens:
+            chunk_lens = lens.get(c)
+            if chunk_lens is None:
                 cache.__missing__(c)
-            for n in lens[c]:
+                # another thread may clear the cache in between: then encode without it
+                chunk_lens = lens.get(c) or self._encoder.encode_chunk(c)[1]
+            for n in chunk_lens:
                 offsets.append((pos, pos + n))
                 pos += n
 
