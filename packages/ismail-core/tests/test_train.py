@@ -137,6 +137,12 @@ def test_bad_training_setups(tmp_path: Path, make_cfg, overrides, error, message
         train(make_cfg(tmp_path, **overrides))
 
 
+def test_resume_refuses_a_different_model(tmp_path: Path, make_cfg) -> None:
+    train(make_cfg(tmp_path, **{"train.steps": 2}))
+    with pytest.raises(ConfigError, match="different model \\(dim: 64 -> 96\\)"):
+        train(make_cfg(tmp_path, **{"train.steps": 4, "model.dim": 96}))
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains(tmp_path: Path, make_cfg, precision: str) -> None:
     result = train(make_cfg(tmp_path, **{"train.precision": precision, "train.steps": 3}))

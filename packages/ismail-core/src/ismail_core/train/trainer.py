@@ -140,10 +140,18 @@ class Trainer:
 
     def _setup_model(self) -> None:
         cfg, info = self.cfg, self.info
+        requested = cfg.model_config(vocab_size=self.tokenizer.vocab_size)
+        self.model_cfg = requested
         if self.resume_from is not None:
             self.model_cfg = load_config(self.resume_from)
-        else:
-            self.model_cfg = cfg.model_config(vocab_size=self.tokenizer.vocab_size)
+            old, new = self.model_cfg.to_dict(), requested.to_dict()
+            changed = [f"{k}: {old[k]} -> {new[k]}" for k in old if old[k] != new.get(k)]
+            if changed:
+                raise ConfigError(
+                    f"{self.resume_from} holds a different model ({', '.join(changed)}); "
+                    "resume with the same preset and --model flags, or train in a new "
+                    "--run.out_dir"
+                )
         if self.model_cfg.vocab_size < self.tokenizer.vocab_size:
             raise ConfigError(
                 f"model.vocab_size {self.model_cfg.vocab_size} is smaller than the tokenizer's "
