@@ -91,10 +91,12 @@ class DecodeStream:
         self._state = DecodeState(tok._tables, skip_special_tokens)
 
     def step(self, token_id: int) -> str:
+        """Feed one id; return the text it completes (possibly "")."""
         self._tok._check_id(token_id)
         return self._state.step(token_id)
 
     def flush(self) -> str:
+        """End of stream: return any text still held back."""
         return self._state.flush()
 
 
@@ -119,18 +121,22 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """Number of ids (ids are 0..vocab_size-1)."""
         return len(self._names)
 
     @property
     def pad_id(self) -> int:
+        """Id of "<|pad|>"."""
         return self.special_tokens[PAD]
 
     @property
     def bos_id(self) -> int:
+        """Id of "<|bos|>" (encode never adds it; prepend it yourself)."""
         return self.special_tokens[BOS]
 
     @property
     def eos_id(self) -> int:
+        """Id of "<|eos|>" (encode never adds it; append it yourself)."""
         return self.special_tokens[EOS]
 
     def token_to_id(self, token: str) -> int | None:
