@@ -26,7 +26,7 @@ from ismail_core.sampling import sample_next
 
 from ismail_serve.engine.detokenizer import IncrementalText
 from ismail_serve.engine.model_runner import ModelRunner
-from ismail_serve.engine.scheduler import Scheduler
+from ismail_serve.engine.scheduler import PrefillChunk, Scheduler
 from ismail_serve.engine.sequence import (
     FINISH_ABORT,
     FINISH_ERROR,
@@ -210,13 +210,11 @@ class LLMEngine:
         row_logits: list[torch.Tensor] = []
 
         for chunk in plan.prefills:
-            seq = chunk.seq
-            tokens = seq.prompt_ids[chunk.start : chunk.end]
-            logits = self._guarded([seq], lambda s, t=tokens, c=chunk: self._prefill(s, t, c))
+            logits = self._guarded([chunk.seq], lambda _, c=chunk: self._prefill(c))
             if logits is None or not chunk.completes_prompt:
                 continue
-            self.metrics.prompt_tokens.inc(seq.num_prompt_tokens)
-            rows.append(seq)
+            self.metrics.prompt_tokens.inc(chunk.seq.num_prompt_tokens)
+            rows.append(chunk.seq)
             row_logits.append(logits)
 
         if plan.decodes:
@@ -230,9 +228,9 @@ class LLMEngine:
         self._update_gauges()
         return not plan.is_empty
 
-    def _prefill(self, seqs: list[Seq], tokens: list[int], chunk: Any) -> torch.Tensor:
-        (seq,) = seqs
-        logits = self.runner.prefill(tokens, chunk.start, seq.slot)
+    def _prefill(self, chunk: PrefillChunk) -> torch.Tensor:
+        seq = chunk.seq
+        logits = self.runner.prefill(seq.prompt_ids[chunk.start : chunk.end], chunk.start, seq.slot)
         seq.num_computed = chunk.end
         return logits
 
