@@ -40,10 +40,12 @@ def _install_pkg_resources_shim() -> None:
 
 
 def lexicon_roots() -> list[str]:
-    """Roots and their alternant stems from zemberek's lexicon, in file order."""
+    """Lexicon lines in file order: "root", or "root<TAB>voiced stem" (kitap, kitab) for roots
+    whose last consonant voices before a vowel; stems from vowel drop (burun -> burn) and
+    doubling (hak -> hakk) are listed as roots of their own."""
     _install_pkg_resources_shim()
     path = resources.files("zemberek") / "resources" / "lexicon.csv"
-    roots: dict[str, None] = {}
+    voiced: dict[str, str] = {}  # root -> voiced stem ("" when it does not alternate)
     with path.open(encoding="utf-8") as f:
         for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
             if len(row) < 9:
@@ -51,15 +53,14 @@ def lexicon_roots() -> list[str]:
             root, attrs = row[2], set(row[8].split())
             if not root or not root.isalpha():
                 continue
-            roots[root] = None
+            voiced.setdefault(root, "")
             if "Voicing" in attrs and root[-1] in _VOICING:
-                alt = root[:-1] + ("g" if root.endswith("nk") else _VOICING[root[-1]])
-                roots[alt] = None
+                voiced[root] = root[:-1] + ("g" if root.endswith("nk") else _VOICING[root[-1]])
             if "LastVowelDrop" in attrs and len(root) > 2:
-                roots[root[:-2] + root[-1]] = None
+                voiced.setdefault(root[:-2] + root[-1], "")
             if "Doubling" in attrs:
-                roots[root + root[-1]] = None
-    return list(roots)
+                voiced.setdefault(root + root[-1], "")
+    return [f"{root}\t{stem}" if stem else root for root, stem in voiced.items()]
 
 
 def word_frequencies() -> dict[str, float]:

@@ -65,6 +65,53 @@ def test_trained_tokenizers_round_trip(small, small_literal, text: str) -> None:
     assert small_literal.decode(small_literal.encode(text).ids) == text
 
 
+VOICING_CORPUS = (
+    "Kitabı okudum. Kitapta resimler var. Kitabın kapağı güzel. Ağacın altında kitaplar. "
+    "Ağaçta kuşlar. Renginiz güzel, rengi mavi, renk.\n"
+) * 20
+VOICING_LEXICON = ["kitap\tkitab", "oku", "var", "resim", "kapak\tkapağ", "güzel",
+                   "ağaç\tağac", "alt", "kuş", "renk\treng", "mavi"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def voicing() -> tr_tokenizer.Tokenizer:
+    return tr_tokenizer.train(
+        [VOICING_CORPUS], vocab_size=900, lexicon=VOICING_LEXICON,
+        config=TrainConfig(suffix_chains=100, alphabet_size=120),
+    )  # fmt: skip
+
+
+def test_root_alternants_share_an_id(voicing) -> None:
+    kitap = voicing.token_to_id(" kitap")
+    assert voicing.vocab.voicing[kitap] == "b"
+    assert voicing.token_to_id(" kitab") is None
+    for word in (" kitabı", " kitapta", " Kitabın", " KİTABI", " kitap"):
+        assert voicing.encode(word).ids[-2 if word != " kitap" else -1] == kitap, word
+    assert voicing.encode(" rengi").tokens[0] == " renk"  # nk -> ng
+    # the rule would give "kitabı", so "kitapı" must not use the shared root id
+    assert kitap not in voicing.encode(" kitapı").ids
+
+
+def test_root_alternants_without_sharing_are_separate_roots() -> None:
+    tok = tr_tokenizer.train(
+        [VOICING_CORPUS], vocab_size=900, lexicon=VOICING_LEXICON, share_allomorphs=False,
+        config=TrainConfig(suffix_chains=100, alphabet_size=120),
+    )  # fmt: skip
+    assert not tok.vocab.voicing
+    assert tok.kind(tok.token_to_id(" kitab")) == "root"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from([" kitap", " kitab", "ı", "ta", "KİTAP", "'", "ı", "😀", " ",
+                                 "ağaç", "ağac", "ın", "renk", "reng", "i", "Renk"]),
+                max_size=12).map("".join))  # fmt: skip
+def test_root_alternants_round_trip_and_stream(voicing, text: str) -> None:
+    ids = voicing.encode(text).ids
+    assert voicing.decode(ids) == text
+    stream = voicing.decode_stream()
+    assert "".join([stream.step(i) for i in ids]) + stream.flush() == text
+
+
 def test_training_is_deterministic_and_sources_equivalent(small, tmp_path) -> None:
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(CORPUS * 3, encoding="utf-8")

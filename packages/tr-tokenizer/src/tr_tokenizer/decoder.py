@@ -10,8 +10,8 @@ import codecs
 
 import regex
 
-from tr_tokenizer.casing import tr_upper
-from tr_tokenizer.suffixes import Element, left_context, parse_form, realize
+from tr_tokenizer.casing import tr_lower, tr_upper
+from tr_tokenizer.suffixes import VOWELS, Element, left_context, parse_form, realize
 from tr_tokenizer.vocab import Vocabulary
 
 # Kind codes used in the per-id tables.
@@ -42,6 +42,9 @@ class DecodeTables:
         self.text: list[str] = [""] * n
         self.byte = [0] * n
         self.elements: list[tuple[Element, ...]] = [()] * n
+        self.voiced: list[str | None] = [None] * n  # root ids whose last letter alternates
+        for i, letter in vocab.voicing.items():
+            self.voiced[i] = letter
         self.letters_only = [False] * n  # may continue an all-caps word
         self.spaced_word = [False] * n  # may start an all-caps word
         for i, (text, kind, _) in enumerate(vocab.pieces):
@@ -76,17 +79,23 @@ class DecodeState:
         self.tail = ""
         self.utf8: codecs.IncrementalDecoder | None = None  # created at the first byte token
         self.pending_bytes = False
+        # (plain, voiced) last letter of an alternating root, written once the next token shows
+        # whether a vowel follows (kitap + ı -> kitabı); it is already in `tail` as plain.
+        self.held: tuple[str, str] | None = None
 
     def step(self, token_id: int) -> str:
         t = self.t
         kind = t.kind[token_id]
+        held = ""
+        if self.held is not None and not (kind == TEXT or kind == SHARED):
+            held = self._release(False)
         if kind == BYTE:
             self.pending_bytes = True
             if self.utf8 is None:
                 self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="tr_tokenizer")
             out = self.utf8.decode(bytes((t.byte[token_id],)))
             self.case = _NONE
-            return self._emit(out)
+            return held + self._emit(out)
         out = self.flush() if self.pending_bytes else ""
         if kind == TEXT or kind == SHARED:
             if kind == SHARED:
@@ -107,18 +116,34 @@ class DecodeState:
                     self.case = _UPPER_CONT
                 else:
                     self.case = _NONE
+            if self.held is not None:
+                out += self._release(tr_lower(piece[:1])[:1] in VOWELS)
+            voiced = t.voiced[token_id]
+            if voiced is not None and len(piece) > 1:
+                plain = piece[-1]
+                self.held = (plain, tr_upper(voiced) if plain != plain.lower() else voiced)
+                self.tail = (self.tail + piece)[-_TAIL:]  # the plain letter is the context
+                return out + piece[:-1]
             return out + self._emit(piece)
         if kind == CAP:
             self.case = _CAP_PENDING
-            return out
+            return held + out
         if kind == UPPER:
             self.case = _UPPER_START
-            return out
+            return held + out
         # SPECIAL
         self.case = _NONE
         if self.skip_special:
-            return out
-        return out + self._emit(t.text[token_id])
+            return held + out
+        return held + out + self._emit(t.text[token_id])
+
+    def _release(self, voiced: bool) -> str:
+        """Write the held last letter of an alternating root, voiced before a vowel."""
+        plain, voiced_letter = self.held
+        self.held = None
+        letter = voiced_letter if voiced else plain
+        self.tail = self.tail[:-1] + letter
+        return letter
 
     def _emit(self, text: str) -> str:
         if text:
@@ -126,9 +151,11 @@ class DecodeState:
         return text
 
     def flush(self) -> str:
-        """Return text held back for incomplete UTF-8 bytes (as U+FFFD if never completed)."""
+        """Return text held back: an alternating root's last letter, incomplete UTF-8 bytes
+        (as U+FFFD if never completed)."""
+        out = self._release(False) if self.held is not None else ""
         if not self.pending_bytes:
-            return ""
+            return out
         self.pending_bytes = False
         assert self.utf8 is not None
-        return self._emit(self.utf8.decode(b"", final=True))
+        return out + self._emit(self.utf8.decode(b"", final=True))

@@ -53,6 +53,15 @@ class ChunkEncoder:
         for apostrophe in APOSTROPHES:
             if apostrophe in self.text_ids:
                 self.suffix_ids[apostrophe] = self.text_ids[apostrophe]
+        # voiced stems of alternating roots (" kitab" -> id of " kitap"); only the parse uses
+        # them, because only a following vowel makes the decoder write the voiced letter
+        self.voiced_root_ids: dict[str, int] = {}
+        for i, letter in vocab.voicing.items():
+            text = vocab.pieces[i][0]
+            self.voiced_root_ids.setdefault(text[:-1] + letter, i)
+        # pieces whose text never depends on their neighbours: the unverified raw fallback
+        # uses only these, so it is lossless by construction
+        self.raw_ids = {t: i for t, i in self.text_ids.items() if i not in vocab.voicing}
         self.max_text = max((len(t) for t in self.text_ids), default=1)
         self.max_root = max((len(t) for t in self.root_ids), default=0)
         self.byte0 = vocab.pieces.index((BYTE_TOKENS[0], "byte", 0.0)) if vocab.pieces else 0
@@ -134,6 +143,8 @@ class ChunkEncoder:
         back: list[tuple[int, int] | None] = [None] * (n + 1)
         for j in range(1, min(n, self.max_root) + 1):
             tid = self.root_ids.get(s[:j])
+            if tid is None:
+                tid = self.voiced_root_ids.get(s[:j])
             if tid is not None:
                 cost[j] = self.cost[tid]
                 back[j] = (0, tid)
@@ -183,13 +194,16 @@ class ChunkEncoder:
     # ---- fallback -----------------------------------------------------------------------
 
     def _cheapest(self, s: str, shared: bool, start: int = 0) -> Path_:
-        """Fewest-token segmentation of s[start:] over all text pieces (and shared suffixes
-        spelled from s[:i]), with bytes for characters no piece covers."""
+        """Fewest-token segmentation of s[start:] over all text pieces, with bytes for
+        characters no piece covers. With shared, also suffixes spelled from s[:i] and roots
+        whose last letter alternates (the caller verifies the result); without, only pieces
+        whose text is fixed."""
         n = len(s)
         cost = [_INF] * (n + 1)
         back: list[tuple[int, int] | None] = [None] * (n + 1)
         cost[start] = 0.0
-        text_ids, costs = self.text_ids, self.cost
+        text_ids = self.text_ids if shared else self.raw_ids
+        costs = self.cost
         keys = context_keys(s) if shared else None
         for i in range(start, n):
             c0 = cost[i]

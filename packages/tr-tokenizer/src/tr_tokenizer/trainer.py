@@ -83,8 +83,8 @@ def train(
                 chunks[chunk] += count
     if not chunks:
         raise ValueError("train() got no text: pass files or an iterable of non-empty strings")
-    roots = _lexicon(lexicon)
-    vocab = build_vocabulary(chunks, roots, cfg)
+    roots, voiced = _lexicon(lexicon)
+    vocab = build_vocabulary(chunks, roots, cfg, voiced)
     return Tokenizer(vocab)
 
 
@@ -120,20 +120,28 @@ def _is_file(item: str) -> bool:
     return 0 < len(item) < 4096 and "\n" not in item and Path(item).is_file()
 
 
-def _lexicon(lexicon) -> set[str]:
+def _lexicon(lexicon) -> tuple[set[str], dict[str, str]]:
+    """Roots, and voiced stems of roots whose last consonant alternates (kitab -> kitap).
+
+    Each line (or item) is a root, optionally followed by a tab and its voiced stem
+    ("kitap\tkitab"). A voiced stem that is also a root of its own is not treated as one.
+    """
     if lexicon is None:
-        return set()
+        return set(), {}
     if isinstance(lexicon, (str, os.PathLike)):
         path = Path(lexicon)
         if not path.is_file():
             raise FileNotFoundError(f"lexicon file {path} does not exist (one root per line)")
         lexicon = path.read_text(encoding="utf-8").split("\n")
-    roots = set()
-    for root in lexicon:
-        root = tr_lower(root.strip())
-        if root and WORD.fullmatch(root) and not root.startswith(" "):
+    roots: set[str] = set()
+    voiced: dict[str, str] = {}
+    for line in lexicon:
+        root, _, stem = (tr_lower(x.strip()) for x in line.partition("\t"))
+        if root and WORD.fullmatch(root):
             roots.add(root)
-    return roots
+            if len(stem) == len(root) > 1 and stem[:-1] == root[:-1] and stem != root:
+                voiced.setdefault(stem, root)
+    return roots, {stem: root for stem, root in voiced.items() if stem not in roots}
 
 
 def _word_counts(word_counts) -> Mapping[str, float]:
@@ -272,8 +280,16 @@ def _surface_of_run(word: str, root: str, forms: list[str]) -> list[str]:
 # ---- vocabulary assembly -------------------------------------------------------------------
 
 
-def build_vocabulary(chunks: Counter, lexicon: set[str], cfg: TrainConfig) -> Vocabulary:
-    """Choose roots, suffix tokens and BPE pieces from chunk counts."""
+def build_vocabulary(
+    chunks: Counter, lexicon: set[str], cfg: TrainConfig, voiced: dict[str, str] | None = None
+) -> Vocabulary:
+    """Choose roots, suffix tokens and BPE pieces from chunk counts.
+
+    voiced maps voiced stems to their roots (kitab -> kitap). With share_allomorphs both count
+    as the root and share its id; without, the stem is a root of its own.
+    """
+    voiced = voiced or {}
+    base_of = voiced if cfg.share_allomorphs else {}
     fixed = fixed_pieces()
     words: Counter = Counter()  # lowercase word (with its leading space, if any) -> count
     raw: Counter = Counter()  # chunks encoded without morphology
@@ -294,7 +310,7 @@ def build_vocabulary(chunks: Counter, lexicon: set[str], cfg: TrainConfig) -> Vo
     for w, c in words.items():
         bare[w.lstrip(" ")] += c
     frequent = [w for w, _ in bare.most_common(cfg.max_parse_words)]
-    parser = _MorphParser(lexicon)
+    parser = _MorphParser(lexicon | set(voiced))
     parses: dict[str, tuple[str, list[str]] | None] = {}
     for _ in range(2):
         root_counts: Counter = Counter()
@@ -316,9 +332,10 @@ def build_vocabulary(chunks: Counter, lexicon: set[str], cfg: TrainConfig) -> Vo
         if p is None:
             continue
         spaced = w.startswith(" ")
-        variant_counts[(" " if spaced else "") + p[0]] += c
+        root = base_of.get(p[0], p[0])
+        variant_counts[(" " if spaced else "") + root] += c
         if spaced:
-            variant_counts[p[0]] += cfg.unspaced_ratio * c
+            variant_counts[root] += cfg.unspaced_ratio * c
 
     # 3b. suffix tokens: the inventory's morphemes, their literal allomorphs, frequent chains
     literal_suffixes = sorted({s for form in INVENTORY for s in surfaces(form)})
@@ -375,25 +392,34 @@ def build_vocabulary(chunks: Counter, lexicon: set[str], cfg: TrainConfig) -> Vo
     for ch in alphabet:
         add(ch, "bpe", -20.0)
 
+    voiced_letter = {root: stem[-1] for stem, root in base_of.items()}
+    voicing = {
+        i: voiced_letter[text.lstrip(" ")]
+        for i, (text, kind, _) in enumerate(pieces)
+        if kind == "root" and text.lstrip(" ") in voiced_letter
+    }
+
     # 4. BPE over what the morphology does not cover
-    residual = _residual(words, raw, pieces, cfg)
+    residual = _residual(words, raw, pieces, voicing, cfg)
     wanted = cfg.vocab_size - len(pieces)
     learned = [p for p in _train_bpe(residual, alphabet, 2 * wanted) if p not in seen]
     for rank, piece in enumerate(learned[:wanted]):
         add(piece, "bpe", -math.log(rank + 2))
-    return Vocabulary(pieces, config=asdict(cfg))
+    return Vocabulary(pieces, config=asdict(cfg), voicing=voicing)
 
 
 def _logp(count: float, total: float) -> float:
     return math.log(max(count, 1e-9) / total)
 
 
-def _residual(words: Counter, raw: Counter, pieces: list, cfg: TrainConfig) -> Counter:
+def _residual(
+    words: Counter, raw: Counter, pieces: list, voicing: dict[int, str], cfg: TrainConfig
+) -> Counter:
     """Chunks the morphology cannot fully parse with the chosen roots and suffix tokens."""
     from tr_tokenizer.decoder import DecodeTables
     from tr_tokenizer.encoder import ChunkEncoder
 
-    vocab = Vocabulary(list(pieces))
+    vocab = Vocabulary(list(pieces), voicing=voicing)
     encoder = ChunkEncoder(vocab, DecodeTables(vocab))
     residual: Counter = Counter(raw)
     for w, c in words.most_common(2 * cfg.max_parse_words):

@@ -1,4 +1,5 @@
-"""The vocabulary file: an ordered list of pieces (id = position) with a kind and a score.
+"""The vocabulary file: an ordered list of pieces (id = position) with a kind and a score,
+plus `voicing` (root id -> voiced last letter, for roots such as kitap/kitab).
 
 Stored as `tokenizer.json` inside a directory, written atomically. Kinds:
   special  "<|pad|>", "<|bos|>", "<|eos|>", chat role markers
@@ -52,10 +53,16 @@ class VocabularyError(ValueError):
 
 @dataclass
 class Vocabulary:
-    """Pieces in id order plus the training config that produced them."""
+    """Pieces in id order, root alternations, and the training config that produced them.
+
+    voicing maps a root's id to the voiced form of its last letter (kitap -> "b"): the decoder
+    writes that letter when the next token starts with a vowel (kitabı), so both stems share
+    one id.
+    """
 
     pieces: list[tuple[str, str, float]]
     config: dict = field(default_factory=dict)
+    voicing: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate(where="vocabulary")
@@ -78,6 +85,11 @@ class Vocabulary:
             if text in seen:
                 raise VocabularyError(f"{where}: piece {text!r} appears twice")
             seen.add(text)
+        for i, letter in self.voicing.items():
+            if not (0 <= i < len(self.pieces) and self.pieces[i][1] == "root"):
+                raise VocabularyError(f"{where}: voicing names id {i}, which is not a root")
+            if not (isinstance(letter, str) and len(letter) == 1 and letter.isalpha()):
+                raise VocabularyError(f"{where}: voicing of id {i} must be one letter")
         fixed = fixed_pieces()
         if [tuple(p[:2]) for p in self.pieces[: len(fixed)]] != [p[:2] for p in fixed]:
             raise VocabularyError(
@@ -91,6 +103,7 @@ class Vocabulary:
                 "format": FORMAT,
                 "version": FORMAT_VERSION,
                 "config": self.config,
+                "voicing": {str(i): v for i, v in sorted(self.voicing.items())},
                 "pieces": [list(p) for p in self.pieces],
             },
             ensure_ascii=False,
@@ -147,5 +160,9 @@ class Vocabulary:
         vocab = cls.__new__(cls)
         vocab.pieces = [tuple(p) if isinstance(p, list) else p for p in pieces]
         vocab.config = data.get("config") or {}
+        voicing = data.get("voicing") or {}
+        if not isinstance(voicing, dict) or not all(str(k).isdigit() for k in voicing):
+            raise VocabularyError(f"{file}: 'voicing' must map root ids to letters")
+        vocab.voicing = {int(k): v for k, v in voicing.items()}
         vocab.validate(where=str(file))
         return vocab
