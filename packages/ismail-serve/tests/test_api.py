@@ -198,3 +198,19 @@ def test_openapi_documents_400_not_422(client):
     for path in ("/v1/completions", "/v1/chat/completions", "/v1/tokenize"):
         responses = schema["paths"][path]["post"]["responses"]
         assert "422" not in responses and "400" in responses
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_timeout_is_a_408_or_an_error_event(make_engine, stream):
+    # A 1 microsecond timeout has always passed by the engine's next step.
+    state = ServerState(model_name=MODEL)
+    state.attach(make_engine(request_timeout=1e-6))
+    with TestClient(create_app(state)) as c:
+        if not stream:
+            assert assert_openai_error(completion(c, max_tokens=20), 408)["code"] == "timeout"
+            return
+        body = {"model": MODEL, "prompt": "Merhaba", "max_tokens": 20, "stream": True}
+        with c.stream("POST", "/v1/completions", json=body) as r:
+            events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+        assert json.loads(events[0])["error"]["code"] == "timeout"
+        assert events[-1] == "[DONE]"

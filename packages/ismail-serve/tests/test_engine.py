@@ -74,10 +74,12 @@ def reference_greedy(model, prompt_ids: list[int], max_tokens: int) -> list[int]
     return ids[len(prompt_ids) :]
 
 
-def test_batched_greedy_matches_uncached_reference(make_engine, model, tokenizer):
-    # 6 requests, 4 slots, 5-token prefill chunks: queueing, chunked prefill and batched decode
-    # with rows at different positions must give each request its solo, uncached result.
-    engine = make_engine(max_batch=4, prefill_chunk=5)
+@pytest.mark.parametrize("prefill_chunk", [5, 64])
+def test_batched_greedy_matches_uncached_reference(make_engine, model, tokenizer, prefill_chunk):
+    # 6 requests, 4 slots: queueing, prefill in 5-token chunks (one prompt at a time) or in
+    # right-padded batches of whole prompts of different lengths, and batched decode with rows
+    # at different positions must give each request its solo, uncached result.
+    engine = make_engine(max_batch=4, prefill_chunk=prefill_chunk)
     collectors = []
     for i, prompt in enumerate(PROMPTS):
         c = Collector(1)
@@ -227,3 +229,23 @@ def test_drain_waits_for_running_sequences(make_engine, tokenizer):
 
     with pytest.raises(EngineStoppedError):
         engine.submit([seq_request(tokenizer, "late", "x")], c)
+
+
+def test_prefill_batches_respect_budget_and_cache_end(make_engine, tokenizer):
+    from ismail_serve.engine.scheduler import PrefillChunk
+    from ismail_serve.engine.sequence import Sequence
+
+    engine = make_engine(start=False, max_model_len=96, prefill_chunk=40)
+
+    def chunk(start: int, end: int) -> PrefillChunk:
+        req = seq_request(tokenizer, "x", "x")
+        req.prompt_ids = [1] * end
+        return PrefillChunk(Sequence(req, None, lambda out: None, None, None), start, end)
+
+    chunks = [chunk(0, 10), chunk(0, 3), chunk(0, 9), chunk(90, 93), chunk(0, 30), chunk(0, 2)]
+    batches = engine._prefill_batches(chunks)
+    assert sorted(id(c) for b in batches for c in b) == sorted(id(c) for c in chunks)
+    for batch in batches:
+        width = max(c.end - c.start for c in batch)
+        assert len(batch) == 1 or len(batch) * width <= 40
+        assert all(c.start + width <= 96 for c in batch)

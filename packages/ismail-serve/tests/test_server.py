@@ -23,7 +23,7 @@ def checkpoint(tmp_path_factory, tokenizer, make_config):
 def generate(engine, prompt_ids: list[int], n: int) -> list[int]:
     """Greedy ids through the engine's runner, one step at a time (no engine thread)."""
     slot, ids = 0, list(prompt_ids)
-    logits = engine.runner.prefill(ids, 0, slot)
+    logits = engine.runner.forward([ids], [0], [slot])[0]
     out = []
     for _ in range(n):
         token = int(logits.argmax())
@@ -65,8 +65,8 @@ def test_fp8_quantized_engine_follows_the_full_precision_one(checkpoint, tokeniz
     assert any(isinstance(m, FP8Linear) for m in fp8.runner.model.modules())
     assert not any(isinstance(m, FP8Linear) for m in full.runner.model.modules())
     prompt = tokenizer.encode("Kitaplarımızdan birini okudunuz mu?").ids
-    a = full.runner.prefill(prompt, 0, 0)
-    b = fp8.runner.prefill(prompt, 0, 0)
+    a = full.runner.forward([prompt], [0], [0])[0]
+    b = fp8.runner.forward([prompt], [0], [0])[0]
     # FP8 weights move the logits a little, not a lot.
     assert torch.allclose(a, b, atol=0.1 * a.abs().max().item())
     assert len(generate(fp8, prompt, 5)) == 5

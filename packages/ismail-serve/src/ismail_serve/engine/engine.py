@@ -209,13 +209,12 @@ class LLMEngine:
         rows: list[Seq] = []
         row_logits: list[torch.Tensor] = []
 
-        for chunk in plan.prefills:
-            logits = self._guarded([chunk.seq], lambda _, c=chunk: self._prefill(c))
-            if logits is None or not chunk.completes_prompt:
-                continue
-            self.metrics.prompt_tokens.inc(chunk.seq.num_prompt_tokens)
-            rows.append(chunk.seq)
-            row_logits.append(logits)
+        for batch in self._prefill_batches(plan.prefills):
+            for chunk, logits in self._prefill_isolated(batch):
+                if chunk.completes_prompt:
+                    self.metrics.prompt_tokens.inc(chunk.seq.num_prompt_tokens)
+                    rows.append(chunk.seq)
+                    row_logits.append(logits)
 
         if plan.decodes:
             decoded = self._decode_isolated(plan.decodes)
@@ -228,11 +227,47 @@ class LLMEngine:
         self._update_gauges()
         return not plan.is_empty
 
-    def _prefill(self, chunk: PrefillChunk) -> torch.Tensor:
-        seq = chunk.seq
-        logits = self.runner.prefill(seq.prompt_ids[chunk.start : chunk.end], chunk.start, seq.slot)
-        seq.num_computed = chunk.end
+    def _prefill_batches(self, chunks: list[PrefillChunk]) -> list[list[PrefillChunk]]:
+        """Group prefill chunks into padded batches, longest first: a batch pads every chunk to
+        its first (longest) one, holds at most `prefill_chunk` tokens with padding, and never
+        pads a row past the end of its cache row."""
+        batches: list[list[PrefillChunk]] = []
+        for chunk in sorted(chunks, key=lambda c: c.end - c.start, reverse=True):
+            if batches:
+                batch = batches[-1]
+                width = batch[0].end - batch[0].start
+                fits = (len(batch) + 1) * width <= self.config.prefill_chunk
+                if fits and chunk.start + width <= self.config.max_model_len:
+                    batch.append(chunk)
+                    continue
+            batches.append([chunk])
+        return batches
+
+    def _prefill(self, chunks: list[PrefillChunk]) -> torch.Tensor:
+        logits = self.runner.forward(
+            [c.seq.prompt_ids[c.start : c.end] for c in chunks],
+            [c.start for c in chunks],
+            [c.seq.slot for c in chunks],
+        )
+        for c in chunks:
+            c.seq.num_computed = c.end
         return logits
+
+    def _prefill_isolated(
+        self, chunks: list[PrefillChunk]
+    ) -> list[tuple[PrefillChunk, torch.Tensor]]:
+        """Batched prefill; if it fails, prefill each chunk alone so only failing ones end."""
+        if len(chunks) > 1:
+            try:
+                return list(zip(chunks, self._prefill(chunks)))
+            except Exception:
+                log.exception("batched prefill failed; retrying chunk by chunk")
+        out = []
+        for chunk in chunks:
+            logits = self._guarded([chunk.seq], lambda _, c=chunk: self._prefill([c]))
+            if logits is not None:
+                out.append((chunk, logits[0]))
+        return out
 
     def _decode(self, seqs: list[Seq]) -> torch.Tensor:
         logits = self.runner.decode(

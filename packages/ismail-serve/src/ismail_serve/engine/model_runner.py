@@ -42,29 +42,33 @@ class ModelRunner:
         return self.cache_bytes_per_token() * self.max_batch * self.max_len
 
     @torch.inference_mode()
-    def prefill(self, token_ids: Sequence[int], start: int, slot: int) -> torch.Tensor:
-        """Write prompt tokens at positions start.. of cache row `slot`; return the last
-        position's logits (vocab,) in float32."""
-        ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
-        logits = self.model(
-            ids,
-            cache=self.cache,
-            start_pos=torch.tensor([start], dtype=torch.long, device=self.device),
-            slots=torch.tensor([slot], dtype=torch.long, device=self.device),
-        )
-        return logits[0, -1].float()
+    def forward(
+        self, rows: Sequence[Sequence[int]], starts: Sequence[int], slots: Sequence[int]
+    ) -> torch.Tensor:
+        """Write rows[i] at positions starts[i].. of cache row slots[i] in one batched call and
+        return the logits after each row's last token, (B, vocab) in float32.
 
-    @torch.inference_mode()
+        Shorter rows are right-padded. That is safe with a causal cache: the pad positions lie
+        after the row's real tokens, so none of them attends to a pad, and the row's next tokens
+        overwrite the pads before anything at a later position reads them.
+        """
+        lengths = [len(r) for r in rows]
+        width = max(lengths)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        logits = self.model(
+            ids.to(self.device),
+            cache=self.cache,
+            start_pos=torch.tensor(list(starts), dtype=torch.long, device=self.device),
+            slots=torch.tensor(list(slots), dtype=torch.long, device=self.device),
+        )
+        last = torch.tensor(lengths, device=logits.device) - 1
+        return logits[torch.arange(len(rows), device=logits.device), last].float()
+
     def decode(
         self, token_ids: Sequence[int], positions: Sequence[int], slots: Sequence[int]
     ) -> torch.Tensor:
         """One token per row: write token_ids[i] at positions[i] of row slots[i]; return the
         next-token logits (B, vocab) in float32."""
-        ids = torch.tensor(list(token_ids), dtype=torch.long, device=self.device)[:, None]
-        logits = self.model(
-            ids,
-            cache=self.cache,
-            start_pos=torch.tensor(list(positions), dtype=torch.long, device=self.device),
-            slots=torch.tensor(list(slots), dtype=torch.long, device=self.device),
-        )
-        return logits[:, -1].float()
+        return self.forward([[t] for t in token_ids], positions, slots)
