@@ -140,7 +140,7 @@ def _print_summary(result: Any, sample_tokens: int) -> None:
     if sample_tokens > 0:
         model, tokenizer = load_model(result.checkpoint)
         prompt = "Türk milleti"
-        params = SamplingParams(temperature=0.8, top_k=40, seed=0)
+        params = SamplingParams(temperature=0.8, top_k=40, repetition_penalty=1.1, seed=0)
         text = generate_text(model, tokenizer, prompt, sample_tokens, params)
         print(f"sample: {prompt}{text}")
     print(f"checkpoint: {result.checkpoint}")

@@ -1,7 +1,7 @@
 """Text generation with the KV cache: token ids, streamed text with stop strings.
 
-Training data separates documents with the end-of-sequence id, so a prompt is fed after one
-(the model then reads it as the start of a document) and generation ends when it emits one.
+Training data separates documents with the end-of-sequence id: an empty prompt starts from one
+(the start of a new document), and generation ends when the model emits one.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ class GenerationError(ValueError):
 
 
 def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """Token ids of `prompt`, preceded by the document separator when the tokenizer has one."""
-    start = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
-    return start + list(tokenizer.encode(prompt).ids)
+    """Token ids of `prompt`; an empty prompt is the document separator alone (if any)."""
+    if not prompt and tokenizer.eos_id is not None:
+        return [tokenizer.eos_id]
+    return list(tokenizer.encode(prompt).ids)
 
 
 @torch.no_grad()
