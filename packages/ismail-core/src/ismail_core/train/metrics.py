@@ -40,6 +40,8 @@ def peak_flops(device: torch.device, dtype: torch.dtype = torch.float32) -> tupl
         for key, flops in GPU_PEAK_FLOPS.items():
             if key in name:
                 return flops, f"{name} bf16 peak"
+    if device.type == "cpu" and dtype == torch.float16:
+        dtype = torch.float32  # CPUs emulate fp16 matmuls: seconds per call, no useful peak
     n = 1024
     # Not torch.randn: drawing from the global generator would change a resumed run's noise.
     a = torch.full((n, n), 0.5, device=device, dtype=dtype)
