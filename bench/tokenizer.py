@@ -135,9 +135,28 @@ def best_pair(one, two, mb: float, repeat: int = 3) -> tuple[float, float]:
     return mb / best[0], mb / best[1]
 
 
+def process_tree_cpu(fn, tok, repeat: int = 3) -> float:
+    """CPU seconds per call of this process and the worker processes it starts (reaped by
+    tok.close() so that getrusage counts them): the cost of a batch, independent of load."""
+    import resource
+
+    def used() -> float:
+        a, b = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+    start = used()
+    for _ in range(repeat):
+        fn()
+    tok.close()
+    return (used() - start) / repeat
+
+
 def cpu_time(fn, repeat: int = 3) -> float:
     """CPU seconds of a single-threaded call: robust to other processes on a shared machine."""
     return best_time(fn, repeat, time.process_time)
+
+
+NOTES: list[str] = []  # printed under the table
 
 
 @dataclass
@@ -163,6 +182,11 @@ def measure_tr(name, load, sentences, text, batch) -> Row:
     batch1, batch_rate = best_pair(
         lambda: tok.encode_batch_ids(batch, 1), lambda: tok.encode_batch_ids(batch, 2), batch_mb
     )
+    tok.close()
+    cpu = {k: process_tree_cpu(lambda k=k: tok.encode_batch_ids(batch, k), tok) for k in (1, 2)}
+    NOTES.append(f"{name}: CPU-seconds per x8 batch: 1 process {cpu[1]:.2f}, 2 workers "
+                 f"{cpu[2]:.2f} (both processes, pool start included), so 2 idle cores would "
+                 f"give at most {2 * cpu[1] / cpu[2]:.2f}x")  # fmt: skip
     ids = [tok.encode_ids(t) for t in texts]
     exact = sum(tok.decode(i) == t for i, t in zip(ids, texts)) / len(texts)
     good, total = morphology_alignment(sentences, lambda t: tok.encode(t).offsets)
@@ -262,6 +286,9 @@ def main() -> int:
                  f"{r.batch1:.2f}", f"{r.batch:.2f}"]  # fmt: skip
         print("| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |")  # fmt: skip
+    print()
+    for note in NOTES:
+        print(note)
     return 0
 
 

@@ -94,5 +94,6 @@ class WorkerPool:
         return out
 
     def close(self) -> None:
-        """Stop the worker processes."""
-        self._close()
+        """Stop the worker processes and wait for them to exit."""
+        self._close.detach()
+        self.executor.shutdown(wait=True)
