@@ -5,7 +5,8 @@ documents with it, so the model reads what follows as the start of a document (t
 convention as `ismail generate`).
 
 The chat template uses the tokenizer's role tokens and is built from ids, never by parsing
-marker strings out of text, so a user who types "<|system|>" cannot forge a role:
+marker strings out of text, so with tr-tokenizer a user who types "<|system|>" cannot forge a
+role (a Hugging Face tokenizer's encode still splits its added special tokens out of text):
 
     <eos> <|system|> system text <|end|> <|user|> user text <|end|> ... <|assistant|>
 
