@@ -69,7 +69,7 @@ def reference_greedy(model, prompt_ids: list[int], max_tokens: int) -> list[int]
     """Greedy decoding by recomputing the whole sequence each step (no cache, batch of one)."""
     ids = list(prompt_ids)
     for _ in range(max_tokens):
-        logits = model(torch.tensor([ids]))[0, -1]
+        logits = model(torch.tensor([ids], device=model.embed.weight.device))[0, -1]
         ids.append(int(logits.argmax()))
     return ids[len(prompt_ids) :]
 
@@ -249,3 +249,28 @@ def test_prefill_batches_respect_budget_and_cache_end(make_engine, tokenizer):
         width = max(c.end - c.start for c in batch)
         assert len(batch) == 1 or len(batch) * width <= 40
         assert all(c.start + width <= 96 for c in batch)
+
+
+@pytest.mark.gpu
+def test_engine_on_cuda_matches_the_uncached_reference(model, tokenizer):
+    import copy
+
+    from ismail_serve.engine import EngineConfig, LLMEngine
+    from ismail_serve.engine.model_runner import ModelRunner
+
+    cuda_model = copy.deepcopy(model).to("cuda")
+    runner = ModelRunner(cuda_model, max_batch=4, max_len=96)
+    engine = LLMEngine(runner, tokenizer, EngineConfig(max_batch=4, max_model_len=96))
+    engine.start()
+    try:
+        collectors = []
+        for i, prompt in enumerate(PROMPTS[:4]):
+            c = Collector(1)
+            seeded = SamplingParams(temperature=0.0, seed=i)
+            engine.submit([seq_request(tokenizer, f"g{i}", prompt, params=seeded)], c)
+            collectors.append(c)
+        for prompt, c in zip(PROMPTS, collectors):
+            expected = reference_greedy(cuda_model, tokenizer.encode(prompt).ids, 10)
+            assert c.result() == tokenizer.decode(expected)
+    finally:
+        engine.shutdown()

@@ -143,14 +143,14 @@ def _check_token_ids(state: ServerState, ids: list[int], param: str) -> None:
         )
 
 
-def _max_tokens(state: ServerState, prompt_len: int, requested: int | None) -> int:
+def _max_tokens(state: ServerState, prompt_len: int, requested: int | None, chat: bool) -> int:
     """Tokens to generate; 400 worded like vLLM's when prompt + output exceed the context."""
     limit = state.max_model_len
     if prompt_len >= limit:
         raise bad_request(
             f"This model's maximum context length is {limit} tokens. However, your request "
             f"has {prompt_len} input tokens. Please reduce the length of the input messages.",
-            param="messages",
+            param="messages" if chat else "prompt",
             code="context_length_exceeded",
         )
     if requested is None:
@@ -179,7 +179,7 @@ def _prepare(
     stop_ids = frozenset() if body.ignore_eos else stop_token_ids(state.tokenizer, chat)
     sequences = []
     for p, prompt in enumerate(prompts):
-        budget = _max_tokens(state, len(prompt), max_tokens)
+        budget = _max_tokens(state, len(prompt), max_tokens, chat)
         for j in range(body.n):
             params = SamplingParams(
                 temperature=body.temperature,
