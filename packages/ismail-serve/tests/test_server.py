@@ -75,3 +75,20 @@ def test_fp8_quantized_engine_follows_the_full_precision_one(checkpoint, tokeniz
 def test_cli_rejects_a_missing_checkpoint(tmp_path, capsys):
     assert main([str(tmp_path / "nope")]) == 2
     assert "ismail-serve: error:" in capsys.readouterr().err
+
+
+def test_api_key_from_flag_or_environment(checkpoint, monkeypatch):
+    configs = []
+
+    def fake_serve(config) -> int:
+        configs.append(config)
+        return 0
+
+    monkeypatch.setattr("ismail_serve.server.serve", fake_serve)
+    monkeypatch.setenv("ISMAIL_API_KEY", "key-from-env")
+    assert main([str(checkpoint)]) == 0
+    assert main([str(checkpoint), "--api-key", "key-from-flag"]) == 0
+    assert [c.api_key for c in configs] == ["key-from-env", "key-from-flag"]
+    monkeypatch.delenv("ISMAIL_API_KEY")
+    assert main([str(checkpoint)]) == 0
+    assert configs[-1].api_key is None

@@ -10,12 +10,21 @@ import sys
 API_KEY_ENV = "ISMAIL_API_KEY"
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None (those options say in words what happens without them)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ismail-serve",
         description="Serve an ismail checkpoint over an OpenAI-compatible HTTP API "
         "(/v1/completions, /v1/chat/completions, streaming, continuous batching).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelpFormatter,
     )
     p.add_argument("checkpoint", help="checkpoint directory (or a run directory: uses its latest)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -28,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--api-key",
-        default=os.environ.get(API_KEY_ENV),
-        help=f"require 'Authorization: Bearer KEY' on /v1 routes (default: ${API_KEY_ENV})",
+        default=None,
+        help=f"require 'Authorization: Bearer KEY' on /v1 routes (if not given: ${API_KEY_ENV})",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
@@ -108,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ismail-serve: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    config = ServeConfig(**{k: v for k, v in vars(args).items()})
+    config = ServeConfig(**vars(args))
+    if config.api_key is None:  # read here, not as the flag's default, so --help never shows it
+        config.api_key = os.environ.get(API_KEY_ENV) or None
     if config.request_timeout == 0:
         config.request_timeout = None
     return serve(config)
