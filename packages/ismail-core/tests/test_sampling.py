@@ -125,3 +125,26 @@ def test_stop_matcher_is_chunking_invariant(chunks: list[str], stops: list[str])
             break
     emitted += m.flush()
     assert (emitted, stopped) == _reference_cut("".join(chunks), stops)
+
+
+def test_mixed_batch_paths_agree_with_single_rows() -> None:
+    """Each row of a batch mixing sampling modes gives the same token as that row alone."""
+    torch.manual_seed(3)
+    logits = torch.randn(3, 40)
+    params = [
+        SamplingParams(temperature=0.9, seed=1),
+        SamplingParams(top_k=5, seed=2),
+        SamplingParams(top_p=0.7, seed=3),
+    ]
+    together = sample_next(logits, params, _gens(params))
+    for row, p in enumerate(params):
+        alone = sample_next(logits[row : row + 1], [p], [p.make_generator()])
+        assert int(together[row]) == int(alone[0])
+
+
+def test_zero_probability_tokens_never_sampled() -> None:
+    logits = torch.full((1, 8), float("-inf"))
+    logits[0, 5] = 0.0
+    gen = torch.Generator().manual_seed(0)
+    for params in (SamplingParams(), SamplingParams(top_p=0.5), SamplingParams(top_k=3)):
+        assert {int(sample_next(logits, [params], [gen])[0]) for _ in range(50)} == {5}

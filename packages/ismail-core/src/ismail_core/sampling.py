@@ -90,35 +90,51 @@ def sample_next(
     if history is not None:
         logits = apply_repetition_penalty(logits, history, [p.repetition_penalty for p in params])
 
-    greedy = torch.tensor([p.temperature == 0 for p in params], device=logits.device)
-    temps = torch.tensor([p.temperature or 1.0 for p in params], device=logits.device)
-    sorted_logits, sorted_idx = torch.sort(logits / temps[:, None], dim=-1, descending=True)
-
-    # top-k: drop ranks >= k (k = 0 keeps everything).
-    ks = torch.tensor([p.top_k or vocab for p in params], device=logits.device)
-    ranks = torch.arange(vocab, device=logits.device)[None, :]
-    sorted_logits = sorted_logits.masked_fill(ranks >= ks[:, None], float("-inf"))
-
-    # top-p: keep a token while the mass of the tokens ranked above it is below top_p; the most
-    # likely token is always kept.
-    probs = torch.softmax(sorted_logits, dim=-1)
-    mass_before = torch.cumsum(probs, dim=-1) - probs
-    top_ps = torch.tensor([p.top_p for p in params], device=logits.device)
-    drop = (mass_before >= top_ps[:, None]) & (top_ps[:, None] < 1.0)
-    probs = probs.masked_fill(drop, 0.0)
-    probs = probs / probs.sum(dim=-1, keepdim=True)
-
-    # Inverse-CDF sampling with one uniform draw per row from that row's generator.
-    uniforms = torch.empty(batch, device=logits.device)
+    device = logits.device
+    temps = torch.tensor([p.temperature or 1.0 for p in params], device=device)
+    scaled = logits / temps[:, None]
+    # One uniform draw per row from that row's own generator.
+    uniforms = torch.empty(batch, device=device)
     for row, gen in enumerate(generators):
-        uniforms[row] = torch.rand((), generator=gen, device=logits.device)
+        uniforms[row] = torch.rand((), generator=gen, device=device)
+
+    # Ranking the vocabulary is the expensive part, so only rows with top-k or top-p pay for
+    # it. Each row takes the same path whatever its neighbours ask for, which keeps seeded
+    # rows reproducible in any batch.
+    out = logits.argmax(dim=-1)
+    ranked_rows = [i for i, p in enumerate(params) if p.temperature and (p.top_k or p.top_p < 1)]
+    plain_rows = [i for i, p in enumerate(params) if p.temperature and i not in ranked_rows]
+    if plain_rows:
+        rows = torch.tensor(plain_rows, device=device)
+        probs = torch.softmax(scaled[rows], dim=-1)
+        out[rows] = _inverse_cdf(probs, uniforms[rows])
+    if ranked_rows:
+        rows = torch.tensor(ranked_rows, device=device)
+        chosen = [params[i] for i in ranked_rows]
+        n_best = max(p.top_k for p in chosen) if all(p.top_k for p in chosen) else vocab
+        ranked, candidates = torch.topk(scaled[rows], n_best, dim=-1, sorted=True)
+        # top-k: drop ranks >= k (k = 0 keeps everything).
+        ks = torch.tensor([p.top_k or vocab for p in chosen], device=device)
+        ranks = torch.arange(n_best, device=device)[None, :]
+        probs = torch.softmax(ranked.masked_fill(ranks >= ks[:, None], float("-inf")), dim=-1)
+        # top-p: keep a token while the mass ranked above it is below top_p; the most likely
+        # token is always kept.
+        top_ps = torch.tensor([p.top_p for p in chosen], device=device)
+        mass_before = torch.cumsum(probs, dim=-1) - probs
+        probs = probs.masked_fill(mass_before >= top_ps[:, None], 0.0)
+        picks = _inverse_cdf(probs, uniforms[rows])
+        out[rows] = candidates.gather(1, picks[:, None]).squeeze(1)
+    return out
+
+
+def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Index drawn from each row of `probs` (not necessarily normalised) by a uniform in [0, 1)."""
     cdf = torch.cumsum(probs, dim=-1)
-    rank = torch.searchsorted(cdf, uniforms[:, None] * cdf[:, -1:]).clamp_(max=vocab - 1)
-    # Rounding can land on a zero-probability tail rank; step back to the last kept one.
-    kept = (probs > 0).sum(dim=-1, keepdim=True) - 1
-    rank = torch.minimum(rank, kept)
-    sampled = sorted_idx.gather(1, rank).squeeze(1)
-    return torch.where(greedy, logits.argmax(dim=-1), sampled)
+    # right=True picks the first index whose cdf exceeds the target, which always has a
+    # non-zero probability; the clamp covers u * total rounding up to the total.
+    pick = torch.searchsorted(cdf, uniforms[:, None] * cdf[:, -1:], right=True)
+    last_nonzero = probs.shape[1] - 1 - (probs.flip(-1) > 0).int().argmax(dim=-1, keepdim=True)
+    return torch.minimum(pick, last_nonzero).squeeze(1)
 
 
 class StopMatcher:
