@@ -61,6 +61,16 @@ def test_no_local_paths_in_project_files() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("package", PACKAGES)
+def test_package_builds_sdist_and_wheel_from_sdist(package: str, tmp_path: Path) -> None:
+    """Plain `uv build` makes the sdist, then the wheel from the unpacked sdist."""
+    _run("uv", "build", "--package", package, "--out-dir", tmp_path)
+    stem = package.replace("-", "_")
+    assert len(list(tmp_path.glob(f"{stem}-0.1.0.tar.gz"))) == 1
+    assert len(list(tmp_path.glob(f"{stem}-0.1.0-*.whl"))) == 1
+
+
+@pytest.mark.slow
 def test_tokenizer_wheel_installs_without_torch(tmp_path: Path) -> None:
     wheel = _build_wheel("tr-tokenizer", tmp_path / "dist")
     python = _fresh_venv(tmp_path / "venv")
