@@ -7,10 +7,11 @@ precision, gradient clipping) on random token batches:
                    (exported with ismail_core.hf.export_hf)
   ismail dense     a dense model whose active parameter count matches the MoE model's
 
-Each row runs in its own subprocess so peak memory is that process's own high-water mark
-(CPU: peak RSS minus RSS after building the model; CUDA: max allocated). Tokens per CPU-second
-(process time) is given next to wall-clock tokens/s because other jobs on a shared machine
-disturb it far less. MFU uses the model's flops_per_token (nanoGPT count, active parameters).
+Each measurement runs in its own subprocess so peak memory is that process's own high-water
+mark (CPU: peak RSS; CUDA: max allocated), and the three rows alternate over several rounds
+(medians are printed) so that load from other jobs on a shared machine hits all of them alike.
+Tokens per CPU-second (process time) is given next to wall-clock tokens/s. MFU uses the
+model's flops_per_token (nanoGPT count, active parameters).
 
     uv run python bench/train.py                  # tiny on CPU
     uv run python bench/train.py --device cuda    # tiny and ismail-512 on a GPU
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,9 +108,6 @@ def worker(preset: str, variant: str, device: str, precision: str, steps: int) -
     sync()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-        base = torch.cuda.memory_allocated(dev) / 2**20
-    else:
-        base = _rss_mb()
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
@@ -120,7 +119,6 @@ def worker(preset: str, variant: str, device: str, precision: str, steps: int) -
         "tok_s": tokens / wall,
         "tok_cpu_s": tokens / cpu,
         "peak_mb": peak,
-        "extra_mb": peak - base,
         "active_m": active / 1e6,
         "flops_per_token": flops_per_token,
         "precision": prec.name,
@@ -137,7 +135,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto", help="auto, fp32, bf16, fp16")
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per row")
     parser.add_argument("--worker", nargs=2, metavar=("PRESET", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -146,35 +145,53 @@ def main() -> None:
 
     presets = ["tiny"] + (["ismail-512"] if args.device.startswith("cuda") else [])
     peak = _peak_flops(args.device)
-    print(f"device {args.device}, {torch.get_num_threads()} threads, {args.steps} timed steps")
+    print(
+        f"device {args.device}, {torch.get_num_threads()} threads, {args.rounds} rounds of "
+        f"{args.steps} timed steps (medians)"
+    )
     header = (
         f"{'preset':<11} {'model':<13} {'active M':>8} {'prec':>5} {'tok/s':>8} "
-        f"{'tok/cpu-s':>9} {'MFU':>6} {'peak MB':>8} {'+MB step':>8} {'vs tf':>6}"
+        f"{'tok/cpu-s':>9} {'MFU':>6} {'peak MB':>8} {'vs tf':>6} {'cpu vs tf':>9}"
     )
     print(header)
     print("-" * len(header))
     for preset in presets:
-        rows = {}
-        for variant in VARIANTS:
-            cmd = [sys.executable, __file__, "--worker", preset, variant]
-            cmd += ["--device", args.device, "--precision", args.precision]
-            cmd += ["--steps", str(args.steps)]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode != 0:
-                print(f"{preset:<11} {variant:<13} failed: {done.stderr.strip()[-300:]}")
-                continue
-            rows[variant] = r = json.loads(done.stdout.strip().splitlines()[-1])
-            peer = rows.get("transformers", {}).get("tok_s")
-            ratio = f"{r['tok_s'] / peer:.2f}x" if peer and variant != "transformers" else ""
+        runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+        for _ in range(args.rounds):
+            for variant in VARIANTS:
+                cmd = [sys.executable, __file__, "--worker", preset, variant]
+                cmd += ["--device", args.device, "--precision", args.precision]
+                cmd += ["--steps", str(args.steps)]
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                if done.returncode != 0:
+                    print(f"{preset} {variant} failed: {done.stderr.strip()[-300:]}")
+                    continue
+                runs[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
+        rows = {
+            v: {
+                **r[0],
+                "tok_s": statistics.median(x["tok_s"] for x in r),
+                "tok_cpu_s": statistics.median(x["tok_cpu_s"] for x in r),
+                "peak_mb": max(x["peak_mb"] for x in r),
+            }
+            for v, r in runs.items()
+            if r
+        }
+        peer = rows.get("transformers")
+        for variant, r in rows.items():
+            ratio = cpu_ratio = ""
+            if peer and variant != "transformers":
+                ratio = f"{r['tok_s'] / peer['tok_s']:.2f}x"
+                cpu_ratio = f"{r['tok_cpu_s'] / peer['tok_cpu_s']:.2f}x"
             mfu = r["flops_per_token"] * r["tok_s"] / peak
             print(
                 f"{preset:<11} {variant:<13} {r['active_m']:>8.1f} {r['precision']:>5} "
                 f"{r['tok_s']:>8.0f} {r['tok_cpu_s']:>9.0f} {mfu:>6.1%} {r['peak_mb']:>8.0f} "
-                f"{r['extra_mb']:>8.0f} {ratio:>6}"
+                f"{ratio:>6} {cpu_ratio:>9}"
             )
     print(
-        "MFU on CPU is relative to a measured fp32 1024^3 matmul; on GPUs to the bf16 peak. "
-        "'vs tf' = tokens/s over transformers' DeepseekV3 with the same config."
+        "MFU on CPU is relative to a measured 1024^3 matmul (noisy on a shared machine); on "
+        "GPUs to the bf16 peak. 'vs tf' = over transformers' DeepseekV3, same config."
     )
 
 
