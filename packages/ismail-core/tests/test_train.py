@@ -222,3 +222,10 @@ def test_out_of_memory_names_the_knobs(tmp_path: Path, make_cfg, monkeypatch) ->
     monkeypatch.setattr(Trainer, "_forward_backward", oom)
     with pytest.raises(TrainError, match="out of GPU memory.*--train.batch_size.*adamw8bit"):
         train(make_cfg(tmp_path))
+
+
+def test_batch_tokens_sets_gradient_accumulation(tmp_path: Path, make_cfg) -> None:
+    from ismail_core.train.trainer import Trainer
+
+    trainer = Trainer(make_cfg(tmp_path, **{"train.batch_tokens": 500}))  # 4 x 32 per micro
+    assert trainer.grad_accum == 4 and trainer.tokens_per_step == 512

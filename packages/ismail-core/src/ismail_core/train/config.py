@@ -53,6 +53,11 @@ class TrainSection:
     steps: int = _doc("optimizer steps", default=200)
     batch_size: int = _doc("sequences per micro-batch (per process)", default=8)
     grad_accum: int = _doc("micro-batches per optimizer step", default=1)
+    batch_tokens: int = _doc(
+        "tokens per optimizer step over all processes; sets grad_accum to the nearest "
+        "multiple of batch_size x seq_len x processes (0 = use grad_accum)",
+        default=0,
+    )
     seq_len: int = _doc("tokens per sequence (0 = the model's max_seq_len)", default=0)
     device: str = _doc("'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...", default="auto")
     precision: str = _doc(
@@ -149,6 +154,7 @@ class TrainConfig:
             (t.steps > 0, "train.steps must be positive"),
             (t.batch_size > 0, "train.batch_size must be positive"),
             (t.grad_accum > 0, "train.grad_accum must be positive"),
+            (t.batch_tokens >= 0, "train.batch_tokens must be >= 0"),
             (t.seq_len >= 0, "train.seq_len must be >= 0"),
             (t.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}"),
             (o.name in OPTIMIZERS, f"optim.name must be one of {OPTIMIZERS}"),

@@ -163,6 +163,10 @@ class Trainer:
                 f"train.seq_len {self.seq_len} exceeds the model's max_seq_len "
                 f"{self.model_cfg.max_seq_len}; lower --train.seq_len or raise --model.max_seq_len"
             )
+        micro_tokens = cfg.train.batch_size * self.seq_len * info.world_size
+        self.grad_accum = cfg.train.grad_accum
+        if cfg.train.batch_tokens:
+            self.grad_accum = max(1, round(cfg.train.batch_tokens / micro_tokens))
         if cfg.train.expert_rotation and info.enabled:
             raise ConfigError(
                 "train.expert_rotation is for single-GPU runs; drop it under torchrun"
@@ -226,7 +230,7 @@ class Trainer:
     def _forward_backward(self, step: int) -> tuple[float, list[torch.Tensor]]:
         """Accumulate gradients over grad_accum micro-batches; returns (mean loss, expert load)."""
         cfg, info = self.cfg, self.info
-        accum = cfg.train.grad_accum
+        accum = self.grad_accum
         total = torch.zeros((), device=self.device)
         loads: list[torch.Tensor] = []
         for micro in range(accum):
@@ -324,7 +328,7 @@ class Trainer:
     @property
     def tokens_per_step(self) -> int:
         t = self.cfg.train
-        return t.batch_size * t.grad_accum * self.seq_len * self.info.world_size
+        return t.batch_size * self.grad_accum * self.seq_len * self.info.world_size
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> TrainResult:
