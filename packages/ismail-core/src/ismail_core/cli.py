@@ -350,9 +350,9 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the `ismail` command; returns the exit status."""
-    # Before torch loads OpenMP: idle threads sleep instead of spinning. On a shared machine
-    # spinning threads starve each other and a CPU training step got 3-5x slower.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from ismail_core.runtime import tune_process
+
+    tune_process()  # before torch loads OpenMP
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:
         return _main_train(argv)
