@@ -20,6 +20,7 @@ model's flops_per_token (nanoGPT count, active parameters).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import statistics
@@ -125,10 +126,14 @@ def worker(preset: str, variant: str, device: str, precision: str, steps: int) -
     }
 
 
-def _peak_flops(device: str) -> float:
+@functools.lru_cache
+def _peak_flops(device: str, precision: str) -> float:
+    """Peak FLOP/s for MFU in the dtype the rows trained in (see metrics.peak_flops)."""
     from ismail_core.train.metrics import peak_flops
+    from ismail_core.train.precision import Precision
 
-    return peak_flops(torch.device(device))[0]
+    dtype = Precision(precision, torch.device(device)).compute_dtype
+    return peak_flops(torch.device(device), dtype)[0]
 
 
 def main() -> None:
@@ -140,11 +145,15 @@ def main() -> None:
     parser.add_argument("--worker", nargs=2, metavar=("PRESET", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
+        # Every row gets the process settings `ismail train` uses (torch is already imported
+        # here, so only the allocator part takes effect).
+        from ismail_core.runtime import tune_process
+
+        tune_process()
         print(json.dumps(worker(*args.worker, args.device, args.precision, args.steps)))
         return
 
     presets = ["tiny"] + (["ismail-512"] if args.device.startswith("cuda") else [])
-    peak = _peak_flops(args.device)
     print(
         f"device {args.device}, {torch.get_num_threads()} threads, {args.rounds} rounds of "
         f"{args.steps} timed steps (medians)"
@@ -183,7 +192,7 @@ def main() -> None:
             if peer and variant != "transformers":
                 ratio = f"{r['tok_s'] / peer['tok_s']:.2f}x"
                 cpu_ratio = f"{r['tok_cpu_s'] / peer['tok_cpu_s']:.2f}x"
-            mfu = r["flops_per_token"] * r["tok_s"] / peak
+            mfu = r["flops_per_token"] * r["tok_s"] / _peak_flops(args.device, r["precision"])
             print(
                 f"{preset:<11} {variant:<13} {r['active_m']:>8.1f} {r['precision']:>5} "
                 f"{r['tok_s']:>8.0f} {r['tok_cpu_s']:>9.0f} {mfu:>6.1%} {r['peak_mb']:>8.0f} "
