@@ -26,6 +26,8 @@ def test_layers_apply_in_order(tmp_path: Path) -> None:
     json_file = tmp_path / "run.json"
     json_file.write_text(json.dumps(cfg.to_dict()))
     assert build_config(read_config_file(json_file)) == cfg
+    assert cfg.run.out_dir == "runs/tiny"
+    assert build_config({"preset": "ismail-512"}).run.out_dir == "runs/ismail-512"
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,9 @@ def _doc(text: str, **kw: Any) -> Any:
 
 @dataclass
 class RunSection:
-    out_dir: str = _doc("run directory (checkpoints, metrics, config)", default="runs/tiny")
+    out_dir: str = _doc(
+        "run directory (checkpoints, metrics, config); empty = runs/PRESET", default=""
+    )
     seed: int = _doc("seed for initialisation, data order and dropout", default=1234)
     resume: str = _doc(
         "'auto' continues from OUT_DIR's latest checkpoint if there is one, 'never' refuses "
@@ -289,6 +291,8 @@ def build_config(*layers: dict[str, Any]) -> TrainConfig:
             else:
                 section, name = key.split(".", 1)
                 setattr(getattr(cfg, section), name, value)
+    if not cfg.run.out_dir:
+        cfg.run.out_dir = f"runs/{cfg.preset}"
     cfg.validate()
     return cfg
 
