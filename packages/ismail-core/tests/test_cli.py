@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from ismail_core.cli import main
 
 
@@ -108,6 +109,34 @@ def test_generate_eval_report_export(trained_run: Path, tiny_data: Path, tmp_pat
         assert (report / png).stat().st_size > 1000 and png in html
     code, out, _ = _run(capsys, "export", str(trained_run), str(tmp_path / "hf"))
     assert code == 0 and (tmp_path / "hf" / "config.json").is_file()
+
+
+def test_export_fp8_checkpoint_loads_and_generates(trained_run: Path, tmp_path, capsys) -> None:
+    """`ismail export --format fp8` writes weight_scale_inv scales that load_model rebuilds."""
+    from ismail_core.checkpoint import load_model, load_weights
+    from ismail_kernels import FP8Linear
+
+    out = tmp_path / "fp8"
+    code, _, err = _run(capsys, "export", str(trained_run), str(out), "--format", "fp8")
+    assert code == 0, err
+    state = load_weights(out / "model.safetensors")
+    scales = [k for k in state if k.endswith(".weight_scale_inv")]
+    assert scales and all(state[k.removesuffix("_scale_inv")].dtype == torch.float8_e4m3fn
+                          for k in scales)  # fmt: skip
+    fp8_model, _ = load_model(out)
+    full_model, _ = load_model(trained_run)
+    assert sum(isinstance(m, FP8Linear) for m in fp8_model.modules()) == len(scales)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, full_model.cfg.vocab_size, (1, 16), generator=gen)
+    with torch.no_grad():
+        ref, got = full_model(ids), fp8_model(ids)
+    # FP8 e4m3 keeps ~3 mantissa bits per weight and activation: logits move, but little.
+    assert (got - ref).abs().max() <= 0.1 * ref.abs().max()
+    code, text, _ = _run(capsys, "generate", str(out), "--prompt", "Türk", "--max-new-tokens", "4",
+                         "--seed", "1", "--no-stream")  # fmt: skip
+    assert code == 0 and text.startswith("Türk")
+    code, _, err = _run(capsys, "export", str(out), str(tmp_path / "again"), "--format", "fp8")
+    assert code == 1 and "already holds FP8 weights" in err
 
 
 def test_generate_and_eval_reject_bad_values(

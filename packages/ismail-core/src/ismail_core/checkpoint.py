@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ismail_core.atomic import atomic_dir
+from ismail_core.fp8 import FP8UnavailableError, is_fp8_state_dict, load_fp8_weights
 from ismail_core.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 
 CONFIG_FILE = "config.json"
@@ -182,6 +183,16 @@ def load_model(
     tokenizer = load_checkpoint_tokenizer(directory)
     state = load_weights(directory / WEIGHTS_FILE)
     model = Transformer(config)
+    if is_fp8_state_dict(state):
+        try:
+            load_fp8_weights(model, state)
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, FP8UnavailableError):
+                raise
+            raise CheckpointError(
+                f"{directory / WEIGHTS_FILE} holds FP8 weights that do not match its config: {exc}"
+            ) from exc
+        return _place(model, device, dtype), tokenizer
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
@@ -193,11 +204,17 @@ def load_model(
             f"{directory / WEIGHTS_FILE} does not match {directory / CONFIG_FILE}: "
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
+    return _place(model, device, dtype), tokenizer
+
+
+def _place(
+    model: torch.nn.Module, device: torch.device | str | None, dtype: torch.dtype | None
+) -> torch.nn.Module:
+    """Move a loaded model to its device and dtype, in eval mode (FP8 weights keep float8)."""
     model.to(device or "cpu")
     if dtype is not None:
         model.to(dtype)
-    model.eval()
-    return model, tokenizer
+    return model.eval()
 
 
 def load_trainer_state(path: str | Path) -> dict[str, Any] | None:

@@ -283,20 +283,28 @@ def _run_report(args: argparse.Namespace) -> int:
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
-        help="export a checkpoint to Hugging Face transformers format",
-        description="Write OUT with config.json + model.safetensors that "
-        "transformers.AutoModelForCausalLM.from_pretrained(OUT) loads.",
+        help="export a checkpoint to Hugging Face format, or to an FP8 checkpoint",
+        description="--format hf (default): write OUT with config.json + model.safetensors that "
+        "transformers.AutoModelForCausalLM.from_pretrained(OUT) loads. --format fp8: write OUT "
+        "as an ismail checkpoint whose Linear weights are float8_e4m3fn with 128x128 block "
+        "scales (`weight_scale_inv`), for `ismail generate` and `ismail-serve` (needs "
+        "ismail-core[fp8]).",
     )
     p.add_argument("checkpoint", metavar="CKPT")
     p.add_argument("out", metavar="OUT")
-    p.add_argument("--format", default="hf", choices=["hf"])
+    p.add_argument("--format", default="hf", choices=["hf", "fp8"])
     p.set_defaults(func=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from ismail_core.hf import export_checkpoint_hf
+    if args.format == "fp8":
+        from ismail_core.fp8 import quantize_checkpoint
 
-    out = export_checkpoint_hf(args.checkpoint, args.out)
+        out = quantize_checkpoint(args.checkpoint, args.out)
+    else:
+        from ismail_core.hf import export_checkpoint_hf
+
+        out = export_checkpoint_hf(args.checkpoint, args.out)
     print(f"wrote {out}")
     return 0
 
@@ -325,6 +333,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix: reported in one line, without a traceback."""
     from ismail_core.checkpoint import CheckpointError
     from ismail_core.corpus import DataError
+    from ismail_core.fp8 import FP8UnavailableError
     from ismail_core.generate import GenerationError
     from ismail_core.hf import HFFormatError
     from ismail_core.tokenizer import TokenizerError
@@ -337,6 +346,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         UsageError,
         CheckpointError,
         DataError,
+        FP8UnavailableError,
         GenerationError,
         HFFormatError,
         TokenizerError,
