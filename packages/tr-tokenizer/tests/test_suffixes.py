@@ -66,3 +66,22 @@ def test_turkish_casing() -> None:
     assert case_class("ışık") == (LOWER, "ışık")
     assert case_class("iPhone")[0] == MIXED
     assert case_class("I")[0] == CAPITALIZED  # one letter: capitalized, not all-caps
+
+
+def test_context_keys_in_one_harmony_class_spell_every_suffix_alike() -> None:
+    # the encoder shares one suffix table per class (encoder._harmony_class); that is only
+    # lossless if every inventory form and every shipped shared suffix is spelled identically
+    import tr_tokenizer
+    from tr_tokenizer.encoder import _harmony_class
+    from tr_tokenizer.suffixes import VOWELS
+
+    forms = {parse_form(form) for form in INVENTORY}
+    forms |= {elements for _, elements in tr_tokenizer.load()._encoder.shared}
+    vowels = sorted(VOWELS)
+    keys = [(v, v) for v in vowels] + [(c, v) for c in "tr" for v in [*vowels, None]]
+    classes = {_harmony_class(key) for key in keys}
+    assert len(classes) == 4 + 2 * 5  # vowel-final, voiceless, other: 4 harmony classes each
+    for key in keys:
+        same = _harmony_class(key)
+        for elements in forms:
+            assert realize(elements, *key) == realize(elements, *same), (key, elements)

@@ -14,7 +14,15 @@ import regex
 from tr_tokenizer.casing import CAPITALIZED, MIXED, UPPER, case_class, tr_lower
 from tr_tokenizer.decoder import DecodeState, DecodeTables
 from tr_tokenizer.pretokenize import APOSTROPHES, MAX_CHUNK, WORD
-from tr_tokenizer.suffixes import Element, context_keys, parse_form, realize
+from tr_tokenizer.suffixes import (
+    BACK_VOWELS,
+    ROUNDED_VOWELS,
+    VOWELS,
+    Element,
+    context_keys,
+    parse_form,
+    realize,
+)
 from tr_tokenizer.vocab import BYTE_TOKENS, CAP, Vocabulary
 from tr_tokenizer.vocab import UPPER as UPPER_TOKEN
 
@@ -24,6 +32,7 @@ _INF = float("inf")
 _TIE = 1e-3
 _BYTE_PENALTY = 40.0
 _APOSTROPHE_SPLIT = regex.compile("(['’])")
+_PREFIX = -1  # scan-table value of a text that only starts some piece
 
 Path_ = list[tuple[int, int]]  # (token id, number of characters it covers)
 
@@ -37,8 +46,8 @@ class ChunkEncoder:
         self.root_ids: dict[str, int] = {}
         self.suffix_ids: dict[str, int] = {}  # literal suffix pieces and apostrophes
         self.shared: list[tuple[int, tuple[Element, ...]]] = []
-        # context key -> ({spelling: (id, cost)}, longest spelling), built on first use
-        self.tables_by_context: dict[tuple | None, tuple[dict[str, tuple[int, float]], int]] = {}
+        # context key -> {spelling: (id, cost), proper prefix: ()}, built on first use
+        self.tables_by_context: dict[tuple | None, dict[str, tuple]] = {}
         self.cost: list[float] = []
         for i, (text, kind, score) in enumerate(vocab.pieces):
             self.cost.append(1.0 + _TIE * min(-score, 30.0))
@@ -62,8 +71,14 @@ class ChunkEncoder:
         # pieces whose text never depends on their neighbours: the unverified raw fallback
         # uses only these, so it is lossless by construction
         self.raw_ids = {t: i for t, i in self.text_ids.items() if i not in vocab.voicing}
-        self.max_text = max((len(t) for t in self.text_ids), default=1)
-        self.max_root = max((len(t) for t in self.root_ids), default=0)
+        # The segmentation loops scan spans s[i:j] for growing j; these lookups also hold every
+        # proper prefix of a piece (mapped to _PREFIX), so a scan stops at the first span that
+        # no piece starts with instead of running to the longest piece length.
+        self.text_scan = _with_prefixes(self.text_ids)
+        self.raw_scan = _with_prefixes(self.raw_ids)
+        roots = dict(self.voiced_root_ids)
+        roots.update(self.root_ids)  # a plain root wins over a voiced stem with the same text
+        self.root_scan = _with_prefixes(roots)
         self.byte0 = vocab.pieces.index((BYTE_TOKENS[0], "byte", 0.0)) if vocab.pieces else 0
         self.cap_id = next(i for i, p in enumerate(vocab.pieces) if p[0] == CAP)
         self.upper_id = next(i for i, p in enumerate(vocab.pieces) if p[0] == UPPER_TOKEN)
@@ -141,12 +156,13 @@ class ChunkEncoder:
         n = len(s)
         cost = [_INF] * (n + 1)
         back: list[tuple[int, int] | None] = [None] * (n + 1)
-        for j in range(1, min(n, self.max_root) + 1):
-            tid = self.root_ids.get(s[:j])
+        root_scan, costs = self.root_scan, self.cost
+        for j in range(1, n + 1):
+            tid = root_scan.get(s[:j])
             if tid is None:
-                tid = self.voiced_root_ids.get(s[:j])
-            if tid is not None:
-                cost[j] = self.cost[tid]
+                break
+            if tid != _PREFIX:
+                cost[j] = costs[tid]
                 back[j] = (0, tid)
         keys = None
         for i in range(1, n):
@@ -159,24 +175,31 @@ class ChunkEncoder:
     def _suffix_edges(self, s: str, i: int, key, cost: list[float], back: list) -> None:
         """Relax edges from position i over every suffix token that spells s[i:j] after a
         left context with this key (literal suffixes only when key is None)."""
-        table, longest = self.tables_by_context.get(key) or self._suffix_table(key)
+        table = self.tables_by_context.get(key) or self._suffix_table(key)
         c0 = cost[i]
-        for j in range(i + 1, min(len(s), i + longest) + 1):
+        for j in range(i + 1, len(s) + 1):
             hit = table.get(s[i:j])
-            if hit is not None and c0 + hit[1] < cost[j]:
+            if hit is None:  # no suffix spelling starts with s[i:j]
+                break
+            if hit and c0 + hit[1] < cost[j]:  # () marks a prefix that is no spelling itself
                 cost[j] = c0 + hit[1]
                 back[j] = (i, hit[0])
 
     def _suffix_table(
         self, key: tuple[str, str | None] | None
-    ) -> tuple[dict[str, tuple[int, float]], int]:
-        """Spelling -> (cheapest suffix id, cost) in one left context, and the longest spelling.
+    ) -> dict[str, tuple[int, float] | tuple[()]]:
+        """Spelling -> (cheapest suffix id, cost) in one left context; every proper prefix of a
+        spelling that is no spelling itself maps to () so a scan knows when to stop.
 
         Built once per context key (a few dozen exist) so the search is one dict lookup per span.
         """
         cached = self.tables_by_context.get(key)
         if cached is not None:
             return cached
+        same = _harmony_class(key)
+        if same != key:  # spelled exactly like its class representative: share that table
+            table = self.tables_by_context[key] = self._suffix_table(same)
+            return table
         table: dict[str, tuple[int, float]] = {}
         for text, tid in self.suffix_ids.items():
             table[text] = (tid, self.cost[tid])
@@ -187,9 +210,11 @@ class ChunkEncoder:
                     c = self.cost[tid] - _TIE  # prefer a shared id over a literal twin
                     if text not in table or c < table[text][1]:
                         table[text] = (tid, c)
-        result = (table, max(map(len, table), default=0))
-        self.tables_by_context[key] = result
-        return result
+        for text in list(table):
+            for k in range(1, len(text)):
+                table.setdefault(text[:k], ())
+        self.tables_by_context[key] = table
+        return table
 
     # ---- fallback -----------------------------------------------------------------------
 
@@ -202,16 +227,18 @@ class ChunkEncoder:
         cost = [_INF] * (n + 1)
         back: list[tuple[int, int] | None] = [None] * (n + 1)
         cost[start] = 0.0
-        text_ids = self.text_ids if shared else self.raw_ids
+        scan = self.text_scan if shared else self.raw_scan
         costs = self.cost
         keys = context_keys(s) if shared else None
         for i in range(start, n):
             c0 = cost[i]
             if c0 == _INF:
                 continue
-            for j in range(i + 1, min(n, i + self.max_text) + 1):
-                tid = text_ids.get(s[i:j])
-                if tid is not None and c0 + costs[tid] < cost[j]:
+            for j in range(i + 1, n + 1):
+                tid = scan.get(s[i:j])
+                if tid is None:
+                    break
+                if tid != _PREFIX and c0 + costs[tid] < cost[j]:
                     cost[j] = c0 + costs[tid]
                     back[j] = (i, tid)
             if shared and i > 0:
@@ -235,6 +262,30 @@ class ChunkEncoder:
             j = i
         path.reverse()
         return path
+
+
+# realize() reads the last vowel only through vowel harmony (backness, rounding) and the last
+# letter only as vowel / voiceless / other, so keys in one class spell every suffix alike.
+_REPRESENTATIVE = {v: ("a" if v in BACK_VOWELS else "e") for v in VOWELS}
+_REPRESENTATIVE.update({v: ("o" if v in BACK_VOWELS else "ö") for v in ROUNDED_VOWELS})
+
+
+def _harmony_class(key: tuple[str, str | None] | None) -> tuple[str, str | None] | None:
+    """The representative context key that spells every suffix exactly as `key` does."""
+    if key is None:
+        return None
+    last, vowel = key
+    vowel = _REPRESENTATIVE[vowel] if vowel is not None else None
+    return (vowel, vowel) if last in VOWELS else (last, vowel)
+
+
+def _with_prefixes(ids: dict[str, int]) -> dict[str, int]:
+    """`ids` plus every proper prefix of its keys that is not a key, mapped to _PREFIX."""
+    scan = dict(ids)
+    for text in ids:
+        for k in range(1, len(text)):
+            scan.setdefault(text[:k], _PREFIX)
+    return scan
 
 
 def _trace(back: list, n: int) -> Path_:

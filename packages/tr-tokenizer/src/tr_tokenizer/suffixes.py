@@ -203,20 +203,37 @@ def context_keys(text: str) -> list[tuple[str, str | None] | None]:
     keys: list[tuple[str, str | None] | None] = [None]
     key = None
     vowel = None
+    classes = _CHAR_CLASS
     for ch in text:
-        if ch in APOSTROPHES:
-            pass
-        elif ch.isalpha() or "\u0300" <= ch <= "\u036f":
-            low = "ı" if ch == "I" else "i" if ch == "İ" else ch.lower()
-            if low in VOWELS:
-                vowel = low
-                key = (low, low)
-            else:
-                key = ("t" if low in VOICELESS else "r", vowel)
-        else:
+        cls = classes.get(ch) or _char_class(ch)
+        if cls is _NOT_LETTER:
             key = vowel = None
+        elif cls in VOWELS:
+            vowel = cls
+            key = (cls, cls)
+        elif cls is not _SKIP:
+            key = (cls, vowel)
         keys.append(key)
     return keys
+
+
+_SKIP = "'"  # apostrophes: the context looks through them
+_NOT_LETTER = "-"  # anything else that is no letter ends the word
+_CHAR_CLASS: dict[str, str] = {}  # char -> lowercased vowel, "t" (voiceless), "r", or the above
+
+
+def _char_class(ch: str) -> str:
+    """What `ch` contributes to the left context (memoized in _CHAR_CLASS)."""
+    if ch in APOSTROPHES:
+        cls = _SKIP
+    elif _is_letter(ch):
+        low = "ı" if ch == "I" else "i" if ch == "İ" else ch.lower()
+        cls = low if low in VOWELS else "t" if low in VOICELESS else "r"
+    else:
+        cls = _NOT_LETTER
+    if len(_CHAR_CLASS) < 100_000:  # bounded: text may hold any of a million code points
+        _CHAR_CLASS[ch] = cls
+    return cls
 
 
 def _harmony(kind: str, vowel: str) -> str:
