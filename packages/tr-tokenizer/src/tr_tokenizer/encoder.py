@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import regex
 
-from tr_tokenizer.casing import CAPITALIZED, MIXED, UPPER, case_class, tr_lower
+from tr_tokenizer.casing import CAPITALIZED, LOWER, MIXED, UPPER, case_class, tr_lower
 from tr_tokenizer.decoder import DecodeState, DecodeTables
 from tr_tokenizer.pretokenize import APOSTROPHES, MAX_CHUNK, WORD
 from tr_tokenizer.suffixes import (
+    _CONTEXT_CHARS,
     BACK_VOWELS,
     ROUNDED_VOWELS,
     VOWELS,
@@ -64,6 +65,7 @@ class ChunkEncoder:
                 self.suffix_ids[apostrophe] = self.text_ids[apostrophe]
         # voiced stems of alternating roots (" kitab" -> id of " kitap"); only the parse uses
         # them, because only a following vowel makes the decoder write the voiced letter
+        self.voicing = frozenset(vocab.voicing)  # root ids whose last letter alternates
         self.voiced_root_ids: dict[str, int] = {}
         for i, letter in vocab.voicing.items():
             text = vocab.pieces[i][0]
@@ -98,7 +100,8 @@ class ChunkEncoder:
         path = self._encode_word(chunk) if WORD.fullmatch(chunk) else None
         if path is None:
             path = self._cheapest(chunk, shared=False)
-        return tuple(t for t, _ in path), tuple(n for _, n in path)
+        ids, lens = zip(*path) if path else ((), ())
+        return ids, lens
 
     # ---- words --------------------------------------------------------------------------
 
@@ -106,6 +109,8 @@ class ChunkEncoder:
         case, low = case_class(chunk)
         if case != MIXED:
             path = self._morph(low)
+            if path is not None and self._parse_needs_no_check(case, low, path):
+                return path
             if path is None:
                 path = self._cheapest(low, shared=True)
             path = self._with_marker(case, path)
@@ -116,6 +121,17 @@ class ChunkEncoder:
             if self._decode(path) == chunk:
                 return path
         return None
+
+    def _parse_needs_no_check(self, case: int, low: str, path: Path_) -> bool:
+        """True if decoding the parse `path` of `low` provably gives `low` back.
+
+        The decoder writes a root or literal suffix as its text, and spells a shared suffix from
+        the left context of the text written so far, which is the prefix of `low` whose context
+        key chose that suffix's spelling (context_keys agrees with the decoder's backward scan
+        within _CONTEXT_CHARS). What is left to check by decoding: case markers, and roots
+        whose last letter alternates (the decoder voices it before a vowel).
+        """
+        return case == LOWER and len(low) <= _CONTEXT_CHARS and path[0][0] not in self.voicing
 
     def _with_marker(self, case: int, path: Path_) -> Path_:
         if case == CAPITALIZED:
@@ -153,10 +169,15 @@ class ChunkEncoder:
 
     def _morph(self, s: str) -> Path_ | None:
         """Best parse of `s` as one root followed only by suffix tokens, or None."""
+        root_scan, costs = self.root_scan, self.cost
+        tid = root_scan.get(s, _PREFIX)
+        if tid != _PREFIX:
+            # the whole word is one root: every other parse has two or more tokens, and one
+            # token always costs less than two (scores never outweigh a whole token)
+            return [(tid, len(s))]
         n = len(s)
         cost = [_INF] * (n + 1)
         back: list[tuple[int, int] | None] = [None] * (n + 1)
-        root_scan, costs = self.root_scan, self.cost
         for j in range(1, n + 1):
             tid = root_scan.get(s[:j])
             if tid is None:
@@ -165,11 +186,21 @@ class ChunkEncoder:
                 cost[j] = costs[tid]
                 back[j] = (0, tid)
         keys = None
+        tables = self.tables_by_context
         for i in range(1, n):
-            if cost[i] == _INF:
+            c0 = cost[i]
+            if c0 == _INF:
                 continue
             keys = keys or context_keys(s)
-            self._suffix_edges(s, i, keys[i], cost, back)
+            # _suffix_edges inlined: this loop is most of the time spent on a new word
+            table = tables.get(keys[i]) or self._suffix_table(keys[i])
+            for j in range(i + 1, n + 1):
+                hit = table.get(s[i:j])
+                if hit is None:
+                    break
+                if hit and c0 + hit[1] < cost[j]:
+                    cost[j] = c0 + hit[1]
+                    back[j] = (i, hit[0])
         return _trace(back, n) if cost[n] < _INF else None
 
     def _suffix_edges(self, s: str, i: int, key, cost: list[float], back: list) -> None:
