@@ -186,9 +186,9 @@ def load_model(
     if is_fp8_state_dict(state):
         try:
             load_fp8_weights(model, state)
+        except FP8UnavailableError:
+            raise
         except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, FP8UnavailableError):
-                raise
             raise CheckpointError(
                 f"{directory / WEIGHTS_FILE} holds FP8 weights that do not match its config: {exc}"
             ) from exc

@@ -31,7 +31,11 @@ def require_kernels(purpose: str) -> ModuleType:
 
 
 def is_fp8_state_dict(state: dict[str, torch.Tensor]) -> bool:
-    """True when the state dict holds block-scaled FP8 Linear weights."""
+    """True when the state dict holds block-scaled FP8 Linear weights.
+
+    Same test as ismail_kernels.is_fp8_state_dict, kept here so that loading an ordinary
+    checkpoint does not need the optional ismail-kernels package.
+    """
     return any(key.endswith(SCALE_SUFFIX) for key in state)
 
 

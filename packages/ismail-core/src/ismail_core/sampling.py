@@ -90,29 +90,34 @@ def sample_next(
     if history is not None:
         logits = apply_repetition_penalty(logits, history, [p.repetition_penalty for p in params])
 
+    # Greedy rows (temperature 0) take the argmax and draw nothing. Ranking the vocabulary is
+    # the expensive part, so only rows with top-k or top-p pay for it; the others sample from
+    # the plain softmax. Each row takes the same path whatever its neighbours ask for, and
+    # draws one uniform from its own generator, which keeps seeded rows reproducible in any
+    # batch.
     device = logits.device
-    temps = torch.tensor([p.temperature or 1.0 for p in params], device=device)
-    scaled = logits / temps[:, None]
-    # One uniform draw per row from that row's own generator.
-    uniforms = torch.empty(batch, device=device)
-    for row, gen in enumerate(generators):
-        uniforms[row] = torch.rand((), generator=gen, device=device)
-
-    # Ranking the vocabulary is the expensive part, so only rows with top-k or top-p pay for
-    # it. Each row takes the same path whatever its neighbours ask for, which keeps seeded
-    # rows reproducible in any batch.
     out = logits.argmax(dim=-1)
-    ranked_rows = [i for i, p in enumerate(params) if p.temperature and (p.top_k or p.top_p < 1)]
-    plain_rows = [i for i, p in enumerate(params) if p.temperature and i not in ranked_rows]
+    ranked_rows, plain_rows = [], []
+    for i, p in enumerate(params):
+        if p.temperature:
+            (ranked_rows if p.top_k or p.top_p < 1 else plain_rows).append(i)
+
+    def scaled_and_uniforms(row_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows = torch.tensor(row_ids, device=device)
+        temps = torch.tensor([params[i].temperature for i in row_ids], device=device)
+        uniforms = torch.stack(
+            [torch.rand((), generator=generators[i], device=device) for i in row_ids]
+        )
+        return rows, logits[rows] / temps[:, None], uniforms
+
     if plain_rows:
-        rows = torch.tensor(plain_rows, device=device)
-        probs = torch.softmax(scaled[rows], dim=-1)
-        out[rows] = _inverse_cdf(probs, uniforms[rows])
+        rows, scaled, uniforms = scaled_and_uniforms(plain_rows)
+        out[rows] = _inverse_cdf(torch.softmax(scaled, dim=-1), uniforms)
     if ranked_rows:
-        rows = torch.tensor(ranked_rows, device=device)
+        rows, scaled, uniforms = scaled_and_uniforms(ranked_rows)
         chosen = [params[i] for i in ranked_rows]
         n_best = max(p.top_k for p in chosen) if all(p.top_k for p in chosen) else vocab
-        ranked, candidates = torch.topk(scaled[rows], n_best, dim=-1, sorted=True)
+        ranked, candidates = torch.topk(scaled, n_best, dim=-1, sorted=True)
         # top-k: drop ranks >= k (k = 0 keeps everything).
         ks = torch.tensor([p.top_k or vocab for p in chosen], device=device)
         ranks = torch.arange(n_best, device=device)[None, :]
@@ -122,7 +127,7 @@ def sample_next(
         top_ps = torch.tensor([p.top_p for p in chosen], device=device)
         mass_before = torch.cumsum(probs, dim=-1) - probs
         probs = probs.masked_fill(mass_before >= top_ps[:, None], 0.0)
-        picks = _inverse_cdf(probs, uniforms[rows])
+        picks = _inverse_cdf(probs, uniforms)
         out[rows] = candidates.gather(1, picks[:, None]).squeeze(1)
     return out
 

@@ -306,9 +306,6 @@ class LLMEngine:
         if logits.shape[-1] > self.vocab_size:
             logits[:, self.vocab_size :] = float("-inf")
         params = [s.request.params for s in seqs]
-        if all(p.temperature == 0 and p.repetition_penalty == 1.0 for p in params):
-            # All greedy: the argmax sample_next would return, without its full-vocabulary sort.
-            return logits.argmax(dim=-1).tolist()
         penalised = any(p.repetition_penalty != 1.0 for p in params)
         history = [s.history() for s in seqs] if penalised else None
         return sample_next(logits, params, [s.generator for s in seqs], history).tolist()
