@@ -5,9 +5,16 @@ suffix tokens. Shared suffix tokens are allowed only where the decoder's rule sp
 as in the input. Without a full parse it takes the cheapest segmentation over all pieces (fewest
 tokens, then highest score). Every result is checked by decoding it; anything that would not
 round-trip is re-encoded from the raw text, so encoding is lossless by construction.
+
+The compiled module tr_tokenizer._native (built from _native.c when the package is installed
+with a C compiler) runs this same algorithm for the chunks that make up nearly all Turkish
+text and gives exactly the same ids; this module is its reference and handles everything else.
+Set TR_TOKENIZER_PURE_PYTHON=1 to use this module alone.
 """
 
 from __future__ import annotations
+
+import os
 
 import regex
 
@@ -84,11 +91,43 @@ class ChunkEncoder:
         self.byte0 = vocab.pieces.index((BYTE_TOKENS[0], "byte", 0.0)) if vocab.pieces else 0
         self.cap_id = next(i for i, p in enumerate(vocab.pieces) if p[0] == CAP)
         self.upper_id = next(i for i, p in enumerate(vocab.pieces) if p[0] == UPPER_TOKEN)
+        self.native = self._native_segmenter() if native_available() else None
+
+    def _native_segmenter(self):
+        """The compiled segmenter over this encoder's tables (see tr_tokenizer._native)."""
+        from tr_tokenizer import _native
+
+        t = self.tables
+        return _native.Segmenter(
+            self.root_scan,
+            self.text_scan,
+            self.raw_scan,
+            [self._suffix_table(key) for key in HARMONY_KEYS],
+            self.cost,
+            1.0 + _TIE * _BYTE_PENALTY,
+            t.kind,
+            t.text,
+            t.elements,
+            t.voiced,
+            t.letters_only,
+            t.spaced_word,
+            self.cap_id,
+            self.upper_id,
+            self.byte0,
+        )
 
     # ---- public entry -------------------------------------------------------------------
 
     def encode_chunk(self, chunk: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Encode one chunk. Returns token ids and the number of characters each one covers."""
+        if self.native is not None:
+            done = self.native.encode_chunk(chunk)
+            if done is not None:
+                return done
+        return self.encode_chunk_python(chunk)
+
+    def encode_chunk_python(self, chunk: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """encode_chunk without the compiled segmenter: the reference implementation."""
         if len(chunk) > MAX_CHUNK:
             ids: list[int] = []
             lens: list[int] = []
@@ -308,6 +347,28 @@ def _harmony_class(key: tuple[str, str | None] | None) -> tuple[str, str | None]
     last, vowel = key
     vowel = _REPRESENTATIVE[vowel] if vowel is not None else None
     return (vowel, vowel) if last in VOWELS else (last, vowel)
+
+
+# The representative context keys in the order of the compiled segmenter's suffix tables
+# (_native.c: context_classes): no word; after a vowel; after a voiceless, then another consonant.
+_VOWEL_REPRESENTATIVES = ("a", "e", "o", "ö")
+HARMONY_KEYS: tuple[tuple[str, str | None] | None, ...] = (
+    None,
+    *((v, v) for v in _VOWEL_REPRESENTATIVES),
+    *(("t", v) for v in (None, *_VOWEL_REPRESENTATIVES)),
+    *(("r", v) for v in (None, *_VOWEL_REPRESENTATIVES)),
+)
+
+
+def native_available() -> bool:
+    """Whether the compiled segmenter is built and not switched off by TR_TOKENIZER_PURE_PYTHON."""
+    if os.environ.get("TR_TOKENIZER_PURE_PYTHON", "") not in ("", "0"):
+        return False
+    try:
+        from tr_tokenizer import _native  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _with_prefixes(ids: dict[str, int]) -> dict[str, int]:

@@ -163,6 +163,16 @@ class Tokenizer:
         """Token ids only: the fast path (no tokens or offsets)."""
         if not isinstance(text, str):
             raise TypeError(f"encode() expects str, got {type(text).__name__}; decode bytes first")
+        native = self._encoder.native
+        if native is not None and not (allow_special and "<|" in text):
+            # the whole per-chunk loop, cache included, in the compiled segmenter
+            return native.encode(
+                PATTERN.findall(text),
+                self._cache,
+                self._lens,
+                self._encoder.encode_chunk_python,
+                _CACHE_LIMIT,
+            )
         # map + chain keep the per-chunk loop in C; a cache miss calls _ChunkCache.__missing__
         lookup = self._cache.__getitem__
         if allow_special and "<|" in text:

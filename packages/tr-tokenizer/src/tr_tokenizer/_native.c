@@ -1,0 +1,1274 @@
+/* Compiled word segmenter for tr_tokenizer: the same algorithm as encoder.py, in C.
+ *
+ * encoder.py stays the reference and the fallback. This module takes the chunks that make up
+ * nearly all real Turkish text (words of Turkish/ASCII letters with optional apostrophe
+ * suffixes, and ASCII punctuation, digits and spaces) and returns exactly the ids the Python
+ * encoder returns: the same tries (as dicts there), the same dynamic programs with the same
+ * float arithmetic and tie order, the same decoder simulation for the round-trip check. For
+ * any other chunk it returns None and the Python encoder runs. Tests compare both paths.
+ *
+ * Built by hatch_build.py; if no C compiler is available, the package works without it.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_CHARS 40               /* encoder: _CONTEXT_CHARS; longer chunks go to Python */
+#define MAX_TOKENS (4 * MAX_CHARS + 2 * MAX_CHARS + 8)
+#define NUM_CLASSES 15             /* suffix tables, one per harmony class (see context_classes) */
+#define NO_ID (-1)
+
+/* decoder.py kind codes */
+enum { K_TEXT = 0, K_SPECIAL, K_CAP, K_UPPER, K_BYTE, K_SHARED };
+/* suffixes.py element kinds */
+enum { E_LIT = 0, E_BUF, E_OPT, E_A, E_I, E_D, E_C };
+/* tokenizer case classes (casing.py) */
+enum { LOWER = 0, CAPITALIZED, UPPER, MIXED };
+/* decoder case states */
+enum { S_NONE = 0, S_CAP_PENDING, S_UPPER_START, S_UPPER_CONT };
+
+/* ---- characters --------------------------------------------------------------------- */
+
+/* The letters this module handles: ASCII letters and the Turkish (and circumflex) letters,
+ * each with its Turkish lowercase and uppercase. Anything else is left to Python. */
+static const Py_UCS4 LOWER_EXTRA[] = {0xE7, 0x11F, 0x131, 0x69, 0xF6, 0x15F, 0xFC, 0xE2, 0xEE, 0xFB};
+static const Py_UCS4 UPPER_EXTRA[] = {0xC7, 0x11E, 0x49, 0x130, 0xD6, 0x15E, 0xDC, 0xC2, 0xCE, 0xDB};
+/* pairs: ç/Ç ğ/Ğ ı/I i/İ ö/Ö ş/Ş ü/Ü â/Â î/Î û/Û */
+
+static int is_apostrophe(Py_UCS4 c) { return c == '\'' || c == 0x2019; }
+
+/* Returns 1 and sets *low, *up, *is_up for a handled letter, else 0. */
+static int letter_info(Py_UCS4 c, Py_UCS4 *low, Py_UCS4 *up, int *is_up)
+{
+    if (c >= 'a' && c <= 'z') {
+        *low = c;
+        *up = (c == 'i') ? 0x130 : c - 32;
+        *is_up = 0;
+        return 1;
+    }
+    if (c >= 'A' && c <= 'Z') {
+        *low = (c == 'I') ? 0x131 : c + 32;
+        *up = c;
+        *is_up = 1;
+        return 1;
+    }
+    for (int k = 0; k < 10; k++) {
+        if (c == LOWER_EXTRA[k] && c != 'i') {
+            *low = c;
+            *up = UPPER_EXTRA[k];
+            *is_up = 0;
+            return 1;
+        }
+        if (c == UPPER_EXTRA[k] && c != 'I') {
+            *low = LOWER_EXTRA[k];
+            *up = c;
+            *is_up = 1;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int is_vowel(Py_UCS4 c) /* suffixes.VOWELS: lowercase only */
+{
+    switch (c) {
+    case 'a': case 'e': case 0x131: case 'i': case 'o': case 0xF6: case 'u': case 0xFC:
+    case 0xE2: case 0xEE: case 0xFB:
+        return 1;
+    }
+    return 0;
+}
+
+static int is_back(Py_UCS4 c) { return c == 'a' || c == 0x131 || c == 'o' || c == 'u' || c == 0xE2 || c == 0xFB; }
+static int is_rounded(Py_UCS4 c) { return c == 'o' || c == 0xF6 || c == 'u' || c == 0xFC || c == 0xFB; }
+
+static int is_voiceless(Py_UCS4 c) /* suffixes.VOICELESS */
+{
+    switch (c) {
+    case 'f': case 's': case 't': case 'k': case 0xE7: case 0x15F: case 'h': case 'p':
+        return 1;
+    }
+    return 0;
+}
+
+/* The harmony class of a context key (last letter class, last vowel), as encoder._harmony_class
+ * orders its tables: 0 no word; 1-4 after a vowel (a e o ö); 5-9 after a voiceless consonant,
+ * 10-14 after another consonant (no vowel yet, a, e, o, ö). */
+static int vowel_rep(Py_UCS4 v)
+{
+    if (v == 0)
+        return 0;
+    if (is_rounded(v))
+        return is_back(v) ? 3 : 4;
+    return is_back(v) ? 1 : 2;
+}
+
+/* ---- tries -------------------------------------------------------------------------- */
+
+typedef struct {
+    int32_t id;   /* NO_ID: only a proper prefix of some key */
+    double cost;
+} Node;
+
+typedef struct {
+    Node *nodes;
+    Py_ssize_t n_nodes, cap_nodes;
+    uint64_t *keys;     /* open addressing: (parent << 21 | char) | 1 << 63; 0 = empty slot */
+    int32_t *children;
+    size_t mask;
+    size_t used;
+} Trie;
+
+static size_t slot_of(uint64_t key, size_t mask)
+{
+    key ^= key >> 31;
+    key *= 0x9E3779B97F4A7C15ULL;
+    key ^= key >> 29;
+    return (size_t)key & mask;
+}
+
+static int32_t trie_child(const Trie *t, int32_t node, Py_UCS4 c)
+{
+    uint64_t key = ((uint64_t)node << 21 | c) | (1ULL << 63);
+    size_t s = slot_of(key, t->mask);
+    for (;;) {
+        uint64_t k = t->keys[s];
+        if (k == key)
+            return t->children[s];
+        if (k == 0)
+            return -1;
+        s = (s + 1) & t->mask;
+    }
+}
+
+static int trie_grow_table(Trie *t)
+{
+    size_t old_size = t->mask + 1, new_size = old_size * 2;
+    uint64_t *keys = PyMem_Calloc(new_size, sizeof(uint64_t));
+    int32_t *children = PyMem_Malloc(new_size * sizeof(int32_t));
+    if (!keys || !children) {
+        PyMem_Free(keys);
+        PyMem_Free(children);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t s = 0; s < old_size; s++) {
+        if (t->keys[s]) {
+            size_t d = slot_of(t->keys[s], new_size - 1);
+            while (keys[d])
+                d = (d + 1) & (new_size - 1);
+            keys[d] = t->keys[s];
+            children[d] = t->children[s];
+        }
+    }
+    PyMem_Free(t->keys);
+    PyMem_Free(t->children);
+    t->keys = keys;
+    t->children = children;
+    t->mask = new_size - 1;
+    return 0;
+}
+
+static int32_t trie_new_node(Trie *t)
+{
+    if (t->n_nodes == t->cap_nodes) {
+        Py_ssize_t cap = t->cap_nodes ? 2 * t->cap_nodes : 64;
+        Node *nodes = PyMem_Realloc(t->nodes, cap * sizeof(Node));
+        if (!nodes) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        t->nodes = nodes;
+        t->cap_nodes = cap;
+    }
+    t->nodes[t->n_nodes].id = NO_ID;
+    t->nodes[t->n_nodes].cost = 0.0;
+    return (int32_t)t->n_nodes++;
+}
+
+static int trie_init(Trie *t)
+{
+    memset(t, 0, sizeof(*t));
+    t->keys = PyMem_Calloc(64, sizeof(uint64_t));
+    t->children = PyMem_Malloc(64 * sizeof(int32_t));
+    if (!t->keys || !t->children) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    t->mask = 63;
+    return trie_new_node(t) < 0 ? -1 : 0;
+}
+
+static void trie_free(Trie *t)
+{
+    PyMem_Free(t->nodes);
+    PyMem_Free(t->keys);
+    PyMem_Free(t->children);
+    memset(t, 0, sizeof(*t));
+}
+
+/* Node for `text`, created along the way. */
+static int32_t trie_insert(Trie *t, PyObject *text)
+{
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    int32_t node = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        int32_t child = trie_child(t, node, c);
+        if (child < 0) {
+            if ((t->used + 1) * 2 > t->mask + 1 && trie_grow_table(t) < 0)
+                return -1;
+            child = trie_new_node(t);
+            if (child < 0)
+                return -1;
+            uint64_t key = ((uint64_t)node << 21 | c) | (1ULL << 63);
+            size_t s = slot_of(key, t->mask);
+            while (t->keys[s])
+                s = (s + 1) & t->mask;
+            t->keys[s] = key;
+            t->children[s] = child;
+            t->used++;
+        }
+        node = child;
+    }
+    return node;
+}
+
+/* Fill a trie from an encoder scan dict {text: id, or -1 for a proper prefix}; a piece's cost
+ * is costs[id]. */
+static int trie_from_scan(Trie *t, PyObject *scan, const double *costs, Py_ssize_t n_ids)
+{
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    if (!PyDict_Check(scan)) {
+        PyErr_SetString(PyExc_TypeError, "scan tables must be dicts");
+        return -1;
+    }
+    while (PyDict_Next(scan, &pos, &key, &value)) {
+        if (!PyUnicode_Check(key) || !PyLong_Check(value)) {
+            PyErr_SetString(PyExc_TypeError, "scan tables map str to int");
+            return -1;
+        }
+        long id = PyLong_AsLong(value);
+        if (id == -1 && PyErr_Occurred())
+            return -1;
+        if (id >= n_ids) {
+            PyErr_Format(PyExc_ValueError, "scan table id %ld out of range", id);
+            return -1;
+        }
+        int32_t node = trie_insert(t, key);
+        if (node < 0)
+            return -1;
+        if (id >= 0) {
+            t->nodes[node].id = (int32_t)id;
+            t->nodes[node].cost = costs[id];
+        }
+    }
+    return 0;
+}
+
+/* Fill a trie from an encoder suffix table {spelling: (id, cost), proper prefix: ()}. */
+static int trie_from_table(Trie *t, PyObject *table, Py_ssize_t n_ids)
+{
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    if (!PyDict_Check(table)) {
+        PyErr_SetString(PyExc_TypeError, "suffix tables must be dicts");
+        return -1;
+    }
+    while (PyDict_Next(table, &pos, &key, &value)) {
+        if (!PyUnicode_Check(key) || !PyTuple_Check(value)) {
+            PyErr_SetString(PyExc_TypeError, "suffix tables map str to tuple");
+            return -1;
+        }
+        int32_t node = trie_insert(t, key);
+        if (node < 0)
+            return -1;
+        if (PyTuple_GET_SIZE(value) == 2) {
+            long id = PyLong_AsLong(PyTuple_GET_ITEM(value, 0));
+            double cost = PyFloat_AsDouble(PyTuple_GET_ITEM(value, 1));
+            if (PyErr_Occurred())
+                return -1;
+            if (id < 0 || id >= n_ids) {
+                PyErr_Format(PyExc_ValueError, "suffix table id %ld out of range", id);
+                return -1;
+            }
+            t->nodes[node].id = (int32_t)id;
+            t->nodes[node].cost = cost;
+        }
+    }
+    return 0;
+}
+
+/* ---- the segmenter object ----------------------------------------------------------- */
+
+typedef struct {
+    uint8_t kind;
+    Py_UCS4 letter;
+} Element;
+
+typedef struct {
+    PyObject_HEAD
+    Trie roots, text, raw;
+    Trie suffix[NUM_CLASSES];
+    Py_ssize_t n_ids;
+    double *costs;
+    double byte_cost;       /* 1.0 + _TIE * _BYTE_PENALTY, computed by Python */
+    uint8_t *kind;          /* decoder kind code per id */
+    uint8_t *letters_only;
+    uint8_t *spaced_word;
+    Py_UCS4 *voiced;        /* voiced last letter of an alternating root, 0 otherwise */
+    Py_ssize_t *text_start; /* text of id i: text_buf[text_start[i] : text_start[i + 1]] */
+    Py_UCS4 *text_buf;
+    Py_ssize_t *elem_start; /* elements of a shared suffix id, likewise */
+    Element *elem_buf;
+    int32_t cap_id, upper_id, byte0;
+} Segmenter;
+
+static void Segmenter_dealloc(Segmenter *self)
+{
+    trie_free(&self->roots);
+    trie_free(&self->text);
+    trie_free(&self->raw);
+    for (int k = 0; k < NUM_CLASSES; k++)
+        trie_free(&self->suffix[k]);
+    PyMem_Free(self->costs);
+    PyMem_Free(self->kind);
+    PyMem_Free(self->letters_only);
+    PyMem_Free(self->spaced_word);
+    PyMem_Free(self->voiced);
+    PyMem_Free(self->text_start);
+    PyMem_Free(self->text_buf);
+    PyMem_Free(self->elem_start);
+    PyMem_Free(self->elem_buf);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int element_kind(PyObject *name, uint8_t *out)
+{
+    static const char *names[] = {"lit", "buf", "opt", "A", "I", "D", "C"};
+    for (int k = 0; k < 7; k++) {
+        if (PyUnicode_CompareWithASCIIString(name, names[k]) == 0) {
+            *out = (uint8_t)k;
+            return 0;
+        }
+    }
+    PyErr_Format(PyExc_ValueError, "unknown suffix element kind %R", name);
+    return -1;
+}
+
+static Py_UCS4 single_char(PyObject *s)
+{
+    if (!PyUnicode_Check(s) || PyUnicode_GET_LENGTH(s) != 1) {
+        PyErr_Format(PyExc_ValueError, "expected one character, got %R", s);
+        return (Py_UCS4)-1;
+    }
+    return PyUnicode_READ_CHAR(s, 0);
+}
+
+/* Segmenter(root_scan, text_scan, raw_scan, suffix_tables, costs, byte_cost, kinds, texts,
+ *           elements, voiced, letters_only, spaced_word, cap_id, upper_id, byte0) */
+static int Segmenter_init(Segmenter *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *root_scan, *text_scan, *raw_scan, *tables, *costs, *kinds, *texts, *elements;
+    PyObject *voiced, *letters_only, *spaced_word;
+    double byte_cost;
+    int cap_id, upper_id, byte0;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!dO!O!O!O!O!O!iii", &PyDict_Type, &root_scan,
+                          &PyDict_Type, &text_scan, &PyDict_Type, &raw_scan, &PyList_Type,
+                          &tables, &PyList_Type, &costs, &byte_cost, &PyList_Type, &kinds,
+                          &PyList_Type, &texts, &PyList_Type, &elements, &PyList_Type, &voiced,
+                          &PyList_Type, &letters_only, &PyList_Type, &spaced_word, &cap_id,
+                          &upper_id, &byte0))
+        return -1;
+    if (self->costs) {
+        PyErr_SetString(PyExc_RuntimeError, "Segmenter is already initialized");
+        return -1;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(costs);
+    if (PyList_GET_SIZE(kinds) != n || PyList_GET_SIZE(texts) != n ||
+        PyList_GET_SIZE(elements) != n || PyList_GET_SIZE(voiced) != n ||
+        PyList_GET_SIZE(letters_only) != n || PyList_GET_SIZE(spaced_word) != n) {
+        PyErr_SetString(PyExc_ValueError, "per-id lists must all have one entry per id");
+        return -1;
+    }
+    if (PyList_GET_SIZE(tables) != NUM_CLASSES) {
+        PyErr_Format(PyExc_ValueError, "expected %d suffix tables", NUM_CLASSES);
+        return -1;
+    }
+    if (cap_id < 0 || cap_id >= n || upper_id < 0 || upper_id >= n || byte0 < 0 || byte0 + 256 > n) {
+        PyErr_SetString(PyExc_ValueError, "special ids out of range");
+        return -1;
+    }
+    self->n_ids = n;
+    self->byte_cost = byte_cost;
+    self->cap_id = cap_id;
+    self->upper_id = upper_id;
+    self->byte0 = byte0;
+    self->costs = PyMem_Malloc(n * sizeof(double));
+    self->kind = PyMem_Malloc(n);
+    self->letters_only = PyMem_Malloc(n);
+    self->spaced_word = PyMem_Malloc(n);
+    self->voiced = PyMem_Malloc(n * sizeof(Py_UCS4));
+    self->text_start = PyMem_Malloc((n + 1) * sizeof(Py_ssize_t));
+    self->elem_start = PyMem_Malloc((n + 1) * sizeof(Py_ssize_t));
+    if (!self->costs || !self->kind || !self->letters_only || !self->spaced_word ||
+        !self->voiced || !self->text_start || !self->elem_start) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t text_total = 0, elem_total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = PyList_GET_ITEM(texts, i), *e = PyList_GET_ITEM(elements, i);
+        if (!PyUnicode_Check(t) || !PyTuple_Check(e)) {
+            PyErr_SetString(PyExc_TypeError, "texts must be str and elements tuples");
+            return -1;
+        }
+        text_total += PyUnicode_GET_LENGTH(t);
+        elem_total += PyTuple_GET_SIZE(e);
+    }
+    self->text_buf = PyMem_Malloc((text_total + 1) * sizeof(Py_UCS4));
+    self->elem_buf = PyMem_Malloc((elem_total + 1) * sizeof(Element));
+    if (!self->text_buf || !self->elem_buf) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t tpos = 0, epos = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        self->costs[i] = PyFloat_AsDouble(PyList_GET_ITEM(costs, i));
+        long k = PyLong_AsLong(PyList_GET_ITEM(kinds, i));
+        int lo = PyObject_IsTrue(PyList_GET_ITEM(letters_only, i));
+        int sw = PyObject_IsTrue(PyList_GET_ITEM(spaced_word, i));
+        if (PyErr_Occurred() || lo < 0 || sw < 0)
+            return -1;
+        if (k < K_TEXT || k > K_SHARED) {
+            PyErr_Format(PyExc_ValueError, "unknown kind code %ld", k);
+            return -1;
+        }
+        self->kind[i] = (uint8_t)k;
+        self->letters_only[i] = (uint8_t)lo;
+        self->spaced_word[i] = (uint8_t)sw;
+        PyObject *v = PyList_GET_ITEM(voiced, i);
+        if (v == Py_None) {
+            self->voiced[i] = 0;
+        } else {
+            Py_UCS4 c = single_char(v);
+            if (c == (Py_UCS4)-1)
+                return -1;
+            self->voiced[i] = c;
+        }
+        PyObject *t = PyList_GET_ITEM(texts, i);
+        self->text_start[i] = tpos;
+        for (Py_ssize_t j = 0; j < PyUnicode_GET_LENGTH(t); j++)
+            self->text_buf[tpos++] = PyUnicode_READ_CHAR(t, j);
+        PyObject *e = PyList_GET_ITEM(elements, i);
+        self->elem_start[i] = epos;
+        for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(e); j++) {
+            PyObject *pair = PyTuple_GET_ITEM(e, j);
+            if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+                PyErr_SetString(PyExc_TypeError, "an element is a (kind, letter) tuple");
+                return -1;
+            }
+            if (element_kind(PyTuple_GET_ITEM(pair, 0), &self->elem_buf[epos].kind) < 0)
+                return -1;
+            Py_UCS4 c = single_char(PyTuple_GET_ITEM(pair, 1));
+            if (c == (Py_UCS4)-1)
+                return -1;
+            self->elem_buf[epos++].letter = c;
+        }
+    }
+    self->text_start[n] = tpos;
+    self->elem_start[n] = epos;
+    if (trie_init(&self->roots) < 0 || trie_from_scan(&self->roots, root_scan, self->costs, n) < 0)
+        return -1;
+    if (trie_init(&self->text) < 0 || trie_from_scan(&self->text, text_scan, self->costs, n) < 0)
+        return -1;
+    if (trie_init(&self->raw) < 0 || trie_from_scan(&self->raw, raw_scan, self->costs, n) < 0)
+        return -1;
+    for (int c = 0; c < NUM_CLASSES; c++) {
+        if (trie_init(&self->suffix[c]) < 0 ||
+            trie_from_table(&self->suffix[c], PyList_GET_ITEM(tables, c), n) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* ---- context keys (suffixes.context_keys) ------------------------------------------- */
+
+/* classes[i] = harmony class of the key of s[:i], for i in 0..n. Every char of s must be a
+ * handled letter, an apostrophe or a space (checked by the caller). */
+static void context_classes(const Py_UCS4 *s, Py_ssize_t n, int *classes)
+{
+    int key = 0; /* 0: None */
+    Py_UCS4 vowel = 0;
+    classes[0] = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = s[i], low, up;
+        int is_up;
+        if (is_apostrophe(c)) {
+            /* the context looks through apostrophes */
+        } else if (!letter_info(c, &low, &up, &is_up)) {
+            key = 0;
+            vowel = 0;
+        } else if (is_vowel(low)) {
+            vowel = low;
+            key = vowel_rep(low); /* 1..4 */
+        } else {
+            key = (is_voiceless(low) ? 5 : 10) + vowel_rep(vowel);
+        }
+        classes[i + 1] = key;
+    }
+}
+
+/* ---- segmentation (encoder._morph and encoder._cheapest) ---------------------------- */
+
+typedef struct {
+    int32_t id[MAX_TOKENS];
+    int32_t len[MAX_TOKENS];
+    int n;
+} Path;
+
+static int path_push(Path *p, int32_t id, int32_t len)
+{
+    if (p->n >= MAX_TOKENS)
+        return -1;
+    p->id[p->n] = id;
+    p->len[p->n] = len;
+    p->n++;
+    return 0;
+}
+
+#define INF (1.0 / 0.0)
+
+/* Relax edges from i over suffix tokens spelled s[i:j] in harmony class `cls`. */
+static void suffix_edges(const Trie *t, const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t i,
+                         double *cost, int32_t *back_i, int32_t *back_id)
+{
+    double c0 = cost[i];
+    int32_t node = 0;
+    for (Py_ssize_t j = i + 1; j <= n; j++) {
+        node = trie_child(t, node, s[j - 1]);
+        if (node < 0)
+            break;
+        const Node *hit = &t->nodes[node];
+        if (hit->id != NO_ID && c0 + hit->cost < cost[j]) {
+            cost[j] = c0 + hit->cost;
+            back_i[j] = (int32_t)i;
+            back_id[j] = hit->id;
+        }
+    }
+}
+
+/* encoder._morph: best parse of s as one root followed only by suffix tokens.
+ * Returns 1 with the path appended, 0 if there is none, -1 if the path overflowed. */
+static int morph(const Segmenter *sg, const Py_UCS4 *s, Py_ssize_t n, Path *out)
+{
+    double cost[MAX_CHARS + 1];
+    int32_t back_i[MAX_CHARS + 1], back_id[MAX_CHARS + 1];
+    int classes[MAX_CHARS + 1];
+    int32_t node = 0;
+    for (Py_ssize_t j = 0; j <= MAX_CHARS; j++)
+        cost[j] = INF;
+    for (Py_ssize_t j = 1; j <= n; j++) {
+        node = trie_child(&sg->roots, node, s[j - 1]);
+        if (node < 0)
+            break;
+        const Node *hit = &sg->roots.nodes[node];
+        if (hit->id != NO_ID) {
+            if (j == n) /* the whole word is one root: one token beats two or more */
+                return path_push(out, hit->id, (int32_t)n) < 0 ? -1 : 1;
+            cost[j] = hit->cost;
+            back_i[j] = 0;
+            back_id[j] = hit->id;
+        }
+    }
+    context_classes(s, n, classes);
+    for (Py_ssize_t i = 1; i < n; i++) {
+        if (cost[i] == INF)
+            continue;
+        suffix_edges(&sg->suffix[classes[i]], s, n, i, cost, back_i, back_id);
+    }
+    if (!(cost[n] < INF))
+        return 0;
+    int32_t ids[MAX_CHARS + 1], lens[MAX_CHARS + 1];
+    int k = 0;
+    for (Py_ssize_t j = n; j > 0; j = back_i[j]) {
+        ids[k] = back_id[j];
+        lens[k] = (int32_t)(j - back_i[j]);
+        k++;
+    }
+    while (k > 0) {
+        k--;
+        if (path_push(out, ids[k], lens[k]) < 0)
+            return -1;
+    }
+    return 1;
+}
+
+static int utf8_bytes(Py_UCS4 c, uint8_t *b)
+{
+    if (c < 0x80) {
+        b[0] = (uint8_t)c;
+        return 1;
+    }
+    if (c < 0x800) {
+        b[0] = (uint8_t)(0xC0 | (c >> 6));
+        b[1] = (uint8_t)(0x80 | (c & 0x3F));
+        return 2;
+    }
+    if (c < 0x10000) { /* lone surrogates too, as "surrogatepass" writes them */
+        b[0] = (uint8_t)(0xE0 | (c >> 12));
+        b[1] = (uint8_t)(0x80 | ((c >> 6) & 0x3F));
+        b[2] = (uint8_t)(0x80 | (c & 0x3F));
+        return 3;
+    }
+    b[0] = (uint8_t)(0xF0 | (c >> 18));
+    b[1] = (uint8_t)(0x80 | ((c >> 12) & 0x3F));
+    b[2] = (uint8_t)(0x80 | ((c >> 6) & 0x3F));
+    b[3] = (uint8_t)(0x80 | (c & 0x3F));
+    return 4;
+}
+
+/* encoder._cheapest: fewest-token segmentation of s[start:] (byte fallback included). With
+ * `shared`, over all text pieces plus suffixes spelled from the left context; without, over
+ * pieces whose text is fixed. Returns 0, or -1 if the path overflowed. */
+static int cheapest(const Segmenter *sg, const Py_UCS4 *s, Py_ssize_t n, int shared,
+                    Py_ssize_t start, Path *out)
+{
+    double cost[MAX_CHARS + 1];
+    int32_t back_i[MAX_CHARS + 1], back_id[MAX_CHARS + 1];
+    int classes[MAX_CHARS + 1];
+    const Trie *scan = shared ? &sg->text : &sg->raw;
+    for (Py_ssize_t j = 0; j <= MAX_CHARS; j++)
+        cost[j] = INF;
+    cost[start] = 0.0;
+    if (shared)
+        context_classes(s, n, classes);
+    for (Py_ssize_t i = start; i < n; i++) {
+        double c0 = cost[i];
+        if (c0 == INF)
+            continue;
+        int32_t node = 0;
+        for (Py_ssize_t j = i + 1; j <= n; j++) {
+            node = trie_child(scan, node, s[j - 1]);
+            if (node < 0)
+                break;
+            const Node *hit = &scan->nodes[node];
+            if (hit->id != NO_ID && c0 + hit->cost < cost[j]) {
+                cost[j] = c0 + hit->cost;
+                back_i[j] = (int32_t)i;
+                back_id[j] = hit->id;
+            }
+        }
+        if (shared && i > 0)
+            suffix_edges(&sg->suffix[classes[i]], s, n, i, cost, back_i, back_id);
+        uint8_t b[4];
+        int nbytes = utf8_bytes(s[i], b);
+        double c = c0 + nbytes * sg->byte_cost;
+        if (c < cost[i + 1]) {
+            cost[i + 1] = c;
+            back_i[i + 1] = (int32_t)i;
+            back_id[i + 1] = -1;
+        }
+    }
+    /* trace back into a reversed list of (id, len), then append in order */
+    int32_t ids[MAX_TOKENS], lens[MAX_TOKENS];
+    int k = 0;
+    for (Py_ssize_t j = n; j > start; j = back_i[j]) {
+        Py_ssize_t i = back_i[j];
+        if (back_id[j] == -1) {
+            uint8_t b[4];
+            int nb = utf8_bytes(s[i], b);
+            for (int q = nb - 1; q >= 1; q--) {
+                ids[k] = sg->byte0 + b[q];
+                lens[k++] = 0;
+            }
+            ids[k] = sg->byte0 + b[0];
+            lens[k++] = 1;
+        } else {
+            ids[k] = back_id[j];
+            lens[k++] = (int32_t)(j - i);
+        }
+    }
+    while (k > 0) {
+        k--;
+        if (path_push(out, ids[k], lens[k]) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* ---- decoding check (decoder.DecodeState on a fresh state, compared as it goes) ------ */
+
+typedef struct {
+    const Py_UCS4 *want;   /* the chunk the path must decode to */
+    Py_ssize_t want_len;
+    Py_ssize_t pos;        /* chars of `want` matched so far */
+    Py_UCS4 tail[2 * MAX_CHARS + 16];
+    Py_ssize_t tail_len;
+    int bad;               /* mismatch (1) or a case this module leaves to Python (2) */
+} Check;
+
+static void emit(Check *ck, const Py_UCS4 *text, Py_ssize_t n, int to_tail)
+{
+    for (Py_ssize_t k = 0; k < n && !ck->bad; k++) {
+        if (ck->pos >= ck->want_len || ck->want[ck->pos] != text[k]) {
+            ck->bad = 1;
+            return;
+        }
+        ck->pos++;
+    }
+    if (to_tail) {
+        if (ck->tail_len + n > (Py_ssize_t)(sizeof(ck->tail) / sizeof(Py_UCS4))) {
+            ck->bad = 1;
+            return;
+        }
+        memcpy(ck->tail + ck->tail_len, text, n * sizeof(Py_UCS4));
+        ck->tail_len += n;
+    }
+}
+
+/* suffixes.left_context over the tail: (last letter, last vowel), lowercased; 0 for None.
+ * Returns -1 for a letter this module does not handle. */
+static int left_context(const Check *ck, Py_UCS4 *last, Py_UCS4 *vowel)
+{
+    *last = 0;
+    *vowel = 0;
+    Py_ssize_t stop = ck->tail_len > MAX_CHARS ? ck->tail_len - MAX_CHARS : 0;
+    for (Py_ssize_t k = ck->tail_len - 1; k >= stop; k--) {
+        Py_UCS4 c = ck->tail[k], low, up;
+        int is_up;
+        if (is_apostrophe(c))
+            continue;
+        if (!letter_info(c, &low, &up, &is_up)) {
+            if (c == ' ')
+                return 0;
+            return -1;
+        }
+        if (*last == 0)
+            *last = low;
+        if (is_vowel(low)) {
+            *vowel = low;
+            return 0;
+        }
+    }
+    return 0;
+}
+
+static Py_UCS4 harmony(int kind, Py_UCS4 vowel)
+{
+    int back = is_back(vowel), rounded = is_rounded(vowel);
+    if (kind == E_A)
+        return back ? 'a' : 'e';
+    if (back)
+        return rounded ? 'u' : 0x131;
+    return rounded ? 0xFC : 'i';
+}
+
+/* suffixes.realize; returns the length written, or -1 for None. */
+static Py_ssize_t realize(const Element *el, Py_ssize_t n_el, Py_UCS4 last, Py_UCS4 vowel,
+                          Py_UCS4 *out)
+{
+    if (last == 0)
+        return -1;
+    Py_ssize_t n = 0;
+    for (Py_ssize_t k = 0; k < n_el; k++) {
+        int after_vowel = is_vowel(last);
+        Py_UCS4 letter;
+        switch (el[k].kind) {
+        case E_LIT:
+            letter = el[k].letter;
+            break;
+        case E_BUF:
+            if (!after_vowel)
+                continue;
+            letter = el[k].letter;
+            break;
+        case E_A:
+        case E_I:
+        case E_OPT:
+            if (vowel == 0)
+                return -1;
+            if (el[k].kind == E_OPT && after_vowel)
+                continue;
+            letter = harmony(el[k].kind == E_OPT ? (el[k].letter == 'A' ? E_A : E_I) : el[k].kind,
+                             vowel);
+            break;
+        case E_D:
+            letter = is_voiceless(last) ? 't' : 'd';
+            break;
+        default: /* E_C */
+            letter = is_voiceless(last) ? 0xE7 : 'c';
+        }
+        out[n++] = letter;
+        last = letter;
+        if (is_vowel(letter))
+            vowel = letter;
+    }
+    return n;
+}
+
+/* decode(path) == want, simulating DecodeState.step for every id and flush at the end.
+ * Returns 1 (equal), 0 (differs) or -1 (a case left to Python). */
+static int decodes_to(const Segmenter *sg, const Path *p, const Py_UCS4 *want, Py_ssize_t n)
+{
+    Check ck;
+    ck.want = want;
+    ck.want_len = n;
+    ck.pos = 0;
+    ck.tail_len = 0;
+    ck.bad = 0;
+    int state = S_NONE;
+    int holding = 0;
+    Py_UCS4 held_plain = 0, held_voiced = 0;
+    Py_UCS4 piece[2 * MAX_CHARS + 16];
+    for (int t = 0; t < p->n && !ck.bad; t++) {
+        int32_t id = p->id[t];
+        int kind = sg->kind[id];
+        if (holding && kind != K_TEXT && kind != K_SHARED) {
+            ck.tail[ck.tail_len - 1] = held_plain;
+            emit(&ck, &held_plain, 1, 0);
+            holding = 0;
+        }
+        if (kind == K_CAP) {
+            state = S_CAP_PENDING;
+            continue;
+        }
+        if (kind == K_UPPER) {
+            state = S_UPPER_START;
+            continue;
+        }
+        if (kind != K_TEXT && kind != K_SHARED)
+            return -1; /* bytes and special tokens: left to Python */
+        Py_ssize_t len;
+        if (kind == K_SHARED) {
+            Py_UCS4 last, vowel;
+            if (left_context(&ck, &last, &vowel) < 0)
+                return -1;
+            const Element *el = sg->elem_buf + sg->elem_start[id];
+            Py_ssize_t n_el = sg->elem_start[id + 1] - sg->elem_start[id];
+            if (n_el > MAX_CHARS)
+                return -1;
+            len = realize(el, n_el, last, vowel, piece);
+            if (len < 0) {
+                len = realize(el, n_el, 'a', 'a', piece);
+                if (len < 0)
+                    len = 0;
+            }
+        } else {
+            len = sg->text_start[id + 1] - sg->text_start[id];
+            if (len > (Py_ssize_t)(sizeof(piece) / sizeof(Py_UCS4)))
+                return 0; /* longer than any chunk handled here */
+            memcpy(piece, sg->text_buf + sg->text_start[id], len * sizeof(Py_UCS4));
+        }
+        if (state != S_NONE) {
+            Py_UCS4 low, up;
+            int is_up;
+            if (state == S_CAP_PENDING) {
+                Py_ssize_t j = (len > 0 && piece[0] == ' ') ? 1 : 0;
+                if (j < len) {
+                    if (!letter_info(piece[j], &low, &up, &is_up))
+                        return -1;
+                    piece[j] = up;
+                }
+                state = S_NONE;
+            } else if (sg->letters_only[id] || (state == S_UPPER_START && sg->spaced_word[id])) {
+                for (Py_ssize_t j = 0; j < len; j++) {
+                    if (letter_info(piece[j], &low, &up, &is_up))
+                        piece[j] = up;
+                    else if (piece[j] != ' ' && !is_apostrophe(piece[j]))
+                        return -1;
+                }
+                state = S_UPPER_CONT;
+            } else {
+                state = S_NONE;
+            }
+        }
+        if (holding) {
+            int vowel_next = 0;
+            if (len > 0) {
+                Py_UCS4 low, up;
+                int is_up;
+                if (letter_info(piece[0], &low, &up, &is_up))
+                    vowel_next = is_vowel(low);
+                else if (piece[0] != ' ' && !is_apostrophe(piece[0]))
+                    return -1;
+            }
+            Py_UCS4 letter = vowel_next ? held_voiced : held_plain;
+            ck.tail[ck.tail_len - 1] = letter;
+            emit(&ck, &letter, 1, 0);
+            holding = 0;
+        }
+        Py_UCS4 voiced = sg->voiced[id];
+        if (voiced != 0 && len > 1) {
+            Py_UCS4 plain = piece[len - 1], low, up, vlow, vup;
+            int is_up, v_is_up;
+            if (!letter_info(plain, &low, &up, &is_up) || !letter_info(voiced, &vlow, &vup, &v_is_up))
+                return -1;
+            held_plain = plain;
+            held_voiced = is_up ? vup : voiced;
+            holding = 1;
+            emit(&ck, piece, len - 1, 0);
+            if (ck.tail_len + len > (Py_ssize_t)(sizeof(ck.tail) / sizeof(Py_UCS4)))
+                return 0;
+            memcpy(ck.tail + ck.tail_len, piece, len * sizeof(Py_UCS4));
+            ck.tail_len += len;
+            continue;
+        }
+        emit(&ck, piece, len, 1);
+    }
+    if (holding && !ck.bad)
+        emit(&ck, &held_plain, 1, 0);
+    if (ck.bad)
+        return 0;
+    return ck.pos == n;
+}
+
+/* ---- chunks (encoder.ChunkEncoder.encode_chunk) -------------------------------------- */
+
+/* casing.case_class for a word of handled letters, apostrophes and an optional leading space;
+ * writes its Turkish lowercase to `low`. */
+static int case_class(const Py_UCS4 *w, Py_ssize_t n, Py_UCS4 *low)
+{
+    int n_upper = 0, n_letters = 0, first_upper = 0, seen_letter = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 l, u;
+        int is_up;
+        if (letter_info(w[i], &l, &u, &is_up)) {
+            low[i] = l;
+            if (is_up) {
+                n_upper++;
+                if (!seen_letter && i == (w[0] == ' ' ? 1 : 0))
+                    first_upper = 1;
+            }
+            n_letters++;
+            seen_letter = 1;
+        } else {
+            low[i] = w[i];
+        }
+    }
+    if (n_upper == 0)
+        return LOWER;
+    if (n_upper == 1 && first_upper)
+        return CAPITALIZED;
+    Py_ssize_t stripped = n - (w[0] == ' ' ? 1 : 0);
+    if (n_upper == n_letters && stripped > 1)
+        return UPPER;
+    return MIXED;
+}
+
+static int with_marker(const Segmenter *sg, int cls, Path *p)
+{
+    if (cls == CAPITALIZED)
+        return path_push(p, sg->cap_id, 0);
+    if (cls == UPPER)
+        return path_push(p, sg->upper_id, 0);
+    return 0;
+}
+
+/* encoder._encode_runs: the letter runs between apostrophes, each with its own case.
+ * Returns 0, or -1 on overflow. */
+static int encode_runs(const Segmenter *sg, const Py_UCS4 *w, Py_ssize_t n, Path *out)
+{
+    Py_UCS4 context[MAX_CHARS], low[MAX_CHARS];
+    Py_ssize_t n_context = 0;
+    Py_ssize_t a = 0;
+    while (a < n) {
+        Py_ssize_t b = a + 1;
+        if (!is_apostrophe(w[a])) {
+            while (b < n && !is_apostrophe(w[b]))
+                b++;
+        }
+        Py_ssize_t len = b - a;
+        int cls = case_class(w + a, len, low);
+        if (is_apostrophe(w[a]) || cls == MIXED) {
+            if (cheapest(sg, w + a, len, 0, 0, out) < 0)
+                return -1;
+            memcpy(context + n_context, low, len * sizeof(Py_UCS4));
+            n_context += len;
+        } else {
+            Path sub;
+            sub.n = 0;
+            int found = 0;
+            if (n_context == 0) {
+                found = morph(sg, low, len, &sub);
+                if (found < 0)
+                    return -1;
+            }
+            if (!found) {
+                memcpy(context + n_context, low, len * sizeof(Py_UCS4));
+                sub.n = 0;
+                if (cheapest(sg, context, n_context + len, 1, n_context, &sub) < 0)
+                    return -1;
+            } else {
+                memcpy(context + n_context, low, len * sizeof(Py_UCS4));
+            }
+            if (with_marker(sg, cls, out) < 0)
+                return -1;
+            for (int k = 0; k < sub.n; k++)
+                if (path_push(out, sub.id[k], sub.len[k]) < 0)
+                    return -1;
+            n_context += len;
+        }
+        a = b;
+    }
+    return 0;
+}
+
+static int has_path_bytes(const Segmenter *sg, const Path *p)
+{
+    for (int k = 0; k < p->n; k++)
+        if (sg->kind[p->id[k]] == K_BYTE)
+            return 1;
+    return 0;
+}
+
+/* encoder.ChunkEncoder._encode_word. Returns 1 (path found), 0 (no word parse: the caller
+ * takes the raw segmentation), -1 (overflow or a case left to Python). */
+static int encode_word(const Segmenter *sg, const Py_UCS4 *w, Py_ssize_t n, Path *out)
+{
+    Py_UCS4 low[MAX_CHARS];
+    int cls = case_class(w, n, low);
+    int has_apostrophe = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        has_apostrophe |= is_apostrophe(w[i]);
+    if (cls != MIXED) {
+        out->n = 0;
+        int found = morph(sg, low, n, out);
+        if (found < 0)
+            return -1;
+        if (found && cls == LOWER && sg->voiced[out->id[0]] == 0)
+            return 1; /* decodes to `low` by construction (encoder._parse_needs_no_check) */
+        if (!found && cheapest(sg, low, n, 1, 0, out) < 0)
+            return -1;
+        Path marked;
+        marked.n = 0;
+        if (with_marker(sg, cls, &marked) < 0)
+            return -1;
+        for (int k = 0; k < out->n; k++)
+            if (path_push(&marked, out->id[k], out->len[k]) < 0)
+                return -1;
+        if (has_path_bytes(sg, &marked))
+            return -1;
+        int ok = decodes_to(sg, &marked, w, n);
+        if (ok < 0)
+            return -1;
+        if (ok) {
+            *out = marked;
+            return 1;
+        }
+    }
+    if (has_apostrophe) {
+        out->n = 0;
+        if (encode_runs(sg, w, n, out) < 0 || has_path_bytes(sg, out))
+            return -1;
+        int ok = decodes_to(sg, out, w, n);
+        if (ok < 0)
+            return -1;
+        if (ok)
+            return 1;
+    }
+    return 0;
+}
+
+/* What kind of chunk this module can encode: 1 word-shaped (encoder.pretokenize.WORD) over
+ * handled letters; 2 no letters at all, ASCII only (raw segmentation); 0 anything else. */
+static int chunk_shape(const Py_UCS4 *w, Py_ssize_t n)
+{
+    int letters = 1, ascii_no_letters = 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = w[i], l, u;
+        int is_up;
+        int is_letter = letter_info(c, &l, &u, &is_up);
+        if (c >= 0x80 || is_letter)
+            ascii_no_letters = 0;
+        if (!is_letter && !is_apostrophe(c) && !(i == 0 && c == ' '))
+            letters = 0;
+    }
+    if (ascii_no_letters)
+        return 2;
+    if (!letters)
+        return 0;
+    /* " ?L+(?:['’]L+)*": a letter first, no apostrophe last or twice in a row */
+    Py_ssize_t i = (w[0] == ' ') ? 1 : 0;
+    if (i >= n || is_apostrophe(w[i]) || is_apostrophe(w[n - 1]))
+        return 3; /* letters and apostrophes, but not a word: raw segmentation */
+    for (; i + 1 < n; i++)
+        if (is_apostrophe(w[i]) && is_apostrophe(w[i + 1]))
+            return 3;
+    return 1;
+}
+
+/* Encode one chunk into out; 1 done, 0 left to Python, -1 with a Python error set. */
+static int encode_chunk(const Segmenter *sg, PyObject *chunk, Path *out)
+{
+    Py_ssize_t n = PyUnicode_GET_LENGTH(chunk);
+    if (n == 0 || n > MAX_CHARS)
+        return 0;
+    Py_UCS4 w[MAX_CHARS];
+    int kind = PyUnicode_KIND(chunk);
+    const void *data = PyUnicode_DATA(chunk);
+    for (Py_ssize_t i = 0; i < n; i++)
+        w[i] = PyUnicode_READ(kind, data, i);
+    int shape = chunk_shape(w, n);
+    if (shape == 0)
+        return 0;
+    out->n = 0;
+    if (shape == 1) {
+        int found = encode_word(sg, w, n, out);
+        if (found < 0)
+            return 0;
+        if (found)
+            return 1;
+    }
+    out->n = 0;
+    return cheapest(sg, w, n, 0, 0, out) < 0 ? 0 : 1;
+}
+
+static PyObject *path_tuples(const Path *p)
+{
+    PyObject *ids = PyTuple_New(p->n), *lens = PyTuple_New(p->n), *pair = NULL;
+    if (!ids || !lens)
+        goto done;
+    for (int k = 0; k < p->n; k++) {
+        PyObject *a = PyLong_FromLong(p->id[k]), *b = PyLong_FromLong(p->len[k]);
+        if (!a || !b) {
+            Py_XDECREF(a);
+            Py_XDECREF(b);
+            goto done;
+        }
+        PyTuple_SET_ITEM(ids, k, a);
+        PyTuple_SET_ITEM(lens, k, b);
+    }
+    pair = PyTuple_Pack(2, ids, lens);
+done:
+    Py_XDECREF(ids);
+    Py_XDECREF(lens);
+    return pair;
+}
+
+/* ---- Python methods ----------------------------------------------------------------- */
+
+static PyObject *Segmenter_encode_chunk(Segmenter *self, PyObject *chunk)
+{
+    if (!PyUnicode_Check(chunk)) {
+        PyErr_Format(PyExc_TypeError, "encode_chunk expects str, got %s", Py_TYPE(chunk)->tp_name);
+        return NULL;
+    }
+    Path p;
+    if (encode_chunk(self, chunk, &p) != 1)
+        Py_RETURN_NONE;
+    return path_tuples(&p);
+}
+
+/* encode(chunks, cache, lens, fallback, limit) -> list of ids.
+ * cache maps chunk -> ids tuple and lens chunk -> char-length tuple (both cleared once cache
+ * holds `limit` chunks); a chunk this module does not handle is encoded by fallback(chunk),
+ * which returns (ids, lens) like encode_chunk. */
+static PyObject *Segmenter_encode(Segmenter *self, PyObject *args)
+{
+    PyObject *chunks, *cache, *lens, *fallback;
+    Py_ssize_t limit;
+    if (!PyArg_ParseTuple(args, "O!O!O!On", &PyList_Type, &chunks, &PyDict_Type, &cache,
+                          &PyDict_Type, &lens, &fallback, &limit))
+        return NULL;
+    PyObject *result = PyList_New(0);
+    if (!result)
+        return NULL;
+    for (Py_ssize_t c = 0; c < PyList_GET_SIZE(chunks); c++) {
+        PyObject *chunk = PyList_GET_ITEM(chunks, c);
+        PyObject *ids = PyDict_GetItemWithError(cache, chunk); /* borrowed */
+        PyObject *pair = NULL;
+        if (ids == NULL) {
+            if (PyErr_Occurred())
+                goto fail;
+            Path p;
+            if (PyUnicode_Check(chunk) && encode_chunk(self, chunk, &p) == 1)
+                pair = path_tuples(&p);
+            else
+                pair = PyObject_CallOneArg(fallback, chunk);
+            if (pair == NULL)
+                goto fail;
+            if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+                !PyTuple_Check(PyTuple_GET_ITEM(pair, 0))) {
+                PyErr_SetString(PyExc_TypeError, "fallback must return (ids tuple, lens tuple)");
+                Py_DECREF(pair);
+                goto fail;
+            }
+            if (PyDict_GET_SIZE(cache) >= limit) {
+                PyDict_Clear(cache);
+                PyDict_Clear(lens);
+            }
+            ids = PyTuple_GET_ITEM(pair, 0);
+            if (PyDict_SetItem(cache, chunk, ids) < 0 ||
+                PyDict_SetItem(lens, chunk, PyTuple_GET_ITEM(pair, 1)) < 0) {
+                Py_DECREF(pair);
+                goto fail;
+            }
+        }
+        if (!PyTuple_Check(ids)) {
+            PyErr_SetString(PyExc_TypeError, "cached ids must be tuples");
+            Py_XDECREF(pair);
+            goto fail;
+        }
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(ids); k++) {
+            if (PyList_Append(result, PyTuple_GET_ITEM(ids, k)) < 0) {
+                Py_XDECREF(pair);
+                goto fail;
+            }
+        }
+        Py_XDECREF(pair);
+    }
+    return result;
+fail:
+    Py_DECREF(result);
+    return NULL;
+}
+
+static PyMethodDef Segmenter_methods[] = {
+    {"encode_chunk", (PyCFunction)Segmenter_encode_chunk, METH_O,
+     "encode_chunk(chunk) -> (ids, lens), or None for a chunk left to the Python encoder."},
+    {"encode", (PyCFunction)Segmenter_encode, METH_VARARGS,
+     "encode(chunks, cache, lens, fallback, limit) -> ids of all chunks, through the cache."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject SegmenterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "tr_tokenizer._native.Segmenter",
+    .tp_basicsize = sizeof(Segmenter),
+    .tp_dealloc = (destructor)Segmenter_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The compiled word segmenter (see encoder.ChunkEncoder).",
+    .tp_methods = Segmenter_methods,
+    .tp_init = (initproc)Segmenter_init,
+    .tp_new = PyType_GenericNew,
+};
+
+static struct PyModuleDef native_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "tr_tokenizer._native",
+    .m_doc = "Compiled word segmenter for tr_tokenizer (same ids as the Python encoder).",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__native(void)
+{
+    if (PyType_Ready(&SegmenterType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&native_module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&SegmenterType);
+    if (PyModule_AddObject(m, "Segmenter", (PyObject *)&SegmenterType) < 0 ||
+        PyModule_AddIntConstant(m, "NUM_CLASSES", NUM_CLASSES) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_CHARS", MAX_CHARS) < 0) {
+        Py_DECREF(&SegmenterType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
