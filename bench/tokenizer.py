@@ -1,8 +1,9 @@
 """tr-tokenizer against a byte-level BPE of the same size, on Turkish prose it was not trained on.
 
-Rows: the shipped tr-tokenizer (allomorph sharing on); the same training run with sharing off; a
-byte-level BPE trained with `tokenizers` on the same corpus and vocabulary size; tiktoken running
-that same BPE (speed only: same tokens). Evaluation text: the UD Turkish treebank sentences in
+Rows: the shipped tr-tokenizer (allomorph sharing on), also with its compiled segmenter switched
+off (pure Python: same ids); the same training run with sharing off; a byte-level BPE trained
+with `tokenizers` on the same corpus and vocabulary size; tiktoken running that same BPE (speed
+only: same tokens). Evaluation text: the UD Turkish treebank sentences in
 ../shared/data/ud-turkish (evaluation only; nothing is trained or tuned on them).
 
     uv run python bench/tokenizer.py            # trains the comparison tokenizers once (~3 min)
@@ -172,6 +173,15 @@ class Row:
     batch: float
 
 
+def load_pure_python() -> tr_tokenizer.Tokenizer:
+    """The shipped tokenizer without its compiled segmenter (same ids, the reference path)."""
+    os.environ["TR_TOKENIZER_PURE_PYTHON"] = "1"
+    try:
+        return tr_tokenizer.load()
+    finally:
+        del os.environ["TR_TOKENIZER_PURE_PYTHON"]
+
+
 def measure_tr(name, load, sentences, text, batch) -> Row:
     tok = load()
     texts = [s.text for s in sentences]
@@ -257,6 +267,7 @@ def main() -> int:
     hf = HFTokenizer.from_file(str(bpe_file))
     rows = [
         measure_tr("tr-tokenizer (sharing, shipped)", tr_tokenizer.load, sentences, text, batch),
+        measure_tr("tr-tokenizer (shipped, pure Python)", load_pure_python, sentences, text, batch),
         measure_tr(
             "tr-tokenizer (no sharing)",
             lambda: tr_tokenizer.load(no_share_dir),

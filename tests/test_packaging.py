@@ -6,6 +6,7 @@ is what a user who depends on a single package from another repository gets.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -70,25 +71,46 @@ def test_package_builds_sdist_and_wheel_from_sdist(package: str, tmp_path: Path)
     assert len(list(tmp_path.glob(f"{stem}-0.1.0-*.whl"))) == 1
 
 
+_TOKENIZER_SCRIPT = (
+    "import importlib.util, sys, tr_tokenizer\n"
+    "assert importlib.util.find_spec('torch') is None, 'torch must not be installed'\n"
+    "tok = tr_tokenizer.load()\n"
+    "text = 'Kitaplarımızdan birini okudunuz mu?\\n\\tİSTANBUL 😀'\n"
+    "ids = tok.encode(text).ids\n"
+    "assert tok.vocab_size == 32768 and tok.decode(ids) == text, ids\n"
+    "assert (tok._encoder.native is not None) == (sys.argv[1] == 'native')\n"
+    "print(tr_tokenizer.__version__)\n"
+)
+
+
 @pytest.mark.slow
 def test_tokenizer_wheel_installs_without_torch(tmp_path: Path) -> None:
+    """The wheel (built from the sdist) carries the compiled segmenter and works without torch."""
     wheel = _build_wheel("tr-tokenizer", tmp_path / "dist")
+    assert not wheel.name.endswith("-none-any.whl"), f"{wheel.name}: the extension was not built"
     python = _fresh_venv(tmp_path / "venv")
     _run("uv", "pip", "install", "--quiet", "--python", python, wheel)
-    script = (
-        "import importlib.util, tr_tokenizer\n"
-        "assert importlib.util.find_spec('torch') is None, 'torch must not be installed'\n"
-        "tok = tr_tokenizer.load()\n"
-        "text = 'Kitaplarımızdan birini okudunuz mu?\\n\\tİSTANBUL 😀'\n"
-        "ids = tok.encode(text).ids\n"
-        "assert tok.vocab_size == 32768 and tok.decode(ids) == text, ids\n"
-        "print(tr_tokenizer.__version__)\n"
-    )
-    out = _run(python, "-c", script, cwd=tmp_path)
+    out = _run(python, "-c", _TOKENIZER_SCRIPT, "native", cwd=tmp_path)
     assert out.stdout.strip() == "0.1.0"
     cli = tmp_path / "venv" / "bin" / "tr-tokenizer"
     ids = _run(cli, "encode", "--ids", "Ankara'da", cwd=tmp_path).stdout.split()
     assert _run(cli, "decode", *ids, cwd=tmp_path).stdout == "Ankara'da"
+
+
+@pytest.mark.slow
+def test_tokenizer_wheel_without_a_c_compiler_is_pure_python(tmp_path: Path) -> None:
+    """No working compiler: the build warns and gives a pure-Python wheel that still works."""
+    env = {**os.environ, "CC": "false"}
+    out = tmp_path / "dist"
+    cmd = ["uv", "build", "--package", "tr-tokenizer", "--wheel", "--out-dir", str(out)]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert "the compiled segmenter was not built" in result.stderr
+    (wheel,) = out.glob("tr_tokenizer-*.whl")
+    assert wheel.name.endswith("-py3-none-any.whl"), wheel.name
+    python = _fresh_venv(tmp_path / "venv")
+    _run("uv", "pip", "install", "--quiet", "--python", python, wheel)
+    assert _run(python, "-c", _TOKENIZER_SCRIPT, "pure", cwd=tmp_path).stdout.strip() == "0.1.0"
 
 
 @pytest.mark.slow

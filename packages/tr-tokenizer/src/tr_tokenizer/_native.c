@@ -38,36 +38,40 @@ static const Py_UCS4 UPPER_EXTRA[] = {0xC7, 0x11E, 0x49, 0x130, 0xD6, 0x15E, 0xD
 
 static int is_apostrophe(Py_UCS4 c) { return c == '\'' || c == 0x2019; }
 
-/* Returns 1 and sets *low, *up, *is_up for a handled letter, else 0. */
-static int letter_info(Py_UCS4 c, Py_UCS4 *low, Py_UCS4 *up, int *is_up)
+/* Per code point below 0x180 (ASCII, Latin-1, Latin Extended-A: every handled letter): its
+ * Turkish lowercase and uppercase, or 0 for a char that is not a handled letter. */
+#define TABLE_CHARS 0x180
+static Py_UCS4 LOW_OF[TABLE_CHARS], UP_OF[TABLE_CHARS];
+
+static void fill_letter_table(void)
 {
-    if (c >= 'a' && c <= 'z') {
-        *low = c;
-        *up = (c == 'i') ? 0x130 : c - 32;
-        *is_up = 0;
-        return 1;
-    }
-    if (c >= 'A' && c <= 'Z') {
-        *low = (c == 'I') ? 0x131 : c + 32;
-        *up = c;
-        *is_up = 1;
-        return 1;
+    for (Py_UCS4 c = 'a'; c <= 'z'; c++) {
+        LOW_OF[c] = c;
+        UP_OF[c] = (c == 'i') ? 0x130 : c - 32;
+        LOW_OF[c - 32] = (c == 'i') ? 0x131 : c; /* I -> ı */
+        UP_OF[c - 32] = c - 32;
     }
     for (int k = 0; k < 10; k++) {
-        if (c == LOWER_EXTRA[k] && c != 'i') {
-            *low = c;
-            *up = UPPER_EXTRA[k];
-            *is_up = 0;
-            return 1;
+        if (LOWER_EXTRA[k] != 'i') { /* i and I are ASCII, done above */
+            LOW_OF[LOWER_EXTRA[k]] = LOWER_EXTRA[k];
+            UP_OF[LOWER_EXTRA[k]] = UPPER_EXTRA[k];
         }
-        if (c == UPPER_EXTRA[k] && c != 'I') {
-            *low = LOWER_EXTRA[k];
-            *up = c;
-            *is_up = 1;
-            return 1;
+        if (UPPER_EXTRA[k] != 'I') {
+            LOW_OF[UPPER_EXTRA[k]] = LOWER_EXTRA[k];
+            UP_OF[UPPER_EXTRA[k]] = UPPER_EXTRA[k];
         }
     }
-    return 0;
+}
+
+/* Returns 1 and sets *low, *up, *is_up for a handled letter, else 0. */
+static inline int letter_info(Py_UCS4 c, Py_UCS4 *low, Py_UCS4 *up, int *is_up)
+{
+    if (c >= TABLE_CHARS || LOW_OF[c] == 0)
+        return 0;
+    *low = LOW_OF[c];
+    *up = UP_OF[c];
+    *is_up = (c != *low);
+    return 1;
 }
 
 static int is_vowel(Py_UCS4 c) /* suffixes.VOWELS: lowercase only */
@@ -128,7 +132,7 @@ static size_t slot_of(uint64_t key, size_t mask)
     return (size_t)key & mask;
 }
 
-static int32_t trie_child(const Trie *t, int32_t node, Py_UCS4 c)
+static inline int32_t trie_child(const Trie *t, int32_t node, Py_UCS4 c)
 {
     uint64_t key = ((uint64_t)node << 21 | c) | (1ULL << 63);
     size_t s = slot_of(key, t->mask);
@@ -990,27 +994,17 @@ static int encode_runs(const Segmenter *sg, const Py_UCS4 *w, Py_ssize_t n, Path
             memcpy(context + n_context, low, len * sizeof(Py_UCS4));
             n_context += len;
         } else {
-            Path sub;
-            sub.n = 0;
+            memcpy(context + n_context, low, len * sizeof(Py_UCS4));
+            if (with_marker(sg, cls, out) < 0)
+                return -1;
             int found = 0;
             if (n_context == 0) {
-                found = morph(sg, low, len, &sub);
+                found = morph(sg, low, len, out);
                 if (found < 0)
                     return -1;
             }
-            if (!found) {
-                memcpy(context + n_context, low, len * sizeof(Py_UCS4));
-                sub.n = 0;
-                if (cheapest(sg, context, n_context + len, 1, n_context, &sub) < 0)
-                    return -1;
-            } else {
-                memcpy(context + n_context, low, len * sizeof(Py_UCS4));
-            }
-            if (with_marker(sg, cls, out) < 0)
+            if (!found && cheapest(sg, context, n_context + len, 1, n_context, out) < 0)
                 return -1;
-            for (int k = 0; k < sub.n; k++)
-                if (path_push(out, sub.id[k], sub.len[k]) < 0)
-                    return -1;
             n_context += len;
         }
         a = b;
@@ -1037,6 +1031,8 @@ static int encode_word(const Segmenter *sg, const Py_UCS4 *w, Py_ssize_t n, Path
         has_apostrophe |= is_apostrophe(w[i]);
     if (cls != MIXED) {
         out->n = 0;
+        if (with_marker(sg, cls, out) < 0)
+            return -1;
         int found = morph(sg, low, n, out);
         if (found < 0)
             return -1;
@@ -1044,22 +1040,13 @@ static int encode_word(const Segmenter *sg, const Py_UCS4 *w, Py_ssize_t n, Path
             return 1; /* decodes to `low` by construction (encoder._parse_needs_no_check) */
         if (!found && cheapest(sg, low, n, 1, 0, out) < 0)
             return -1;
-        Path marked;
-        marked.n = 0;
-        if (with_marker(sg, cls, &marked) < 0)
+        if (has_path_bytes(sg, out))
             return -1;
-        for (int k = 0; k < out->n; k++)
-            if (path_push(&marked, out->id[k], out->len[k]) < 0)
-                return -1;
-        if (has_path_bytes(sg, &marked))
-            return -1;
-        int ok = decodes_to(sg, &marked, w, n);
+        int ok = decodes_to(sg, out, w, n);
         if (ok < 0)
             return -1;
-        if (ok) {
-            *out = marked;
+        if (ok)
             return 1;
-        }
     }
     if (has_apostrophe) {
         out->n = 0;
@@ -1128,23 +1115,30 @@ static int encode_chunk(const Segmenter *sg, PyObject *chunk, Path *out)
     return cheapest(sg, w, n, 0, 0, out) < 0 ? 0 : 1;
 }
 
+/* A tuple of ints, untracked by the garbage collector as CPython itself would untrack it at
+ * its first collection (it holds no containers), so new cache entries cost no GC passes. */
+static PyObject *int_tuple(const int32_t *values, int n)
+{
+    PyObject *t = PyTuple_New(n);
+    if (!t)
+        return NULL;
+    for (int k = 0; k < n; k++) {
+        PyObject *v = PyLong_FromLong(values[k]);
+        if (!v) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, k, v);
+    }
+    if (PyObject_GC_IsTracked(t))
+        PyObject_GC_UnTrack(t);
+    return t;
+}
+
 static PyObject *path_tuples(const Path *p)
 {
-    PyObject *ids = PyTuple_New(p->n), *lens = PyTuple_New(p->n), *pair = NULL;
-    if (!ids || !lens)
-        goto done;
-    for (int k = 0; k < p->n; k++) {
-        PyObject *a = PyLong_FromLong(p->id[k]), *b = PyLong_FromLong(p->len[k]);
-        if (!a || !b) {
-            Py_XDECREF(a);
-            Py_XDECREF(b);
-            goto done;
-        }
-        PyTuple_SET_ITEM(ids, k, a);
-        PyTuple_SET_ITEM(lens, k, b);
-    }
-    pair = PyTuple_Pack(2, ids, lens);
-done:
+    PyObject *ids = int_tuple(p->id, p->n), *lens = ids ? int_tuple(p->len, p->n) : NULL;
+    PyObject *pair = lens ? PyTuple_Pack(2, ids, lens) : NULL;
     Py_XDECREF(ids);
     Py_XDECREF(lens);
     return pair;
@@ -1181,46 +1175,51 @@ static PyObject *Segmenter_encode(Segmenter *self, PyObject *args)
     for (Py_ssize_t c = 0; c < PyList_GET_SIZE(chunks); c++) {
         PyObject *chunk = PyList_GET_ITEM(chunks, c);
         PyObject *ids = PyDict_GetItemWithError(cache, chunk); /* borrowed */
-        PyObject *pair = NULL;
+        PyObject *new_ids = NULL, *new_lens = NULL;                 /* owned, on a miss */
         if (ids == NULL) {
             if (PyErr_Occurred())
                 goto fail;
             Path p;
-            if (PyUnicode_Check(chunk) && encode_chunk(self, chunk, &p) == 1)
-                pair = path_tuples(&p);
-            else
-                pair = PyObject_CallOneArg(fallback, chunk);
-            if (pair == NULL)
-                goto fail;
-            if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
-                !PyTuple_Check(PyTuple_GET_ITEM(pair, 0))) {
-                PyErr_SetString(PyExc_TypeError, "fallback must return (ids tuple, lens tuple)");
+            if (PyUnicode_Check(chunk) && encode_chunk(self, chunk, &p) == 1) {
+                new_ids = int_tuple(p.id, p.n);
+                new_lens = new_ids ? int_tuple(p.len, p.n) : NULL;
+            } else {
+                PyObject *pair = PyObject_CallOneArg(fallback, chunk);
+                if (pair == NULL)
+                    goto fail;
+                if (PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2 &&
+                    PyTuple_Check(PyTuple_GET_ITEM(pair, 0))) {
+                    new_ids = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
+                    new_lens = Py_NewRef(PyTuple_GET_ITEM(pair, 1));
+                } else {
+                    PyErr_SetString(PyExc_TypeError, "fallback must return (ids tuple, lens tuple)");
+                }
                 Py_DECREF(pair);
-                goto fail;
             }
+            if (new_lens == NULL)
+                goto miss_fail;
             if (PyDict_GET_SIZE(cache) >= limit) {
                 PyDict_Clear(cache);
                 PyDict_Clear(lens);
             }
-            ids = PyTuple_GET_ITEM(pair, 0);
-            if (PyDict_SetItem(cache, chunk, ids) < 0 ||
-                PyDict_SetItem(lens, chunk, PyTuple_GET_ITEM(pair, 1)) < 0) {
-                Py_DECREF(pair);
-                goto fail;
-            }
+            if (PyDict_SetItem(cache, chunk, new_ids) < 0 || PyDict_SetItem(lens, chunk, new_lens) < 0)
+                goto miss_fail;
+            ids = new_ids;
         }
         if (!PyTuple_Check(ids)) {
             PyErr_SetString(PyExc_TypeError, "cached ids must be tuples");
-            Py_XDECREF(pair);
-            goto fail;
+            goto miss_fail;
         }
-        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(ids); k++) {
-            if (PyList_Append(result, PyTuple_GET_ITEM(ids, k)) < 0) {
-                Py_XDECREF(pair);
-                goto fail;
-            }
-        }
-        Py_XDECREF(pair);
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(ids); k++)
+            if (PyList_Append(result, PyTuple_GET_ITEM(ids, k)) < 0)
+                goto miss_fail;
+        Py_XDECREF(new_ids);
+        Py_XDECREF(new_lens);
+        continue;
+    miss_fail:
+        Py_XDECREF(new_ids);
+        Py_XDECREF(new_lens);
+        goto fail;
     }
     return result;
 fail:
@@ -1257,6 +1256,7 @@ static struct PyModuleDef native_module = {
 
 PyMODINIT_FUNC PyInit__native(void)
 {
+    fill_letter_table();
     if (PyType_Ready(&SegmenterType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&native_module);
