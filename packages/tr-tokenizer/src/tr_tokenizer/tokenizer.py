@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -294,7 +295,20 @@ DEFAULT_VOCAB = "default"
 
 def load(path: str | os.PathLike | None = None) -> Tokenizer:
     """Load a tokenizer: None for the shipped default vocabulary, else a saved directory."""
-    if path is None:
-        with resources.as_file(resources.files("tr_tokenizer") / "vocabs" / DEFAULT_VOCAB) as p:
-            return Tokenizer(Vocabulary.load(p))
-    return Tokenizer(Vocabulary.load(path))
+    # Loading allocates ~100k containers (JSON lists, table tuples) that form no cycles. With
+    # the collector running they survive into its oldest generation and trigger a full
+    # collection soon after, typically in the middle of the first encode. So it is paused
+    # while loading, and one young collection at the end (~10 ms) untracks the new tuples
+    # here rather than in the first encode.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        if path is None:
+            root = resources.files("tr_tokenizer") / "vocabs" / DEFAULT_VOCAB
+            with resources.as_file(root) as p:
+                return Tokenizer(Vocabulary.load(p))
+        return Tokenizer(Vocabulary.load(path))
+    finally:
+        if enabled:
+            gc.enable()
+            gc.collect(1)
