@@ -10,6 +10,7 @@ import pytest
 import tr_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tr_tokenizer import parallel
 from tr_tokenizer import tokenizer as tokenizer_module
 from tr_tokenizer.vocab import VocabularyError
 
@@ -156,6 +157,22 @@ def test_encode_batch_matches_encode_in_processes(tok, monkeypatch) -> None:
     batch = tok.encode_batch(texts, num_workers=2)
     assert [e.ids for e in batch] == [tok.encode(t).ids for t in texts]
     assert batch[3].offsets == tok.encode(texts[3]).offsets
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_encode_batch_pieces_are_shared_between_processes(tok, monkeypatch, workers) -> None:
+    # many small pieces, so this process and the workers each take some; order is kept
+    texts = [f"{i}. satır: Kitaplarımızdan {i % 13} tanesi, Ankara'da." for i in range(400)]
+    monkeypatch.setattr(tokenizer_module, "_PARALLEL_MIN_CHARS", 0)
+    monkeypatch.setattr(parallel, "PIECES_PER_WORKER", 20)
+    fresh = tr_tokenizer.load()
+    try:
+        for _ in range(2):  # the second batch reuses the pool and its shared claims
+            assert fresh.encode_batch_ids(texts, num_workers=workers) == [
+                tok.encode_ids(t) for t in texts
+            ]
+    finally:
+        fresh.close()
 
 
 def _batch_in_daemon(texts: list[str]) -> list[list[int]]:

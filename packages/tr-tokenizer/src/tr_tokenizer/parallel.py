@@ -2,15 +2,17 @@
 
 Workers are forked once per tokenizer (and worker count) and reused across calls, so the cost of
 starting them and of warming their caches is paid once. Python threads would not help: encoding
-is pure Python and holds the GIL.
+holds the GIL (the cache is a dict).
 """
 
 from __future__ import annotations
 
 import gc
+import threading
 import weakref
 from array import array
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, wait
+from itertools import accumulate, pairwise
 from multiprocessing import current_process, get_all_start_methods, get_context
 from typing import TYPE_CHECKING
 
@@ -18,6 +20,9 @@ if TYPE_CHECKING:
     from tr_tokenizer.tokenizer import Tokenizer
 
 _TOKENIZER: Tokenizer | None = None  # the tokenizer inside a worker process
+# (lock, [next piece from the start, end of the unclaimed pieces]): shared with the workers
+_CLAIMS = None
+PIECES_PER_WORKER = 8  # finer pieces balance better at the end of a batch
 
 
 def fork_available() -> bool:
@@ -26,9 +31,10 @@ def fork_available() -> bool:
     return "fork" in get_all_start_methods() and not current_process().daemon
 
 
-def _init_worker(tok: Tokenizer) -> None:
-    global _TOKENIZER
+def _init_worker(tok: Tokenizer, claims) -> None:
+    global _TOKENIZER, _CLAIMS
     _TOKENIZER = tok
+    _CLAIMS = claims
     # Objects inherited from the parent are never scanned by this worker's garbage collector,
     # so its collections do not write to (and copy) every inherited page.
     gc.freeze()
@@ -51,6 +57,20 @@ def _encode_texts(texts: list[str]) -> tuple[array, array]:
     return ids, lengths
 
 
+def _encode_from_end(pieces: list[list[str]]) -> list[tuple[int, array, array]]:
+    """In a worker: claim pieces from the end until none is left; (index, ids, lengths) each."""
+    assert _CLAIMS is not None
+    lock, bounds = _CLAIMS
+    done = []
+    while True:
+        with lock:
+            if bounds[1] <= bounds[0]:
+                return done
+            bounds[1] -= 1
+            k = bounds[1]
+        done.append((k, *_encode_texts(pieces[k])))
+
+
 class WorkerPool:
     """`workers` encoders for one tokenizer: this process plus workers - 1 forked ones.
 
@@ -61,13 +81,16 @@ class WorkerPool:
     def __init__(self, tok: Tokenizer, workers: int) -> None:
         self.tok = tok
         self.workers = workers
+        context = get_context("fork")
+        self.claims = (context.Lock(), context.RawArray("q", 2))
+        self.busy = threading.Lock()  # one batch at a time: the claims are shared
         gc.freeze()  # fork with the parent's objects frozen: fewer copy-on-write pages
         try:
             self.executor = ProcessPoolExecutor(
                 workers - 1,
-                mp_context=get_context("fork"),
+                mp_context=context,
                 initializer=_init_worker,
-                initargs=(tok,),
+                initargs=(tok, self.claims),
             )
             list(self.executor.map(_started, range(workers - 1)))  # fork every worker now
         finally:
@@ -75,23 +98,45 @@ class WorkerPool:
         self._close = weakref.finalize(self, self.executor.shutdown, wait=False)
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        """Ids for each text, in order."""
-        # the caller's share is a little smaller: it also unpacks the workers' results
-        own = len(texts) // self.workers * 3 // 4
-        rest = texts[own:]
-        per = max(1, -(-len(rest) // ((self.workers - 1) * 4)))
-        futures = [
-            self.executor.submit(_encode_texts, rest[i : i + per]) for i in range(0, len(rest), per)
-        ]
-        out = [self.tok.encode_ids(t) for t in texts[:own]]
-        for future in futures:
-            ids, lengths = future.result()
-            flat = ids.tolist()
-            start = 0
-            for n in lengths:
-                out.append(flat[start : start + n])
-                start += n
-        return out
+        """Ids for each text, in order.
+
+        The texts are cut into pieces and every worker gets all of them in one task (one round
+        trip through the pipes, which this busy process serves slowly). This process claims
+        pieces from the start and the workers from the end, under a shared lock, until they
+        meet: the split balances itself whatever the relative speeds.
+        """
+        n_pieces = min(len(texts), PIECES_PER_WORKER * self.workers)
+        cuts = [len(texts) * k // n_pieces for k in range(n_pieces + 1)]
+        pieces = [texts[cuts[k] : cuts[k + 1]] for k in range(n_pieces)]
+        lock, bounds = self.claims
+        encode_ids = self.tok.encode_ids
+        with self.busy:
+            bounds[0], bounds[1] = 0, n_pieces
+            futures = [
+                self.executor.submit(_encode_from_end, pieces) for _ in range(self.workers - 1)
+            ]
+            results: list[list[list[int]] | None] = [None] * n_pieces
+            try:
+                while True:
+                    with lock:
+                        if bounds[0] >= bounds[1]:
+                            break
+                        k = bounds[0]
+                        bounds[0] += 1
+                    results[k] = [encode_ids(t) for t in pieces[k]]
+            except BaseException:
+                # interrupted: let the workers finish their current piece and stop, so that no
+                # worker of this batch claims pieces of the next one
+                with lock:
+                    bounds[1] = bounds[0]
+                wait(futures)
+                raise
+            for future in futures:
+                for k, ids, lengths in future.result():
+                    flat = ids.tolist()
+                    starts = [0, *accumulate(lengths)]
+                    results[k] = [flat[a:b] for a, b in pairwise(starts)]
+        return [ids for piece in results for ids in piece]
 
     def close(self) -> None:
         """Stop the worker processes and wait for them to exit."""
