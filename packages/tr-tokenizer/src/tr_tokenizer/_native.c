@@ -241,65 +241,37 @@ static int32_t trie_insert(Trie *t, PyObject *text)
     return node;
 }
 
-/* Fill a trie from an encoder scan dict {text: id, or -1 for a proper prefix}; a piece's cost
- * is costs[id]. */
-static int trie_from_scan(Trie *t, PyObject *scan, const double *costs, Py_ssize_t n_ids)
+/* Fill a trie from one of the encoder's lookup dicts. Scan tables map a text to its id (cost
+ * costs[id]) or to -1 for a proper prefix; suffix tables map a spelling to (id, cost) or to ()
+ * for a proper prefix. */
+static int trie_from_dict(Trie *t, PyObject *dict, const double *costs, Py_ssize_t n_ids)
 {
     PyObject *key, *value;
     Py_ssize_t pos = 0;
-    if (!PyDict_Check(scan)) {
-        PyErr_SetString(PyExc_TypeError, "scan tables must be dicts");
-        return -1;
-    }
-    while (PyDict_Next(scan, &pos, &key, &value)) {
-        if (!PyUnicode_Check(key) || !PyLong_Check(value)) {
-            PyErr_SetString(PyExc_TypeError, "scan tables map str to int");
+    while (PyDict_Next(dict, &pos, &key, &value)) {
+        long id = NO_ID;
+        double cost = 0.0;
+        if (PyLong_Check(value)) {
+            id = PyLong_AsLong(value);
+            if (id >= 0 && id < n_ids)
+                cost = costs[id];
+        } else if (PyTuple_Check(value) && PyTuple_GET_SIZE(value) == 2) {
+            id = PyLong_AsLong(PyTuple_GET_ITEM(value, 0));
+            cost = PyFloat_AsDouble(PyTuple_GET_ITEM(value, 1));
+        } else if (!PyTuple_Check(value) || PyTuple_GET_SIZE(value) != 0) {
+            PyErr_SetString(PyExc_TypeError, "lookup values must be an id, (id, cost) or ()");
             return -1;
         }
-        long id = PyLong_AsLong(value);
-        if (id == -1 && PyErr_Occurred())
+        if (PyErr_Occurred())
             return -1;
-        if (id >= n_ids) {
-            PyErr_Format(PyExc_ValueError, "scan table id %ld out of range", id);
+        if (!PyUnicode_Check(key) || id < NO_ID || id >= n_ids) {
+            PyErr_Format(PyExc_ValueError, "bad lookup entry %R: %R", key, value);
             return -1;
         }
         int32_t node = trie_insert(t, key);
         if (node < 0)
             return -1;
-        if (id >= 0) {
-            t->nodes[node].id = (int32_t)id;
-            t->nodes[node].cost = costs[id];
-        }
-    }
-    return 0;
-}
-
-/* Fill a trie from an encoder suffix table {spelling: (id, cost), proper prefix: ()}. */
-static int trie_from_table(Trie *t, PyObject *table, Py_ssize_t n_ids)
-{
-    PyObject *key, *value;
-    Py_ssize_t pos = 0;
-    if (!PyDict_Check(table)) {
-        PyErr_SetString(PyExc_TypeError, "suffix tables must be dicts");
-        return -1;
-    }
-    while (PyDict_Next(table, &pos, &key, &value)) {
-        if (!PyUnicode_Check(key) || !PyTuple_Check(value)) {
-            PyErr_SetString(PyExc_TypeError, "suffix tables map str to tuple");
-            return -1;
-        }
-        int32_t node = trie_insert(t, key);
-        if (node < 0)
-            return -1;
-        if (PyTuple_GET_SIZE(value) == 2) {
-            long id = PyLong_AsLong(PyTuple_GET_ITEM(value, 0));
-            double cost = PyFloat_AsDouble(PyTuple_GET_ITEM(value, 1));
-            if (PyErr_Occurred())
-                return -1;
-            if (id < 0 || id >= n_ids) {
-                PyErr_Format(PyExc_ValueError, "suffix table id %ld out of range", id);
-                return -1;
-            }
+        if (id != NO_ID) {
             t->nodes[node].id = (int32_t)id;
             t->nodes[node].cost = cost;
         }
@@ -486,15 +458,19 @@ static int Segmenter_init(Segmenter *self, PyObject *args, PyObject *kwds)
     }
     self->text_start[n] = tpos;
     self->elem_start[n] = epos;
-    if (trie_init(&self->roots) < 0 || trie_from_scan(&self->roots, root_scan, self->costs, n) < 0)
+    if (trie_init(&self->roots) < 0 || trie_from_dict(&self->roots, root_scan, self->costs, n) < 0)
         return -1;
-    if (trie_init(&self->text) < 0 || trie_from_scan(&self->text, text_scan, self->costs, n) < 0)
+    if (trie_init(&self->text) < 0 || trie_from_dict(&self->text, text_scan, self->costs, n) < 0)
         return -1;
-    if (trie_init(&self->raw) < 0 || trie_from_scan(&self->raw, raw_scan, self->costs, n) < 0)
+    if (trie_init(&self->raw) < 0 || trie_from_dict(&self->raw, raw_scan, self->costs, n) < 0)
         return -1;
     for (int c = 0; c < NUM_CLASSES; c++) {
-        if (trie_init(&self->suffix[c]) < 0 ||
-            trie_from_table(&self->suffix[c], PyList_GET_ITEM(tables, c), n) < 0)
+        PyObject *table = PyList_GET_ITEM(tables, c);
+        if (!PyDict_Check(table)) {
+            PyErr_SetString(PyExc_TypeError, "suffix tables must be dicts");
+            return -1;
+        }
+        if (trie_init(&self->suffix[c]) < 0 || trie_from_dict(&self->suffix[c], table, self->costs, n) < 0)
             return -1;
     }
     return 0;
@@ -547,8 +523,8 @@ static int path_push(Path *p, int32_t id, int32_t len)
 
 #define INF (1.0 / 0.0)
 
-/* Relax edges from i over suffix tokens spelled s[i:j] in harmony class `cls`. */
-static void suffix_edges(const Trie *t, const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t i,
+/* Relax the edges from i over every piece of trie t that spells s[i:j]. */
+static void relax_edges(const Trie *t, const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t i,
                          double *cost, int32_t *back_i, int32_t *back_id)
 {
     double c0 = cost[i];
@@ -593,7 +569,7 @@ static int morph(const Segmenter *sg, const Py_UCS4 *s, Py_ssize_t n, Path *out)
     for (Py_ssize_t i = 1; i < n; i++) {
         if (cost[i] == INF)
             continue;
-        suffix_edges(&sg->suffix[classes[i]], s, n, i, cost, back_i, back_id);
+        relax_edges(&sg->suffix[classes[i]], s, n, i, cost, back_i, back_id);
     }
     if (!(cost[n] < INF))
         return 0;
@@ -655,20 +631,9 @@ static int cheapest(const Segmenter *sg, const Py_UCS4 *s, Py_ssize_t n, int sha
         double c0 = cost[i];
         if (c0 == INF)
             continue;
-        int32_t node = 0;
-        for (Py_ssize_t j = i + 1; j <= n; j++) {
-            node = trie_child(scan, node, s[j - 1]);
-            if (node < 0)
-                break;
-            const Node *hit = &scan->nodes[node];
-            if (hit->id != NO_ID && c0 + hit->cost < cost[j]) {
-                cost[j] = c0 + hit->cost;
-                back_i[j] = (int32_t)i;
-                back_id[j] = hit->id;
-            }
-        }
+        relax_edges(scan, s, n, i, cost, back_i, back_id);
         if (shared && i > 0)
-            suffix_edges(&sg->suffix[classes[i]], s, n, i, cost, back_i, back_id);
+            relax_edges(&sg->suffix[classes[i]], s, n, i, cost, back_i, back_id);
         uint8_t b[4];
         int nbytes = utf8_bytes(s[i], b);
         double c = c0 + nbytes * sg->byte_cost;
@@ -816,7 +781,8 @@ static Py_ssize_t realize(const Element *el, Py_ssize_t n_el, Py_UCS4 last, Py_U
 }
 
 /* decode(path) == want, simulating DecodeState.step for every id and flush at the end.
- * Returns 1 (equal), 0 (differs) or -1 (a case left to Python). */
+ * Returns 1 (equal), 0 (differs) or -1 (a case left to Python, such as a byte token). Text is
+ * compared as it is written, so a difference ends the check early, as the result would differ. */
 static int decodes_to(const Segmenter *sg, const Path *p, const Py_UCS4 *want, Py_ssize_t n)
 {
     Check ck;
@@ -1012,14 +978,6 @@ static int encode_runs(const Segmenter *sg, const Py_UCS4 *w, Py_ssize_t n, Path
     return 0;
 }
 
-static int has_path_bytes(const Segmenter *sg, const Path *p)
-{
-    for (int k = 0; k < p->n; k++)
-        if (sg->kind[p->id[k]] == K_BYTE)
-            return 1;
-    return 0;
-}
-
 /* encoder.ChunkEncoder._encode_word. Returns 1 (path found), 0 (no word parse: the caller
  * takes the raw segmentation), -1 (overflow or a case left to Python). */
 static int encode_word(const Segmenter *sg, const Py_UCS4 *w, Py_ssize_t n, Path *out)
@@ -1040,23 +998,15 @@ static int encode_word(const Segmenter *sg, const Py_UCS4 *w, Py_ssize_t n, Path
             return 1; /* decodes to `low` by construction (encoder._parse_needs_no_check) */
         if (!found && cheapest(sg, low, n, 1, 0, out) < 0)
             return -1;
-        if (has_path_bytes(sg, out))
-            return -1;
-        int ok = decodes_to(sg, out, w, n);
-        if (ok < 0)
-            return -1;
-        if (ok)
-            return 1;
+        int ok = decodes_to(sg, out, w, n); /* byte tokens: -1, left to Python */
+        if (ok != 0)
+            return ok;
     }
     if (has_apostrophe) {
         out->n = 0;
-        if (encode_runs(sg, w, n, out) < 0 || has_path_bytes(sg, out))
+        if (encode_runs(sg, w, n, out) < 0)
             return -1;
-        int ok = decodes_to(sg, out, w, n);
-        if (ok < 0)
-            return -1;
-        if (ok)
-            return 1;
+        return decodes_to(sg, out, w, n);
     }
     return 0;
 }
