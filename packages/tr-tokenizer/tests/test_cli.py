@@ -49,6 +49,7 @@ def test_stats_and_bench(tmp_path) -> None:
     assert "tokens/word" in table and "exact" in table
     bench = run("bench", str(f), "--repeat", "1", "--workers", "1")
     assert bench.returncode == 0 and "encode_ids (1 thread)" in bench.stdout
+    assert "encode_ids (1 thread, cold)" in bench.stdout and "segmenter" in bench.stdout
 
 
 def test_train_then_use(tmp_path) -> None:
