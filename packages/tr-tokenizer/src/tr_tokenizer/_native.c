@@ -11,6 +11,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -521,7 +522,7 @@ static int path_push(Path *p, int32_t id, int32_t len)
     return 0;
 }
 
-#define INF (1.0 / 0.0)
+#define INF HUGE_VAL
 
 /* Relax the edges from i over every piece of trie t that spells s[i:j]. */
 static void relax_edges(const Trie *t, const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t i,
