@@ -8,6 +8,7 @@ expects: set up -> (resume) -> loop of optimizer steps with evaluation and check
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import time
 from collections.abc import Callable
@@ -464,7 +465,13 @@ class Trainer:
 def train(cfg: TrainConfig, on_step: Callable[[int, Trainer], None] | None = None) -> TrainResult:
     """Run training to `cfg.train.steps` (resuming when the run directory has a checkpoint)."""
     trainer = Trainer(cfg, on_step)
+    info = trainer.info
     try:
         return trainer.run()
     finally:
-        distributed.shutdown(trainer.info)
+        # Free the model first: FSDP and DDP hold the process group, and a gloo group that
+        # outlives destroy_process_group is torn down after the interpreter, where its threads
+        # can abort the process ("terminate called without an active exception").
+        del trainer
+        gc.collect()
+        distributed.shutdown(info)
