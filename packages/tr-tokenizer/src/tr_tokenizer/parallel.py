@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from tr_tokenizer.tokenizer import Tokenizer
 
 _TOKENIZER: Tokenizer | None = None  # the tokenizer inside a worker process
-# (lock, [next piece from the start, end of the unclaimed pieces]): shared with the workers
+# (lock, bounds): bounds[2k:2k+2] are the unclaimed pieces [start, end) of block k, shared by
+# this process (claiming from the start) and the worker that has block k (from the end)
 _CLAIMS = None
 PIECES_PER_WORKER = 8  # finer pieces balance better at the end of a batch
 
@@ -57,18 +58,19 @@ def _encode_texts(texts: list[str]) -> tuple[array, array]:
     return ids, lengths
 
 
-def _encode_from_end(pieces: list[list[str]]) -> list[tuple[int, array, array]]:
-    """In a worker: claim pieces from the end until none is left; (index, ids, lengths) each."""
+def _encode_from_end(block: int, first: int, pieces: list[list[str]]) -> list[tuple]:
+    """In a worker: claim the pieces of `block` (numbered from `first`) from its end until none
+    is left; returns (piece number, ids, lengths) for each piece it encoded."""
     assert _CLAIMS is not None
     lock, bounds = _CLAIMS
     done = []
     while True:
         with lock:
-            if bounds[1] <= bounds[0]:
+            if bounds[2 * block + 1] <= bounds[2 * block]:
                 return done
-            bounds[1] -= 1
-            k = bounds[1]
-        done.append((k, *_encode_texts(pieces[k])))
+            bounds[2 * block + 1] -= 1
+            k = bounds[2 * block + 1]
+        done.append((k, *_encode_texts(pieces[k - first])))
 
 
 class WorkerPool:
@@ -82,7 +84,7 @@ class WorkerPool:
         self.tok = tok
         self.workers = workers
         context = get_context("fork")
-        self.claims = (context.Lock(), context.RawArray("q", 2))
+        self.claims = (context.Lock(), context.RawArray("q", 2 * (workers - 1)))
         self.busy = threading.Lock()  # one batch at a time: the claims are shared
         gc.freeze()  # fork with the parent's objects frozen: fewer copy-on-write pages
         try:
@@ -100,35 +102,48 @@ class WorkerPool:
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Ids for each text, in order.
 
-        The texts are cut into pieces and every worker gets all of them in one task (one round
-        trip through the pipes, which this busy process serves slowly). This process claims
-        pieces from the start and the workers from the end, under a shared lock, until they
-        meet: the split balances itself whatever the relative speeds.
+        The texts are cut into pieces, grouped in one block per worker: the first block twice
+        the size of the others, because this process shares it. Each worker gets its block in
+        one task (one trip through the pipes, which this busy process serves slowly) and claims
+        its pieces from the end; this process claims pieces from the start of each block in
+        turn, under a shared lock. So the split balances itself whatever the relative speeds,
+        and every text crosses a pipe at most once.
         """
+        others = self.workers - 1
         n_pieces = min(len(texts), PIECES_PER_WORKER * self.workers)
         cuts = [len(texts) * k // n_pieces for k in range(n_pieces + 1)]
         pieces = [texts[cuts[k] : cuts[k + 1]] for k in range(n_pieces)]
+        firsts = [0] + [n_pieces * (k + 2) // self.workers for k in range(others)]
         lock, bounds = self.claims
         encode_ids = self.tok.encode_ids
         with self.busy:
-            bounds[0], bounds[1] = 0, n_pieces
+            for block in range(others):
+                bounds[2 * block], bounds[2 * block + 1] = firsts[block], firsts[block + 1]
             futures = [
-                self.executor.submit(_encode_from_end, pieces) for _ in range(self.workers - 1)
+                self.executor.submit(
+                    _encode_from_end,
+                    block,
+                    firsts[block],
+                    pieces[firsts[block] : firsts[block + 1]],
+                )
+                for block in range(others)
             ]
             results: list[list[list[int]] | None] = [None] * n_pieces
             try:
-                while True:
-                    with lock:
-                        if bounds[0] >= bounds[1]:
-                            break
-                        k = bounds[0]
-                        bounds[0] += 1
-                    results[k] = [encode_ids(t) for t in pieces[k]]
+                for block in range(others):
+                    while True:
+                        with lock:
+                            if bounds[2 * block] >= bounds[2 * block + 1]:
+                                break
+                            k = bounds[2 * block]
+                            bounds[2 * block] += 1
+                        results[k] = [encode_ids(t) for t in pieces[k]]
             except BaseException:
                 # interrupted: let the workers finish their current piece and stop, so that no
                 # worker of this batch claims pieces of the next one
                 with lock:
-                    bounds[1] = bounds[0]
+                    for block in range(others):
+                        bounds[2 * block + 1] = bounds[2 * block]
                 wait(futures)
                 raise
             for future in futures:
