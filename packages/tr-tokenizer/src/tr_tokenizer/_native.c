@@ -1178,11 +1178,66 @@ fail:
     return NULL;
 }
 
+/* offsets(chunks, lens, lens_of, pos, out) -> end position.
+ * Appends (start, end) for every token of every chunk to `out`, the first starting at `pos`;
+ * a chunk's token lengths come from the lens dict, or from lens_of(chunk) when it has none. */
+static PyObject *Segmenter_offsets(Segmenter *self, PyObject *args)
+{
+    PyObject *chunks, *lens, *lens_of, *out;
+    Py_ssize_t pos;
+    if (!PyArg_ParseTuple(args, "O!O!OnO!", &PyList_Type, &chunks, &PyDict_Type, &lens, &lens_of,
+                          &pos, &PyList_Type, &out))
+        return NULL;
+    for (Py_ssize_t c = 0; c < PyList_GET_SIZE(chunks); c++) {
+        PyObject *chunk = PyList_GET_ITEM(chunks, c);
+        PyObject *owned = NULL;
+        PyObject *chunk_lens = PyDict_GetItemWithError(lens, chunk); /* borrowed */
+        if (chunk_lens == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            chunk_lens = owned = PyObject_CallOneArg(lens_of, chunk);
+            if (owned == NULL)
+                return NULL;
+        }
+        if (!PyTuple_Check(chunk_lens)) {
+            PyErr_SetString(PyExc_TypeError, "token lengths must be tuples");
+            Py_XDECREF(owned);
+            return NULL;
+        }
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(chunk_lens); k++) {
+            Py_ssize_t n = PyLong_AsSsize_t(PyTuple_GET_ITEM(chunk_lens, k));
+            PyObject *span = (n < 0 && PyErr_Occurred()) ? NULL : PyTuple_New(2);
+            PyObject *a = span ? PyLong_FromSsize_t(pos) : NULL;
+            PyObject *b = a ? PyLong_FromSsize_t(pos + n) : NULL;
+            if (b == NULL) {
+                Py_XDECREF(a);
+                Py_XDECREF(span);
+                Py_XDECREF(owned);
+                return NULL;
+            }
+            PyTuple_SET_ITEM(span, 0, a);
+            PyTuple_SET_ITEM(span, 1, b);
+            PyObject_GC_UnTrack(span); /* two ints: no cycle possible (see int_tuple) */
+            int failed = PyList_Append(out, span);
+            Py_DECREF(span);
+            if (failed < 0) {
+                Py_XDECREF(owned);
+                return NULL;
+            }
+            pos += n;
+        }
+        Py_XDECREF(owned);
+    }
+    return PyLong_FromSsize_t(pos);
+}
+
 static PyMethodDef Segmenter_methods[] = {
     {"encode_chunk", (PyCFunction)Segmenter_encode_chunk, METH_O,
      "encode_chunk(chunk) -> (ids, lens), or None for a chunk left to the Python encoder."},
     {"encode", (PyCFunction)Segmenter_encode, METH_VARARGS,
      "encode(chunks, cache, lens, fallback, limit) -> ids of all chunks, through the cache."},
+    {"offsets", (PyCFunction)Segmenter_offsets, METH_VARARGS,
+     "offsets(chunks, lens, lens_of, pos, out) -> end; appends each token's (start, end)."},
     {NULL, NULL, 0, NULL},
 };
 

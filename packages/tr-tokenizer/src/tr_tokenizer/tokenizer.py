@@ -199,16 +199,22 @@ class Tokenizer:
         return offsets
 
     def _chunk_offsets(self, text: str, pos: int, offsets: list[tuple[int, int]]) -> None:
-        lens, cache = self._lens, self._cache
-        for c in PATTERN.findall(text):
-            chunk_lens = lens.get(c)
-            if chunk_lens is None:
-                cache.__missing__(c)
-                # another thread may clear the cache in between: then encode without it
-                chunk_lens = lens.get(c) or self._encoder.encode_chunk(c)[1]
-            for n in chunk_lens:
+        chunks = PATTERN.findall(text)
+        native = self._encoder.native
+        if native is not None:
+            native.offsets(chunks, self._lens, self._chunk_lens, pos, offsets)
+            return
+        lens = self._lens
+        for c in chunks:
+            for n in lens.get(c) or self._chunk_lens(c):
                 offsets.append((pos, pos + n))
                 pos += n
+
+    def _chunk_lens(self, chunk: str) -> tuple[int, ...]:
+        """Characters covered by each token of `chunk`, encoding (and caching) it if needed."""
+        self._cache.__missing__(chunk)
+        # another thread may clear the cache in between: then encode without it
+        return self._lens.get(chunk) or self._encoder.encode_chunk(chunk)[1]
 
     def encode_batch(self, texts: Sequence[str], num_workers: int | None = None) -> list[Encoding]:
         """Encode many texts; large batches are split over worker processes (default: one per
