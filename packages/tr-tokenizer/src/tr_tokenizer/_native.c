@@ -1013,7 +1013,8 @@ static int encode_word(const Segmenter *sg, const Py_UCS4 *w, Py_ssize_t n, Path
 }
 
 /* What kind of chunk this module can encode: 1 word-shaped (encoder.pretokenize.WORD) over
- * handled letters; 2 no letters at all, ASCII only (raw segmentation); 0 anything else. */
+ * handled letters; 2 ASCII without letters and 3 handled letters and apostrophes that are no
+ * word (both take the raw segmentation, as in Python); 0 anything else (left to Python). */
 static int chunk_shape(const Py_UCS4 *w, Py_ssize_t n)
 {
     int letters = 1, ascii_no_letters = 1;
