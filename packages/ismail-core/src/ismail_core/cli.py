@@ -380,8 +380,7 @@ def _main_train(argv: list[str]) -> int:
 
         flag = next((u for u in unknown if u.startswith("--")), unknown[0])
         key = flag.lstrip("-").split("=", 1)[0]
-        hint = closest_key(key, list(option_fields()))
-        hint = hint.replace("(did you mean '", "(did you mean '--")
+        hint = closest_key(key, list(option_fields()), prefix="--")
         print(f"ismail train: error: unknown option {flag!r}{hint}", file=sys.stderr)
         return EXIT_USAGE
     return _dispatch(args)

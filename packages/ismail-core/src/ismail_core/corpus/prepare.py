@@ -105,8 +105,6 @@ def _clean_and_dedup(ds: datasets.Dataset, spec: DataSpec) -> tuple[datasets.Dat
 def _train_tokenizer(texts: datasets.Dataset, vocab_size: int) -> Tokenizer:
     import tr_tokenizer
 
-    if not hasattr(tr_tokenizer, "train"):
-        raise DataError("this tr-tokenizer cannot train; drop --train-tokenizer")
     batches = (b["text"] for b in texts.iter(batch_size=256))
     return TrTokenizer(tr_tokenizer.train((t for b in batches for t in b), vocab_size=vocab_size))
 

@@ -10,9 +10,14 @@ from __future__ import annotations
 _BUCKETS = 1_000_000
 
 
+def _bucket(digest: str) -> int:
+    """The document's bucket in [0, _BUCKETS), from its sha256 hex digest."""
+    return int(digest[:12], 16) % _BUCKETS
+
+
 def is_validation(digest: str, val_fraction: float) -> bool:
     """Whether the document with this sha256 hex digest belongs to the validation split."""
-    return int(digest[:12], 16) % _BUCKETS < val_fraction * _BUCKETS
+    return _bucket(digest) < val_fraction * _BUCKETS
 
 
 def split_flags(digests: list[str], val_fraction: float) -> list[bool]:
@@ -23,7 +28,7 @@ def split_flags(digests: list[str], val_fraction: float) -> list[bool]:
     """
     flags = [is_validation(d, val_fraction) for d in digests]
     if val_fraction > 0 and len(digests) >= 2:
-        buckets = [int(d[:12], 16) % _BUCKETS for d in digests]
+        buckets = [_bucket(d) for d in digests]
         if not any(flags):
             flags[min(range(len(digests)), key=buckets.__getitem__)] = True
         if all(flags):

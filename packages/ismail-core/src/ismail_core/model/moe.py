@@ -39,8 +39,6 @@ class Gate(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.dim = cfg.dim
-        self.n_experts = cfg.n_routed_experts
         self.topk = cfg.n_activated_experts
         self.n_groups = cfg.n_expert_groups
         self.topk_groups = cfg.n_limited_groups
@@ -135,13 +133,17 @@ class MoE(nn.Module):
             # dropped assignments sort after every real expert and are never computed
             flat_experts = flat_experts.masked_fill(~keep, self.n_experts)
         order = flat_experts.argsort(stable=True)
-        counts = torch.bincount(flat_experts, minlength=self.n_experts + 1)[: self.n_experts]
-        n_kept = int(counts.sum())
+        if self.capacity_factor > 0:
+            counts = torch.bincount(flat_experts, minlength=self.n_experts + 1)[: self.n_experts]
+        else:
+            counts = load  # nothing dropped: the per-expert counts are the load
+        host_counts = counts.tolist()  # one device sync per forward
+        n_kept = sum(host_counts)
         order = order[:n_kept]
         token_ids = order // self.topk
         routed_in = x[token_ids]
         outputs, start = [], 0
-        for expert, n in zip(self.experts, counts.tolist()):
+        for expert, n in zip(self.experts, host_counts):
             if n:
                 outputs.append(expert(routed_in[start : start + n]))
             start += n

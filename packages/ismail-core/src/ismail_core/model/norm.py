@@ -25,9 +25,8 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight
 
 
-def make_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
+def make_norm(cfg: ModelConfig) -> nn.Module:
     """The block/final norm the config asks for (RMSNorm or GPT-2's LayerNorm with bias)."""
-    dim = dim or cfg.dim
     if cfg.norm == "layernorm":
-        return nn.LayerNorm(dim, eps=cfg.norm_eps)
-    return RMSNorm(dim, cfg.norm_eps)
+        return nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+    return RMSNorm(cfg.dim, cfg.norm_eps)

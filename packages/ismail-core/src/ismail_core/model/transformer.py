@@ -157,9 +157,12 @@ class Transformer(nn.Module):
             positions = view.positions
         h = self.embed(input_ids)
         if self.pos_embed is not None:
-            if int(positions.max()) >= self.cfg.max_seq_len:
+            # positions are arange(T), or start + arange(T) with kv_len = max(start) + T: the
+            # largest is known on the host without a device sync
+            max_pos = T - 1 if view is None else view.kv_len - 1
+            if max_pos >= self.cfg.max_seq_len:
                 raise ValueError(
-                    f"position {int(positions.max())} exceeds max_seq_len {self.cfg.max_seq_len} "
+                    f"position {max_pos} exceeds max_seq_len {self.cfg.max_seq_len} "
                     "of this learned-position model; shorten the input"
                 )
             h = h + self.pos_embed(positions)

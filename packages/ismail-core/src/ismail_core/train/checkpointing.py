@@ -91,8 +91,9 @@ class CheckpointManager:
     def _prune(self) -> None:
         keep = set(self.step_dirs()[-self.keep_last :])
         keep.update(p for p in (self.latest(), self.best()) if p is not None)
+        kept = {k.resolve() for k in keep}
         for path in self.step_dirs():
-            if path.resolve() not in {k.resolve() for k in keep}:
+            if path.resolve() not in kept:
                 shutil.rmtree(path, ignore_errors=True)
 
 

@@ -206,10 +206,10 @@ def option_fields() -> dict[str, tuple[type, str, Any]]:
     return options
 
 
-def closest_key(key: str, known: list[str]) -> str:
-    """' (did you mean X?)' for the closest known key, or ''."""
+def closest_key(key: str, known: list[str], prefix: str = "") -> str:
+    """' (did you mean X?)' for the closest known key (shown as prefix + key), or ''."""
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return f" (did you mean {prefix + close[0]!r}?)" if close else ""
 
 
 def coerce(value: Any, kind: Any, key: str) -> Any:
@@ -295,8 +295,3 @@ def build_config(*layers: dict[str, Any]) -> TrainConfig:
         cfg.run.out_dir = f"runs/{cfg.preset}"
     cfg.validate()
     return cfg
-
-
-def config_from_dict(tree: dict[str, Any]) -> TrainConfig:
-    """Rebuild a TrainConfig from `to_dict()` output (train_config.json)."""
-    return build_config(flatten(tree))

@@ -80,10 +80,4 @@ def fp8_converter() -> Callable[[torch.nn.Module], torch.nn.Module]:
         raise PrecisionError(
             "train.precision=fp8 needs ismail-kernels: install ismail-core[fp8]"
         ) from exc
-    convert = getattr(ismail_kernels, "convert_to_fp8_training", None)
-    if convert is None:
-        raise PrecisionError(
-            "this ismail-kernels has no FP8 training converter (convert_to_fp8_training); "
-            "use --train.precision bf16"
-        )
-    return convert
+    return ismail_kernels.convert_to_fp8_training

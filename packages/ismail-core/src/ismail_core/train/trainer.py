@@ -198,6 +198,8 @@ class Trainer:
             self.raw_model = fp8_converter()(self.raw_model)
         self.flops_per_token = self.raw_model.flops_per_token(self.seq_len)
         self.model = distributed.wrap_model(self.raw_model, info, cfg.dist.strategy)
+        # recorded before torch.compile, whose wrapper is no DDP instance (it forwards no_sync)
+        self._ddp = isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
         if cfg.train.compile:
             self.model = torch.compile(self.model)
         self.optimizer = build_optimizer(self.raw_model, cfg.optim, self.device)
@@ -245,9 +247,7 @@ class Trainer:
                 rank=info.rank,
             ).to(self.device, non_blocking=True)
             # DDP all-reduces gradients only on the last micro-batch.
-            sync = micro == accum - 1 or not isinstance(
-                self.model, torch.nn.parallel.DistributedDataParallel
-            )
+            sync = micro == accum - 1 or not self._ddp
             ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
             with ctx, self.precision.autocast():
                 out = self.model(ids, labels=ids)
