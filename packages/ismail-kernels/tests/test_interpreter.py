@@ -19,6 +19,7 @@ from __future__ import annotations
 import pytest
 import torch
 from ismail_kernels import act_quant, fp8_gemm, resolve_backend, weight_dequant, weight_quant
+from ismail_kernels.reference import expand_block_scales
 
 pytestmark = pytest.mark.skipif(
     not __import__("ismail_kernels").triton_available(), reason="triton is not installed"
@@ -89,7 +90,7 @@ def test_weight_quant_and_dequant_match_reference():
 def gemm_tolerance(a, a_s, b, b_s) -> torch.Tensor:
     a_abs = a.float().abs() * a_s.repeat_interleave(a.shape[-1] // a_s.shape[-1], -1)
     bs = b.shape[1] // b_s.shape[1]
-    b_abs = b.float().abs() * b_s.repeat_interleave(bs, 0)[: b.shape[0]].repeat_interleave(bs, 1)
+    b_abs = b.float().abs() * expand_block_scales(b_s, b.shape, bs)
     return a.shape[-1] * 2.0**-23 * (a_abs @ b_abs.T)
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from .formats import DEFAULT_BLOCK_SIZE
 from .linear import FP8Linear, FP8TrainLinear
+from .ops import _expected_weight_scale_shape
 
 SCALE_SUFFIX = "weight_scale_inv"
 # Matched (fnmatch) against the full dotted module name and against each of its components.
@@ -161,14 +162,14 @@ def fp8_quantization_config(config: FP8Config | None = None) -> dict:
 
 
 def _block_size_from_shapes(name: str, weight_shape: torch.Size, scale_shape: torch.Size) -> int:
-    rows, cols = weight_shape
+    _, cols = weight_shape
     if len(scale_shape) != 2 or scale_shape[1] == 0 or cols % scale_shape[1]:
         raise ValueError(
             f"{name}.{SCALE_SUFFIX} has shape {tuple(scale_shape)}, which is not a block-scale "
             f"grid for a weight of shape {tuple(weight_shape)}"
         )
     block_size = cols // scale_shape[1]
-    if scale_shape[0] != -(-rows // block_size):
+    if tuple(scale_shape) != _expected_weight_scale_shape(weight_shape, block_size):
         raise ValueError(
             f"{name}: weight {tuple(weight_shape)} and scales {tuple(scale_shape)} disagree on "
             f"the block size ({block_size} from the columns)"

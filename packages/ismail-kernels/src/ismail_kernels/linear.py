@@ -5,17 +5,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .formats import DEFAULT_BLOCK_SIZE, FP8_DTYPE, SCALE_FORMATS
-from .ops import act_quant, fp8_gemm, weight_dequant, weight_quant
-
-_GEMM_OUTPUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+from .formats import DEFAULT_BLOCK_SIZE, FP8_DTYPE
+from .ops import (
+    _OUTPUT_DTYPES,
+    _check_scale_fmt,
+    _expected_weight_scale_shape,
+    act_quant,
+    fp8_gemm,
+    weight_dequant,
+    weight_quant,
+)
 
 
 def _output_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype a layer returns for input x: autocast's if active, else x's own."""
     if torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
-    return x.dtype if x.dtype in _GEMM_OUTPUT_DTYPES else torch.bfloat16
+    return x.dtype if x.dtype in _OUTPUT_DTYPES else torch.bfloat16
 
 
 def _check_layer_shape(in_features: int, block_size: int, scale_fmt: str | None) -> None:
@@ -25,8 +31,7 @@ def _check_layer_shape(in_features: int, block_size: int, scale_fmt: str | None)
             f"in_features={in_features}, block_size={block_size} (use a smaller power-of-two "
             "block_size or keep this layer in high precision)"
         )
-    if scale_fmt not in SCALE_FORMATS:
-        raise ValueError(f"scale_fmt must be None or 'ue8m0', got {scale_fmt!r}")
+    _check_scale_fmt(scale_fmt)
 
 
 class FP8Linear(nn.Module):
@@ -55,7 +60,7 @@ class FP8Linear(nn.Module):
         self.out_features = out_features
         self.block_size = block_size
         self.scale_fmt = scale_fmt
-        scale_shape = (-(-out_features // block_size), in_features // block_size)
+        scale_shape = _expected_weight_scale_shape((out_features, in_features), block_size)
         self.weight = nn.Parameter(
             torch.zeros(out_features, in_features, dtype=FP8_DTYPE, device=device),
             requires_grad=False,

@@ -79,6 +79,11 @@ def _check_block_size(block_size: int) -> None:
         raise ValueError(f"block_size must be a power of two >= 16, got {block_size}")
 
 
+def _check_scale_fmt(scale_fmt: str | None) -> None:
+    if scale_fmt not in SCALE_FORMATS:
+        raise ValueError(f"scale_fmt must be None or 'ue8m0', got {scale_fmt!r}")
+
+
 def _check_dtype(name: str, dtype: torch.dtype, allowed: tuple[torch.dtype, ...]) -> None:
     if dtype not in allowed:
         names = ", ".join(str(d).removeprefix("torch.") for d in allowed)
@@ -104,8 +109,7 @@ def act_quant(
     """
     _check_dtype("act_quant input", x.dtype, _FLOAT_INPUTS)
     _check_block_size(block_size)
-    if scale_fmt not in SCALE_FORMATS:
-        raise ValueError(f"scale_fmt must be None or 'ue8m0', got {scale_fmt!r}")
+    _check_scale_fmt(scale_fmt)
     if x.dim() == 0 or x.shape[-1] % block_size:
         raise ValueError(
             f"act_quant needs a last dimension that is a multiple of block_size={block_size}; "
@@ -139,7 +143,8 @@ def weight_quant(
     )
 
 
-def _expected_weight_scale_shape(shape: torch.Size, block_size: int) -> tuple[int, int]:
+def _expected_weight_scale_shape(shape: tuple[int, ...], block_size: int) -> tuple[int, int]:
+    """Block-scale grid of a 2-D weight of `shape`: (ceil(rows / bs), ceil(cols / bs))."""
     return (-(-shape[0] // block_size), -(-shape[1] // block_size))
 
 

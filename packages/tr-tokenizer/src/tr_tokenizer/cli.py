@@ -35,18 +35,17 @@ def _tokenizer(args: argparse.Namespace) -> Tokenizer:
 def cmd_encode(args: argparse.Namespace) -> int:
     tok = _tokenizer(args)
     text = _read_text(args.text)
-    enc = tok.encode(text)
     if args.json:
-        pieces = tok.segment(text)
+        enc = tok.encode(text)
         out = {
             "ids": enc.ids,
             "tokens": enc.tokens,
             "offsets": enc.offsets,
-            "kinds": [p.kind for p in pieces],
+            "kinds": [tok.kind(i) for i in enc.ids],
         }
         print(json.dumps(out, ensure_ascii=False))
     elif args.ids:
-        print(" ".join(map(str, enc.ids)))
+        print(" ".join(map(str, tok.encode_ids(text))))
     else:
         color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
         parts = []

@@ -10,7 +10,7 @@ import codecs
 
 import regex
 
-from tr_tokenizer.casing import tr_lower, tr_upper
+from tr_tokenizer.casing import tr_capitalize, tr_lower, tr_upper
 from tr_tokenizer.suffixes import VOWELS, Element, left_context, parse_form, realize
 from tr_tokenizer.vocab import Vocabulary
 
@@ -108,8 +108,7 @@ class DecodeState:
             case = self.case
             if case != _NONE:
                 if case == _CAP_PENDING:
-                    j = 1 if piece[:1] == " " else 0
-                    piece = piece[:j] + tr_upper(piece[j : j + 1]) + piece[j + 1 :]
+                    piece = tr_capitalize(piece)
                     self.case = _NONE
                 elif t.letters_only[token_id] or (case == _UPPER_START and t.spaced_word[token_id]):
                     piece = tr_upper(piece)

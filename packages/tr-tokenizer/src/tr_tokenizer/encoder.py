@@ -83,8 +83,14 @@ class ChunkEncoder:
         # The segmentation loops scan spans s[i:j] for growing j; these lookups also hold every
         # proper prefix of a piece (mapped to _PREFIX), so a scan stops at the first span that
         # no piece starts with instead of running to the longest piece length.
-        self.text_scan = _with_prefixes(self.text_ids)
+        # text_scan is raw_scan plus the alternating roots (and their prefixes)
         self.raw_scan = _with_prefixes(self.raw_ids)
+        self.text_scan = dict(self.raw_scan)
+        for text, i in self.text_ids.items():
+            if i in vocab.voicing:
+                self.text_scan[text] = i  # may have been a prefix of another piece
+                for k in range(1, len(text)):
+                    self.text_scan.setdefault(text[:k], _PREFIX)
         roots = dict(self.voiced_root_ids)
         roots.update(self.root_ids)  # a plain root wins over a voiced stem with the same text
         self.root_scan = _with_prefixes(roots)

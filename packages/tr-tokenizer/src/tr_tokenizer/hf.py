@@ -19,7 +19,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("tr_tokenizer.hf needs transformers: pip install 'tr-tokenizer[hf]'") from e
 
 from tr_tokenizer.tokenizer import Tokenizer, load
-from tr_tokenizer.vocab import BOS, CHAT_MARKERS, EOS, PAD, Vocabulary
+from tr_tokenizer.vocab import BOS, CHAT_MARKERS, EOS, PAD
 
 VOCAB_FILE = "tr_tokenizer.json"
 
@@ -34,7 +34,7 @@ class TrTokenizerHF(PreTrainedTokenizer):
         self, vocab_file: str | None = None, tokenizer: Tokenizer | None = None, **kwargs
     ) -> None:
         if tokenizer is None:
-            tokenizer = Tokenizer(Vocabulary.load(vocab_file)) if vocab_file else load()
+            tokenizer = load(vocab_file or None)  # a directory or the json file itself
         self.tr = tokenizer
         kwargs.setdefault("bos_token", BOS)
         kwargs.setdefault("eos_token", EOS)
@@ -48,7 +48,7 @@ class TrTokenizerHF(PreTrainedTokenizer):
         return self.tr.vocab_size
 
     def get_vocab(self) -> dict[str, int]:
-        return {self.tr._names[i]: i for i in range(self.tr.vocab_size)}
+        return dict(self.tr._ids)
 
     def _tokenize(self, text: str, **kwargs) -> list[str]:
         return self.tr.encode(text).tokens

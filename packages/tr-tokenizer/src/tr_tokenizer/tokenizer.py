@@ -6,6 +6,7 @@ import gc
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from itertools import chain
 from pathlib import Path
@@ -106,19 +107,23 @@ class Tokenizer:
 
     def __init__(self, vocab: Vocabulary) -> None:
         self.vocab = vocab
-        self._names = [p[0] for p in vocab.pieces]
+        self._tables = DecodeTables(vocab)
+        self._names = self._tables.text  # the pieces' texts, in id order
         self._kinds = [p[1] for p in vocab.pieces]
         self._ids = {name: i for i, name in enumerate(self._names)}
-        self._tables = DecodeTables(vocab)
         self._encoder = ChunkEncoder(vocab, self._tables)
         self._lens: dict[str, tuple[int, ...]] = {}
         self._cache = _ChunkCache(self._encoder, self._lens)
         self.special_tokens: dict[str, int] = {t: self._ids[t] for t in SPECIAL_TOKENS}
         self._special_re = regex.compile("|".join(regex.escape(t) for t in SPECIAL_TOKENS))
-        self.fingerprint: str = vocab.fingerprint()
         self._pool: WorkerPool | None = None
 
     # ---- vocabulary ---------------------------------------------------------------------
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Stable hash of the vocabulary (16 hex characters); computed on first use."""
+        return self.vocab.fingerprint()
 
     @property
     def vocab_size(self) -> int:
