@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -23,6 +21,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/_serve.py (see its docstring)
+from _serve import base_url, free_port, start_serve, stop_serve  # noqa: E402
 
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
@@ -118,23 +119,16 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return save_checkpoint(work / "tiny-ismail", model, tok), plain_bpe
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(
     checkpoint: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict]:
     """`ismail-serve` on the tiny checkpoint; yields its URL, model name and log file."""
     ckpt, plain_bpe = checkpoint
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
+    port = free_port()
+    base = base_url(port)
     log = tmp_path_factory.mktemp("apps-serve") / "serve.log"
-    command = [
-        str(Path(sys.executable).with_name("ismail-serve")),
+    args = [
         str(ckpt),
         "--host",
         "127.0.0.1",
@@ -149,28 +143,12 @@ def server(
         "--compare-tokenizer",
         str(plain_bpe),
     ]
-    with log.open("w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    proc = start_serve(args, port=port, log=log, cwd=ROOT, poll_s=0.25)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, f"ismail-serve exited:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"ismail-serve never got ready:\n{log.read_text()}"
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
         models = httpx.get(f"{base}/v1/models", headers=_auth(), timeout=10).json()
         yield {"base": base, "model": models["data"][0]["id"], "log": log}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_serve(proc)
 
 
 def _auth() -> dict[str, str]:

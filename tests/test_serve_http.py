@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/_serve.py (see its docstring)
+from _serve import base_url, free_port, start_serve, stop_serve  # noqa: E402
 
 openai = pytest.importorskip("openai")
 
@@ -80,49 +82,23 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_checkpoint(tmp_path_factory.mktemp("serve") / MODEL, model, tok)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(checkpoint: Path, log_dir: Path, *args: str) -> Server:
-    port = _free_port()
+    port = free_port()
     log = log_dir / f"serve-{port}.log"
-    command = [
-        str(Path(sys.executable).with_name("ismail-serve")),
-        str(checkpoint),
-        "--port",
-        str(port),
-        "--device",
-        "cpu",
-        *args,
-    ]
     # One intra-op thread: on a shared 2-core machine more threads only spin against each other.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with log.open("w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    server = Server(proc, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, f"ismail-serve exited:\n{log.read_text()}"
-        assert time.monotonic() < deadline, f"ismail-serve never got ready:\n{log.read_text()}"
-        try:
-            if httpx.get(f"{server.base}/health", timeout=2).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
+    proc = start_serve(
+        [str(checkpoint), "--port", str(port), "--device", "cpu", *args],
+        port=port,
+        log=log,
+        env=env,
+        poll_s=0.1,
+    )
+    return Server(proc, base_url(port), log)
 
 
 def stop_server(server: Server) -> None:
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGTERM)
-        try:
-            server.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait()
+    stop_serve(server.proc)
 
 
 @pytest.fixture(scope="module")

@@ -37,9 +37,8 @@ class HFTokenizer:
 
     kind = "hf"
 
-    def __init__(self, tokenizer: Any, source: str = "") -> None:
+    def __init__(self, tokenizer: Any) -> None:
         self._tok = tokenizer
-        self.source = source
         self.special_tokens: dict[str, int] = {
             added.content: idx
             for idx, added in tokenizer.get_added_tokens_decoder().items()
@@ -55,7 +54,7 @@ class HFTokenizer:
         from tokenizers import Tokenizer
 
         try:
-            return cls(Tokenizer.from_file(str(path)), source=str(path))
+            return cls(Tokenizer.from_file(str(path)))
         except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
             msg = f"{path} is not a valid Hugging Face tokenizer.json: {exc}"
             raise TokenizerError(msg) from exc
@@ -141,9 +140,8 @@ class TrTokenizer:
 
     kind = "tr"
 
-    def __init__(self, tokenizer: Any, source: str = "") -> None:
+    def __init__(self, tokenizer: Any) -> None:
         self._tok = tokenizer
-        self.source = source
 
     def __getattr__(self, name: str) -> Any:
         # Everything else (encode, decode, decode_stream, vocab_size, ids, fingerprint) is
@@ -152,6 +150,11 @@ class TrTokenizer:
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self._tok, name)
+
+    def token_kind(self, token_id: int) -> str:
+        """Kind of a token (special, case, byte, space, root, suffix or bpe): tr_tokenizer's
+        `kind(token_id)`, which the class attribute `kind` ("tr") hides from forwarding."""
+        return self._tok.kind(token_id)
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
@@ -172,12 +175,7 @@ def _load_tr(path: str | Path | None) -> TrTokenizer:
         import tr_tokenizer
     except ImportError as exc:  # pragma: no cover - tr-tokenizer is a hard dependency
         raise TokenizerError("tr-tokenizer is not installed: `uv sync --all-packages`") from exc
-    if not hasattr(tr_tokenizer, "load"):
-        raise TokenizerError(
-            "this tr-tokenizer has no load(); pass a Hugging Face tokenizer.json instead "
-            "(--tokenizer path/to/tokenizer.json)"
-        )
-    return TrTokenizer(tr_tokenizer.load(None if path is None else Path(path)), str(path or "tr"))
+    return TrTokenizer(tr_tokenizer.load(None if path is None else Path(path)))
 
 
 def load_tokenizer(spec: str | Path | None = None) -> Tokenizer:

@@ -48,6 +48,8 @@ from ismail_serve.protocol import (
 from ismail_serve.state import ServerState
 
 SSE_DONE = "data: [DONE]\n\n"
+# How a sequence ends normally; any other finish reason is answered with an error.
+NORMAL_FINISH = (FINISH_STOP, FINISH_LENGTH)
 # Seconds a client is told to wait after a 429.
 RETRY_AFTER_S = 1
 
@@ -290,7 +292,7 @@ async def _collect(engine: LLMEngine, gen: Generation, request: Request) -> dict
             choice.text.append(out.text)
             choice.num_generated = out.num_generated
             if out.finish_reason is not None:
-                if out.finish_reason not in (FINISH_STOP, FINISH_LENGTH):
+                if out.finish_reason not in NORMAL_FINISH:
                     return out
                 choice.finish_reason = out.finish_reason
                 remaining -= 1
@@ -353,10 +355,7 @@ async def _stream(
         while remaining:
             out = await gen.queue.get()
             generated[out.index] = out.num_generated
-            if out.finish_reason is not None and out.finish_reason not in (
-                FINISH_STOP,
-                FINISH_LENGTH,
-            ):
+            if out.finish_reason is not None and out.finish_reason not in NORMAL_FINISH:
                 err = _failure(out)
                 yield sse(error_body(err.message, err.type, err.param, err.code))
                 yield SSE_DONE
@@ -400,34 +399,20 @@ async def _run(
     except _ClientGone:
         return Response(status_code=499)  # nobody is listening any more
     usage = _usage(gen, sum(c.num_generated for c in choices.values()))
-    head = {"id": gen.request_id, "created": gen.created, "model": gen.model, "usage": usage}
-    if chat:
-        return JSONResponse(
-            {
-                **head,
-                "object": "chat.completion",
-                "choices": [
-                    {
-                        "index": i,
-                        "message": {"role": "assistant", "content": "".join(c.text)},
-                        "logprobs": None,
-                        "finish_reason": c.finish_reason,
-                    }
-                    for i, c in sorted(choices.items())
-                ],
-            }
-        )
+
+    def output(c: _Choice) -> dict[str, Any]:
+        text = "".join(c.text)
+        return {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
+
     return JSONResponse(
         {
-            **head,
-            "object": "text_completion",
+            "id": gen.request_id,
+            "created": gen.created,
+            "model": gen.model,
+            "usage": usage,
+            "object": "chat.completion" if chat else "text_completion",
             "choices": [
-                {
-                    "index": i,
-                    "text": "".join(c.text),
-                    "logprobs": None,
-                    "finish_reason": c.finish_reason,
-                }
+                {"index": i, **output(c), "logprobs": None, "finish_reason": c.finish_reason}
                 for i, c in sorted(choices.items())
             ],
         }
@@ -476,13 +461,11 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=[card])
 
 
-def _token_kinds(tok: Any, text: str, ids: list[int]) -> list[str]:
-    """Kind of each token: tr-tokenizer's own (root, suffix, case, ...) via its segmentation,
-    else "special" or "bpe"."""
-    if getattr(tok, "kind", None) == "tr" and hasattr(tok, "segment"):
-        pieces = tok.segment(text)
-        if len(pieces) == len(ids):
-            return [p.kind for p in pieces]
+def _token_kinds(tok: Any, ids: list[int]) -> list[str]:
+    """Kind of each token: tr-tokenizer's own (root, suffix, case, ...), else "special" or
+    "bpe"."""
+    if getattr(tok, "kind", None) == "tr" and hasattr(tok, "token_kind"):
+        return [tok.token_kind(i) for i in ids]
     specials = set(getattr(tok, "special_tokens", {}).values())
     return ["special" if i in specials else "bpe" for i in ids]
 
@@ -496,7 +479,7 @@ def _tokenization(tok: Any, text: str) -> dict[str, Any]:
         "tokens": ids,
         "token_strs": [tok.id_to_token(i) or "" for i in ids],
         "offsets": [tuple(o) for o in enc.offsets],
-        "kinds": _token_kinds(tok, text, ids),
+        "kinds": _token_kinds(tok, ids),
     }
 
 

@@ -25,6 +25,7 @@ from ismail_serve.engine import EngineConfig, LLMEngine
 from ismail_serve.engine.model_runner import ModelRunner
 from ismail_serve.metrics import ServeMetrics
 from ismail_serve.state import STATUS_DRAINING, STATUS_FAILED, ServerState
+from ismail_serve.web import page_urls
 
 log = logging.getLogger("ismail_serve")
 
@@ -126,6 +127,7 @@ def describe_engine(engine: LLMEngine, config: ServeConfig, pages: bool) -> str:
     runner = engine.runner
     kind = "MLA latent + RoPE key" if getattr(runner.model.cfg, "attention", "") == "mla" else "K/V"
     base = f"http://{config.host}:{config.port}"
+    urls = page_urls(base)
     return (
         f"ismail-serve: serving '{config.served_name}' ({config.checkpoint}) on {runner.device}, "
         f"dtype {str(runner.model.embed.weight.dtype).removeprefix('torch.')}"
@@ -134,7 +136,7 @@ def describe_engine(engine: LLMEngine, config: ServeConfig, pages: bool) -> str:
         f"tokens x {runner.cache_bytes_per_token()} B/token = "
         f"{runner.cache_bytes() / 2**20:.1f} MiB\n"
         f"  OpenAI API: {base}/v1  (health {base}/health, metrics {base}/metrics)"
-        + (f"\n  chat: {base}/  tokenizer playground: {base}/tokenizer" if pages else "")
+        + (f"\n  chat: {urls['chat']}  tokenizer playground: {urls['tokenizer']}" if pages else "")
     )
 
 

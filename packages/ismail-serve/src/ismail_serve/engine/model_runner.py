@@ -39,7 +39,7 @@ class ModelRunner:
 
     def cache_bytes(self) -> int:
         """Bytes of the whole preallocated cache."""
-        return self.cache_bytes_per_token() * self.max_batch * self.max_len
+        return int(self.cache.nbytes())
 
     @torch.inference_mode()
     def forward(
@@ -54,9 +54,7 @@ class ModelRunner:
         """
         lengths = [len(r) for r in rows]
         width = max(lengths)
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        ids = torch.tensor([list(row) + [0] * (width - len(row)) for row in rows], dtype=torch.long)
         logits = self.model(
             ids.to(self.device),
             cache=self.cache,
