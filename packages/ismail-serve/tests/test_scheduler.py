@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ismail_core.generate import ContinuationText
 from ismail_core.sampling import SamplingParams
-from ismail_serve.engine.detokenizer import IncrementalText
 from ismail_serve.engine.kv_slots import KVSlotManager
 from ismail_serve.engine.scheduler import Scheduler
 from ismail_serve.engine.sequence import Sequence, SequenceRequest
@@ -14,7 +14,7 @@ from ismail_serve.engine.sequence import Sequence, SequenceRequest
 
 def make_seq(tokenizer, rid: int, prompt_len: int) -> Sequence:
     req = SequenceRequest(str(rid), 0, [7] * prompt_len, SamplingParams(), max_tokens=3)
-    return Sequence(req, IncrementalText(tokenizer, [], True), lambda out: None, None, None)
+    return Sequence(req, ContinuationText(tokenizer, req.prompt_ids), lambda out: None, None, None)
 
 
 def test_slots_hand_out_each_row_once():

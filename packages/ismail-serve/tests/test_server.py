@@ -23,12 +23,12 @@ def checkpoint(tmp_path_factory, tokenizer, make_config):
 def generate(engine, prompt_ids: list[int], n: int) -> list[int]:
     """Greedy ids through the engine's runner, one step at a time (no engine thread)."""
     slot, ids = 0, list(prompt_ids)
-    logits = engine.runner.forward([ids], [0], [slot])[0]
+    logits = engine.runner.forward([ids], [0], [slot])[0, -1]
     out = []
     for _ in range(n):
         token = int(logits.argmax())
         out.append(token)
-        logits = engine.runner.decode([token], [len(ids)], [slot])[0]
+        logits = engine.runner.forward([[token]], [len(ids)], [slot])[0, -1]
         ids.append(token)
     return out
 

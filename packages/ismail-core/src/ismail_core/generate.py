@@ -1,7 +1,12 @@
 """Text generation with the KV cache: token ids, streamed text with stop strings.
 
-Training data separates documents with the end-of-sequence id: an empty prompt starts from one
-(the start of a new document), and generation ends when the model emits one.
+Training data separates documents with the end-of-sequence id: a prompt starts with one (the
+start of a new document), and generation ends when the model emits one.
+
+Generated text is always decoded with the prompt as its left context (`ContinuationText`):
+tr-tokenizer spells a shared suffix from the word before it, so the ids of a continuation
+alone decode to the wrong Turkish (Cumhuriyeti + dative is "ye", not the context-free "ya").
+`ismail generate`, the Python API and ismail-serve all stream text through it.
 """
 
 from __future__ import annotations
@@ -19,10 +24,55 @@ class GenerationError(ValueError):
 
 
 def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """Token ids of `prompt`; an empty prompt is the document separator alone (if any)."""
-    if not prompt and tokenizer.eos_id is not None:
-        return [tokenizer.eos_id]
-    return list(tokenizer.encode(prompt).ids)
+    """Token ids of `prompt` after the document separator (the end-of-sequence id, if any)."""
+    ids = list(tokenizer.encode(prompt).ids)
+    return ids if tokenizer.eos_id is None else [tokenizer.eos_id, *ids]
+
+
+class ContinuationText:
+    """Generated ids in, text to show out: decoded after `context` (the prompt's ids) as its
+    left context, whole characters only, with any tail that could still become a stop string
+    held back. What `push` returns, concatenated with `finish`, is the text the generated ids
+    add after the prompt, cut before the first stop string. `last_piece` is the decoder's text
+    for the last id pushed (or the text `finish` released), before stop strings are applied.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        context: Sequence[int],
+        stop: Sequence[str] = (),
+        skip_special_tokens: bool = True,
+    ) -> None:
+        self._decoder = tokenizer.decode_stream(
+            skip_special_tokens=skip_special_tokens, context=context
+        )
+        self._stops = StopMatcher(list(stop))
+        self.last_piece = ""
+
+    def push(self, token_id: int) -> tuple[str, bool]:
+        """Add one generated id; return (text to show now, whether a stop string was hit)."""
+        self.last_piece = self._decoder.step(token_id)
+        return self._stops.feed(self.last_piece)
+
+    def finish(self) -> tuple[str, bool]:
+        """End of generation: return the remaining text and whether it completed a stop string."""
+        self.last_piece = self._decoder.flush()
+        text, stopped = self._stops.feed(self.last_piece)
+        if stopped:
+            return text, True
+        return text + self._stops.flush(), False
+
+
+def decode_continuation(
+    tokenizer: Tokenizer,
+    context: Sequence[int],
+    new_ids: Sequence[int],
+    skip_special_tokens: bool = True,
+) -> str:
+    """The text `new_ids` add after `context`, decoded with the context (see ContinuationText)."""
+    decoder = tokenizer.decode_stream(skip_special_tokens=skip_special_tokens, context=context)
+    return "".join(decoder.step(i) for i in new_ids) + decoder.flush()
 
 
 @torch.no_grad()
@@ -69,21 +119,20 @@ def stream_text(
     params: SamplingParams | None = None,
     stop: Sequence[str] | None = None,
 ) -> Iterator[str]:
-    """Yield the generated text piece by piece (whole characters only), cut at a stop string."""
-    decoder = tokenizer.decode_stream(skip_special_tokens=True)
-    matcher = StopMatcher(stop)
+    """Yield the text generated after `prompt` piece by piece (whole characters only, decoded
+    with the prompt as context), cut before a stop string."""
     eos = tokenizer.eos_id
     ids = prompt_ids(tokenizer, prompt)
+    text = ContinuationText(tokenizer, ids, stop or ())
     for token in generate_ids(model, ids, max_new_tokens, params or SamplingParams(), eos):
         if token == eos:
             break
-        text, stopped = matcher.feed(decoder.step(token))
-        if text:
-            yield text
+        piece, stopped = text.push(token)
+        if piece:
+            yield piece
         if stopped:
             return
-    text, stopped = matcher.feed(decoder.flush())
-    tail = text + ("" if stopped else matcher.flush())
+    tail, _ = text.finish()
     if tail:
         yield tail
 

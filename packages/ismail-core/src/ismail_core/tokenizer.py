@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ HF_FILE = "tokenizer.json"
 _EOS_NAMES = ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|eot_id|>", "<|im_end|>")
 _BOS_NAMES = ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>")
 _PAD_NAMES = ("<pad>", "<|pad|>", "[PAD]", "<|finetune_right_pad_id|>")
+# Context ids a seeded IncrementalDecoder decodes before new ones: enough for a leading space
+# or a character split over byte-level tokens (vLLM uses 5).
+_CONTEXT_WINDOW = 6
 
 
 class TokenizerError(ValueError):
@@ -86,8 +90,11 @@ class HFTokenizer:
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def decode_stream(self, skip_special_tokens: bool = False) -> IncrementalDecoder:
-        return IncrementalDecoder(self.decode, skip_special_tokens)
+    def decode_stream(
+        self, skip_special_tokens: bool = False, context: Sequence[int] = ()
+    ) -> IncrementalDecoder:
+        """A streaming decoder; with `context` (ids already shown), it emits only new text."""
+        return IncrementalDecoder(self.decode, skip_special_tokens, context)
 
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
@@ -108,14 +115,15 @@ class IncrementalDecoder:
     Decodes a sliding window of ids (from the start of the previous emitted piece) so pieces
     whose text depends on their left neighbour (leading spaces, byte-level UTF-8 fragments) are
     decoded in context; text ending in U+FFFD (an incomplete UTF-8 sequence) is held back.
+    `context` ids count as emitted already: the window starts a few ids before their end.
     """
 
-    def __init__(self, decode: Any, skip_special_tokens: bool) -> None:
+    def __init__(self, decode: Any, skip_special_tokens: bool, context: Sequence[int] = ()) -> None:
         self._decode = decode
         self._skip = skip_special_tokens
-        self._ids: list[int] = []
-        self._prefix = 0  # start of the decode window
-        self._read = 0  # ids before this index have been emitted
+        self._ids: list[int] = [int(i) for i in context]
+        self._read = len(self._ids)  # ids before this index have been emitted
+        self._prefix = max(0, self._read - _CONTEXT_WINDOW)  # start of the decode window
 
     def step(self, token_id: int) -> str:
         """Add one id; return the newly completed text (possibly "")."""

@@ -7,6 +7,7 @@ characters, so the concatenation of all `step` outputs equals `decode(ids)`.
 from __future__ import annotations
 
 import codecs
+from collections.abc import Iterable
 
 import regex
 
@@ -82,6 +83,25 @@ class DecodeState:
         # (plain, voiced) last letter of an alternating root, written once the next token shows
         # whether a vowel follows (kitap + ı -> kitabı); it is already in `tail` as plain.
         self.held: tuple[str, str] | None = None
+        # Whether the held letter belongs to a context that was shown already (see `seed`).
+        self.held_shown = False
+        # Whether the pending bytes belong to such a context.
+        self.bytes_shown = False
+
+    def seed(self, ids: Iterable[int]) -> None:
+        """Read `ids` as left context that is already shown: later output is only new text.
+
+        The context's own text counts as shown, including the last letter of an alternating
+        root (ağaç + ı -> ağacı) and UTF-8 bytes it leaves incomplete, which the context's
+        one-shot decode writes as they stand (ç, U+FFFD). A continuation never repeats them;
+        it cannot rewrite them either, so a suffix that voices that letter or bytes that
+        complete that character are the only places where the continuation differs from the
+        matching slice of the whole decode.
+        """
+        for i in ids:
+            self.step(i)
+        self.held_shown = self.held is not None
+        self.bytes_shown = self.pending_bytes
 
     def step(self, token_id: int) -> str:
         t = self.t
@@ -94,6 +114,7 @@ class DecodeState:
             if self.utf8 is None:
                 self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="tr_tokenizer")
             out = self.utf8.decode(bytes((t.byte[token_id],)))
+            self.bytes_shown = self.bytes_shown and not out  # bytes that end a new character
             self.case = _NONE
             return held + self._emit(out)
         out = self.flush() if self.pending_bytes else ""
@@ -142,6 +163,9 @@ class DecodeState:
         self.held = None
         letter = voiced_letter if voiced else plain
         self.tail = self.tail[:-1] + letter
+        if self.held_shown:  # written already, as part of a context (see `seed`)
+            self.held_shown = False
+            return ""
         return letter
 
     def _emit(self, text: str) -> str:
@@ -157,4 +181,8 @@ class DecodeState:
             return out
         self.pending_bytes = False
         assert self.utf8 is not None
-        return out + self._emit(self.utf8.decode(b"", final=True))
+        text = self._emit(self.utf8.decode(b"", final=True))
+        if self.bytes_shown:  # the context's own incomplete bytes, written already
+            self.bytes_shown = False
+            return out
+        return out + text

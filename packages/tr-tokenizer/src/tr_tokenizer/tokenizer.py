@@ -86,11 +86,25 @@ class Encoding:
 
 
 class DecodeStream:
-    """Streaming decoder: `step(id)` returns newly completed text; `flush()` the remainder."""
+    """Streaming decoder: `step(id)` returns newly completed text; `flush()` the remainder.
 
-    def __init__(self, tok: Tokenizer, skip_special_tokens: bool = False) -> None:
+    With `context` (ids already shown, such as a prompt), the output is the text that the new
+    ids add after the context, spelled in its light: shared suffixes take their surface form
+    from the context's last word. The concatenation of all outputs is
+    `decode(context + ids)[len(decode(context)):]`, except where the new ids voice the
+    context's last letter (ağaç + ı -> ağacı) or complete a character whose bytes it left
+    incomplete: text already shown is never written again, nor rewritten.
+    """
+
+    def __init__(
+        self, tok: Tokenizer, skip_special_tokens: bool = False, context: Iterable[int] = ()
+    ) -> None:
         self._tok = tok
         self._state = DecodeState(tok._tables, skip_special_tokens)
+        context = list(context)
+        for token_id in context:
+            tok._check_id(token_id)
+        self._state.seed(context)
 
     def step(self, token_id: int) -> str:
         """Feed one id; return the text it completes (possibly "")."""
@@ -283,9 +297,12 @@ class Tokenizer:
         step = state.step
         return "".join([step(i) for i in ids]) + state.flush()
 
-    def decode_stream(self, skip_special_tokens: bool = False) -> DecodeStream:
-        """A streaming decoder that only ever emits complete characters."""
-        return DecodeStream(self, skip_special_tokens)
+    def decode_stream(
+        self, skip_special_tokens: bool = False, context: Iterable[int] = ()
+    ) -> DecodeStream:
+        """A streaming decoder that only ever emits complete characters; with `context` (a
+        prompt's ids), it emits only the text that follows the context (see DecodeStream)."""
+        return DecodeStream(self, skip_special_tokens, context)
 
     # ---- persistence --------------------------------------------------------------------
 

@@ -1,10 +1,11 @@
 """The serving engine, in nano-vllm's layout: one module per job.
 
-sequence.py    a generation request's state (prompt, output, KV slot, sampling, streaming text)
+sequence.py    a generation request's state (prompt, output, KV slot, sampling, streaming text;
+               the text itself is ismail_core.generate.ContinuationText)
 kv_slots.py    the pool of preallocated KV-cache rows ("slots")
 scheduler.py   waiting queue -> running batch; chunked prefill; which sequences decode
 model_runner.py the model and its cache: prefill chunks and one batched decode step
-detokenizer.py complete-character text with stop strings held back
+logprobs.py    token log-probabilities (prompt scoring and generated tokens) with their texts
 engine.py      the engine loop thread tying them together, plus submit/abort from the API
 """
 

@@ -22,9 +22,16 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
+from ismail_core.generate import ContinuationText
 from ismail_core.sampling import sample_next
 
-from ismail_serve.engine.detokenizer import IncrementalText
+from ismail_serve.engine.logprobs import (
+    TokenLogprob,
+    alternative_texts,
+    log_softmax,
+    score,
+    with_prompt_texts,
+)
 from ismail_serve.engine.model_runner import ModelRunner
 from ismail_serve.engine.scheduler import PrefillChunk, Scheduler
 from ismail_serve.engine.sequence import (
@@ -130,7 +137,9 @@ class LLMEngine:
             now = time.monotonic()
             timeout = self.config.request_timeout
             for req in requests:
-                text = IncrementalText(self.tokenizer, req.stop, req.skip_special_tokens)
+                text = ContinuationText(
+                    self.tokenizer, req.prompt_ids, req.stop, req.skip_special_tokens
+                )
                 generator = req.params.make_generator(self.runner.device)
                 deadline = now + timeout if timeout is not None else None
                 self._new.append(Seq(req, text, sink, generator, deadline))
@@ -213,6 +222,9 @@ class LLMEngine:
             for chunk, logits in self._prefill_isolated(batch):
                 if chunk.completes_prompt:
                     self.metrics.prompt_tokens.inc(chunk.seq.num_prompt_tokens)
+                    if chunk.seq.request.max_tokens == 0:  # prompt scoring only (echo)
+                        self._finish(chunk.seq, FINISH_LENGTH)
+                        continue
                     rows.append(chunk.seq)
                     row_logits.append(logits)
 
@@ -244,14 +256,28 @@ class LLMEngine:
         return batches
 
     def _prefill(self, chunks: list[PrefillChunk]) -> torch.Tensor:
+        """Write the chunks into the cache; return the logits after each chunk's last token."""
         logits = self.runner.forward(
             [c.seq.prompt_ids[c.start : c.end] for c in chunks],
             [c.start for c in chunks],
             [c.seq.slot for c in chunks],
         )
+        for c, row in zip(chunks, logits):
+            if c.seq.request.prompt_logprobs is not None:
+                self._score_prompt_chunk(c, row)
         for c in chunks:
             c.seq.num_computed = c.end
-        return logits
+        last = torch.tensor([c.end - c.start - 1 for c in chunks], device=logits.device)
+        return logits[torch.arange(len(chunks), device=logits.device), last].float()
+
+    def _score_prompt_chunk(self, chunk: PrefillChunk, logits: torch.Tensor) -> None:
+        """Log-probabilities of the prompt tokens that this chunk's positions predict."""
+        seq = chunk.seq
+        n = min(chunk.end, seq.num_prompt_tokens - 1) - chunk.start
+        if n > 0:
+            targets = seq.prompt_ids[chunk.start + 1 : chunk.start + 1 + n]
+            top_n = seq.request.prompt_logprobs or 0
+            seq.prompt_scores += score(log_softmax(logits[:n], self.vocab_size), targets, top_n)
 
     def _prefill_isolated(
         self, chunks: list[PrefillChunk]
@@ -270,9 +296,11 @@ class LLMEngine:
         return out
 
     def _decode(self, seqs: list[Seq]) -> torch.Tensor:
-        logits = self.runner.decode(
-            [s.last_token for s in seqs], [s.num_tokens - 1 for s in seqs], [s.slot for s in seqs]
-        )
+        logits = self.runner.forward(
+            [[s.last_token] for s in seqs],
+            [s.num_tokens - 1 for s in seqs],
+            [s.slot for s in seqs],
+        )[:, 0].float()
         for s in seqs:
             s.num_computed = s.num_tokens
         return logits
@@ -311,6 +339,9 @@ class LLMEngine:
         return sample_next(logits, params, [s.generator for s in seqs], history).tolist()
 
     def _sample_and_emit(self, seqs: list[Seq], logits: torch.Tensor) -> None:
+        # Log-probabilities come from the logits as the model gave them (sampling edits them).
+        wanted = [i for i, s in enumerate(seqs) if s.request.logprobs is not None]
+        logprobs = dict(zip(wanted, log_softmax(logits[wanted], self.vocab_size))) if wanted else {}
         try:
             tokens = self._sample(seqs, logits)
         except Exception:
@@ -319,11 +350,14 @@ class LLMEngine:
             for i, seq in enumerate(seqs):
                 got = self._guarded([seq], lambda s, i=i: self._sample(s, logits[i : i + 1]))
                 tokens.append(got[0] if got else None)
-        for seq, token in zip(seqs, tokens):
+        for i, (seq, token) in enumerate(zip(seqs, tokens)):
             if token is not None and not seq.is_finished:
-                self._append_token(seq, token)
+                entry = None
+                if i in logprobs:
+                    entry = score(logprobs[i][None], [token], seq.request.logprobs or 0)[0]
+                self._append_token(seq, token, entry)
 
-    def _append_token(self, seq: Seq, token: int) -> None:
+    def _append_token(self, seq: Seq, token: int, entry: TokenLogprob | None = None) -> None:
         now = time.monotonic()
         if seq.last_token_time is None:
             self.metrics.ttft.observe(now - seq.arrival_time)
@@ -335,17 +369,49 @@ class LLMEngine:
 
         req = seq.request
         if token in req.stop_token_ids:
-            text, _ = seq.text.finish()
+            self._record_logprob(seq, entry, "")
+            text, _ = self._finish_text(seq)
             self._finish(seq, FINISH_STOP, text)
             return
         text, stopped = seq.text.push(token)
+        self._record_logprob(seq, entry, seq.text.last_piece)
         if stopped:
             self._finish(seq, FINISH_STOP, text)
         elif len(seq.output_ids) >= req.max_tokens or seq.num_tokens >= self.config.max_model_len:
-            rest, stopped = seq.text.finish()
+            rest, stopped = self._finish_text(seq)
             self._finish(seq, FINISH_STOP if stopped else FINISH_LENGTH, text + rest)
-        elif text:
-            self._emit(seq, SequenceOutput(req.index, text, len(seq.output_ids)))
+        elif text or seq.pending_logprobs:
+            self._emit(seq, self._output(seq, text))
+
+    @staticmethod
+    def _finish_text(seq: Seq) -> tuple[str, bool]:
+        """The text held back until the end; it also ends the last token's text."""
+        text, stopped = seq.text.finish()
+        if seq.pending_logprobs:  # e.g. the last letter of an alternating root
+            seq.pending_logprobs[-1].text += seq.text.last_piece
+        return text, stopped
+
+    def _record_logprob(self, seq: Seq, entry: TokenLogprob | None, text: str) -> None:
+        """Keep a generated token's log-probability, with its text, for the next update."""
+        if entry is not None:
+            entry.text = text
+            alternative_texts(self.tokenizer, seq.history()[:-1], entry)
+            seq.pending_logprobs.append(entry)
+
+    def _output(
+        self, seq: Seq, text: str, reason: str | None = None, error: str | None = None
+    ) -> SequenceOutput:
+        """The next update of `seq`: its text, and the log-probabilities not yet sent."""
+        out = SequenceOutput(seq.request.index, text, len(seq.output_ids), reason, error)
+        if seq.request.logprobs is not None:
+            out.logprobs, seq.pending_logprobs = seq.pending_logprobs, []
+        if seq.request.prompt_logprobs is not None and not seq.prompt_sent and seq.prefill_done:
+            req = seq.request
+            out.prompt_logprobs = with_prompt_texts(
+                self.tokenizer, seq.prompt_ids, seq.prompt_scores, req.skip_special_tokens
+            )
+            seq.prompt_sent = True
+        return out
 
     def _finish(self, seq: Seq, reason: str, text: str = "", error: str | None = None) -> None:
         if seq.is_finished:
@@ -354,8 +420,7 @@ class LLMEngine:
         self.scheduler.remove(seq)
         self.metrics.finished.labels(finish_reason=reason).inc()
         self.metrics.e2e.observe(time.monotonic() - seq.arrival_time)
-        out = SequenceOutput(seq.request.index, text, len(seq.output_ids), reason, error)
-        self._emit(seq, out)
+        self._emit(seq, self._output(seq, text, reason, error))
 
     def _finish_with_error(self, seq: Seq, message: str) -> None:
         self._finish(seq, FINISH_ERROR, error=message)

@@ -46,14 +46,13 @@ class ModelRunner:
         self, rows: Sequence[Sequence[int]], starts: Sequence[int], slots: Sequence[int]
     ) -> torch.Tensor:
         """Write rows[i] at positions starts[i].. of cache row slots[i] in one batched call and
-        return the logits after each row's last token, (B, vocab) in float32.
+        return the logits at every position, (B, longest row, vocab) in the model's dtype.
 
         Shorter rows are right-padded. That is safe with a causal cache: the pad positions lie
         after the row's real tokens, so none of them attends to a pad, and the row's next tokens
         overwrite the pads before anything at a later position reads them.
         """
-        lengths = [len(r) for r in rows]
-        width = max(lengths)
+        width = max(len(r) for r in rows)
         ids = torch.tensor([list(row) + [0] * (width - len(row)) for row in rows], dtype=torch.long)
         logits = self.model(
             ids.to(self.device),
@@ -61,12 +60,4 @@ class ModelRunner:
             start_pos=torch.tensor(list(starts), dtype=torch.long, device=self.device),
             slots=torch.tensor(list(slots), dtype=torch.long, device=self.device),
         )
-        last = torch.tensor(lengths, device=logits.device) - 1
-        return logits[torch.arange(len(rows), device=logits.device), last].float()
-
-    def decode(
-        self, token_ids: Sequence[int], positions: Sequence[int], slots: Sequence[int]
-    ) -> torch.Tensor:
-        """One token per row: write token_ids[i] at positions[i] of row slots[i]; return the
-        next-token logits (B, vocab) in float32."""
-        return self.forward([[t] for t in token_ids], positions, slots)
+        return logits

@@ -8,9 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from ismail_core.generate import ContinuationText
 from ismail_core.sampling import SamplingParams
 
-from ismail_serve.engine.detokenizer import IncrementalText
+from ismail_serve.engine.logprobs import TokenLogprob
 
 # Why a sequence ended. "stop" and "length" are OpenAI's; the others end it early with an error.
 FINISH_STOP = "stop"
@@ -32,17 +33,25 @@ class SequenceRequest:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: frozenset[int] = frozenset()
     skip_special_tokens: bool = True
+    logprobs: int | None = None  # alternatives per generated token (None: no log-probabilities)
+    prompt_logprobs: int | None = None  # the same for the prompt's tokens (echo scoring)
 
 
 @dataclass
 class SequenceOutput:
-    """An update pushed to the API for one sequence: new text and, at the end, why it ended."""
+    """An update pushed to the API for one sequence: new text and, at the end, why it ended.
+
+    `logprobs` covers the tokens generated since the previous update (when asked for);
+    `prompt_logprobs` comes once, with the first update, when the prompt was scored.
+    """
 
     index: int
     text: str
     num_generated: int
     finish_reason: str | None = None
     error: str | None = None
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 # Called from the engine thread with each update; must not block.
@@ -57,7 +66,7 @@ class Sequence:
     def __init__(
         self,
         request: SequenceRequest,
-        text: IncrementalText,
+        text: ContinuationText,
         sink: OutputSink,
         generator: torch.Generator | None,
         deadline: float | None,
@@ -76,6 +85,9 @@ class Sequence:
         self.arrival_time = time.monotonic()
         self.last_token_time: float | None = None
         self.finish_reason: str | None = None
+        self.prompt_scores: list[TokenLogprob] = []  # log-probabilities of prompt[1:] so far
+        self.pending_logprobs: list[TokenLogprob] = []  # generated, not yet sent
+        self.prompt_sent = False
 
     @property
     def num_prompt_tokens(self) -> int:
