@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from ismail_serve import __version__
 from ismail_serve.errors import error_responses, install_error_handlers
 from ismail_serve.metrics import CONTENT_TYPE
-from ismail_serve.openai_api import get_state, router
+from ismail_serve.openai_api import get_state, root_router, router
 from ismail_serve.protocol import HealthResponse
 from ismail_serve.state import STATUS_OK, ServerState
 from ismail_serve.web import find_apps_dir, mount_apps
@@ -44,6 +44,7 @@ def create_app(
     app.state.serve = state
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(root_router)
 
     @app.get(
         "/health",

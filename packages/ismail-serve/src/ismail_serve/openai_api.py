@@ -1,9 +1,13 @@
-"""The /v1 routes: completions, chat completions (plain and streamed), models, tokenize.
+"""The /v1 routes: completions, chat completions (plain and streamed), models, tokenize; and
+vLLM's root routes /tokenize, /detokenize, /tokenizer_info that lm-eval's remote tokenizer uses.
 
 Each generation request becomes one `SequenceRequest` per prompt and choice, submitted to the
 engine as a unit. Updates come back on an asyncio queue fed from the engine thread. A client
 that goes away (streaming or not) gets its sequences aborted, which frees their KV slots at the
 engine's next step.
+
+Log-probabilities (`logprobs`, `echo`, chat's `logprobs`/`top_logprobs`) come from the engine
+per token (see engine/logprobs.py) and are shaped here as OpenAI and vLLM return them.
 """
 
 from __future__ import annotations
@@ -28,9 +32,17 @@ from ismail_serve.engine import (
     SequenceOutput,
     SequenceRequest,
 )
+from ismail_serve.engine.logprobs import TokenLogprob
 from ismail_serve.engine.sequence import FINISH_ABORT, FINISH_LENGTH, FINISH_STOP, FINISH_TIMEOUT
 from ismail_serve.errors import APIError, bad_request, error_body, error_responses
-from ismail_serve.prompts import check_unicode, encode_prompt, render_chat, stop_token_ids
+from ismail_serve.prompts import (
+    chat_template,
+    check_unicode,
+    encode_prompt,
+    encode_with_specials,
+    render_chat,
+    stop_token_ids,
+)
 from ismail_serve.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -40,9 +52,12 @@ from ismail_serve.protocol import (
     DetokenizeResponse,
     ModelCard,
     ModelList,
+    RootTokenizeRequest,
+    RootTokenizeResponse,
     SamplingRequest,
     TokenizeRequest,
     TokenizeResponse,
+    TokenizerInfo,
     sse,
 )
 from ismail_serve.state import ServerState
@@ -78,6 +93,7 @@ async def require_api_key(
 
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+root_router = APIRouter(dependencies=[Depends(require_api_key)])
 
 _GEN_ERRORS = error_responses(400, 401, 408, 429, 500, 503)
 _STREAM_DOC = {"text/event-stream": {"schema": {"type": "string"}}}
@@ -112,18 +128,30 @@ async def _client_gone(request: Request) -> None:
 
 @dataclass
 class Generation:
-    """One submitted request: its sequences and where their updates arrive."""
+    """One submitted request: its sequences and where their updates arrive.
+
+    `echo` holds each prompt's text when the response repeats the prompts (completions' echo).
+    """
 
     request_id: str
     model: str
     prompts: list[list[int]]
     sequences: list[SequenceRequest]
+    chat: bool = False
+    echo: list[str] | None = None
+    tokens_as_ids: bool = False  # name logprobs tokens "token_id:ID"
     queue: OutputQueue | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
     def prompt_tokens(self) -> int:
         return sum(len(p) for p in self.prompts)
+
+    def start_text(self, index: int) -> str:
+        """Text a choice starts with: its prompt under echo, else nothing."""
+        if self.echo is None:
+            return ""
+        return self.echo[index // (len(self.sequences) // len(self.prompts))]
 
 
 def _check_model(state: ServerState, name: str) -> None:
@@ -146,9 +174,10 @@ def _check_token_ids(state: ServerState, ids: list[int], param: str) -> None:
 
 
 def _max_tokens(state: ServerState, prompt_len: int, requested: int | None, chat: bool) -> int:
-    """Tokens to generate; 400 worded like vLLM's when prompt + output exceed the context."""
+    """Tokens to generate; 400 worded like vLLM's when prompt + output exceed the context.
+    `requested` 0 scores the prompt only, which may then fill the whole context."""
     limit = state.max_model_len
-    if prompt_len >= limit:
+    if prompt_len > limit or (prompt_len == limit and requested != 0):
         raise bad_request(
             f"This model's maximum context length is {limit} tokens. However, your request "
             f"has {prompt_len} input tokens. Please reduce the length of the input messages.",
@@ -168,6 +197,25 @@ def _max_tokens(state: ServerState, prompt_len: int, requested: int | None, chat
     return requested
 
 
+def _logprob_counts(body: SamplingRequest) -> tuple[int | None, int | None]:
+    """(alternatives per generated token, per prompt token); None where none are asked for."""
+    if isinstance(body, ChatCompletionRequest):
+        if body.top_logprobs is not None and not body.logprobs:
+            raise bad_request(
+                "'top_logprobs' needs 'logprobs': true; set it, or leave 'top_logprobs' out.",
+                param="top_logprobs",
+            )
+        return (body.top_logprobs or 0) if body.logprobs else None, None
+    assert isinstance(body, CompletionRequest)
+    if body.max_tokens == 0 and not body.echo:
+        raise bad_request(
+            "'max_tokens': 0 generates nothing; it is only useful with 'echo': true (to score "
+            "the prompt). Ask for at least one token, or set echo.",
+            param="max_tokens",
+        )
+    return body.logprobs, body.logprobs if body.echo else None
+
+
 def _prepare(
     state: ServerState,
     body: SamplingRequest,
@@ -177,6 +225,7 @@ def _prepare(
     prefix: str,
 ) -> Generation:
     request_id = f"{prefix}-{uuid.uuid4().hex}"
+    logprobs, prompt_logprobs = _logprob_counts(body)
     stops = body.stop_list()
     stop_ids = frozenset() if body.ignore_eos else stop_token_ids(state.tokenizer, chat)
     sequences = []
@@ -200,9 +249,22 @@ def _prepare(
                     stop=stops,
                     stop_token_ids=stop_ids,
                     skip_special_tokens=body.skip_special_tokens,
+                    logprobs=logprobs,
+                    prompt_logprobs=prompt_logprobs,
                 )
             )
-    return Generation(request_id, body.model, prompts, sequences)
+    gen = Generation(
+        request_id,
+        body.model,
+        prompts,
+        sequences,
+        chat=chat,
+        tokens_as_ids=body.return_tokens_as_token_ids,
+    )
+    if getattr(body, "echo", False):
+        skip = body.skip_special_tokens
+        gen.echo = [state.tokenizer.decode(p, skip_special_tokens=skip) for p in prompts]
+    return gen
 
 
 def _completion_prompts(state: ServerState, prompt: Any) -> list[list[int]]:
@@ -275,13 +337,77 @@ def _failure(out: SequenceOutput) -> APIError:
 @dataclass
 class _Choice:
     text: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
     num_generated: int = 0
     finish_reason: str | None = None
 
 
+def _name_by_id(entries: list[TokenLogprob]) -> list[TokenLogprob]:
+    """Entries whose token texts are "token_id:ID" (vLLM's return_tokens_as_token_ids)."""
+    name = "token_id:{}".format
+    return [
+        TokenLogprob(e.token_id, e.logprob, e.top, name(e.token_id), [name(i) for i, _ in e.top])
+        for e in entries
+    ]
+
+
+def _token_entries(out: SequenceOutput) -> list[TokenLogprob]:
+    """The log-probability entries an update carries: the prompt's first, if any."""
+    return [*(out.prompt_logprobs or []), *(out.logprobs or [])]
+
+
+def _top_dict(entry: TokenLogprob) -> dict[str, float] | None:
+    """OpenAI's completions top_logprobs entry: text -> log-probability, the chosen token
+    included (so it may hold one more than asked for); equal texts keep the higher number."""
+    if entry.logprob is None:
+        return None
+    top: dict[str, float] = {entry.text: entry.logprob}
+    for text, (_, logprob) in zip(entry.top_texts or [], entry.top):
+        top[text] = max(top.get(text, logprob), logprob)
+    return top
+
+
+def _completion_logprobs(
+    entries: list[TokenLogprob], offset: int, by_id: bool = False
+) -> dict[str, Any]:
+    """vLLM's completions logprobs object; text_offset counts from `offset` in the choice text.
+    `by_id` names tokens by id (offsets still count their text)."""
+    offsets = []
+    for e in entries:
+        offsets.append(offset)
+        offset += len(e.text)
+    if by_id:
+        entries = _name_by_id(entries)
+    return {
+        "tokens": [e.text for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [_top_dict(e) for e in entries],
+        "text_offset": offsets,
+    }
+
+
+def _chat_logprobs(entries: list[TokenLogprob], by_id: bool = False) -> dict[str, Any]:
+    """OpenAI's chat logprobs object (`by_id`: tokens named "token_id:ID")."""
+    if by_id:
+        entries = _name_by_id(entries)
+
+    def item(text: str, logprob: float) -> dict[str, Any]:
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    return {
+        "content": [
+            {
+                **item(e.text, e.logprob or 0.0),
+                "top_logprobs": [item(t, lp) for t, (_, lp) in zip(e.top_texts or [], e.top)],
+            }
+            for e in entries
+        ]
+    }
+
+
 async def _collect(engine: LLMEngine, gen: Generation, request: Request) -> dict[int, _Choice]:
     """Wait for every sequence to finish; abort them if the client disconnects first."""
-    choices = {s.index: _Choice() for s in gen.sequences}
+    choices = {s.index: _Choice([gen.start_text(s.index)]) for s in gen.sequences}
     assert gen.queue is not None
 
     async def consume() -> SequenceOutput | None:
@@ -290,6 +416,7 @@ async def _collect(engine: LLMEngine, gen: Generation, request: Request) -> dict
             out = await gen.queue.get()
             choice = choices[out.index]
             choice.text.append(out.text)
+            choice.logprobs += _token_entries(out)
             choice.num_generated = out.num_generated
             if out.finish_reason is not None:
                 if out.finish_reason not in NORMAL_FINISH:
@@ -336,16 +463,31 @@ async def _stream(
     obj = "chat.completion.chunk" if chat else "text_completion"
     head = {"id": gen.request_id, "object": obj, "created": gen.created, "model": gen.model}
     generated = {s.index: 0 for s in gen.sequences}
+    wants_logprobs = {s.index: s.logprobs is not None for s in gen.sequences}
+    started = set()  # choices whose echoed prompt was sent
+    offsets = dict.fromkeys(generated, 0)  # text sent so far per choice (completions offsets)
     remaining = len(generated)
 
-    def chunk(index: int, text: str, finish: str | None, first: bool = False) -> str:
+    def chunk(
+        index: int,
+        text: str,
+        finish: str | None,
+        first: bool = False,
+        entries: list[TokenLogprob] | None = None,
+    ) -> str:
+        logprobs = None
         if chat:
             delta = {"role": "assistant", "content": text} if first else {"content": text}
             if finish is not None and not text:
                 delta = {}
-            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+            if wants_logprobs[index] and not first:
+                logprobs = _chat_logprobs(entries or [], gen.tokens_as_ids)
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         else:
-            choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+            if entries is not None and wants_logprobs[index]:
+                logprobs = _completion_logprobs(entries, offsets[index], gen.tokens_as_ids)
+            offsets[index] += len(text)
+            choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
         return sse({**head, "choices": [choice]})
 
     try:
@@ -360,8 +502,12 @@ async def _stream(
                 yield sse(error_body(err.message, err.type, err.param, err.code))
                 yield SSE_DONE
                 return
-            if out.text or out.finish_reason is not None:
-                yield chunk(out.index, out.text, out.finish_reason)
+            text, entries = out.text, _token_entries(out)
+            if out.index not in started:
+                started.add(out.index)
+                text = gen.start_text(out.index) + text
+            if text or entries or out.finish_reason is not None:
+                yield chunk(out.index, text, out.finish_reason, entries=entries)
             if out.finish_reason is not None:
                 remaining -= 1
         if include_usage:
@@ -402,7 +548,12 @@ async def _run(
 
     def output(c: _Choice) -> dict[str, Any]:
         text = "".join(c.text)
-        return {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
+        wanted = gen.sequences[0].logprobs is not None
+        if chat:
+            logprobs = _chat_logprobs(c.logprobs, gen.tokens_as_ids) if wanted else None
+            return {"message": {"role": "assistant", "content": text}, "logprobs": logprobs}
+        logprobs = _completion_logprobs(c.logprobs, 0, gen.tokens_as_ids) if wanted else None
+        return {"text": text, "logprobs": logprobs}
 
     return JSONResponse(
         {
@@ -412,7 +563,7 @@ async def _run(
             "usage": usage,
             "object": "chat.completion" if chat else "text_completion",
             "choices": [
-                {"index": i, **output(c), "logprobs": None, "finish_reason": c.finish_reason}
+                {"index": i, **output(c), "finish_reason": c.finish_reason}
                 for i, c in sorted(choices.items())
             ],
         }
@@ -522,3 +673,66 @@ async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeRes
         _check_model(state, body.model)
     _check_token_ids(state, body.tokens, "tokens")
     return DetokenizeResponse(prompt=state.tokenizer.decode(body.tokens))
+
+
+# ---- vLLM's root tokenizer routes (lm-eval's `tokenizer_backend=remote`) ----
+
+
+@root_router.get(
+    "/tokenizer_info", response_model=TokenizerInfo, responses=error_responses(401, 503)
+)
+async def tokenizer_info(request: Request) -> TokenizerInfo:
+    """The served tokenizer's special tokens, chat template and limits (vLLM's route)."""
+    state = get_state(request)
+    state.ready_engine()
+    tok = state.tokenizer
+
+    def name(idx: int | None) -> str | None:
+        return None if idx is None else tok.id_to_token(idx)
+
+    return TokenizerInfo(
+        tokenizer_class="tr-tokenizer" if tok.kind == "tr" else "tokenizers",
+        eos_token=name(tok.eos_id),
+        bos_token=name(tok.bos_id),
+        pad_token=name(tok.pad_id),
+        eos_token_id=tok.eos_id,
+        bos_token_id=tok.bos_id,
+        pad_token_id=tok.pad_id,
+        chat_template=chat_template(tok),
+        model_max_length=state.max_model_len,
+        vocab_size=int(tok.vocab_size),
+    )
+
+
+@root_router.post(
+    "/tokenize", response_model=RootTokenizeResponse, responses=error_responses(400, 401, 503)
+)
+async def tokenize_root(body: RootTokenizeRequest, request: Request) -> RootTokenizeResponse:
+    """vLLM's /tokenize: special-token names in the prompt become their ids (as in Hugging
+    Face tokenizers), and `add_special_tokens` puts the document separator first, as a text
+    prompt to /v1/completions gets it."""
+    state = get_state(request)
+    state.ready_engine()
+    if body.model is not None:
+        _check_model(state, body.model)
+    tok = state.tokenizer
+    if (body.prompt is None) == (body.messages is None):
+        raise bad_request("Send exactly one of 'prompt' (text) or 'messages' (a chat).", "prompt")
+    if body.messages is not None:
+        ids = render_chat(tok, body.messages, body.add_generation_prompt)
+    else:
+        ids = encode_with_specials(tok, body.prompt)
+        if body.add_special_tokens and tok.eos_id is not None:
+            ids = [tok.eos_id, *ids]
+    strs = [tok.id_to_token(i) or "" for i in ids] if body.return_token_strs else None
+    return RootTokenizeResponse(
+        count=len(ids), max_model_len=state.max_model_len, tokens=ids, token_strs=strs
+    )
+
+
+@root_router.post(
+    "/detokenize", response_model=DetokenizeResponse, responses=error_responses(400, 401, 503)
+)
+async def detokenize_root(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
+    """vLLM's /detokenize: the text of token ids (special tokens written out)."""
+    return await detokenize(body, request)

@@ -11,6 +11,8 @@ role (a Hugging Face tokenizer's encode still splits its added special tokens ou
     <eos> <|system|> system text <|end|> <|user|> user text <|end|> ... <|assistant|>
 
 Generation of a chat reply stops at <|end|> (or the tokenizer's end-of-sequence token).
+`CHAT_TEMPLATE` is the same template in Jinja, for clients that render it themselves (lm-eval
+reads it from /tokenizer_info); a test checks that both give the same ids.
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ ROLE_TOKENS = {
     "assistant": "<|assistant|>",
 }
 END_TOKEN = "<|end|>"
+
+CHAT_TEMPLATE = (
+    "{{ eos_token }}{% for message in messages %}"
+    "{% if message['role'] in ['system', 'developer'] %}<|system|>"
+    "{% else %}{{ '<|' + message['role'] + '|>' }}{% endif %}"
+    "{{ message['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 
 
 def _special_id(tokenizer: Any, token: str) -> int:
@@ -62,6 +72,25 @@ def encode_text(tokenizer: Any, text: str, param: str = "messages") -> list[int]
     return list(tokenizer.encode(text).ids)
 
 
+def encode_with_specials(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of text in which special-token names ("<|eos|>") stand for their ids, as
+    Hugging Face tokenizers read them (vLLM's /tokenize; never used for chat messages)."""
+    check_unicode(text, "prompt")
+    if getattr(tokenizer, "kind", None) == "tr":
+        return list(tokenizer.encode(text, allow_special=True).ids)
+    return list(tokenizer.encode(text).ids)  # `tokenizers` splits special tokens out itself
+
+
+def chat_template(tokenizer: Any) -> str | None:
+    """The chat template in Jinja, or None when the tokenizer lacks the role tokens."""
+    names = [*ROLE_TOKENS.values(), END_TOKEN]
+    if getattr(tokenizer, "eos_id", None) is None or any(
+        tokenizer.token_to_id(n) is None for n in names
+    ):
+        return None
+    return CHAT_TEMPLATE
+
+
 def encode_prompt(tokenizer: Any, text: str) -> list[int]:
     """Token ids of a completion prompt: the document separator, then the text."""
     check_unicode(text, "prompt")
@@ -74,7 +103,8 @@ def render_chat(
     """Token ids of a conversation in the chat template (see the module docstring)."""
     end = _special_id(tokenizer, END_TOKEN)
     ids = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
-    for message in messages:
+    for i, message in enumerate(messages):
+        message.check_content(i)
         ids.append(_special_id(tokenizer, ROLE_TOKENS[message.role]))
         ids.extend(encode_text(tokenizer, message.text()))
         ids.append(end)

@@ -19,11 +19,11 @@ from ismail_serve.errors import bad_request
 _INT32_MAX = 2**31 - 1
 _MAX_N = 16
 
+# Most alternatives per position that `logprobs` / `top_logprobs` may ask for (OpenAI's limit).
+MAX_LOGPROBS = 20
+
 # OpenAI features that clients may send but this server does not implement.
 UNSUPPORTED_FIELDS = (
-    "logprobs",
-    "top_logprobs",
-    "echo",
     "suffix",
     "best_of",
     "logit_bias",
@@ -33,7 +33,6 @@ UNSUPPORTED_FIELDS = (
     "tool_choice",
     "functions",
     "function_call",
-    "response_format",
 )
 
 
@@ -66,11 +65,22 @@ class SamplingRequest(BaseModel):
     ignore_eos: bool = Field(
         False, description="Keep generating past end-of-sequence tokens (for benchmarks)."
     )
+    return_tokens_as_token_ids: bool = Field(
+        False, description='Name tokens in logprobs "token_id:ID" instead of by their text.'
+    )
     user: str | None = None
 
     def reject_unsupported(self) -> None:
         """400 for OpenAI features this server does not implement (instead of ignoring them)."""
         extra = self.model_extra or {}
+        response_format = extra.get("response_format")
+        if response_format not in (None, {"type": "text"}):  # "text" is OpenAI's default
+            raise bad_request(
+                f"response_format {json.dumps(response_format)} is not supported: ismail-serve "
+                'answers with plain text only; send {"type": "text"} or leave it out.',
+                param="response_format",
+                code="unsupported_parameter",
+            )
         for name in UNSUPPORTED_FIELDS:
             value = extra.get(name)
             if value not in (None, False, 0, 0.0, {}, []):
@@ -89,7 +99,22 @@ class SamplingRequest(BaseModel):
 
 
 class CompletionRequest(SamplingRequest):
-    """POST /v1/completions."""
+    """POST /v1/completions. `echo` with `logprobs` scores the prompt (lm-eval's
+    loglikelihood); with `max_tokens: 0` it scores the prompt and generates nothing."""
+
+    max_tokens: int | None = Field(
+        None,
+        ge=0,
+        le=_INT32_MAX,
+        description="Tokens to generate (default: up to the context); 0 only with echo.",
+    )
+    logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_LOGPROBS,
+        description="Log-probabilities of the chosen tokens and of this many most likely ones.",
+    )
+    echo: bool = Field(False, description="Return the prompt before the completion.")
 
     prompt: (
         Annotated[str, Field(min_length=1)]
@@ -111,14 +136,30 @@ class TextPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    """One chat message; `developer` is treated as `system` (OpenAI's newer name)."""
+    """One chat message; `developer` is treated as `system` (OpenAI's newer name).
+
+    `content` may be null in OpenAI's schema (an assistant turn that only calls tools); this
+    server has no tools, so `check_content` turns that into a 400 that says so.
+    """
 
     model_config = ConfigDict(strict=True, extra="ignore")
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    content: str | list[TextPart] | None
+
+    def check_content(self, index: int) -> None:
+        """400 for a message without content."""
+        if self.content is None:
+            raise bad_request(
+                f"messages[{index}] ({self.role}) has content null. ismail-serve has no tool "
+                "calls, so every message needs its text as 'content' (a string, or a list of "
+                "text parts); send an empty string for an empty turn.",
+                param=f"messages.{index}.content",
+            )
 
     def text(self) -> str:
         """The message's text, parts joined."""
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
@@ -131,6 +172,10 @@ class ChatCompletionRequest(SamplingRequest):
     max_completion_tokens: int | None = Field(
         None, ge=1, le=_INT32_MAX, description="Newer OpenAI name for max_tokens."
     )
+    logprobs: bool = Field(False, description="Return the log-probability of each token.")
+    top_logprobs: int | None = Field(
+        None, ge=0, le=MAX_LOGPROBS, description="Most likely alternatives per token (logprobs)."
+    )
 
 
 class TokenizeRequest(BaseModel):
@@ -141,6 +186,18 @@ class TokenizeRequest(BaseModel):
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
     add_generation_prompt: bool = True
+
+
+class RootTokenizeRequest(BaseModel):
+    """POST /tokenize (vLLM's): `prompt` (special-token names read as such) or `messages`."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = Field(True, description="Put the document separator first.")
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
 
 
 class DetokenizeRequest(BaseModel):
@@ -160,10 +217,19 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class CompletionLogprobs(BaseModel):
+    """Log-probabilities of a completion's tokens (with echo, the prompt's come first)."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]  # None for the prompt's first token
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None
 
 
@@ -181,10 +247,24 @@ class ChatChoiceMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob]
+
+
 class ChatChoice(BaseModel):
     index: int
     message: ChatChoiceMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None
 
 
@@ -237,6 +317,28 @@ class TokenizeResponse(Tokenization):
     comparison: ComparisonTokenization | None = Field(
         None, description="The prompt under the server's comparison tokenizer, if it has one."
     )
+
+
+class RootTokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class TokenizerInfo(BaseModel):
+    """GET /tokenizer_info (vLLM's): what a client needs to tokenize like the server."""
+
+    tokenizer_class: str
+    eos_token: str | None
+    bos_token: str | None
+    pad_token: str | None
+    eos_token_id: int | None
+    bos_token_id: int | None
+    pad_token_id: int | None
+    chat_template: str | None = Field(None, description="Jinja, as in tokenizer_config.json.")
+    model_max_length: int
+    vocab_size: int
 
 
 class DetokenizeResponse(BaseModel):
