@@ -204,22 +204,36 @@ def _run_generate(args: argparse.Namespace) -> int:
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
-        help="loss, perplexity and bits per byte of a checkpoint on some data",
-        description="Evaluate CKPT on DATA: a data directory from `ismail data` (made with the "
-        "checkpoint's tokenizer) or a text source (file, folder, builtin), tokenized with the "
-        "checkpoint's tokenizer first.",
+        help="bits per byte on some data, or lm-evaluation-harness tasks",
+        description="With --data: loss, perplexity and bits per byte of CKPT on DATA, a data "
+        "directory from `ismail data` (made with the checkpoint's tokenizer) or a text source "
+        "(file, folder, builtin), tokenized with the checkpoint's tokenizer first. With --tasks: "
+        "lm-evaluation-harness tasks (needs ismail-core[eval]); prints lm-eval's table.",
     )
     p.add_argument("checkpoint", metavar="CKPT")
-    p.add_argument("--data", required=True, help="data directory or text source")
+    p.add_argument("--data", help="data directory or text source (bits per byte)")
     p.add_argument("--split", default="val", help="split of a data directory (default val)")
     p.add_argument("--seq-len", type=int, default=0, help="0 = the model's max_seq_len")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=0, help="0 = the whole split")
     p.add_argument("--device", default="cpu")
+    lm = p.add_argument_group("lm-evaluation-harness")
+    lm.add_argument("--tasks", help="comma-separated lm-eval task names (or globs, YAML files)")
+    lm.add_argument("--include-path", help="folder of extra task YAML files (searched first)")
+    lm.add_argument("--limit", type=float, help="documents per task (below 1: a fraction)")
+    lm.add_argument("--num-fewshot", type=int, help="few-shot examples (default: the task's)")
+    lm.add_argument("--output", help="write lm-eval's results as JSON to this file")
     p.set_defaults(func=_run_eval)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    if args.data is not None and args.tasks is not None:
+        raise _usage("pass either --data (bits per byte) or --tasks (lm-evaluation-harness)")
+    if args.tasks is not None:
+        return _run_eval_tasks(args)
+    if args.data is None:
+        raise _usage("pass --data DATA (bits per byte) or --tasks NAMES (lm-evaluation-harness)")
+
     import json
     import tempfile
 
@@ -255,6 +269,38 @@ def _run_eval(args: argparse.Namespace) -> int:
             device=args.device,
         )
     print(json.dumps(result.to_dict()))
+    return 0
+
+
+def _run_eval_tasks(args: argparse.Namespace) -> int:
+    """`ismail eval CKPT --tasks ...`: lm-evaluation-harness tasks on the checkpoint."""
+    import json
+
+    try:
+        import lm_eval  # noqa: F401  (an optional dependency)
+    except ImportError as exc:
+        raise _usage(
+            "--tasks needs lm-evaluation-harness: pip install 'ismail-core[eval]'"
+        ) from exc
+    from lm_eval.utils import handle_non_serializable, make_table
+
+    from ismail_core.harness import HarnessError, IsmailLM, evaluate_tasks
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise _usage("--tasks needs at least one task name")
+    try:
+        lm = IsmailLM(args.checkpoint, device=args.device, batch_size=args.batch_size)
+        results = evaluate_tasks(lm, tasks, args.include_path, args.limit, args.num_fewshot)
+    except HarnessError as exc:
+        raise _usage(str(exc)) from exc
+    print(make_table(results))
+    if results.get("groups"):
+        print(make_table(results, "groups"))
+    if args.output:
+        text = json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False)
+        Path(args.output).write_text(text + "\n")
+        print(f"wrote {args.output}")
     return 0
 
 
