@@ -3,7 +3,14 @@
 The HTTP server starts first and loads the model in a background thread, so /health can say
 "loading" (503) meanwhile. SIGTERM or SIGINT starts a drain: new requests get 503, /health
 turns 503, running and queued requests finish (up to `drain_timeout`, after which they are
-aborted), then the server exits with status 0. A second signal stops at once.
+aborted), then the server exits with status 0.
+
+Later signals do not cut the drain short, with one exception: a SIGINT more than
+`REPEAT_WINDOW_S` after the first signal (a second Ctrl-C, given on purpose) stops at once.
+systemd and container runtimes signal the whole process group, so under `uv run ismail-serve`
+each signal arrives twice (uv forwards a copy). A repeated SIGTERM is therefore always ignored
+(those supervisors escalate to SIGKILL themselves when their stop timeout passes), and so is a
+SIGINT inside the window.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -28,6 +36,9 @@ from ismail_serve.state import STATUS_DRAINING, STATUS_FAILED, ServerState
 from ismail_serve.web import page_urls
 
 log = logging.getLogger("ismail_serve")
+
+# Seconds after the first signal in which a SIGINT is taken as a forwarded copy, not a Ctrl-C.
+REPEAT_WINDOW_S = 2.0
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -148,17 +159,22 @@ class DrainingServer(uvicorn.Server):
         self.state = state
         self.drain_timeout = drain_timeout
         self.exit_code = 0
-        self._draining = False
+        self._first_signal_at: float | None = None  # time.monotonic() of the first signal
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Not recording the signal (as uvicorn does) keeps it from being re-raised after the
         # shutdown, which would make the exit status 128 + signal instead of 0.
-        if self._draining:
-            log.warning("second signal: stopping now")
-            self.should_exit = self.force_exit = True
+        name = signal.Signals(sig).name
+        if self._first_signal_at is not None:
+            late = time.monotonic() - self._first_signal_at > REPEAT_WINDOW_S
+            if sig == signal.SIGINT and late:
+                log.warning("%s while draining: stopping now", name)
+                self.should_exit = self.force_exit = True
+            else:
+                log.info("%s while draining: ignored; a later SIGINT (Ctrl-C) stops now", name)
             return
-        self._draining = True
-        log.info("received %s: draining", signal.Signals(sig).name)
+        self._first_signal_at = time.monotonic()
+        log.info("received %s: draining", name)
         if self.state.engine is not None:
             self.state.engine.stop_accepting()
         self.state.status = STATUS_DRAINING
