@@ -16,7 +16,7 @@ import torch.nn.functional as F
 pytest.importorskip("lm_eval")
 
 from ismail_core.cli import main  # noqa: E402
-from ismail_core.generate import generate_text  # noqa: E402
+from ismail_core.generate import generate_ids  # noqa: E402
 from ismail_core.harness import IsmailLM, evaluate_tasks  # noqa: E402
 from ismail_core.sampling import SamplingParams  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
@@ -103,14 +103,15 @@ def _token_logprobs(model: torch.nn.Module, ids: list[int]) -> tuple[torch.Tenso
 
 def _direct_loglikelihood(lm: IsmailLM, context: str, continuation: str) -> tuple[float, bool]:
     """lm-eval's causal scoring written out: trailing spaces of the context move to the
-    continuation, the sequence starts with the document separator, keeps its last
-    max_seq_len + 1 ids, and the continuation is whole[len(context ids):]."""
+    continuation, an empty context is the document separator alone, the sequence keeps its
+    last max_seq_len + 1 ids, and the continuation is whole[len(context ids):]."""
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
     tok, eos = lm.tokenizer, lm.tokenizer.eos_id
-    whole = [eos, *tok.encode(context + continuation).ids]
-    n = len(whole) - len([eos, *tok.encode(context).ids])
+    context_ids = tok.encode(context).ids if context else [eos]
+    whole = context_ids + tok.encode(context + continuation).ids[len(tok.encode(context).ids) :]
+    n = len(whole) - len(context_ids)
     logprobs, greedy = _token_logprobs(lm.model, whole[-(CONTEXT + 1) :])
     return float(logprobs[-n:].sum()), bool(greedy[-n:].all())
 
@@ -158,13 +159,15 @@ def test_loglikelihood_rolling(lm: IsmailLM) -> None:
     assert got_long == pytest.approx(float(first + last), abs=1e-4)
 
 
-def test_generate_until_equals_greedy_generate_text(lm: IsmailLM) -> None:
-    prompt, greedy = "Ne mutlu Türküm", SamplingParams(temperature=0)
-    full = generate_text(lm.model, lm.tokenizer, prompt, 16, greedy)
+def test_generate_until_equals_greedy_generation(lm: IsmailLM) -> None:
+    prompt, greedy, tok = "Ne mutlu Türküm", SamplingParams(temperature=0), lm.tokenizer
+    context = tok.encode(prompt).ids  # as lm-eval tokenizes it: no separator in front
+    new = list(generate_ids(lm.model, context, 16, greedy, stop_id=tok.eos_id))
+    new = new[: new.index(tok.eos_id)] if tok.eos_id in new else new
+    full = tok.decode(context + new, skip_special_tokens=True)[len(prompt) :]  # in context
     assert len(full) >= 6  # a random model still says something
     stop = full[len(full) // 2 : len(full) // 2 + 2]
-    cut = generate_text(lm.model, lm.tokenizer, prompt, 16, greedy, stop=[stop])
-    assert cut == full[: full.index(stop)]
+    cut = full[: full.index(stop)]
     requests = _requests(
         "generate_until",
         [

@@ -6,10 +6,11 @@ lm-eval 0.4.x has no plugin entry point for models: the `lm_eval` command only k
 models it lists itself, so `python -m ismail_core.harness ARGS` runs lm-eval's command line
 (same ARGS) with this model registered, and `ismail eval CKPT --tasks ...` runs tasks directly.
 
-Every sequence starts with the tokenizer's end-of-sequence id, the document separator the model
-was trained with (like a BOS token), as in `ismail_core.generate.prompt_ids` and so in
-ismail-serve's completion prompts. Log-probabilities are the log-softmax of the raw logits in
-float32.
+Contexts are scored and continued exactly as lm-eval tokenizes them, with no separator in
+front (an empty context gets the end-of-sequence id, the document separator the model was
+trained with): the same ids that lm-eval's `local-completions` model sends to ismail-serve with
+`tokenizer_backend=remote`, so the two paths agree. Log-probabilities are the log-softmax of the
+raw logits in float32.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from lm_eval.utils import (
 from tqdm import tqdm
 
 from ismail_core.checkpoint import load_model
-from ismail_core.generate import ContinuationText, generate_ids, prompt_ids
+from ismail_core.generate import ContinuationText, generate_ids
 from ismail_core.sampling import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -122,13 +123,9 @@ class IsmailLM(TemplateLM):
         """Names the tokenizer in lm-eval's request cache keys."""
         return f"ismail-{self.tokenizer.kind}-{self.tokenizer.fingerprint}"
 
-    def tok_encode(
-        self, string: str, add_special_tokens: bool | None = None, **kwargs: Any
-    ) -> list[int]:
-        """Token ids of `string`, after the document separator unless add_special_tokens=False
-        (lm-eval asks for that when it supplies the prefix itself)."""
-        ids = list(self.tokenizer.encode(string).ids)
-        return ids if add_special_tokens is False else [self.eot_token_id, *ids]
+    def tok_encode(self, string: str, **kwargs: Any) -> list[int]:
+        """Token ids of `string`; no special tokens are added (see the module docstring)."""
+        return list(self.tokenizer.encode(string).ids)
 
     # ------------------------------------------------------------------ scoring
     def _loglikelihood_tokens(
@@ -228,7 +225,7 @@ class IsmailLM(TemplateLM):
                 f"{self.max_length}: lower the task's max_gen_toks"
             )
         # left-truncate like lm-eval's HF model: the most recent context matters most
-        ids = prompt_ids(self.tokenizer, context)[-(self.max_length - max_new) :]
+        ids = (self.tok_encode(context) or [self.eot_token_id])[-(self.max_length - max_new) :]
         tokens = generate_ids(self.model, ids, max_new, _params(kwargs), self.eot_token_id)
         return "".join(
             _pieces(ContinuationText(self.tokenizer, ids, until), tokens, self.eot_token_id)
