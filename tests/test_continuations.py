@@ -10,22 +10,24 @@ A tiny random model with the shipped tr-tokenizer emits plenty of bare suffix id
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ismail_core import ModelConfig, Transformer
 from ismail_core.checkpoint import save_checkpoint
 from ismail_core.cli import main as ismail_main
 from ismail_core.generate import generate_ids, generate_text, prompt_ids
 from ismail_core.sampling import SamplingParams
-from ismail_core.tokenizer import load_tokenizer
 from ismail_serve.app import create_app
 from ismail_serve.engine import EngineConfig, LLMEngine
 from ismail_serve.engine.model_runner import ModelRunner
 from ismail_serve.state import ServerState
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/_tiny.py
+from _tiny import tiny_tr_model  # noqa: E402
 
 MODEL = "tiny-tr"
 PROMPTS = [
@@ -44,28 +46,18 @@ VOICED |= {(a.upper(), b.upper()) for a, b in VOICED}
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer("tr")
+def model_and_tok():
+    return tiny_tr_model(max_seq_len=128)
 
 
 @pytest.fixture(scope="module")
-def model(tok):
-    torch.manual_seed(0)
-    cfg = ModelConfig.preset(
-        "tiny",
-        vocab_size=tok.vocab_size,
-        max_seq_len=128,
-        dim=64,
-        n_layers=2,
-        n_heads=2,
-        inter_dim=128,
-        moe_inter_dim=64,
-        kv_lora_rank=32,
-        qk_nope_head_dim=16,
-        qk_rope_head_dim=8,
-        v_head_dim=16,
-    )
-    return Transformer(cfg).eval()
+def model(model_and_tok):
+    return model_and_tok[0]
+
+
+@pytest.fixture(scope="module")
+def tok(model_and_tok):
+    return model_and_tok[1]
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/_serve.py
 sys.path.insert(0, str(Path(__file__).parents[1] / "packages" / "ismail-core" / "tests"))
 from _serve import base_url, free_port, start_serve, stop_serve  # noqa: E402
+from _tiny import tiny_tr_checkpoint  # noqa: E402
 from lm_eval_tasks import GEN_TASK, MC_TASK, loglikelihoods_by_doc, write_tasks  # noqa: E402
 
 pytest.importorskip("lm_eval")
@@ -32,27 +32,7 @@ CONTEXT = 64
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ismail_core import ModelConfig, Transformer
-    from ismail_core.checkpoint import save_checkpoint
-    from ismail_core.tokenizer import load_tokenizer
-
-    tok = load_tokenizer("tr")
-    torch.manual_seed(1)
-    cfg = ModelConfig.preset(
-        "tiny",
-        vocab_size=tok.vocab_size,
-        max_seq_len=CONTEXT,
-        dim=64,
-        n_layers=2,
-        n_heads=2,
-        inter_dim=128,
-        moe_inter_dim=64,
-        kv_lora_rank=32,
-        qk_nope_head_dim=16,
-        qk_rope_head_dim=8,
-        v_head_dim=16,
-    )
-    return save_checkpoint(tmp_path_factory.mktemp("lm-eval") / MODEL, Transformer(cfg), tok)
+    return tiny_tr_checkpoint(tmp_path_factory.mktemp("lm-eval") / MODEL, CONTEXT, seed=1)
 
 
 def offline_env() -> dict[str, str]:

@@ -24,6 +24,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/_serve.py (see its docstring)
 from _serve import base_url, free_port, start_serve, stop_serve  # noqa: E402
+from _tiny import tiny_tr_checkpoint  # noqa: E402
 
 openai = pytest.importorskip("openai")
 
@@ -57,29 +58,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from ismail_core import ModelConfig, Transformer
-    from ismail_core.checkpoint import save_checkpoint
-    from ismail_core.tokenizer import load_tokenizer
-
-    tok = load_tokenizer("tr")
-    torch.manual_seed(0)
-    cfg = ModelConfig.preset(
-        "tiny",
-        vocab_size=tok.vocab_size,
-        max_seq_len=2048,
-        dim=64,
-        n_layers=2,
-        n_heads=2,
-        inter_dim=128,
-        moe_inter_dim=64,
-        kv_lora_rank=32,
-        qk_nope_head_dim=16,
-        qk_rope_head_dim=8,
-        v_head_dim=16,
-    )
-    model = Transformer(cfg)
-    return save_checkpoint(tmp_path_factory.mktemp("serve") / MODEL, model, tok)
+    return tiny_tr_checkpoint(tmp_path_factory.mktemp("serve") / MODEL, max_seq_len=2048)
 
 
 def start_server(checkpoint: Path, log_dir: Path, *args: str) -> Server:

@@ -24,6 +24,7 @@ from ismail_serve.state import ServerState
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/_serve.py (see its docstring)
 from _serve import base_url, free_port  # noqa: E402
+from _tiny import tiny_tr_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "tiny-ismail"
@@ -45,28 +46,7 @@ def test_repeated_sigterm_never_stops_the_drain_a_later_sigint_does():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from ismail_core import ModelConfig, Transformer
-    from ismail_core.checkpoint import save_checkpoint
-    from ismail_core.tokenizer import load_tokenizer
-
-    tok = load_tokenizer("tr")
-    torch.manual_seed(0)
-    cfg = ModelConfig.preset(
-        "tiny",
-        vocab_size=tok.vocab_size,
-        max_seq_len=2048,
-        dim=64,
-        n_layers=2,
-        n_heads=2,
-        inter_dim=128,
-        moe_inter_dim=64,
-        kv_lora_rank=32,
-        qk_nope_head_dim=16,
-        qk_rope_head_dim=8,
-        v_head_dim=16,
-    )
-    return save_checkpoint(tmp_path_factory.mktemp("signals") / MODEL, Transformer(cfg), tok)
+    return tiny_tr_checkpoint(tmp_path_factory.mktemp("signals") / MODEL, max_seq_len=2048)
 
 
 def _wait_healthy(proc: subprocess.Popen, base: str, log: Path, timeout_s: float = 60.0) -> None:

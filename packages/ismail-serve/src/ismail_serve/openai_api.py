@@ -634,17 +634,23 @@ def _tokenization(tok: Any, text: str) -> dict[str, Any]:
     }
 
 
-@router.post("/tokenize", response_model=TokenizeResponse, responses=error_responses(400, 401, 503))
-async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
-    """Token ids, strings, character offsets and kinds of a prompt (or a rendered chat), and
-    the prompt under the comparison tokenizer when the server has one."""
+def _tokenizer_state(request: Request, body: TokenizeRequest | RootTokenizeRequest) -> ServerState:
+    """The server state for a tokenize request, after checking its model and its input."""
     state = get_state(request)
     state.ready_engine()
     if body.model is not None:
         _check_model(state, body.model)
-    tok = state.tokenizer
     if (body.prompt is None) == (body.messages is None):
         raise bad_request("Send exactly one of 'prompt' (text) or 'messages' (a chat).", "prompt")
+    return state
+
+
+@router.post("/tokenize", response_model=TokenizeResponse, responses=error_responses(400, 401, 503))
+async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
+    """Token ids, strings, character offsets and kinds of a prompt (or a rendered chat), and
+    the prompt under the comparison tokenizer when the server has one."""
+    state = _tokenizer_state(request, body)
+    tok = state.tokenizer
     if body.prompt is not None:
         result = _tokenization(tok, body.prompt)
         if state.compare_tokenizer is not None:
@@ -711,13 +717,8 @@ async def tokenize_root(body: RootTokenizeRequest, request: Request) -> RootToke
     """vLLM's /tokenize: special-token names in the prompt become their ids (as in Hugging
     Face tokenizers), and `add_special_tokens` puts the document separator first, as a text
     prompt to /v1/completions gets it."""
-    state = get_state(request)
-    state.ready_engine()
-    if body.model is not None:
-        _check_model(state, body.model)
+    state = _tokenizer_state(request, body)
     tok = state.tokenizer
-    if (body.prompt is None) == (body.messages is None):
-        raise bad_request("Send exactly one of 'prompt' (text) or 'messages' (a chat).", "prompt")
     if body.messages is not None:
         ids = render_chat(tok, body.messages, body.add_generation_prompt)
     else:
