@@ -284,6 +284,7 @@ def _run_eval_tasks(args: argparse.Namespace) -> int:
         ) from exc
     from lm_eval.utils import handle_non_serializable, make_table
 
+    from ismail_core.atomic import atomic_write_text
     from ismail_core.harness import HarnessError, IsmailLM, evaluate_tasks
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -299,7 +300,7 @@ def _run_eval_tasks(args: argparse.Namespace) -> int:
         print(make_table(results, "groups"))
     if args.output:
         text = json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False)
-        Path(args.output).write_text(text + "\n")
+        atomic_write_text(args.output, text + "\n")
         print(f"wrote {args.output}")
     return 0
 
