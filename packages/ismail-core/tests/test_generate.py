@@ -8,6 +8,7 @@ import pytest
 import torch
 from ismail_core import ModelConfig, Transformer
 from ismail_core.generate import (
+    BatchGeneration,
     GenerationError,
     generate_ids,
     generate_text,
@@ -54,3 +55,25 @@ def test_context_overflow_is_a_clear_error(model_and_tokenizer) -> None:
     model, tok = model_and_tokenizer
     with pytest.raises(GenerationError, match="maximum context length is 64 tokens"):
         generate_text(model, tok, "kelime " * 40, 40)
+
+
+def test_batch_generation_rows_equal_single_generation(model_and_tokenizer) -> None:
+    """Rows of different lengths and parameters, generated together, give what each gives
+    alone: greedy rows, seeded rows (a generator per row) and a row that ends early."""
+    model, tok = model_and_tokenizer
+    prompts = [prompt_ids(tok, t) for t in ("Yurtta sulh", "Ne mutlu Türküm diyene", "a")]
+    params = [
+        SamplingParams(temperature=0),
+        SamplingParams(temperature=1.0, seed=5),
+        SamplingParams(temperature=0.7, top_k=20, seed=9, repetition_penalty=1.2),
+    ]
+    alone = [list(generate_ids(model, p, 10, sp)) for p, sp in zip(prompts, params)]
+    batch = BatchGeneration(model, prompts, 10, params)
+    together: list[list[int]] = [[], [], []]
+    while step := batch.step():
+        for row, token in step.items():
+            together[row].append(token)
+            if row == 2 and len(together[row]) == 4:
+                batch.end(row)  # as a caller does when a stop string shows up
+    assert together[:2] == alone[:2]
+    assert together[2] == alone[2][:4]

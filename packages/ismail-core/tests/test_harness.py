@@ -265,3 +265,15 @@ def test_eval_tasks_without_lm_eval(checkpoint: Path, monkeypatch, capsys) -> No
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # `import lm_eval` now fails
     code, _, err = _run(capsys, "eval", str(checkpoint), "--tasks", MC_TASK)
     assert code == 2 and "pip install 'ismail-core[eval]'" in err
+
+
+def test_generate_until_batches_equal_one_at_a_time(lm: IsmailLM, checkpoint) -> None:
+    """Contexts of different lengths generated in one batch give what each gives alone, in
+    the requests' order."""
+    kwargs = {"until": ["."], "max_gen_toks": 12, "do_sample": False}
+    contexts = ["Soru: Türkiye'nin başkenti neresidir?\nCevap:", "Ne mutlu", "Yurtta sulh"]
+    requests = _requests("generate_until", [(c, kwargs) for c in contexts])
+    batched = lm.generate_until(requests, disable_tqdm=True)
+    single = IsmailLM(checkpoint, device="cpu", batch_size=1)
+    assert batched == single.generate_until(requests, disable_tqdm=True)
+    assert all("." not in text for text in batched)

@@ -75,7 +75,88 @@ def decode_continuation(
     return "".join(decoder.step(i) for i in new_ids) + decoder.flush()
 
 
-@torch.no_grad()
+class BatchGeneration:
+    """Several prompts generated together with one KV cache, one batched forward per step.
+
+    Each prompt is prefilled into its own cache row (one forward pass each, so no memory goes
+    to padding); then every `step()` samples one token for each running row, each with its own
+    sampling parameters and generator, and runs the running rows through the model at once.
+    A row ends after `stop_id`, after `max_new_tokens`, or when the caller calls `end(row)`
+    (a stop string found in its text).
+    """
+
+    @torch.no_grad()
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        params: Sequence[SamplingParams],
+        stop_id: int | None = None,
+    ) -> None:
+        context = model.cfg.max_seq_len
+        for ids in prompts:
+            if not ids:
+                raise GenerationError("the prompt is empty and the tokenizer has no start token")
+            if len(ids) + max_new_tokens > context:
+                raise GenerationError(
+                    f"this model's maximum context length is {context} tokens; the prompt has "
+                    f"{len(ids)} tokens and {max_new_tokens} new tokens were asked for: shorten "
+                    "the prompt or lower --max-new-tokens"
+                )
+        self.model, self.max_new_tokens, self.stop_id = model, max_new_tokens, stop_id
+        self.params = list(params)
+        self.device = device = model.embed.weight.device
+        longest = max(len(ids) for ids in prompts)
+        self.cache = model.new_cache(len(prompts), longest + max_new_tokens)
+        self.generators = [p.make_generator(device) for p in self.params]
+        self.history = [list(ids) for ids in prompts]
+        self.new_tokens = [0] * len(prompts)
+        self.running = list(range(len(prompts)))
+        rows = [self._forward([ids], [0], [row]) for row, ids in enumerate(prompts)]
+        self.logits = dict(enumerate(torch.cat(rows)))  # row -> next-token logits
+
+    def _forward(self, rows: list[list[int]], starts: list[int], slots: list[int]) -> torch.Tensor:
+        """Write the rows (all of one length) into the cache; logits after each row's end."""
+        logits = self.model(
+            torch.tensor(rows, device=self.device),
+            cache=self.cache,
+            start_pos=torch.tensor(starts, device=self.device),
+            slots=torch.tensor(slots, device=self.device),
+        )
+        return logits[:, -1]
+
+    def end(self, row: int) -> None:
+        """Stop generating for `row`."""
+        if row in self.running:
+            self.running.remove(row)
+
+    @torch.no_grad()
+    def step(self) -> dict[int, int]:
+        """Sample one token for each running row and feed the ones that go on to the model;
+        returns {row: token}. Empty once every row has ended."""
+        rows = list(self.running)
+        if not rows:
+            return {}
+        logits = torch.stack([self.logits[r] for r in rows])
+        params = [self.params[r] for r in rows]
+        generators = [self.generators[r] for r in rows]
+        tokens = sample_next(logits, params, generators, [self.history[r] for r in rows]).tolist()
+        for row, token in zip(rows, tokens):
+            self.history[row].append(token)
+            self.new_tokens[row] += 1
+            if token == self.stop_id or self.new_tokens[row] >= self.max_new_tokens:
+                self.end(row)
+        if self.running:
+            out = self._forward(
+                [[self.history[r][-1]] for r in self.running],
+                [len(self.history[r]) - 1 for r in self.running],
+                list(self.running),
+            )
+            self.logits = dict(zip(self.running, out))
+        return dict(zip(rows, tokens))
+
+
 def generate_ids(
     model: torch.nn.Module,
     ids: Sequence[int],
@@ -88,27 +169,9 @@ def generate_ids(
     The prompt is run once (prefill) into a KV cache; each new token then costs one forward
     pass over a single position.
     """
-    context = model.cfg.max_seq_len
-    if not ids:
-        raise GenerationError("the prompt is empty and the tokenizer has no start token")
-    if len(ids) + max_new_tokens > context:
-        raise GenerationError(
-            f"this model's maximum context length is {context} tokens; the prompt has "
-            f"{len(ids)} tokens and {max_new_tokens} new tokens were asked for: shorten the "
-            "prompt or lower --max-new-tokens"
-        )
-    device = model.embed.weight.device
-    cache = model.new_cache(1, len(ids) + max_new_tokens)
-    generator = params.make_generator(device)
-    history = list(ids)
-    logits = model(torch.tensor([history], device=device), cache=cache, start_pos=0)
-    for _ in range(max_new_tokens):
-        token = int(sample_next(logits[:, -1], [params], [generator], [history])[0])
-        yield token
-        if token == stop_id:
-            return
-        logits = model(torch.tensor([[token]], device=device), cache=cache, start_pos=len(history))
-        history.append(token)
+    batch = BatchGeneration(model, [ids], max_new_tokens, [params], stop_id)
+    while step := batch.step():
+        yield step[0]
 
 
 def stream_text(

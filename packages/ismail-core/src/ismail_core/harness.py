@@ -16,7 +16,7 @@ raw logits in float32.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from lm_eval.utils import (
 from tqdm import tqdm
 
 from ismail_core.checkpoint import load_model
-from ismail_core.generate import ContinuationText, generate_ids
+from ismail_core.generate import BatchGeneration, ContinuationText
 from ismail_core.sampling import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -202,20 +202,29 @@ class IsmailLM(TemplateLM):
 
     # ------------------------------------------------------------------ generation
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
-        """One continuation per request, generated with the KV cache, cut before the first
-        `until` string; greedy unless gen_kwargs sample (do_sample / temperature)."""
-        results = []
-        for context, gen_kwargs in tqdm(
-            [req.args for req in requests], disable=disable_tqdm, desc="generate_until"
-        ):
-            text = self._generate(context, gen_kwargs)
-            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
-            results.append(text)
-        return results
+        """One continuation per request, generated with the KV cache in batches of requests
+        that share their gen_kwargs, each cut before its first `until` string; greedy unless
+        gen_kwargs sample (do_sample / temperature)."""
+        # longest context first, like lm-eval's HF model; batches never mix gen_kwargs
+        order = Collator(
+            [req.args for req in requests],
+            sort_fn=lambda args: (-len(self.tok_encode(args[0])), args[0]),
+            group_by="gen_kwargs",
+            group_fn=lambda args: args[1],
+        )
+        results: list[str] = []
+        with tqdm(total=len(requests), disable=disable_tqdm, desc="generate_until") as bar:
+            for batch in order.get_batched(n=self.batch_size):
+                contexts = [context for context, _ in batch]
+                for context, text in zip(contexts, self._generate(contexts, batch[0][1])):
+                    self.cache_hook.add_partial("generate_until", (context, batch[0][1]), text)
+                    results.append(text)
+                bar.update(len(batch))
+        return order.get_original(results)
 
-    def _generate(self, context: str, gen_kwargs: dict) -> str:
-        """The text generated after `context`, decoded with the prompt as its left context
-        (tr-tokenizer spells suffixes from the word before them)."""
+    def _generate(self, contexts: list[str], gen_kwargs: dict) -> list[str]:
+        """The texts generated after `contexts` (one batch), each decoded with its prompt as
+        left context (tr-tokenizer spells suffixes from the word before them)."""
         kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
         until = [s for s in kwargs.pop("until") if s]
         max_new = kwargs.pop("max_gen_toks")
@@ -225,23 +234,27 @@ class IsmailLM(TemplateLM):
                 f"{self.max_length}: lower the task's max_gen_toks"
             )
         # left-truncate like lm-eval's HF model: the most recent context matters most
-        ids = (self.tok_encode(context) or [self.eot_token_id])[-(self.max_length - max_new) :]
-        tokens = generate_ids(self.model, ids, max_new, _params(kwargs), self.eot_token_id)
-        return "".join(
-            _pieces(ContinuationText(self.tokenizer, ids, until), tokens, self.eot_token_id)
+        keep = self.max_length - max_new
+        prompts = [(self.tok_encode(c) or [self.eot_token_id])[-keep:] for c in contexts]
+        params = _params(kwargs)
+        batch = BatchGeneration(
+            self.model, prompts, max_new, [params] * len(prompts), self.eot_token_id
         )
-
-
-def _pieces(text: ContinuationText, tokens: Iterator[int], eos: int) -> Iterator[str]:
-    """Text of generated tokens until the end-of-sequence id or a stop string."""
-    for token in tokens:
-        if token == eos:
-            break
-        piece, stopped = text.push(token)
-        yield piece
-        if stopped:
-            return
-    yield text.finish()[0]
+        texts = [ContinuationText(self.tokenizer, ids, until) for ids in prompts]
+        pieces: list[list[str]] = [[] for _ in prompts]
+        stopped: set[int] = set()  # rows cut at a stop string: nothing more to write
+        while step := batch.step():
+            for row, token in step.items():
+                if token == self.eot_token_id:
+                    continue
+                piece, hit = texts[row].push(token)
+                pieces[row].append(piece)
+                if hit:
+                    stopped.add(row)
+                    batch.end(row)
+        for row in set(range(len(prompts))) - stopped:
+            pieces[row].append(texts[row].finish()[0])
+        return ["".join(p) for p in pieces]
 
 
 def _params(kwargs: dict) -> SamplingParams:
