@@ -51,6 +51,23 @@ def test_hf_decode_stream_concatenates_to_decode(hf_tokenizer_file: Path, text: 
     assert all("\ufffd" not in p for p in pieces) or "\ufffd" in tok.decode(ids)
 
 
+@settings(max_examples=60, deadline=None)
+@given(text=TURKISH)
+def test_hf_continuation_after_every_cut(hf_tokenizer_file: Path, text: str) -> None:
+    """A stream seeded with a prefix emits what the rest adds to the prefix's text (a prefix
+    that ends inside a multi-byte character shows U+FFFD, which the rest completes)."""
+    tok = load_tokenizer(hf_tokenizer_file)
+    ids = tok.encode(text).ids
+    for k in range(len(ids) + 1):
+        stream = tok.decode_stream(context=ids[:k])
+        rest = "".join(stream.step(i) for i in ids[k:]) + stream.flush()
+        prefix = tok.decode(ids[:k])
+        if "\ufffd" in prefix:
+            assert text.endswith(rest)
+        else:
+            assert prefix + rest == text
+
+
 def test_save_and_load_round_trip(hf_tokenizer_file: Path, tmp_path: Path) -> None:
     tok = load_tokenizer(hf_tokenizer_file)
     out = save_tokenizer(tok, tmp_path / "tok")
