@@ -2,7 +2,8 @@
 
 A checkpoint directory holds
     config.json          the ModelConfig
-    model.safetensors    the weights (a plain state_dict; tied tensors stored once)
+    model.safetensors    the weights (a plain state_dict; tied tensors stored once; the
+                         fingerprint of the tokenizer they were saved with in the metadata)
     tokenizer/           the tokenizer that produced the training data
     trainer_state.pt     optimizer, schedule, step, RNG and data position (resume only)
 
@@ -21,7 +22,9 @@ from typing import Any
 import torch
 
 from ismail_core.atomic import atomic_dir
+from ismail_core.corpus.shards import tokenizer_info
 from ismail_core.fp8 import FP8UnavailableError, is_fp8_state_dict, load_fp8_weights
+from ismail_core.runtime import resolve_device
 from ismail_core.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 
 CONFIG_FILE = "config.json"
@@ -35,6 +38,9 @@ BEST = "best"
 # safetensors metadata key listing state-dict entries that share storage with another entry
 # (tied embedding / LM head): {"alias": "stored name"}.
 _ALIASES_KEY = "ismail.aliases"
+# safetensors metadata key holding `tokenizer_info` of the tokenizer the weights were saved with,
+# so a tokenizer/ replaced later is caught at load time (the header is read without the tensors).
+_TOKENIZER_KEY = "ismail.tokenizer"
 
 
 class CheckpointError(RuntimeError):
@@ -80,16 +86,29 @@ def _unique_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
     return unique, aliases
 
 
-def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
-    """Write a state dict as safetensors, storing tied tensors once."""
+def save_weights(
+    state: dict[str, torch.Tensor], path: Path, tokenizer: Tokenizer | None = None
+) -> None:
+    """Write a state dict as safetensors, storing tied tensors once.
+
+    With `tokenizer`, its fingerprint and vocabulary size are recorded for `check_tokenizer`.
+    """
     from safetensors.torch import save_file
 
     unique, aliases = _unique_tensors(state)
-    save_file(unique, str(path), metadata={_ALIASES_KEY: json.dumps(aliases)})
+    metadata = {_ALIASES_KEY: json.dumps(aliases)}
+    if tokenizer is not None:
+        metadata[_TOKENIZER_KEY] = json.dumps(tokenizer_info(tokenizer))
+    save_file(unique, str(path), metadata=metadata)
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     """Read a safetensors state dict written by `save_weights` (aliases restored)."""
+    return _read_weights(path)[0]
+
+
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(state dict with aliases restored, safetensors metadata) of a weights file."""
     from safetensors import safe_open
 
     if not path.is_file():
@@ -102,7 +121,7 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is corrupt or truncated ({exc})") from exc
     for alias, name in json.loads(metadata.get(_ALIASES_KEY, "{}")).items():
         state[alias] = state[name]
-    return state
+    return state, metadata
 
 
 def model_config(model: torch.nn.Module) -> Any:
@@ -139,7 +158,7 @@ def save_checkpoint(
         state_dict = unwrap_model(model).state_dict()
     with atomic_dir(directory) as tmp:
         model_config(model).save(tmp / CONFIG_FILE)
-        save_weights(state_dict, tmp / WEIGHTS_FILE)
+        save_weights(state_dict, tmp / WEIGHTS_FILE, tokenizer)
         tokenizer.save(tmp / TOKENIZER_DIR)
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
@@ -167,6 +186,36 @@ def load_checkpoint_tokenizer(path: str | Path) -> Tokenizer:
         raise CheckpointError(f"{directory / TOKENIZER_DIR}: {exc}") from exc
 
 
+def check_tokenizer(
+    directory: Path, config: Any, tokenizer: Tokenizer, recorded: dict[str, Any] | None
+) -> None:
+    """Raise CheckpointError when the checkpoint's tokenizer cannot drive its model.
+
+    A tokenizer with more ids than the model has embedding rows crashes generation on the
+    first such id; a smaller one is fine (vocabularies are padded for speed, and the server
+    masks the padding). `recorded` is the `tokenizer_info` saved with the weights (None in
+    checkpoints written before it was recorded): another fingerprint means the ids mean
+    other tokens than the model learned.
+    """
+    tok_dir = directory / TOKENIZER_DIR
+    fix = (
+        f"put the tokenizer the model was trained with (the tokenizer/ folder of its data "
+        f"directory) into {tok_dir}"
+    )
+    if tokenizer.vocab_size > config.vocab_size:
+        raise CheckpointError(
+            f"{tok_dir} has {tokenizer.vocab_size} tokens but the model in {directory} has "
+            f"{config.vocab_size} (vocab_size in {CONFIG_FILE}): its ids from "
+            f"{config.vocab_size} on have no embedding; {fix}"
+        )
+    if recorded and recorded.get("fingerprint") != tokenizer.fingerprint:
+        raise CheckpointError(
+            f"{tok_dir} is tokenizer {tokenizer.fingerprint} but the weights in {directory} were "
+            f"saved with tokenizer {recorded.get('fingerprint')}: the ids would mean other "
+            f"tokens; {fix}"
+        )
+
+
 def load_model(
     path: str | Path,
     device: torch.device | str | None = None,
@@ -175,13 +224,18 @@ def load_model(
     """Load (model, tokenizer) from a checkpoint or run directory, in eval mode.
 
     `device` defaults to CPU; `dtype` converts floating-point weights (default: as stored).
+    Raises CheckpointError for a missing or corrupt file and for a tokenizer that does not
+    match the weights (`check_tokenizer`), DeviceError for a device this machine lacks.
     """
     from ismail_core.model import Transformer
 
+    device = resolve_device(device)  # before minutes of reading weights
     directory = resolve_checkpoint(path)
     config = load_config(directory)
     tokenizer = load_checkpoint_tokenizer(directory)
-    state = load_weights(directory / WEIGHTS_FILE)
+    state, metadata = _read_weights(directory / WEIGHTS_FILE)
+    recorded = metadata.get(_TOKENIZER_KEY)
+    check_tokenizer(directory, config, tokenizer, json.loads(recorded) if recorded else None)
     model = Transformer(config)
     if is_fp8_state_dict(state):
         try:
@@ -208,10 +262,10 @@ def load_model(
 
 
 def _place(
-    model: torch.nn.Module, device: torch.device | str | None, dtype: torch.dtype | None
+    model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None
 ) -> torch.nn.Module:
     """Move a loaded model to its device and dtype, in eval mode (FP8 weights keep float8)."""
-    model.to(device or "cpu")
+    model.to(device)
     if dtype is not None:
         model.to(dtype)
     return model.eval()

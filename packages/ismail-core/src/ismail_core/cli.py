@@ -262,11 +262,11 @@ def _run_eval(args: argparse.Namespace) -> int:
             )
         result = evaluate(
             model,
-            ShardedSplit.open(data_dir, split),
+            ShardedSplit.open(data_dir, split, vocab_size=model.cfg.vocab_size),
             seq_len,
             batch_size=args.batch_size,
             max_tokens=args.max_tokens or None,
-            device=args.device,
+            device=next(model.parameters()).device,  # --device as load_model resolved it
         )
     print(json.dumps(result.to_dict()))
     return 0
@@ -383,6 +383,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from ismail_core.fp8 import FP8UnavailableError
     from ismail_core.generate import GenerationError
     from ismail_core.hf import HFFormatError
+    from ismail_core.runtime import DeviceError
     from ismail_core.tokenizer import TokenizerError
     from ismail_core.train.config import ConfigError
     from ismail_core.train.optimizer import OptimizerError
@@ -393,6 +394,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         UsageError,
         CheckpointError,
         DataError,
+        DeviceError,
         FP8UnavailableError,
         GenerationError,
         HFFormatError,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import os
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -216,6 +218,8 @@ class ModelConfig:
                 close = difflib.get_close_matches(key, known, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ValueError(f"unknown ModelConfig field {key!r}{hint}")
+        for key, value in d.items():
+            _check_type(key, value)
         return cls(**d)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -235,6 +239,32 @@ class ModelConfig:
             raise FileNotFoundError(f"no model config at {path}; expected a config.json")
         with open(path) as f:
             return cls.from_dict(json.load(f))
+
+
+@functools.cache
+def _field_types() -> dict[str, tuple[type, ...]]:
+    """The types each ModelConfig field accepts: `int | None` -> (int, NoneType)."""
+    hints = typing.get_type_hints(ModelConfig)
+    return {name: typing.get_args(hint) or (hint,) for name, hint in hints.items()}
+
+
+def _check_type(name: str, value: Any) -> None:
+    """Raise TypeError naming a ModelConfig field whose value has the wrong JSON type.
+
+    Without it `dim: "abc"` fails inside validate() as "'>' not supported between str and
+    int", which names neither the field nor the value. An int is accepted for a float field
+    (a hand-written `"rope_theta": 10000`); a bool is not accepted for a number.
+    """
+    allowed = _field_types()[name]
+    if isinstance(value, bool):
+        ok = bool in allowed
+    else:
+        ok = isinstance(value, allowed) or (float in allowed and isinstance(value, int))
+    if not ok:
+        expected = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+        raise TypeError(
+            f"ModelConfig field {name!r} is {value!r} ({type(value).__name__}); expected {expected}"
+        )
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -9,6 +9,9 @@ Called by the `ismail` command before torch is imported:
   kernel and faulting them back in cost as much system time as the step's compute (a tiny bf16
   step: 4.0 s -> 2.5 s wall, 2.6 s -> 0.3 s system time).
 Both respect explicit user settings (an existing OMP_WAIT_POLICY / MALLOC_* variable).
+
+`resolve_device` checks a device name before a model is moved there. torch is imported inside
+it, so importing this module does not load torch before `tune_process` runs.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from typing import Any
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -35,3 +39,37 @@ def tune_process() -> None:
         return
     libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)
     libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES)
+
+
+class DeviceError(ValueError):
+    """A device name that is unknown or not available on this machine."""
+
+
+def resolve_device(name: Any = None) -> Any:
+    """The torch.device for `name` (None: cpu; "auto": cuda when available, else cpu).
+
+    Raises DeviceError naming the device and the fix, instead of torch's error from deep
+    inside the first `.to(device)` (an unknown name, no driver, a GPU index beyond the count).
+    """
+    import torch
+
+    if name is None or str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise DeviceError(
+            f"unknown device {str(name)!r}: use cpu, cuda, cuda:N, mps or auto"
+        ) from exc
+    if device.type == "cuda" and torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        if (device.index or 0) >= count:
+            raise DeviceError(f"device {name} does not exist: this machine has {count} GPU(s)")
+    try:
+        torch.empty(0, device=device)  # the cheapest way to ask the backend if it is usable
+    except (RuntimeError, AssertionError) as exc:  # AssertionError: torch built without CUDA
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DeviceError(
+            f"device {name} is not available on this machine ({reason}); use --device cpu"
+        ) from exc
+    return device

@@ -183,7 +183,18 @@ def _load_tr(path: str | Path | None) -> TrTokenizer:
         import tr_tokenizer
     except ImportError as exc:  # pragma: no cover - tr-tokenizer is a hard dependency
         raise TokenizerError("tr-tokenizer is not installed: `uv sync --all-packages`") from exc
-    return TrTokenizer(tr_tokenizer.load(None if path is None else Path(path)))
+    try:
+        return TrTokenizer(tr_tokenizer.load(None if path is None else Path(path)))
+    except tr_tokenizer.VocabularyError as exc:  # its message names the corrupt file
+        raise TokenizerError(str(exc)) from exc
+
+
+def _read_marker(marker: Path) -> str | None:
+    """The tokenizer kind recorded in a saved directory's marker file."""
+    try:
+        return json.loads(marker.read_text(encoding="utf-8")).get("kind")
+    except (ValueError, AttributeError) as exc:  # not JSON / not UTF-8 / not an object
+        raise TokenizerError(f"{marker} is corrupt ({exc}); save the tokenizer again") from exc
 
 
 def load_tokenizer(spec: str | Path | None = None) -> Tokenizer:
@@ -202,7 +213,7 @@ def load_tokenizer(spec: str | Path | None = None) -> Tokenizer:
         return HFTokenizer.from_file(path)
     marker = path / MARKER_FILE
     if marker.is_file():
-        kind = json.loads(marker.read_text()).get("kind")
+        kind = _read_marker(marker)
         if kind == "hf":
             return HFTokenizer.from_file(path / HF_FILE)
         if kind == "tr":

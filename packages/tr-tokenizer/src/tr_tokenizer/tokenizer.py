@@ -247,6 +247,11 @@ class Tokenizer:
         self, texts: Sequence[str], num_workers: int | None = None
     ) -> list[list[int]]:
         """Ids for many texts, encoded over `num_workers` processes when the batch is large."""
+        if isinstance(texts, str):  # a str is a Sequence[str]: it would encode one char per item
+            raise TypeError(
+                "encode_batch() expects a list of strings, got a single str; "
+                "use encode() for one text or wrap it in a list"
+            )
         texts = list(texts)
         for t in texts:
             if not isinstance(t, str):

@@ -102,18 +102,30 @@ def _texts(source) -> Iterable[str]:
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"training file {path} does not exist")
-        yield path.read_text(encoding="utf-8")
+        yield _read_utf8(path, "training file")
         return
     paths = isinstance(source, (list, tuple)) and all(
         isinstance(x, os.PathLike) or (isinstance(x, str) and _is_file(x)) for x in source
     )
     for item in source:
         if isinstance(item, os.PathLike) or paths:
-            yield Path(item).read_text(encoding="utf-8")
+            yield _read_utf8(Path(item), "training file")
         elif isinstance(item, str):
             yield item
         else:
             raise TypeError(f"train() expects paths or strings, got {type(item).__name__}")
+
+
+def _read_utf8(path: Path, what: str) -> str:
+    """The text of an input file; a file that is not UTF-8 raises ValueError naming it
+    (UnicodeDecodeError's own message names only the byte)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start}); "
+            "pass plain text files, converted to UTF-8 if needed (iconv -t UTF-8)"
+        ) from e
 
 
 def _is_file(item: str) -> bool:
@@ -132,7 +144,7 @@ def _lexicon(lexicon) -> tuple[set[str], dict[str, str]]:
         path = Path(lexicon)
         if not path.is_file():
             raise FileNotFoundError(f"lexicon file {path} does not exist (one root per line)")
-        lexicon = path.read_text(encoding="utf-8").split("\n")
+        lexicon = _read_utf8(path, "lexicon file").split("\n")
     roots: set[str] = set()
     voiced: dict[str, str] = {}
     for line in lexicon:
@@ -151,7 +163,7 @@ def _word_counts(word_counts) -> Mapping[str, float]:
     if not path.is_file():
         raise FileNotFoundError(f"word count file {path} does not exist (word<TAB>count lines)")
     counts: dict[str, float] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+    for n, line in enumerate(_read_utf8(path, "word count file").split("\n"), 1):
         if not line:
             continue
         word, _, count = line.rpartition("\t")

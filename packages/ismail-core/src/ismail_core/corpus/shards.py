@@ -107,8 +107,11 @@ class ShardedSplit:
     documents: int
 
     @classmethod
-    def open(cls, directory: str | Path, name: str) -> ShardedSplit:
-        """Memory-map split `name` ("train" or "val") of a data directory."""
+    def open(cls, directory: str | Path, name: str, vocab_size: int | None = None) -> ShardedSplit:
+        """Memory-map split `name` ("train" or "val") of a data directory.
+
+        With `vocab_size` (the model's), every shard is checked for ids beyond it.
+        """
         directory = Path(directory)
         meta = load_metadata(directory)
         if name not in meta["splits"]:
@@ -125,6 +128,8 @@ class ShardedSplit:
                     "recreate the data directory with `ismail data`"
                 )
             shards.append(np.memmap(file, dtype=dtype, mode="r"))
+            if vocab_size is not None:
+                _check_ids(file, shards[-1], vocab_size)
         offsets = np.cumsum([0] + [s.shape[0] for s in shards])
         return cls(directory, name, shards, offsets, info["bytes"], info["documents"])
 
@@ -164,6 +169,21 @@ class ShardedSplit:
         """Starts of consecutive non-overlapping windows covering the split (for evaluation)."""
         usable = self.num_tokens if max_tokens is None else min(self.num_tokens, max_tokens)
         return list(range(0, usable - length + 1, length - 1))
+
+
+def _check_ids(file: Path, shard: np.ndarray, vocab_size: int) -> None:
+    """Raise DataError when a shard holds an id the model has no embedding row for.
+
+    One pass over the shard (a max, far cheaper than the forward passes that read it next),
+    so a corrupt or foreign shard is named here instead of crashing inside the embedding.
+    """
+    top = int(shard.max()) if shard.size else -1
+    if top >= vocab_size:
+        raise DataError(
+            f"{file} holds token id {top}, beyond the model's vocabulary of {vocab_size}: it is "
+            "corrupt or was made with another tokenizer; recreate the data directory with "
+            "`ismail data SOURCE --tokenizer CKPT/tokenizer`"
+        )
 
 
 def tokenizer_info(tokenizer: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ datasets' own "text", "json" and "parquet" builders, the same code that reads hu
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 
 import datasets
@@ -66,9 +67,52 @@ def load_source(
                 builder, data_files=group, split="train", cache_dir=cache_dir, **kwargs
             )
         except Exception as exc:  # malformed JSON / parquet: name the files
-            raise DataError(f"cannot read {', '.join(group)}: {exc}") from exc
+            reason = _unreadable_reason(group) or f"{', '.join(group)}: {_root_cause(exc)}"
+            raise DataError(f"cannot read {reason}") from exc
         parts.append(_text_column(ds, "text" if builder == "text" else text_field, str(path)))
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def _unreadable_reason(files: list[str]) -> str | None:
+    """'FILE is empty' or 'FILE is not UTF-8 text (...)' for the first such text file, else None.
+
+    Called only after datasets failed, whose own message ("An error occurred while generating
+    the dataset") names neither the file nor the cause; parquet files are binary by design.
+    """
+    for file in files:
+        path = Path(file)
+        if path.suffix == ".parquet":
+            continue
+        if path.stat().st_size == 0:
+            return f"{path}: the file is empty"
+        offset = _first_non_utf8_byte(path)
+        if offset is not None:
+            return f"{path}: not UTF-8 text (invalid byte at offset {offset}; binary file?)"
+    return None
+
+
+def _first_non_utf8_byte(path: Path) -> int | None:
+    """Offset of the first byte that is not valid UTF-8, reading 1 MiB at a time."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    pos = 0  # bytes read before the current chunk
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            pending = len(decoder.getstate()[0])  # an incomplete character from the last chunk
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                return pos - pending + exc.start
+            if not chunk:
+                return None
+            pos += len(chunk)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """datasets wraps the real error (bad JSON, a missing column) in a generic one."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return str(exc)
 
 
 def _text_column(ds: datasets.Dataset, field: str, source: str) -> datasets.Dataset:
