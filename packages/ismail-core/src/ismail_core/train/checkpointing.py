@@ -5,13 +5,18 @@
     OUT_DIR/checkpoints/best   -> step_00000050   (lowest validation loss)
 
 Each checkpoint is written atomically before the links move, and old ones are deleted only
-after that, so a crash at any point leaves the previous good checkpoint reachable.
+after that, so a crash at any point leaves the previous good checkpoint reachable. What a crash
+can leave behind (an unfinished `.step_*.tmp-*` write, checkpoints not yet pruned) is tidied
+when the next run in the directory starts, under the run directory's lock (`RUN/.train.lock`).
 """
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,11 @@ from ismail_core.checkpoint import (
 from ismail_core.tokenizer import Tokenizer
 
 STEP_PREFIX = "step_"
+LOCK_FILE = ".train.lock"
+# Temporaries of ismail_core.atomic in checkpoints/: `.step_*.tmp-*` (atomic_dir) and
+# `.latest.tmp-PID` / `.best.tmp-PID` (atomic_symlink). Not `.step_*.old-PID` (replace_dir):
+# a crash can leave the only copy of a checkpoint there.
+TEMPORARY_GLOB = ".*.tmp-*"
 
 
 def rng_state() -> dict[str, Any]:
@@ -82,19 +92,76 @@ class CheckpointManager:
         path = save_checkpoint(
             self.dir / name, model, tokenizer, trainer_state, state_dict=state_dict
         )
-        atomic_symlink(name, self.dir / LATEST)
+        # `best` before `latest`: a run killed right after `latest` moved resumes after this
+        # step, so nothing would point `best` here later.
         if is_best or self.best() is None:
             atomic_symlink(name, self.dir / BEST)
-        self._prune()
+        atomic_symlink(name, self.dir / LATEST)
+        self.prune()
         return path
 
-    def _prune(self) -> None:
+    def prune(self, protect: Path | None = None) -> list[Path]:
+        """Delete checkpoints beyond the last `keep_last`, keeping `latest`, `best` and
+        `protect` (the one a run resumes from); returns the deleted directories.
+
+        Called after every save and when a run starts, so a run killed between moving
+        `latest` and pruning is tidied by the next one.
+        """
         keep = set(self.step_dirs()[-self.keep_last :])
-        keep.update(p for p in (self.latest(), self.best()) if p is not None)
+        keep.update(p for p in (self.latest(), self.best(), protect) if p is not None)
         kept = {k.resolve() for k in keep}
-        for path in self.step_dirs():
-            if path.resolve() not in kept:
+        removed = [path for path in self.step_dirs() if path.resolve() not in kept]
+        for path in removed:
+            shutil.rmtree(path, ignore_errors=True)
+        return removed
+
+    def remove_temporaries(self) -> list[str]:
+        """Delete the temporaries of checkpoint writes that never finished; returns their
+        names. Only safe while holding the run lock: no other process is writing them."""
+        removed = []
+        for path in sorted(self.dir.glob(TEMPORARY_GLOB)):
+            if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path.name)
+        return removed
+
+
+@contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on `run_dir` while this process trains into it.
+
+    Two trainers in one run directory would overwrite each other's checkpoints, links and
+    metrics, so a second one gets a CheckpointError naming the first one's PID. Holding the lock
+    also proves that temporaries left in checkpoints/ belong to no live writer. The kernel drops
+    the lock when its process dies, so a killed run never leaves it held. Yields False where
+    file locks are unavailable (no fcntl, or a filesystem without flock).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        fcntl = None
+    with open(run_dir / LOCK_FILE, "a+", encoding="utf-8") as f:
+        locked = False
+        try:
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = True
+        except BlockingIOError:
+            f.seek(0)
+            raise CheckpointError(
+                f"another `ismail train` (pid {f.read().strip() or '?'}) is training into "
+                f"{run_dir}; wait for it to finish or choose another --run.out_dir"
+            ) from None
+        except OSError:  # e.g. a network filesystem without locks: train, but tidy nothing
+            pass
+        if locked:
+            f.truncate(0)
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+        yield locked
 
 
 def find_resume_checkpoint(resume: str, run_dir: Path) -> Path | None:

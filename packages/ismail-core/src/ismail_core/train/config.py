@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -234,9 +235,16 @@ def coerce(value: Any, kind: Any, key: str) -> Any:
                 raise ValueError(value)
             return int(float(value)) if isinstance(value, str) and "e" in value else int(value)
         if kind is float:
-            return float(value)
+            number = float(value)
+            # inf passes validate()'s range checks (nan fails them only by accident) and
+            # would reach metrics.jsonl as Infinity, which is not JSON.
+            if not math.isfinite(number):
+                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            return number
         if kind is str:
             return str(value)
+    except ConfigError:  # already says what is wrong (it is a ValueError too)
+        raise
     except (TypeError, ValueError):
         raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}") from None
     return value
@@ -259,15 +267,15 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text()
     try:
+        text = path.read_text(encoding="utf-8")
         if path.suffix in (".yaml", ".yml"):
             import yaml
 
             tree = yaml.safe_load(text) or {}
         else:
             tree = json.loads(text)
-    except Exception as exc:  # yaml and json raise different types; both mean a broken file
+    except Exception as exc:  # not UTF-8, or yaml/json errors (different types): a broken file
         raise ConfigError(f"cannot parse {path}: {exc}") from exc
     if not isinstance(tree, dict):
         raise ConfigError(f"{path} must hold a mapping of sections, got {type(tree).__name__}")

@@ -36,11 +36,21 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """'auto' -> cuda:<local_rank> when CUDA is available, else cpu."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    hint = "use --train.device auto, cpu, cuda or cuda:N"
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch's message lists two dozen device types
+        raise ConfigError(f"train.device={name!r} is not a device name; {hint}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name} but CUDA is not available; use --train.device cpu")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
+    try:
+        # A name torch knows can still be unusable here (mps off a Mac, cuda:7 on one GPU);
+        # find out now rather than in a traceback from the first .to(device).
+        torch.empty(0, device=device)
+    except Exception:  # RuntimeError, AssertionError or ImportError, with pages of detail
+        raise ConfigError(f"train.device={name} is not available on this machine; {hint}") from None
     return device
 
 

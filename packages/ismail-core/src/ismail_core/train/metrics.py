@@ -4,6 +4,8 @@ a progress bar; model FLOPs utilisation (MFU)."""
 from __future__ import annotations
 
 import json
+import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -66,8 +68,12 @@ class MetricsLogger:
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / METRICS_FILE
+        dropped = drop_partial_line(path)
+        if dropped:  # printed under the trainer's header, like its other tidying lines
+            print(f"  dropped a partial last line of {path} ({dropped} bytes): a write cut short")
         # Appending keeps the history of a resumed run in one file.
-        self.file = open(run_dir / METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115
         if cfg.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -92,7 +98,7 @@ class MetricsLogger:
         if not self.enabled:
             return
         row = {"kind": kind, "step": step, "time": time.time(), **values}
-        self.file.write(json.dumps(row) + "\n")
+        self.file.write(json.dumps(_finite_or_null(row), allow_nan=False) + "\n")
         self.file.flush()
         scalars = {k: v for k, v in values.items() if isinstance(v, int | float)}
         if self.tb is not None:
@@ -110,8 +116,42 @@ class MetricsLogger:
             self.wandb.finish()
 
 
+def _finite_or_null(value: Any) -> Any:
+    """`value` with inf and nan floats (a diverged loss, an fp16 overflow's grad norm) as None:
+    strict JSON has no Infinity or NaN, and other readers refuse them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
+def drop_partial_line(path: Path) -> int:
+    """Cut a last line without a newline (a write cut short by a kill) off `path`, so the
+    next record starts on its own line; returns the bytes dropped."""
+    if not path.is_file():
+        return 0
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        keep, end = 0, size
+        while end > 0:  # search backwards: the file can be large, the tail is short
+            start = max(0, end - 65536)
+            f.seek(start)
+            newline = f.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            end = start
+        if keep < size:
+            f.truncate(keep)
+    return size - keep
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """All rows of a run's metrics.jsonl; rows re-logged after a resume replace older ones."""
+    """All rows of a run's metrics.jsonl; rows re-logged after a resume replace older ones.
+    Top-level nulls (values that were inf or nan) read back as NaN, so rows stay numeric."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a run directory?")
@@ -121,5 +161,6 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError:  # a line cut short by a crash
             continue
+        row = {k: math.nan if v is None else v for k, v in row.items()}
         rows[(row["kind"], row["step"])] = row
     return sorted(rows.values(), key=lambda r: (r["step"], r["kind"]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import math
 import time
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from ismail_core.train.checkpointing import (
     find_resume_checkpoint,
     read_resume_state,
     rng_state,
+    run_dir_lock,
     set_rng_state,
 )
 from ismail_core.train.config import ConfigError, TrainConfig
@@ -107,12 +109,7 @@ class Trainer:
         self._setup_data()
         self._setup_model()
         self.manager = CheckpointManager(self.run_dir, cfg.checkpoint.keep_last)
-        self.metrics = MetricsLogger(
-            self.run_dir,
-            cfg.log,
-            self.info.is_main,
-            {**cfg.to_dict(), "model_config": self.model_cfg.to_dict()},
-        )
+        self.metrics: MetricsLogger | None = None  # opened by run(), under the run lock
 
     # ------------------------------------------------------------------ set-up
     def _setup_data(self) -> None:
@@ -138,6 +135,24 @@ class Trainer:
                     f"(`ismail data SOURCE --tokenizer {self.resume_from / 'tokenizer'}`) or "
                     "start a new run directory"
                 )
+            # After the tokenizer check, whose message says more when both apply.
+            self._check_same_data()
+
+    def _check_same_data(self) -> None:
+        """Refuse to continue this run directory on another data directory than the one its
+        train_config.json records: the run's history would silently mix two data sets."""
+        try:
+            saved = json.loads((self.run_dir / CONFIG_FILE).read_text())["data"]["path"]
+        except (OSError, ValueError, KeyError, TypeError):  # no record to compare with
+            return
+        asked = self.cfg.data.path
+        if Path(saved).resolve() != Path(asked).resolve():
+            raise ConfigError(
+                f"{self.run_dir} was trained on --data.path {saved}, not {asked}: continue it "
+                f"with --data.path {saved}, or train on {asked} in a new run directory that "
+                f"starts from its checkpoint: --run.out_dir NEW_DIR --run.resume "
+                f"{self.resume_from}"
+            )
 
     def _setup_model(self) -> None:
         cfg, info = self.cfg, self.info
@@ -333,13 +348,33 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> TrainResult:
+        """Train to cfg.train.steps; the main process holds the run directory's lock."""
+        main = self.info.is_main
+        with run_dir_lock(self.run_dir) if main else contextlib.nullcontext(False) as exclusive:
+            if main:
+                self._prepare_run_dir(exclusive)
+            self.metrics = MetricsLogger(self.run_dir, self.cfg.log, main, self._resolved())
+            return self._train_loop()
+
+    def _resolved(self) -> dict[str, Any]:
+        """The resolved configuration: train_config.json, and the W&B run config."""
+        return {**self.cfg.to_dict(), "model_config": self.model_cfg.to_dict()}
+
+    def _prepare_run_dir(self, exclusive: bool) -> None:
+        """Tidy what an interrupted run left (unfinished checkpoint writes, checkpoints not
+        yet pruned), say so, and record the resolved configuration."""
+        self._print_header()
+        if exclusive:  # only the lock proves that no live writer owns the temporaries
+            for name in self.manager.remove_temporaries():
+                print(f"  removed {name}: an unfinished checkpoint write", flush=True)
+        for path in self.manager.prune(protect=self.resume_from):
+            keep = self.cfg.checkpoint.keep_last
+            print(f"  removed {path.name}: beyond checkpoint.keep_last={keep}", flush=True)
+        atomic_write_json(self.run_dir / CONFIG_FILE, self._resolved())
+
+    def _train_loop(self) -> TrainResult:
         cfg, info = self.cfg, self.info
         result = TrainResult(self.run_dir, self.start_step, self.resume_from)
-        if info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            resolved = {**cfg.to_dict(), "model_config": self.model_cfg.to_dict()}
-            atomic_write_json(self.run_dir / CONFIG_FILE, resolved)
-            self._print_header()
         peak, _ = peak_flops(self.device, self.precision.compute_dtype)
         tok_s = 0.0  # smoothed for the progress bar
         steps = cfg.train.steps
