@@ -79,7 +79,7 @@ def test_a_live_writer_keeps_its_temporaries_and_the_run_dir(tmp_path: Path, mak
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("--train.device", "tpu", "train.device='tpu' is not a device name"),
+        ("--train.device", "tpu", "train.device='tpu': unknown device 'tpu'"),
         ("--config", "BINARY", "cannot parse "),
     ],
 )

@@ -45,31 +45,32 @@ class DeviceError(ValueError):
     """A device name that is unknown or not available on this machine."""
 
 
-def resolve_device(name: Any = None) -> Any:
-    """The torch.device for `name` (None: cpu; "auto": cuda when available, else cpu).
+def resolve_device(name: Any = None, flag: str = "--device", local_rank: int = 0) -> Any:
+    """The torch.device for `name` (None: cpu; "auto": cuda:<local_rank> when CUDA is
+    available, else cpu; "cuda": cuda:<local_rank>).
 
-    Raises DeviceError naming the device and the fix, instead of torch's error from deep
-    inside the first `.to(device)` (an unknown name, no driver, a GPU index beyond the count).
+    Raises DeviceError naming the device, the `flag` it came from and the fix, instead of
+    torch's error from deep inside the first `.to(device)` (an unknown name, no driver, a GPU
+    index beyond the count, a backend this build lacks).
     """
     import torch
 
-    if name is None or str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name is None:
+        return torch.device("cpu")
+    if str(name) == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    hint = f"use {flag} auto, cpu, cuda or cuda:N"
     try:
         device = torch.device(name)
-    except (RuntimeError, TypeError) as exc:
-        raise DeviceError(
-            f"unknown device {str(name)!r}: use cpu, cuda, cuda:N, mps or auto"
-        ) from exc
-    if device.type == "cuda" and torch.cuda.is_available():
-        count = torch.cuda.device_count()
-        if (device.index or 0) >= count:
-            raise DeviceError(f"device {name} does not exist: this machine has {count} GPU(s)")
+    except (RuntimeError, TypeError):  # torch's message lists two dozen device types
+        raise DeviceError(f"unknown device {str(name)!r} ({flag}); {hint}") from None
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
     try:
         torch.empty(0, device=device)  # the cheapest way to ask the backend if it is usable
-    except (RuntimeError, AssertionError) as exc:  # AssertionError: torch built without CUDA
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # RuntimeError, AssertionError, ImportError: pages of detail
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
         raise DeviceError(
-            f"device {name} is not available on this machine ({reason}); use --device cpu"
-        ) from exc
+            f"device {name} ({flag}) is not available on this machine ({reason}); {hint}"
+        ) from None
     return device

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ismail_core.runtime import DeviceError, resolve_device
 from ismail_core.train.config import ConfigError, DistSection
 
 
@@ -33,25 +34,12 @@ class DistInfo:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> cuda:<local_rank> when CUDA is available, else cpu."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    hint = "use --train.device auto, cpu, cuda or cuda:N"
+    """'auto' -> cuda:<local_rank> when CUDA is available, else cpu; a ConfigError for a
+    device that is unknown or unusable here."""
     try:
-        device = torch.device(name)
-    except RuntimeError:  # torch's message lists two dozen device types
-        raise ConfigError(f"train.device={name!r} is not a device name; {hint}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but CUDA is not available; use --train.device cpu")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    try:
-        # A name torch knows can still be unusable here (mps off a Mac, cuda:7 on one GPU);
-        # find out now rather than in a traceback from the first .to(device).
-        torch.empty(0, device=device)
-    except Exception:  # RuntimeError, AssertionError or ImportError, with pages of detail
-        raise ConfigError(f"train.device={name} is not available on this machine; {hint}") from None
-    return device
+        return resolve_device(name, flag="--train.device", local_rank=local_rank)
+    except DeviceError as exc:
+        raise ConfigError(f"train.device={name!r}: {exc}") from None
 
 
 def init_distributed(cfg: DistSection, device_name: str) -> DistInfo:
