@@ -72,3 +72,24 @@ def stop_serve(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def stream_event_times(
+    client: httpx.Client, url: str, body: dict, headers: dict[str, str] | None = None
+) -> tuple[int, list[float]]:
+    """POST a streaming request; returns its status and the time.monotonic() at which each
+    Server-Sent Events `data:` line arrived (none for an error status)."""
+    times = []
+    with client.stream("POST", url, json=body, headers=headers) as r:
+        if r.status_code != 200:
+            r.read()
+            return r.status_code, []
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                times.append(time.monotonic())
+    return r.status_code, times
+
+
+def gaps(times: list[float]) -> list[float]:
+    """Seconds between consecutive times."""
+    return [b - a for a, b in zip(times, times[1:])]

@@ -6,14 +6,16 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from ismail_serve import __version__
 from ismail_serve.errors import error_responses, install_error_handlers
+from ismail_serve.limits import BodySizeLimit
 from ismail_serve.metrics import CONTENT_TYPE
-from ismail_serve.openai_api import get_state, root_router, router
+from ismail_serve.openai_api import get_state, require_operator_key, root_router, router
 from ismail_serve.protocol import HealthResponse
 from ismail_serve.state import STATUS_OK, ServerState
 from ismail_serve.web import find_apps_dir, mount_apps
@@ -40,8 +42,13 @@ def create_app(
         version=__version__,
         description="OpenAI-compatible inference for ismail checkpoints.",
         lifespan=lifespan,
+        # Added below with the API key check that --protect-metrics turns on.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.serve = state
+    app.add_middleware(BodySizeLimit, get_limit=lambda: state.max_request_bytes)
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(root_router)
@@ -56,14 +63,19 @@ def create_app(
         status = get_state(request).status
         return JSONResponse({"status": status}, status_code=200 if status == STATUS_OK else 503)
 
+    operator = [Depends(require_operator_key)]
+
     @app.get(
         "/metrics",
+        dependencies=operator,
         response_class=Response,
         responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
     )
     async def metrics(request: Request) -> Response:
         """Prometheus metrics in the text exposition format."""
         return Response(get_state(request).metrics.render(), media_type=CONTENT_TYPE)
+
+    _add_schema_routes(app, operator)
 
     # Web pages from apps/web (issue 8): chat at /, playground at /tokenizer; not in the schema.
     apps_dir = find_apps_dir()
@@ -72,6 +84,22 @@ def create_app(
     app.state.pages_mounted = apps_dir is not None
     app.openapi = lambda: _openapi_without_422(app)  # type: ignore[method-assign]
     return app
+
+
+def _add_schema_routes(app: FastAPI, dependencies: list[Any]) -> None:
+    """/openapi.json, /docs and /redoc as FastAPI serves them, with `dependencies`."""
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=dependencies)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=dependencies)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=dependencies)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
 
 
 def _openapi_without_422(app: FastAPI) -> dict[str, Any]:

@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 
+from ismail_serve.limits import DEFAULT_MAX_REQUEST_BYTES
+
 API_KEY_ENV = "ISMAIL_API_KEY"
 
 
@@ -39,6 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key",
         default=None,
         help=f"require 'Authorization: Bearer KEY' on /v1 routes (if not given: ${API_KEY_ENV})",
+    )
+    p.add_argument(
+        "--protect-metrics",
+        action="store_true",
+        help="with an API key, require it on /metrics, /openapi.json, /docs and /redoc too "
+        "(by default, as in vLLM, the key covers the API routes only; /health is always open)",
+    )
+    p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        metavar="BYTES",
+        help="largest request body accepted; larger ones get 413 before they are read",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument(

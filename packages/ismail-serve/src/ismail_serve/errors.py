@@ -82,6 +82,7 @@ _STATUS_TEXT = {
     400: "Invalid request (OpenAI error shape)",
     401: "Missing or wrong API key",
     408: "The request ran past the server's per-request timeout",
+    413: "The request body is larger than the server's --max-request-bytes",
     429: "The waiting queue is full; retry after the Retry-After header's seconds",
     500: "The engine failed while running this request",
     503: "The model is loading or the server is shutting down",
@@ -93,12 +94,33 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse, "description": _STATUS_TEXT[code]} for code in codes}
 
 
+# Names pydantic gives the members of a union in an error's location ("stop" -> "str"); they
+# are not parameters, so they are left out of the parameter's name. Member names that are not
+# identifiers ("list[str]", "constrained-str") are left out anyway.
+_UNION_MEMBER_NAMES = frozenset({"str", "int", "float", "bool", "list", "dict"})
+
+_BODY_NOT_AN_OBJECT = (
+    "send a JSON object (Content-Type: application/json) with 'model' and 'prompt' for "
+    "/v1/completions, or 'model' and 'messages' for /v1/chat/completions."
+)
+
+
+def _main_error(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """The error to report. For a union (`stop`: a string or a list) pydantic reports one
+    error per member; the member whose type matched but whose constraint failed ("too many
+    stop strings") says more than the type errors of the others ("not a string")."""
+    for error in errors:
+        if not str(error.get("type", "")).endswith("_type"):
+            return error
+    return errors[0]
+
+
 def _describe_validation_error(exc: RequestValidationError) -> tuple[str, str | None]:
     """One readable sentence (and the offending parameter) from pydantic's error list."""
     errors = exc.errors()
     if not errors:
         return "Invalid request.", None
-    first = errors[0]
+    first = _main_error(errors)
     if first.get("type") == "json_invalid":
         detail = first.get("ctx", {}).get("error", "")
         return (
@@ -106,11 +128,18 @@ def _describe_validation_error(exc: RequestValidationError) -> tuple[str, str | 
             "Content-Type: application/json.",
             None,
         )
-    # loc starts with "body" / "query"; the rest is the path to the field, with pydantic's
-    # names of union members (e.g. "constrained-str") mixed in, which are left out.
-    loc = [str(p) for p in first.get("loc", ())[1:] if isinstance(p, int) or p.isidentifier()]
+    # loc starts with "body" / "query"; the rest is the path to the field.
+    loc = [
+        str(p)
+        for p in first.get("loc", ())[1:]
+        if isinstance(p, int) or (p.isidentifier() and p not in _UNION_MEMBER_NAMES)
+    ]
     param = ".".join(loc) or None
     msg = first.get("msg", "invalid value")
+    if param is None and first.get("type") == "missing":
+        return f"The request body is empty; {_BODY_NOT_AN_OBJECT}", None
+    if param is None and first.get("type") == "model_attributes_type":
+        return f"The request body is not a JSON object; {_BODY_NOT_AN_OBJECT}", None
     if first.get("type") == "missing":
         return f"Missing required parameter '{param}'.", param
     if param is None:

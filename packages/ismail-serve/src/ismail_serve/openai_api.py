@@ -92,6 +92,15 @@ async def require_api_key(
         )
 
 
+async def require_operator_key(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """The API key check for /metrics and the API schema, under --protect-metrics only: as
+    vLLM's --api-key, the key covers the API alone unless the operator asks for more."""
+    if get_state(request).protect_metrics:
+        await require_api_key(request, credentials)
+
+
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 root_router = APIRouter(dependencies=[Depends(require_api_key)])
 
@@ -173,6 +182,29 @@ def _check_token_ids(state: ServerState, ids: list[int], param: str) -> None:
         )
 
 
+def _check_prompt_chars(state: ServerState, texts: list[str], chat: bool) -> None:
+    """400 for a text too long to fit the context however it tokenizes, before tokenizing it
+    (see prompts.longest_token_chars): a 10 MB word would otherwise keep a CPU busy for many
+    seconds only to be refused."""
+    limit = state.prompt_char_limit
+    longest = max((len(t) for t in texts), default=0)
+    if limit is not None and longest > limit:
+        raise bad_request(
+            f"This model's maximum context length is {state.max_model_len} tokens. However, "
+            f"your request has {longest} characters of input, and {state.max_model_len} tokens "
+            f"of this tokenizer hold at most {limit}. Please reduce the length of the input "
+            "messages.",
+            param="messages" if chat else "prompt",
+            code="context_length_exceeded",
+        )
+
+
+def _top_k(requested: int, vocab_size: int) -> int:
+    """SamplingParams' top_k: 0 (every token) for -1, 0, and any k that keeps the whole
+    vocabulary, as vLLM reads them (a k past the vocabulary would fail in torch.topk)."""
+    return 0 if requested <= 0 or requested >= vocab_size else requested
+
+
 def _max_tokens(state: ServerState, prompt_len: int, requested: int | None, chat: bool) -> int:
     """Tokens to generate; 400 worded like vLLM's when prompt + output exceed the context.
     `requested` 0 scores the prompt only, which may then fill the whole context."""
@@ -228,13 +260,14 @@ def _prepare(
     logprobs, prompt_logprobs = _logprob_counts(body)
     stops = body.stop_list()
     stop_ids = frozenset() if body.ignore_eos else stop_token_ids(state.tokenizer, chat)
+    top_k = _top_k(body.top_k, int(state.tokenizer.vocab_size))
     sequences = []
     for p, prompt in enumerate(prompts):
         budget = _max_tokens(state, len(prompt), max_tokens, chat)
         for j in range(body.n):
             params = SamplingParams(
                 temperature=body.temperature,
-                top_k=max(body.top_k, 0),
+                top_k=top_k,
                 top_p=body.top_p,
                 repetition_penalty=body.repetition_penalty,
                 seed=None if body.seed is None else body.seed + j,
@@ -268,6 +301,7 @@ def _prepare(
 
 
 def _completion_prompts(state: ServerState, prompt: Any) -> list[list[int]]:
+    """Token ids of each prompt; called off the event loop (tokenizing is CPU work)."""
     if isinstance(prompt, str):
         prompts = [encode_prompt(state.tokenizer, prompt)]
     elif isinstance(prompt[0], str):
@@ -584,7 +618,10 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     state.ready_engine()
     body.reject_unsupported()
     _check_model(state, body.model)
-    prompts = _completion_prompts(state, body.prompt)
+    texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    _check_prompt_chars(state, [t for t in texts if isinstance(t, str)], chat=False)
+    # Off the event loop, so streams and /health keep answering while a long prompt encodes.
+    prompts = await asyncio.to_thread(_completion_prompts, state, body.prompt)
     return await _run(state, body, prompts, body.max_tokens, chat=False, request=request)
 
 
@@ -599,7 +636,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     state.ready_engine()
     body.reject_unsupported()
     _check_model(state, body.model)
-    prompt = render_chat(state.tokenizer, body.messages)
+    _check_prompt_chars(state, ["".join(m.text() for m in body.messages)], chat=True)
+    prompt = await asyncio.to_thread(render_chat, state.tokenizer, body.messages)
     max_tokens = body.max_completion_tokens or body.max_tokens
     return await _run(state, body, [prompt], max_tokens, chat=True, request=request)
 
@@ -650,6 +688,12 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
     """Token ids, strings, character offsets and kinds of a prompt (or a rendered chat), and
     the prompt under the comparison tokenizer when the server has one."""
     state = _tokenizer_state(request, body)
+    result = await asyncio.to_thread(_tokenize_v1, state, body)  # CPU work: off the event loop
+    return TokenizeResponse(max_model_len=state.max_model_len, **result)
+
+
+def _tokenize_v1(state: ServerState, body: TokenizeRequest) -> dict[str, Any]:
+    """/v1/tokenize's fields for a prompt (with the comparison tokenizer's) or a chat."""
     tok = state.tokenizer
     if body.prompt is not None:
         result = _tokenization(tok, body.prompt)
@@ -658,14 +702,9 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
                 "name": state.compare_name,
                 **_tokenization(state.compare_tokenizer, body.prompt),
             }
-    else:
-        ids = render_chat(tok, body.messages, body.add_generation_prompt)
-        result = {
-            "count": len(ids),
-            "tokens": ids,
-            "token_strs": [tok.id_to_token(i) or "" for i in ids],
-        }
-    return TokenizeResponse(max_model_len=state.max_model_len, **result)
+        return result
+    ids = render_chat(tok, body.messages, body.add_generation_prompt)
+    return {"count": len(ids), "tokens": ids, "token_strs": [tok.id_to_token(i) or "" for i in ids]}
 
 
 @router.post(
@@ -678,7 +717,8 @@ async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeRes
     if body.model is not None:
         _check_model(state, body.model)
     _check_token_ids(state, body.tokens, "tokens")
-    return DetokenizeResponse(prompt=state.tokenizer.decode(body.tokens))
+    text = await asyncio.to_thread(state.tokenizer.decode, body.tokens)  # off the event loop
+    return DetokenizeResponse(prompt=text)
 
 
 # ---- vLLM's root tokenizer routes (lm-eval's `tokenizer_backend=remote`) ----
@@ -719,6 +759,15 @@ async def tokenize_root(body: RootTokenizeRequest, request: Request) -> RootToke
     prompt to /v1/completions gets it."""
     state = _tokenizer_state(request, body)
     tok = state.tokenizer
+    ids, strs = await asyncio.to_thread(_tokenize_root, tok, body)  # CPU work: off the loop
+    return RootTokenizeResponse(
+        count=len(ids), max_model_len=state.max_model_len, tokens=ids, token_strs=strs
+    )
+
+
+def _tokenize_root(tok: Any, body: RootTokenizeRequest) -> tuple[list[int], list[str] | None]:
+    """vLLM's /tokenize ids (the chat template, or the prompt with special-token names read)
+    and, if asked for, their token strings."""
     if body.messages is not None:
         ids = render_chat(tok, body.messages, body.add_generation_prompt)
     else:
@@ -726,9 +775,7 @@ async def tokenize_root(body: RootTokenizeRequest, request: Request) -> RootToke
         if body.add_special_tokens and tok.eos_id is not None:
             ids = [tok.eos_id, *ids]
     strs = [tok.id_to_token(i) or "" for i in ids] if body.return_token_strs else None
-    return RootTokenizeResponse(
-        count=len(ids), max_model_len=state.max_model_len, tokens=ids, token_strs=strs
-    )
+    return ids, strs
 
 
 @root_router.post(

@@ -113,6 +113,23 @@ def render_chat(
     return ids
 
 
+def longest_token_chars(tokenizer: Any) -> int | None:
+    """The most characters of input one token can stand for, or None when no such bound is
+    known; `max_model_len` times this is the longest text that can still fit the context.
+
+    tr-tokenizer is lossless and does not normalize: every character of the input is spelled
+    by some token, and a token spells at most as many characters as its vocabulary text (a
+    shared suffix "+(y)AbilIyorsInIz" spells fewer than its archiphonemic form, a byte token
+    "<0xC3>" less than one character, a case marker none). So a text of C characters needs at
+    least C / longest tokens. (18 for the shipped vocabulary: a run of 16 spaces or a suffix
+    form.) Other tokenizers may normalize or drop text (BERT's pre-tokenizer drops spaces), so
+    no character count bounds their tokens; for them prompts are only bounded by
+    --max-request-bytes."""
+    if getattr(tokenizer, "kind", None) != "tr":
+        return None
+    return max(len(tokenizer.id_to_token(i) or "") for i in range(int(tokenizer.vocab_size)))
+
+
 def stop_token_ids(tokenizer: Any, chat: bool) -> frozenset[int]:
     """Tokens that end generation: end-of-sequence, and <|end|> for chat replies."""
     ids = set()

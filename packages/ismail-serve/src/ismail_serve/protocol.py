@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from ismail_serve.errors import bad_request
 
@@ -21,6 +22,9 @@ _MAX_N = 16
 
 # Most alternatives per position that `logprobs` / `top_logprobs` may ask for (OpenAI's limit).
 MAX_LOGPROBS = 20
+
+# Most stop strings a request may give: each one is matched against every generated token.
+MAX_STOP = 16
 
 # OpenAI features that clients may send but this server does not implement.
 UNSUPPORTED_FIELDS = (
@@ -34,6 +38,23 @@ UNSUPPORTED_FIELDS = (
     "functions",
     "function_call",
 )
+
+
+def _at_most_max_stop(stops: list[str]) -> list[str]:
+    """A custom error, so the 400 says "at most 16 stop strings" rather than pydantic's words
+    about list items (the schema still states the limit as maxItems)."""
+    if len(stops) > MAX_STOP:
+        raise PydanticCustomError(
+            "too_many_stop_strings",
+            "send at most {limit} stop strings, got {count}",
+            {"limit": MAX_STOP, "count": len(stops)},
+        )
+    return stops
+
+
+StopList = Annotated[
+    list[str], AfterValidator(_at_most_max_stop), Field(json_schema_extra={"maxItems": MAX_STOP})
+]
 
 
 class StreamOptions(BaseModel):
@@ -56,7 +77,7 @@ class SamplingRequest(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     top_k: int = Field(0, ge=-1, le=_INT32_MAX, description="0 or -1 disables top-k.")
     repetition_penalty: float = Field(1.0, gt=0, le=100, allow_inf_nan=False)
-    stop: str | Annotated[list[str], Field(max_length=16)] | None = None
+    stop: str | StopList | None = None
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     n: int = Field(1, ge=1, le=_MAX_N)
     stream: bool = False

@@ -31,6 +31,7 @@ from ismail_core.tokenizer import load_tokenizer
 from ismail_serve.app import create_app
 from ismail_serve.engine import EngineConfig, LLMEngine
 from ismail_serve.engine.model_runner import ModelRunner
+from ismail_serve.limits import DEFAULT_MAX_REQUEST_BYTES
 from ismail_serve.metrics import ServeMetrics
 from ismail_serve.state import STATUS_DRAINING, STATUS_FAILED, ServerState
 from ismail_serve.web import page_urls
@@ -52,6 +53,8 @@ class ServeConfig:
     port: int = 8000
     model_name: str | None = None
     api_key: str | None = None
+    protect_metrics: bool = False  # the key also covers /metrics and the API schema
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # larger bodies get 413
     device: str | None = None  # None: cuda when available, else cpu
     dtype: str | None = None  # None: bfloat16 on cuda, float32 on cpu
     quantize: str | None = None  # "fp8": weights to FP8 through ismail-kernels
@@ -199,7 +202,13 @@ class DrainingServer(uvicorn.Server):
 def serve(config: ServeConfig) -> int:
     """Run the service until it is stopped; returns the process exit status."""
     metrics = ServeMetrics()
-    state = ServerState(model_name=config.served_name, api_key=config.api_key, metrics=metrics)
+    state = ServerState(
+        model_name=config.served_name,
+        api_key=config.api_key,
+        protect_metrics=config.protect_metrics,
+        max_request_bytes=config.max_request_bytes,
+        metrics=metrics,
+    )
     server: DrainingServer
 
     def load() -> None:

@@ -8,7 +8,9 @@ from typing import Any
 
 from ismail_serve.engine import LLMEngine
 from ismail_serve.errors import APIError
+from ismail_serve.limits import DEFAULT_MAX_REQUEST_BYTES
 from ismail_serve.metrics import ServeMetrics
+from ismail_serve.prompts import longest_token_chars
 
 STATUS_LOADING = "loading"
 STATUS_OK = "ok"
@@ -22,6 +24,8 @@ class ServerState:
 
     model_name: str
     api_key: str | None = None
+    protect_metrics: bool = False  # the API key also covers /metrics and the API schema
+    max_request_bytes: int | None = DEFAULT_MAX_REQUEST_BYTES  # larger bodies get 413
     metrics: ServeMetrics = field(default_factory=ServeMetrics)
     status: str = STATUS_LOADING
     engine: LLMEngine | None = None
@@ -29,6 +33,8 @@ class ServerState:
     max_model_len: int = 0
     compare_tokenizer: Any = None  # shown next to the model's in the tokenizer playground
     compare_name: str = ""
+    # Longest prompt text (characters) that can still fit the context; None: no sure bound.
+    prompt_char_limit: int | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
     def attach(self, engine: LLMEngine) -> None:
@@ -37,6 +43,8 @@ class ServerState:
         self.metrics = engine.metrics
         self.tokenizer = engine.tokenizer
         self.max_model_len = engine.config.max_model_len
+        longest = longest_token_chars(engine.tokenizer)
+        self.prompt_char_limit = None if longest is None else self.max_model_len * longest
         self.status = STATUS_OK
 
     def ready_engine(self) -> LLMEngine:
