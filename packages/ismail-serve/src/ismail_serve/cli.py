@@ -122,12 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ismail_core.checkpoint import CheckpointError, resolve_checkpoint
+    from ismail_core.runtime import resolve_device
 
-    from ismail_serve.server import ServeConfig, resolve_device, resolve_dtype, serve
+    from ismail_serve.server import ServeConfig, resolve_dtype, serve
 
     try:
         resolve_checkpoint(args.checkpoint)
-        resolve_dtype(args.dtype, resolve_device(args.device))
+        resolve_dtype(args.dtype, resolve_device(args.device or "auto"))
     except (CheckpointError, ValueError, RuntimeError) as exc:
         print(f"ismail-serve: error: {exc}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ from types import FrameType
 
 import torch
 import uvicorn
+from ismail_core.runtime import resolve_device
 from ismail_core.tokenizer import load_tokenizer
 
 from ismail_serve.app import create_app
@@ -73,15 +74,6 @@ class ServeConfig:
         return self.model_name or Path(self.checkpoint).resolve().name
 
 
-def resolve_device(name: str | None) -> torch.device:
-    if name is None or name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was given but no CUDA device is available; use cpu")
-    return device
-
-
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     if name is None or name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -107,7 +99,7 @@ def load_engine(config: ServeConfig, metrics: ServeMetrics) -> LLMEngine:
     """Load the checkpoint and build the engine (not yet started)."""
     from ismail_core.checkpoint import load_model
 
-    device = resolve_device(config.device)
+    device = resolve_device(config.device or "auto")
     dtype = resolve_dtype(config.dtype, device)
     model, tokenizer = load_model(config.checkpoint, device=device, dtype=dtype)
     if config.quantize == "fp8":
