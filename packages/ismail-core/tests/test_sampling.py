@@ -148,3 +148,15 @@ def test_zero_probability_tokens_never_sampled() -> None:
     gen = torch.Generator().manual_seed(0)
     for params in (SamplingParams(), SamplingParams(top_p=0.5), SamplingParams(top_k=3)):
         assert {int(sample_next(logits, [params], [gen])[0]) for _ in range(50)} == {5}
+
+
+def test_top_k_past_the_vocabulary_means_all() -> None:
+    """k >= the vocabulary is no top-k: the same draw as top_k 0 for the same seed (it used
+    to fail in torch.topk)."""
+    logits = torch.randn(2, 50)
+    draws = []
+    for k in (0, 50, 10**6):
+        params = [SamplingParams(temperature=1.0, top_k=k, seed=s) for s in (1, 2)]
+        generators = [p.make_generator() for p in params]
+        draws.append(sample_next(logits, params, generators).tolist())
+    assert draws[0] == draws[1] == draws[2]

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from ismail_core.checkpoint import load_model
 from ismail_core.generate import BatchGeneration, ContinuationText
+from ismail_core.runtime import resolve_device
 from ismail_core.sampling import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -75,9 +76,8 @@ class IsmailLM(TemplateLM):
         max_batch_size: int | None = None,
     ) -> None:
         super().__init__()
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model, self.tokenizer = load_model(pretrained, device=device, dtype=_dtype(dtype))
-        self._device = torch.device(device)
+        self._device = resolve_device(device or "auto")
+        self.model, self.tokenizer = load_model(pretrained, self._device, _dtype(dtype))
         self._batch_size = _positive_int(batch_size, "batch_size")
         self._max_gen_toks = _positive_int(max_gen_toks, "max_gen_toks")
         context = self.model.cfg.max_seq_len

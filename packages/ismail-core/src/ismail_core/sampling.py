@@ -18,7 +18,7 @@ class SamplingParams:
     """How to pick the next token.
 
     temperature: 0 means greedy; otherwise logits are divided by it.
-    top_k: keep the k most likely tokens (0 = all).
+    top_k: keep the k most likely tokens (0, or k >= the vocabulary = all).
     top_p: keep the smallest set of tokens whose probability reaches top_p (1.0 = all).
     repetition_penalty: > 1 discourages tokens already in the history (CTRL / HF convention).
     seed: seeds the request's own generator (None = global RNG).
@@ -97,10 +97,12 @@ def sample_next(
     # batch.
     device = logits.device
     out = logits.argmax(dim=-1)
+    # A k that keeps the whole vocabulary is no top-k (as vLLM reads it): the same path as 0.
+    top_ks = [p.top_k if p.top_k < vocab else 0 for p in params]
     ranked_rows, plain_rows = [], []
     for i, p in enumerate(params):
         if p.temperature:
-            (ranked_rows if p.top_k or p.top_p < 1 else plain_rows).append(i)
+            (ranked_rows if top_ks[i] or p.top_p < 1 else plain_rows).append(i)
 
     def scaled_and_uniforms(row_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows = torch.tensor(row_ids, device=device)
@@ -116,10 +118,11 @@ def sample_next(
     if ranked_rows:
         rows, scaled, uniforms = scaled_and_uniforms(ranked_rows)
         chosen = [params[i] for i in ranked_rows]
-        n_best = max(p.top_k for p in chosen) if all(p.top_k for p in chosen) else vocab
+        row_ks = [top_ks[i] for i in ranked_rows]
+        n_best = max(row_ks) if all(row_ks) else vocab
         ranked, candidates = torch.topk(scaled, n_best, dim=-1, sorted=True)
         # top-k: drop ranks >= k (k = 0 keeps everything).
-        ks = torch.tensor([p.top_k or vocab for p in chosen], device=device)
+        ks = torch.tensor([k or vocab for k in row_ks], device=device)
         ranks = torch.arange(n_best, device=device)[None, :]
         probs = torch.softmax(ranked.masked_fill(ranks >= ks[:, None], float("-inf")), dim=-1)
         # top-p: keep a token while the mass ranked above it is below top_p; the most likely

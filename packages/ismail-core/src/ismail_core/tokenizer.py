@@ -121,9 +121,10 @@ class IncrementalDecoder:
     def __init__(self, decode: Any, skip_special_tokens: bool, context: Sequence[int] = ()) -> None:
         self._decode = decode
         self._skip = skip_special_tokens
-        self._ids: list[int] = [int(i) for i in context]
+        # Only the context's last ids are ever decoded again, so only they are kept.
+        self._ids: list[int] = [int(i) for i in list(context)[-_CONTEXT_WINDOW:]]
+        self._prefix = 0  # start of the decode window
         self._read = len(self._ids)  # ids before this index have been emitted
-        self._prefix = max(0, self._read - _CONTEXT_WINDOW)  # start of the decode window
 
     def step(self, token_id: int) -> str:
         """Add one id; return the newly completed text (possibly "")."""

@@ -182,12 +182,12 @@ def _check_token_ids(state: ServerState, ids: list[int], param: str) -> None:
         )
 
 
-def _check_prompt_chars(state: ServerState, texts: list[str], chat: bool) -> None:
+def _check_prompt_chars(state: ServerState, lengths: list[int], chat: bool) -> None:
     """400 for a text too long to fit the context however it tokenizes, before tokenizing it
     (see prompts.longest_token_chars): a 10 MB word would otherwise keep a CPU busy for many
     seconds only to be refused."""
     limit = state.prompt_char_limit
-    longest = max((len(t) for t in texts), default=0)
+    longest = max(lengths, default=0)
     if limit is not None and longest > limit:
         raise bad_request(
             f"This model's maximum context length is {state.max_model_len} tokens. However, "
@@ -197,12 +197,6 @@ def _check_prompt_chars(state: ServerState, texts: list[str], chat: bool) -> Non
             param="messages" if chat else "prompt",
             code="context_length_exceeded",
         )
-
-
-def _top_k(requested: int, vocab_size: int) -> int:
-    """SamplingParams' top_k: 0 (every token) for -1, 0, and any k that keeps the whole
-    vocabulary, as vLLM reads them (a k past the vocabulary would fail in torch.topk)."""
-    return 0 if requested <= 0 or requested >= vocab_size else requested
 
 
 def _max_tokens(state: ServerState, prompt_len: int, requested: int | None, chat: bool) -> int:
@@ -260,14 +254,13 @@ def _prepare(
     logprobs, prompt_logprobs = _logprob_counts(body)
     stops = body.stop_list()
     stop_ids = frozenset() if body.ignore_eos else stop_token_ids(state.tokenizer, chat)
-    top_k = _top_k(body.top_k, int(state.tokenizer.vocab_size))
     sequences = []
     for p, prompt in enumerate(prompts):
         budget = _max_tokens(state, len(prompt), max_tokens, chat)
         for j in range(body.n):
             params = SamplingParams(
                 temperature=body.temperature,
-                top_k=top_k,
+                top_k=max(body.top_k, 0),  # -1 is vLLM's 'off'; sample_next clamps k
                 top_p=body.top_p,
                 repetition_penalty=body.repetition_penalty,
                 seed=None if body.seed is None else body.seed + j,
@@ -619,7 +612,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     body.reject_unsupported()
     _check_model(state, body.model)
     texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    _check_prompt_chars(state, [t for t in texts if isinstance(t, str)], chat=False)
+    _check_prompt_chars(state, [len(t) for t in texts if isinstance(t, str)], chat=False)
     # Off the event loop, so streams and /health keep answering while a long prompt encodes.
     prompts = await asyncio.to_thread(_completion_prompts, state, body.prompt)
     return await _run(state, body, prompts, body.max_tokens, chat=False, request=request)
@@ -636,7 +629,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     state.ready_engine()
     body.reject_unsupported()
     _check_model(state, body.model)
-    _check_prompt_chars(state, ["".join(m.text() for m in body.messages)], chat=True)
+    _check_prompt_chars(state, [sum(len(m.text()) for m in body.messages)], chat=True)
     prompt = await asyncio.to_thread(render_chat, state.tokenizer, body.messages)
     max_tokens = body.max_completion_tokens or body.max_tokens
     return await _run(state, body, [prompt], max_tokens, chat=True, request=request)
