@@ -22,6 +22,8 @@ from ismail_core.atomic import atomic_dir
 # Written next to the tokenizer files by `save` so a saved directory loads back as the same kind.
 MARKER_FILE = "ismail_tokenizer.json"
 HF_FILE = "tokenizer.json"
+# The chat template (Jinja) a fine-tuned model was trained with; see ismail_core.chat.
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 # Names Hugging Face tokenizers commonly use for their special tokens, most common first.
 _EOS_NAMES = ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|eot_id|>", "<|im_end|>")
@@ -43,6 +45,10 @@ class HFTokenizer:
 
     def __init__(self, tokenizer: Any) -> None:
         self._tok = tokenizer
+        self.chat_template: str | None = None
+        self._read_specials()
+
+    def _read_specials(self) -> None:
         self.special_tokens: dict[str, int] = {
             added.content: idx
             for idx, added in tokenizer.get_added_tokens_decoder().items()
@@ -99,6 +105,13 @@ class HFTokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
+    def add_special_tokens(self, tokens: list[str]) -> None:
+        """Add special tokens (new ids at the end of the vocabulary)."""
+        from tokenizers import AddedToken
+
+        self._tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in tokens])
+        self._read_specials()
+
     def id_to_token(self, idx: int) -> str | None:
         return self._tok.id_to_token(idx)
 
@@ -106,7 +119,7 @@ class HFTokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._tok.save(str(directory / HF_FILE))
-        _write_marker(directory, self.kind)
+        _write_marker(directory, self.kind, self.chat_template)
 
 
 class IncrementalDecoder:
@@ -151,6 +164,7 @@ class TrTokenizer:
 
     def __init__(self, tokenizer: Any) -> None:
         self._tok = tokenizer
+        self.chat_template: str | None = None
 
     def __getattr__(self, name: str) -> Any:
         # Everything else (encode, decode, decode_stream, vocab_size, ids, fingerprint) is
@@ -169,14 +183,28 @@ class TrTokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._tok.save(directory)
-        _write_marker(directory, self.kind)
+        _write_marker(directory, self.kind, self.chat_template)
 
 
 Tokenizer = HFTokenizer | TrTokenizer
 
 
-def _write_marker(directory: Path, kind: str) -> None:
+def _write_marker(directory: Path, kind: str, chat_template: str | None) -> None:
+    """Record the kind, and the chat template when there is one."""
     (directory / MARKER_FILE).write_text(json.dumps({"kind": kind}) + "\n")
+    if chat_template:
+        (directory / CHAT_TEMPLATE_FILE).write_text(chat_template, encoding="utf-8")
+
+
+def _with_chat_template(tokenizer: Tokenizer, directory: Path) -> Tokenizer:
+    """Attach the chat template saved in `directory`, if any."""
+    file = directory / CHAT_TEMPLATE_FILE
+    if file.is_file():
+        try:
+            tokenizer.chat_template = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise TokenizerError(f"{file} is not UTF-8 text ({exc}); save it again") from exc
+    return tokenizer
 
 
 def _load_tr(path: str | Path | None) -> TrTokenizer:
@@ -212,6 +240,11 @@ def load_tokenizer(spec: str | Path | None = None) -> Tokenizer:
         )
     if path.is_file():
         return HFTokenizer.from_file(path)
+    return _with_chat_template(_load_directory(path), path)
+
+
+def _load_directory(path: Path) -> Tokenizer:
+    """The tokenizer saved in a directory (see load_tokenizer)."""
     marker = path / MARKER_FILE
     if marker.is_file():
         kind = _read_marker(marker)
