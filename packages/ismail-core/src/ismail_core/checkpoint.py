@@ -4,8 +4,12 @@ A checkpoint directory holds
     config.json          the ModelConfig
     model.safetensors    the weights (a plain state_dict; tied tensors stored once; the
                          fingerprint of the tokenizer they were saved with in the metadata)
-    tokenizer/           the tokenizer that produced the training data
+    tokenizer/           the tokenizer that produced the training data (and, after
+                         `ismail finetune`, its chat template)
     trainer_state.pt     optimizer, schedule, step, RNG and data position (resume only)
+
+A LoRA fine-tuning checkpoint holds `adapter/` (PEFT's format, naming its base checkpoint)
+instead of model.safetensors, or beside merged weights; loaders apply it to the base.
 
 It is written into a temporary sibling and renamed into place, so a crash never leaves a
 half-written checkpoint. A run directory keeps its checkpoints under `checkpoints/` with
@@ -16,6 +20,7 @@ folder or a checkpoint directory.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +36,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 TRAINER_STATE_FILE = "trainer_state.pt"
+ADAPTER_DIR = "adapter"
 CHECKPOINTS_DIR = "checkpoints"
 LATEST = "latest"
 BEST = "best"
@@ -147,18 +153,25 @@ def save_checkpoint(
     trainer_state: dict[str, Any] | None = None,
     *,
     state_dict: dict[str, torch.Tensor] | None = None,
+    adapter: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically and return its path.
 
     `state_dict` overrides `model.state_dict()` (the trainer passes the full, gathered state
-    under FSDP); the model is still needed for its config.
+    under FSDP); the model is still needed for its config. `adapter(dir)` writes a LoRA
+    adapter into `adapter/`; then the weights are written only when `state_dict` is given
+    (merged weights).
     """
     directory = Path(directory)
-    if state_dict is None:
+    if state_dict is None and adapter is None:
         state_dict = unwrap_model(model).state_dict()
     with atomic_dir(directory) as tmp:
         model_config(model).save(tmp / CONFIG_FILE)
-        save_weights(state_dict, tmp / WEIGHTS_FILE, tokenizer)
+        if state_dict is not None:
+            save_weights(state_dict, tmp / WEIGHTS_FILE, tokenizer)
+        if adapter is not None:
+            (tmp / ADAPTER_DIR).mkdir()
+            adapter(tmp / ADAPTER_DIR)
         tokenizer.save(tmp / TOKENIZER_DIR)
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
@@ -231,6 +244,11 @@ def load_model(
 
     device = resolve_device(device)  # before minutes of reading weights
     directory = resolve_checkpoint(path)
+    if is_adapter_only(directory):
+        from ismail_core.finetune.lora import load_with_adapter
+
+        model = load_with_adapter(directory, merge=True)
+        return _place(model, device, dtype), load_checkpoint_tokenizer(directory)
     config = load_config(directory)
     tokenizer = load_checkpoint_tokenizer(directory)
     state, metadata = _read_weights(directory / WEIGHTS_FILE)
@@ -259,6 +277,11 @@ def load_model(
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
     return _place(model, device, dtype), tokenizer
+
+
+def is_adapter_only(directory: Path) -> bool:
+    """Whether a checkpoint holds a LoRA adapter and no weights of its own."""
+    return (directory / ADAPTER_DIR).is_dir() and not (directory / WEIGHTS_FILE).exists()
 
 
 def _place(

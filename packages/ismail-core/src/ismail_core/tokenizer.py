@@ -51,7 +51,7 @@ class HFTokenizer:
     def _read_specials(self) -> None:
         self.special_tokens: dict[str, int] = {
             added.content: idx
-            for idx, added in tokenizer.get_added_tokens_decoder().items()
+            for idx, added in self._tok.get_added_tokens_decoder().items()
             if added.special
         }
         self.eos_id = self._first_special(_EOS_NAMES)
@@ -109,7 +109,9 @@ class HFTokenizer:
         """Add special tokens (new ids at the end of the vocabulary)."""
         from tokenizers import AddedToken
 
-        self._tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in tokens])
+        self._tok.add_special_tokens(
+            [AddedToken(t, special=True, normalized=False) for t in tokens]
+        )
         self._read_specials()
 
     def id_to_token(self, idx: int) -> str | None:

@@ -132,10 +132,15 @@ class Transformer(nn.Module):
         cache=None,
         start_pos: int | torch.Tensor = 0,
         slots: torch.Tensor | None = None,
+        doc_ids: torch.Tensor | None = None,
         return_output: bool = False,
     ) -> torch.Tensor | ModelOutput:
         """input_ids (B, T) -> logits (B, T, vocab), or ModelOutput when labels are given or
-        return_output is True."""
+        return_output is True.
+
+        doc_ids (B, T), for sequences packed from several documents (non-decreasing along T):
+        a token attends only to earlier tokens of its own document, and positions restart at
+        each document, so a packed document gets the logits it would get alone."""
         if input_ids.ndim != 2:
             raise ValueError(
                 f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}"
@@ -152,6 +157,10 @@ class Transformer(nn.Module):
             positions = torch.arange(T, device=device)
             if self.cfg.sliding_window and T > self.cfg.sliding_window:
                 mask = sliding_window_mask(T, self.cfg.sliding_window, device)
+            if doc_ids is not None:
+                positions, mask = document_positions_and_mask(doc_ids, mask)
+        elif doc_ids is not None:
+            raise ValueError("doc_ids (packed training sequences) cannot be used with a cache")
         else:
             view = make_view(cache, B, T, start_pos, slots, self.cfg.sliding_window, device)
             positions = view.positions
@@ -159,7 +168,7 @@ class Transformer(nn.Module):
         if self.pos_embed is not None:
             # positions are arange(T), or start + arange(T) with kv_len = max(start) + T: the
             # largest is known on the host without a device sync
-            max_pos = T - 1 if view is None else view.kv_len - 1
+            max_pos = T - 1 if view is None else view.kv_len - 1  # packing only lowers it
             if max_pos >= self.cfg.max_seq_len:
                 raise ValueError(
                     f"position {max_pos} exceeds max_seq_len {self.cfg.max_seq_len} "
@@ -262,6 +271,25 @@ class Transformer(nn.Module):
         span = min(seq_len, cfg.sliding_window) if cfg.sliding_window else seq_len
         attn = 6 * cfg.n_layers * cfg.n_heads * span * (cfg.qk_head_dim + cfg.value_head_dim)
         return 6 * n + attn
+
+
+def document_positions_and_mask(
+    doc_ids: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (B, T) counted from each document's first token, and the (B, 1, T, T) mask
+    letting a token attend to earlier tokens of its own document (within `mask`, a (T, T)
+    sliding window, when given)."""
+    B, T = doc_ids.shape
+    index = torch.arange(T, device=doc_ids.device).expand(B, T)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    first = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
+    same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]
+    causal = index[:, :, None] >= index[:, None, :]
+    allowed = same_doc & causal
+    if mask is not None:
+        allowed = allowed & mask
+    return index - first, allowed[:, None]
 
 
 def sliding_window_mask(seq_len: int, window: int, device) -> torch.Tensor:

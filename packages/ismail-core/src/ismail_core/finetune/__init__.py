@@ -1,0 +1,1 @@
+"""Post-training: instruction/chat fine-tuning (full and LoRA)."""
