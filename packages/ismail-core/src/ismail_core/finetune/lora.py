@@ -9,9 +9,11 @@ checkpoint and a fingerprint of its weights, so an adapter is never applied to a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from ismail_core.atomic import atomic_write_json
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 INFO_FILE = "ismail_adapter.json"
+
 
 class LoraError(ValueError):
     """A LoRA setting or adapter that cannot be used; the message says what to change."""
@@ -239,3 +242,68 @@ def load_with_adapter(checkpoint: Path, merge: bool = True) -> nn.Module:
         )
     load_adapter(model, adapter_dir)
     return merge_lora(model) if merge else model
+
+
+@contextlib.contextmanager
+def merged_adapters(model: nn.Module) -> Iterator[None]:
+    """Fold LoRA into the base weights for the duration of the block, then take it out again.
+
+    Cached decoding reads some weights directly (MLA's absorbed wkv_b), which would skip an
+    unmerged adapter; evaluation generates inside this block. A model without LoRA layers is
+    left as it is.
+    """
+    layers = [
+        m
+        for m in model.modules()
+        if hasattr(m, "lora_A") and type(m.get_base_layer()) is nn.Linear  # not 4-bit bases
+    ]
+    for layer in layers:
+        layer.merge()
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.unmerge()
+
+
+def quantize_base(model: nn.Module, device: torch.device) -> None:
+    """QLoRA: replace the blocks' linear layers by bitsandbytes 4-bit NF4 layers (double
+    quantization, bf16 compute), which quantize their weights when moved to the GPU.
+
+    MLA's wkv_b stays in full precision: cached decoding reads its weight matrix directly
+    (the absorbed attention), which a packed 4-bit tensor cannot serve; it is small.
+    """
+    if device.type != "cuda":
+        raise LoraError(
+            f"QLoRA needs a CUDA GPU (bitsandbytes' 4-bit layers), not {device}; use "
+            "--finetune.method lora here"
+        )
+    try:
+        import bitsandbytes as bnb
+    except ImportError as exc:
+        raise LoraError(
+            "QLoRA needs bitsandbytes: install ismail-core[bnb] (`uv pip install "
+            "'ismail-core[bnb]'`) or use --finetune.method lora"
+        ) from exc
+    for name, module in list(model.named_modules()):
+        if (
+            type(module) is not nn.Linear
+            or not name.startswith("layers.")
+            or name.endswith(".wkv_b")
+        ):
+            continue
+        quantized = bnb.nn.Linear4bit(
+            module.in_features,
+            module.out_features,
+            bias=module.bias is not None,
+            compute_dtype=torch.bfloat16,
+            compress_statistics=True,
+            quant_type="nf4",
+        )
+        quantized.weight = bnb.nn.Params4bit(
+            module.weight.data, requires_grad=False, compress_statistics=True, quant_type="nf4"
+        )
+        if module.bias is not None:
+            quantized.bias = module.bias
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, quantized)

@@ -222,12 +222,12 @@ class Transformer(nn.Module):
         return [layer.ffn for layer in self.layers if isinstance(layer.ffn, MoE)]
 
     @torch.no_grad()
-    def update_expert_bias(self) -> None:
+    def update_expert_bias(self, enabled: bool = True) -> None:
         """Aux-loss-free balancing step: nudge each gate's selection bias toward uniform load
-        using the assignments counted since the previous call, then reset the counts.
-        The trainer calls this after each optimizer step."""
+        using the assignments counted since the previous call, then reset the counts (only
+        reset them when not `enabled`). The trainer calls this after each optimizer step."""
         for moe in self.moe_layers():
-            if self.cfg.bias_update_speed > 0:
+            if enabled and self.cfg.bias_update_speed > 0:
                 moe.gate.update_bias(moe.load_since_update, self.cfg.bias_update_speed)
             moe.load_since_update.zero_()
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -86,11 +86,13 @@ class CheckpointManager:
         trainer_state: dict[str, Any],
         state_dict: dict[str, torch.Tensor] | None = None,
         is_best: bool = False,
+        adapter: Callable[[Path], None] | None = None,
     ) -> Path:
-        """Write step `step`, move `latest` (and `best`), then prune old checkpoints."""
+        """Write step `step`, move `latest` (and `best`), then prune old checkpoints.
+        `adapter` writes a LoRA adapter (see save_checkpoint)."""
         name = f"{STEP_PREFIX}{step:08d}"
         path = save_checkpoint(
-            self.dir / name, model, tokenizer, trainer_state, state_dict=state_dict
+            self.dir / name, model, tokenizer, trainer_state, state_dict=state_dict, adapter=adapter
         )
         # `best` before `latest`: a run killed right after `latest` moved resumes after this
         # step, so nothing would point `best` here later.

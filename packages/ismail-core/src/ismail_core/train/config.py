@@ -24,18 +24,18 @@ class ConfigError(ValueError):
     """A bad training configuration (unknown key, wrong type, impossible value)."""
 
 
-def _doc(text: str, **kw: Any) -> Any:
+def doc_field(text: str, **kw: Any) -> Any:
     """A dataclass field whose help text `ismail train --help` shows."""
     return field(metadata={"help": text}, **kw)
 
 
 @dataclass
 class RunSection:
-    out_dir: str = _doc(
+    out_dir: str = doc_field(
         "run directory (checkpoints, metrics, config); empty = runs/PRESET", default=""
     )
-    seed: int = _doc("seed for initialisation, data order and dropout", default=1234)
-    resume: str = _doc(
+    seed: int = doc_field("seed for initialisation, data order and dropout", default=1234)
+    resume: str = doc_field(
         "'auto' continues from OUT_DIR's latest checkpoint if there is one, 'never' refuses "
         "to reuse a run directory that has checkpoints, or a checkpoint path",
         default="auto",
@@ -44,89 +44,95 @@ class RunSection:
 
 @dataclass
 class DataSection:
-    path: str = _doc("tokenized data directory (from `ismail data`)", default="data/builtin")
-    source: str = _doc(
+    path: str = doc_field("tokenized data directory (from `ismail data`)", default="data/builtin")
+    source: str = doc_field(
         "text source used to create DATA.PATH when it does not exist yet", default="builtin"
     )
-    tokenizer: str = _doc("tokenizer used to create DATA.PATH when needed", default="tr")
+    tokenizer: str = doc_field("tokenizer used to create DATA.PATH when needed", default="tr")
 
 
 @dataclass
 class TrainSection:
-    steps: int = _doc("optimizer steps", default=200)
-    batch_size: int = _doc("sequences per micro-batch (per process)", default=8)
-    grad_accum: int = _doc("micro-batches per optimizer step", default=1)
-    batch_tokens: int = _doc(
+    steps: int = doc_field("optimizer steps", default=200)
+    batch_size: int = doc_field("sequences per micro-batch (per process)", default=8)
+    grad_accum: int = doc_field("micro-batches per optimizer step", default=1)
+    batch_tokens: int = doc_field(
         "tokens per optimizer step over all processes; sets grad_accum to the nearest "
         "multiple of batch_size x seq_len x processes (0 = use grad_accum)",
         default=0,
     )
-    seq_len: int = _doc("tokens per sequence (0 = the model's max_seq_len)", default=0)
-    device: str = _doc("'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...", default="auto")
-    precision: str = _doc(
+    seq_len: int = doc_field("tokens per sequence (0 = the model's max_seq_len)", default=0)
+    device: str = doc_field(
+        "'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...", default="auto"
+    )
+    precision: str = doc_field(
         "auto (bf16 where the hardware supports it natively, else fp32), fp32, bf16, "
         "fp16 (with a grad scaler) or fp8 (ismail-kernels)",
         default="auto",
     )
-    compile: bool = _doc("wrap the model in torch.compile", default=False)
-    activation_checkpointing: bool = _doc("recompute block activations in backward", default=False)
-    expert_rotation: int = _doc(
+    compile: bool = doc_field("wrap the model in torch.compile", default=False)
+    activation_checkpointing: bool = doc_field(
+        "recompute block activations in backward", default=False
+    )
+    expert_rotation: int = doc_field(
         "train only this many routed experts at a time, rotating (0 = all experts)", default=0
     )
-    rotation_interval: int = _doc("optimizer steps between expert rotations", default=50)
-    threads: int = _doc("CPU threads for torch (0 = torch's default)", default=0)
+    rotation_interval: int = doc_field("optimizer steps between expert rotations", default=50)
+    threads: int = doc_field("CPU threads for torch (0 = torch's default)", default=0)
 
 
 @dataclass
 class OptimSection:
-    name: str = _doc("adamw or adamw8bit (bitsandbytes, CUDA only)", default="adamw")
-    lr: float = _doc("peak learning rate", default=3e-3)
-    min_lr: float = _doc("learning-rate floor reached at the end of the cosine", default=3e-4)
-    warmup_steps: int = _doc("linear warm-up steps", default=20)
-    schedule: str = _doc("cosine or constant (after warm-up)", default="cosine")
-    weight_decay: float = _doc("AdamW weight decay (matrices only)", default=0.1)
-    beta1: float = _doc("AdamW beta1", default=0.9)
-    beta2: float = _doc("AdamW beta2", default=0.95)
-    eps: float = _doc("AdamW epsilon", default=1e-8)
-    grad_clip: float = _doc("clip the global gradient norm (0 = off)", default=1.0)
+    name: str = doc_field("adamw or adamw8bit (bitsandbytes, CUDA only)", default="adamw")
+    lr: float = doc_field("peak learning rate", default=3e-3)
+    min_lr: float = doc_field("learning-rate floor reached at the end of the cosine", default=3e-4)
+    warmup_steps: int = doc_field("linear warm-up steps", default=20)
+    schedule: str = doc_field("cosine or constant (after warm-up)", default="cosine")
+    weight_decay: float = doc_field("AdamW weight decay (matrices only)", default=0.1)
+    beta1: float = doc_field("AdamW beta1", default=0.9)
+    beta2: float = doc_field("AdamW beta2", default=0.95)
+    eps: float = doc_field("AdamW epsilon", default=1e-8)
+    grad_clip: float = doc_field("clip the global gradient norm (0 = off)", default=1.0)
 
 
 @dataclass
 class EvalSection:
-    interval: int = _doc("evaluate every N steps (0 = only at the end)", default=40)
-    max_tokens: int = _doc("validation tokens per evaluation (0 = the whole split)", default=0)
-    batch_size: int = _doc("sequences per evaluation batch", default=8)
+    interval: int = doc_field("evaluate every N steps (0 = only at the end)", default=40)
+    max_tokens: int = doc_field("validation tokens per evaluation (0 = the whole split)", default=0)
+    batch_size: int = doc_field("sequences per evaluation batch", default=8)
 
 
 @dataclass
 class CheckpointSection:
-    interval: int = _doc("save every N steps (0 = only at the end)", default=100)
-    keep_last: int = _doc("keep this many recent checkpoints (plus the best)", default=2)
+    interval: int = doc_field("save every N steps (0 = only at the end)", default=100)
+    keep_last: int = doc_field("keep this many recent checkpoints (plus the best)", default=2)
 
 
 @dataclass
 class LogSection:
-    interval: int = _doc("write a metrics line every N steps", default=5)
-    progress: bool = _doc("show a progress bar", default=True)
-    tensorboard: bool = _doc("also log to TensorBoard (OUT_DIR/tensorboard)", default=False)
-    wandb: bool = _doc("also log to Weights & Biases", default=False)
-    wandb_project: str = _doc("W&B project", default="ismail")
-    wandb_mode: str = _doc("W&B mode: online or offline", default="offline")
-    sample_tokens: int = _doc("tokens of the sample printed at the end (0 = none)", default=48)
+    interval: int = doc_field("write a metrics line every N steps", default=5)
+    progress: bool = doc_field("show a progress bar", default=True)
+    tensorboard: bool = doc_field("also log to TensorBoard (OUT_DIR/tensorboard)", default=False)
+    wandb: bool = doc_field("also log to Weights & Biases", default=False)
+    wandb_project: str = doc_field("W&B project", default="ismail")
+    wandb_mode: str = doc_field("W&B mode: online or offline", default="offline")
+    sample_tokens: int = doc_field("tokens of the sample printed at the end (0 = none)", default=48)
 
 
 @dataclass
 class DistSection:
-    strategy: str = _doc("ddp or fsdp (FSDP2) when launched with torchrun", default="ddp")
-    backend: str = _doc("'auto' (nccl on GPU, gloo on CPU), nccl or gloo", default="auto")
+    strategy: str = doc_field("ddp or fsdp (FSDP2) when launched with torchrun", default="ddp")
+    backend: str = doc_field("'auto' (nccl on GPU, gloo on CPU), nccl or gloo", default="auto")
 
 
 @dataclass
 class TrainConfig:
     """Everything `ismail train` needs; saved as OUT_DIR/train_config.json."""
 
-    preset: str = _doc("model preset (tiny, ismail-512, ismail-1024, gpt2-124m)", default="tiny")
-    model: dict[str, Any] = _doc("ModelConfig overrides", default_factory=dict)
+    preset: str = doc_field(
+        "model preset (tiny, ismail-512, ismail-1024, gpt2-124m)", default="tiny"
+    )
+    model: dict[str, Any] = doc_field("ModelConfig overrides", default_factory=dict)
     run: RunSection = field(default_factory=RunSection)
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
@@ -152,58 +158,68 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ConfigError for impossible values."""
-        t, o = self.train, self.optim
-        checks = [
-            (t.steps > 0, "train.steps must be positive"),
-            (t.batch_size > 0, "train.batch_size must be positive"),
-            (t.grad_accum > 0, "train.grad_accum must be positive"),
-            (t.batch_tokens >= 0, "train.batch_tokens must be >= 0"),
-            (t.seq_len >= 0, "train.seq_len must be >= 0"),
-            (t.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}"),
-            (o.name in OPTIMIZERS, f"optim.name must be one of {OPTIMIZERS}"),
-            (o.schedule in ("cosine", "constant"), "optim.schedule must be cosine or constant"),
-            (o.lr > 0 and 0 <= o.min_lr <= o.lr, "need optim.lr > 0 and 0 <= optim.min_lr <= lr"),
-            (o.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
-            (self.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1"),
-            (self.dist.strategy in ("ddp", "fsdp"), "dist.strategy must be ddp or fsdp"),
-            (self.log.interval > 0, "log.interval must be positive"),
-            (t.expert_rotation >= 0, "train.expert_rotation must be >= 0"),
-            (t.rotation_interval > 0, "train.rotation_interval must be positive"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        check_sections(self)
         # Check the preset and model overrides now, before any data is prepared.
         self.model_config()
+
+    def finish(self) -> None:
+        """Fill defaults that depend on other fields (the run directory names the preset)."""
+        if not self.run.out_dir:
+            self.run.out_dir = f"runs/{self.preset}"
+
+
+def check_sections(cfg: Any) -> None:
+    """Raise ConfigError for impossible values in the sections training and fine-tuning share
+    (train, optim, checkpoint, log, dist)."""
+    t, o = cfg.train, cfg.optim
+    checks = [
+        (t.steps > 0, "train.steps must be positive"),
+        (t.batch_size > 0, "train.batch_size must be positive"),
+        (t.grad_accum > 0, "train.grad_accum must be positive"),
+        (t.batch_tokens >= 0, "train.batch_tokens must be >= 0"),
+        (t.seq_len >= 0, "train.seq_len must be >= 0"),
+        (t.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}"),
+        (o.name in OPTIMIZERS, f"optim.name must be one of {OPTIMIZERS}"),
+        (o.schedule in ("cosine", "constant"), "optim.schedule must be cosine or constant"),
+        (o.lr > 0 and 0 <= o.min_lr <= o.lr, "need optim.lr > 0 and 0 <= optim.min_lr <= lr"),
+        (o.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+        (cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1"),
+        (cfg.dist.strategy in ("ddp", "fsdp"), "dist.strategy must be ddp or fsdp"),
+        (cfg.log.interval > 0, "log.interval must be positive"),
+        (t.expert_rotation >= 0, "train.expert_rotation must be >= 0"),
+        (t.rotation_interval > 0, "train.rotation_interval must be positive"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp8")
 OPTIMIZERS = ("adamw", "adamw8bit")
 
 
-def section_classes() -> dict[str, type]:
-    """Section name -> section dataclass."""
-    return {
-        f.name: f.default_factory
-        for f in fields(TrainConfig)
-        if f.default_factory is not dataclasses.MISSING
-        and dataclasses.is_dataclass(f.default_factory)
-    }
-
-
-def option_fields() -> dict[str, tuple[type, str, Any]]:
-    """Every dotted option: key -> (type, help, default). Includes `model.<ModelConfig field>`."""
+def option_fields(config_cls: type = TrainConfig) -> dict[str, tuple[type, str, Any]]:
+    """Every dotted option of a config class: key -> (type, help, default). TrainConfig's
+    include `preset` and `model.<ModelConfig field>`."""
     options: dict[str, tuple[type, str, Any]] = {}
-    for f in fields(TrainConfig):
+    defaults = config_cls()
+    for f in fields(config_cls):
         if f.name == "preset":
             options["preset"] = (str, f.metadata["help"], f.default)
-    for section, cls in section_classes().items():
-        hints = typing.get_type_hints(cls)
-        for f in fields(cls):
-            options[f"{section}.{f.name}"] = (hints[f.name], f.metadata.get("help", ""), f.default)
-    hints = typing.get_type_hints(ModelConfig)
-    for f in fields(ModelConfig):
-        options[f"model.{f.name}"] = (hints[f.name], f"ModelConfig.{f.name}", None)
+        section = getattr(defaults, f.name)
+        if not dataclasses.is_dataclass(section):
+            continue
+        hints = typing.get_type_hints(type(section))
+        for sf in fields(section):
+            options[f"{f.name}.{sf.name}"] = (
+                hints[sf.name],
+                sf.metadata.get("help", ""),
+                getattr(section, sf.name),
+            )
+    if any(f.name == "model" for f in fields(config_cls)):
+        hints = typing.get_type_hints(ModelConfig)
+        for f in fields(ModelConfig):
+            options[f"model.{f.name}"] = (hints[f.name], f"ModelConfig.{f.name}", None)
     return options
 
 
@@ -282,10 +298,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return flatten(tree)
 
 
-def build_config(*layers: dict[str, Any]) -> TrainConfig:
-    """Apply flat {dotted key: value} layers, in order, on top of the defaults."""
-    options = option_fields()
-    cfg = TrainConfig()
+def build_config(*layers: dict[str, Any], config_cls: type = TrainConfig) -> Any:
+    """Apply flat {dotted key: value} layers, in order, on top of `config_cls`'s defaults."""
+    options = option_fields(config_cls)
+    cfg = config_cls()
     for layer in layers:
         for key, value in layer.items():
             if key not in options:
@@ -299,7 +315,6 @@ def build_config(*layers: dict[str, Any]) -> TrainConfig:
             else:
                 section, name = key.split(".", 1)
                 setattr(getattr(cfg, section), name, value)
-    if not cfg.run.out_dir:
-        cfg.run.out_dir = f"runs/{cfg.preset}"
+    cfg.finish()
     cfg.validate()
     return cfg

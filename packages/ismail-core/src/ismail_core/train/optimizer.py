@@ -14,12 +14,14 @@ class OptimizerError(RuntimeError):
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Decay matrices (linear and embedding weights); never decay biases, norms or gate biases.
 
-    Frozen parameters (expert rotation) are included so the optimizer sees them when they are
-    unfrozen later; AdamW skips parameters whose grad is None and keeps no state for them.
+    Only parameters trainable now are included: a frozen base under LoRA gets no optimizer
+    state. Expert rotation freezes experts only after the optimizer is built, so it sees
+    them all; AdamW skips parameters whose grad is None and keeps no state for them.
     """
     decay, no_decay = [], []
     for _, param in model.named_parameters():
-        (decay if param.ndim >= 2 else no_decay).append(param)
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

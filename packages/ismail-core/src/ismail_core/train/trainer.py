@@ -94,7 +94,14 @@ def ensure_data(cfg: TrainConfig, info: distributed.DistInfo) -> Path:
 
 class Trainer:
     """One training run. `run()` returns a TrainResult; `on_step(step, trainer)` is called
-    after every optimizer step (tests use it to interrupt a run)."""
+    after every optimizer step (tests use it to interrupt a run).
+
+    Fine-tuning (ismail_core.finetune) subclasses it and replaces the pieces that differ:
+    `_setup_data`, `_setup_model`, `_micro_batch`, `_evaluate`, `_eval_message`,
+    `_write_checkpoint` and `_print_header`."""
+
+    # LoRA fine-tuning turns it off: the routing biases belong to the frozen base weights.
+    update_router_bias = True
 
     def __init__(
         self, cfg: TrainConfig, on_step: Callable[[int, Trainer], None] | None = None
@@ -196,8 +203,6 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)
         model = Transformer(self.model_cfg)
         model.activation_checkpointing = cfg.train.activation_checkpointing
-        self.start_step = 0
-        self.best_val = math.inf
         state = None
         if self.resume_from is not None:
             try:
@@ -205,8 +210,15 @@ class Trainer:
                 model.load_state_dict(load_weights(self.resume_from / "model.safetensors"))
             except CheckpointError as exc:
                 raise CheckpointError(f"{exc}{self._earlier_checkpoints_hint()}") from exc
-            self.start_step = int(state["step"])
-            self.best_val = float(state.get("best_val_loss", math.inf))
+        self._place_model(model, state)
+
+    def _place_model(self, model: torch.nn.Module, state: dict[str, Any] | None) -> None:
+        """Move the model to the device and precision, wrap it (DDP/FSDP, compile), build the
+        optimizer over its trainable parameters and restore the resume `state` if given."""
+        cfg, info = self.cfg, self.info
+        self.start_step = int(state["step"]) if state else 0
+        self.best_val = float(state.get("best_val_loss", math.inf)) if state else math.inf
+        self.tokens_seen = int(state["tokens_seen"]) if state else 0
         self.raw_model = model.to(self.device)
         self.precision = build_precision(cfg.train.precision, self.device)
         if cfg.train.precision == "fp8":
@@ -245,27 +257,43 @@ class Trainer:
         first = (step // self.cfg.train.rotation_interval) * k
         self.raw_model.set_trainable_experts([(first + i) % n for i in range(k)])
 
+    def _micro_batch(self, step: int, micro: int) -> dict[str, torch.Tensor]:
+        """The model's keyword arguments for one micro-batch: token windows as their own
+        labels (the model shifts them)."""
+        cfg = self.cfg
+        ids = training_batch(
+            self.train_split,
+            cfg.train.batch_size,
+            self.seq_len,
+            seed=cfg.run.seed,
+            step=step,
+            micro=micro,
+            rank=self.info.rank,
+        )
+        return {"input_ids": ids, "labels": ids}
+
+    def _count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """Tokens a micro-batch holds (for tokens/s and the tokens-seen count)."""
+        return batch["input_ids"].numel()
+
     def _forward_backward(self, step: int) -> tuple[float, list[torch.Tensor]]:
         """Accumulate gradients over grad_accum micro-batches; returns (mean loss, expert load)."""
-        cfg, info = self.cfg, self.info
+        info = self.info
         accum = self.grad_accum
         total = torch.zeros((), device=self.device)
         loads: list[torch.Tensor] = []
+        self.step_tokens = 0
         for micro in range(accum):
-            ids = training_batch(
-                self.train_split,
-                cfg.train.batch_size,
-                self.seq_len,
-                seed=cfg.run.seed,
-                step=step,
-                micro=micro,
-                rank=info.rank,
-            ).to(self.device, non_blocking=True)
+            batch = {
+                k: v.to(self.device, non_blocking=True)
+                for k, v in self._micro_batch(step, micro).items()
+            }
+            self.step_tokens += self._count_tokens(batch) * info.world_size
             # DDP all-reduces gradients only on the last micro-batch.
             sync = micro == accum - 1 or not self._ddp
             ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
             with ctx, self.precision.autocast():
-                out = self.model(ids, labels=ids)
+                out = self.model(**batch)
                 loss = out.loss / accum
             if self.precision.scaler is not None:
                 self.precision.scaler.scale(loss).backward()
@@ -293,10 +321,12 @@ class Trainer:
         # Every rank must apply the same bias update: sum the expert loads first.
         for moe in self.raw_model.moe_layers():
             distributed.all_reduce_sum(moe.load_since_update, self.info)
-        self.raw_model.update_expert_bias()
+        self.raw_model.update_expert_bias(enabled=self.update_router_bias)
         return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
     def _evaluate(self) -> EvalResult | None:
+        """Validation loss and bits per byte (None without a validation split); the result
+        needs `.loss` (for `best`) and `.to_dict()` (for metrics)."""
         if self.val_split is None:
             return None
         cfg = self.cfg
@@ -332,14 +362,24 @@ class Trainer:
                 "scaler": self.precision.scaler.state_dict() if self.precision.scaler else None,
                 "rng": rngs,
                 "best_val_loss": self.best_val,
-                "tokens_seen": step * self.tokens_per_step,
+                "tokens_seen": self.tokens_seen,
                 "data": tokenizer_info(self.tokenizer),
             }
-            path = self.manager.save(
-                step, self.raw_model, self.tokenizer, trainer_state, state_dict, is_best
-            )
+            path = self._write_checkpoint(step, trainer_state, state_dict, is_best)
         distributed.barrier(self.info)
         return path
+
+    def _write_checkpoint(
+        self,
+        step: int,
+        trainer_state: dict[str, Any],
+        state_dict: dict[str, torch.Tensor],
+        is_best: bool,
+    ) -> Path:
+        """Write the checkpoint of `step` (main process only)."""
+        return self.manager.save(
+            step, self.raw_model, self.tokenizer, trainer_state, state_dict, is_best
+        )
 
     @property
     def tokens_per_step(self) -> int:
@@ -383,7 +423,7 @@ class Trainer:
         last_val: EvalResult | None = None
         self.model.train()
         try:
-            if step == 0 and self.val_split is not None:
+            if step == 0:  # _log_eval does nothing without held-out data
                 last_val = self._log_eval(0, result, bar)
             while step < steps:
                 started = time.perf_counter()
@@ -393,8 +433,9 @@ class Trainer:
                 loss, loads = self._forward_backward(step)
                 grad_norm = self._optimizer_step()
                 step += 1
+                self.tokens_seen += self.step_tokens
                 elapsed = time.perf_counter() - started
-                step_tok_s = self.tokens_per_step / elapsed
+                step_tok_s = self.step_tokens / elapsed
                 tok_s = step_tok_s if tok_s == 0 else 0.8 * tok_s + 0.2 * step_tok_s
                 mfu = self.flops_per_token * tok_s / info.world_size / peak
                 if bar is not None:
@@ -412,7 +453,7 @@ class Trainer:
                             "grad_norm": grad_norm,
                             "tokens_per_s": step_tok_s,
                             "mfu": self.flops_per_token * step_tok_s / info.world_size / peak,
-                            "tokens": step * self.tokens_per_step,
+                            "tokens": self.tokens_seen,
                             "expert_load": [x.tolist() for x in loads],
                         },
                     )
@@ -454,7 +495,7 @@ class Trainer:
             self.metrics.close()
         return result
 
-    def _log_eval(self, step: int, result: TrainResult, bar) -> EvalResult | None:
+    def _log_eval(self, step: int, result: TrainResult, bar) -> Any:
         val = self._evaluate()
         if val is None:
             return None
@@ -462,12 +503,15 @@ class Trainer:
         self.metrics.log("eval", step, row)
         result.evals.append({"step": step, **row})
         if self.info.is_main:
-            message = (
-                f"step {step:>5}  val loss {val.loss:.3f}  ppl {val.perplexity:.1f}  "
-                f"bits/byte {val.bits_per_byte:.3f}"
-            )
-            (bar.write if bar is not None else print)(message)
+            (bar.write if bar is not None else print)(self._eval_message(step, val))
         return val
+
+    def _eval_message(self, step: int, val: Any) -> str:
+        """The line printed after an evaluation."""
+        return (
+            f"step {step:>5}  val loss {val.loss:.3f}  ppl {val.perplexity:.1f}  "
+            f"bits/byte {val.bits_per_byte:.3f}"
+        )
 
     def _progress(self, steps: int):
         if not (self.info.is_main and self.cfg.log.progress):
@@ -497,9 +541,13 @@ class Trainer:
         )
 
 
-def train(cfg: TrainConfig, on_step: Callable[[int, Trainer], None] | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    on_step: Callable[[int, Trainer], None] | None = None,
+    trainer_cls: type[Trainer] = Trainer,
+) -> TrainResult:
     """Run training to `cfg.train.steps` (resuming when the run directory has a checkpoint)."""
-    trainer = Trainer(cfg, on_step)
+    trainer = trainer_cls(cfg, on_step)
     info = trainer.info
     try:
         return trainer.run()

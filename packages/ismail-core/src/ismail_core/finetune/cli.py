@@ -1,0 +1,100 @@
+"""`ismail finetune`: options (every FinetuneConfig key, plus short aliases) and the summary."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+# Short flags for the settings people change most; each sets one dotted key.
+ALIASES = {
+    "--base": ("finetune.base", "base checkpoint (default runs/tiny)"),
+    "--data": ("finetune.data", "data: builtin, a JSON/JSONL file or folder, or hf:NAME"),
+    "--train-on": ("finetune.train_on", "assistant (default) or all"),
+}
+SWITCHES = {
+    "--lora": ("finetune.method", "lora", "LoRA adapters instead of full fine-tuning"),
+    "--qlora": ("finetune.method", "qlora", "LoRA on 4-bit NF4 base weights (CUDA)"),
+    "--merge": ("finetune.merge", "true", "LoRA: also write merged weights"),
+    "--packing": ("finetune.packing", "true", "pack conversations into full sequences"),
+}
+
+
+def add_finetune(sub: argparse._SubParsersAction, metavar: Any) -> None:
+    """Register `ismail finetune` (metavar(kind) names a flag's value type)."""
+    from ismail_core.finetune.config import FinetuneConfig
+    from ismail_core.train.config import option_fields
+
+    p = sub.add_parser(
+        "finetune",
+        help="chat fine-tuning, full or LoRA (no arguments: runs/tiny on the built-in tasks)",
+        description="Fine-tune a checkpoint into a chat model: conversations in the chat "
+        "template, loss on assistant turns, full fine-tuning or LoRA (peft). Options are read "
+        "from the defaults, then --config FILE (sections finetune/lora/run/train/optim/eval/"
+        "checkpoint/log/dist), then flags. With no arguments: runs/tiny (from `ismail train`) "
+        "on the built-in Turkish task set, into runs/tiny-chat. A run directory with "
+        "checkpoints is resumed automatically; torchrun works as for `ismail train`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
+    p.add_argument("--config", help="JSON or YAML config file", default=argparse.SUPPRESS)
+    for flag, (key, text) in ALIASES.items():
+        p.add_argument(flag, dest=key, metavar="VALUE", default=argparse.SUPPRESS, help=text)
+    for flag, (key, value, text) in SWITCHES.items():
+        p.add_argument(flag, dest=key, action="store_const", const=value, help=text)
+    for key, (kind, text, default) in option_fields(FinetuneConfig).items():
+        p.add_argument(
+            f"--{key}",
+            dest=key,
+            metavar=metavar(kind),
+            default=argparse.SUPPRESS,
+            help=f"{text} (default: {default})",
+        )
+    p.set_defaults(func=run_finetune)
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    """Build the config from file and flags, fine-tune, print the summary."""
+    from ismail_core.finetune.config import FinetuneConfig
+    from ismail_core.finetune.trainer import finetune
+    from ismail_core.train.config import build_config, read_config_file
+
+    values = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("func", "command", "config") and v is not None
+    }
+    layers = [read_config_file(args.config)] if getattr(args, "config", None) else []
+    cfg = build_config(*layers, values, config_cls=FinetuneConfig)
+    result = finetune(cfg)
+    if result.interrupted:
+        print(f"saved {result.checkpoint}; run the same command again to continue")
+        return 130
+    if result.checkpoint is not None and _is_main():
+        print_summary(result)
+    return 0
+
+
+def _is_main() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def print_summary(result: Any) -> None:
+    """Accuracy before -> after, the share of replies that end their turn, a sample
+    conversation and the commands that chat with the model."""
+    evals = [e for e in result.evals if "accuracy" in e]
+    if evals:
+        first, last = evals[0], evals[-1]
+        print(
+            f"held-out accuracy {first['accuracy']:.1%} (step {first['step']}) -> "
+            f"{last['accuracy']:.1%} (step {last['step']}); replies that end their turn "
+            f"{first['ended']:.1%} -> {last['ended']:.1%}"
+        )
+        per_task = ", ".join(f"{k} {v:.0%}" for k, v in last["per_task"].items())
+        print(f"  per task: {per_task}")
+    for user, reply in evals[-1]["samples"][:2] if evals else []:
+        print(f"  user:      {user}\n  assistant: {reply}")
+    print(f"checkpoint: {result.checkpoint}")
+    print(f"chat:       uv run ismail generate {result.run_dir} --chat")
+    print(f"serve it:   uv run ismail-serve {result.run_dir}")

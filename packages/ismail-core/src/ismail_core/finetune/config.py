@@ -1,0 +1,129 @@
+"""Fine-tuning configuration: `ismail train`'s sections with fine-tuning defaults, plus the
+`finetune` and `lora` sections. Layered like training: defaults <- --config FILE <- flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ismail_core.finetune.lora import LoraSettings
+from ismail_core.train.config import (
+    CheckpointSection,
+    ConfigError,
+    DistSection,
+    EvalSection,
+    LogSection,
+    OptimSection,
+    RunSection,
+    TrainSection,
+    check_sections,
+    doc_field,
+)
+
+METHODS = ("full", "lora", "qlora")
+TRAIN_ON = ("assistant", "all")
+TOO_LONG = ("truncate", "drop")
+
+
+@dataclass
+class FinetuneSection:
+    base: str = doc_field("base checkpoint or run directory to start from", default="runs/tiny")
+    data: str = doc_field(
+        "'builtin' (the Turkish task set), a JSON/JSONL file or folder (Alpaca, messages, "
+        "ShareGPT or prompt/completion records) or hf:NAME[:SPLIT]",
+        default="builtin",
+    )
+    method: str = doc_field(
+        "full (every weight), lora (peft adapters) or qlora (LoRA on 4-bit NF4 base weights, "
+        "bitsandbytes on CUDA)",
+        default="full",
+    )
+    train_on: str = doc_field(
+        "assistant (loss on assistant turns and their end-of-turn token) or all",
+        default="assistant",
+    )
+    packing: bool = doc_field(
+        "pack several conversations into each sequence (each attends only to itself)",
+        default=False,
+    )
+    max_len: int = doc_field("tokens per conversation (0 = the model's max_seq_len)", default=0)
+    too_long: str = doc_field(
+        "conversations longer than max_len: truncate or drop", default="truncate"
+    )
+    val_fraction: float = doc_field(
+        "share of your data held out for evaluation (chosen by content hash; the built-in set "
+        "has its own held-out items)",
+        default=0.05,
+    )
+    merge: bool = doc_field(
+        "LoRA: also write merged weights into the final checkpoint", default=False
+    )
+    eval_replies: int = doc_field(
+        "held-out conversations whose replies are generated at each evaluation (task accuracy "
+        "and the share that ends its turn)",
+        default=200,
+    )
+    max_new_tokens: int = doc_field("token budget of a generated reply", default=32)
+
+
+@dataclass
+class LoraSection:
+    rank: int = doc_field("LoRA rank r", default=16)
+    alpha: float = doc_field("LoRA alpha (updates are scaled by alpha / r)", default=32.0)
+    dropout: float = doc_field("dropout on the LoRA input", default=0.0)
+    targets: str = doc_field(
+        "comma-separated linear layer names in the blocks (wq, wkv_a, wkv_b, wo, w13, w2, ...); "
+        "empty = all",
+        default="",
+    )
+
+    def settings(self) -> LoraSettings:
+        targets = tuple(t.strip() for t in self.targets.split(",") if t.strip())
+        return LoraSettings(self.rank, self.alpha, self.dropout, targets)
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything `ismail finetune` needs; saved as OUT_DIR/train_config.json."""
+
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    run: RunSection = field(default_factory=lambda: RunSection(out_dir="runs/tiny-chat"))
+    train: TrainSection = field(default_factory=lambda: TrainSection(steps=300, batch_size=16))
+    optim: OptimSection = field(
+        default_factory=lambda: OptimSection(
+            lr=1e-3, min_lr=1e-4, warmup_steps=10, weight_decay=0.0
+        )
+    )
+    eval: EvalSection = field(default_factory=lambda: EvalSection(interval=100, batch_size=16))
+    checkpoint: CheckpointSection = field(default_factory=lambda: CheckpointSection(interval=100))
+    log: LogSection = field(default_factory=LogSection)
+    dist: DistSection = field(default_factory=DistSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def finish(self) -> None:
+        """Nothing depends on other fields yet (kept for build_config's contract)."""
+
+    def validate(self) -> None:
+        """Raise ConfigError for impossible values."""
+        check_sections(self)
+        f, lo = self.finetune, self.lora
+        checks = [
+            (f.method in METHODS, f"finetune.method must be one of {METHODS}"),
+            (f.train_on in TRAIN_ON, f"finetune.train_on must be one of {TRAIN_ON}"),
+            (f.too_long in TOO_LONG, f"finetune.too_long must be one of {TOO_LONG}"),
+            (f.max_len >= 0, "finetune.max_len must be >= 0"),
+            (0 <= f.val_fraction < 1, "finetune.val_fraction must be in [0, 1)"),
+            (f.eval_replies >= 0, "finetune.eval_replies must be >= 0"),
+            (f.max_new_tokens > 0, "finetune.max_new_tokens must be positive"),
+            (lo.rank > 0 and lo.alpha > 0, "lora.rank and lora.alpha must be positive"),
+            (0 <= lo.dropout < 1, "lora.dropout must be in [0, 1)"),
+            (not (f.merge and f.method == "full"), "finetune.merge is for LoRA; drop it"),
+            (self.train.expert_rotation == 0, "train.expert_rotation is for pretraining"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
