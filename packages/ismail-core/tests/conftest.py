@@ -124,3 +124,9 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory, hf_tokenizer_file: Path)
         )
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_config() -> dict:
+    """ModelConfig overrides of the tiny test model."""
+    return dict(TINY_MODEL)

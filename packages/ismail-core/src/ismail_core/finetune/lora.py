@@ -244,26 +244,32 @@ def load_with_adapter(checkpoint: Path, merge: bool = True) -> nn.Module:
     return merge_lora(model) if merge else model
 
 
+# Layers whose weight matrix the model reads directly instead of calling them: MLA's cached
+# decoding folds wkv_b into the query and output ("absorbed" attention).
+DIRECTLY_READ = (".wkv_b",)
+
+
 @contextlib.contextmanager
 def merged_adapters(model: nn.Module) -> Iterator[None]:
-    """Fold LoRA into the base weights for the duration of the block, then take it out again.
-
-    Cached decoding reads some weights directly (MLA's absorbed wkv_b), which would skip an
-    unmerged adapter; evaluation generates inside this block. A model without LoRA layers is
-    left as it is.
-    """
+    """Fold LoRA into the weights the model reads directly (DIRECTLY_READ) for the duration of
+    the block, so cached decoding sees the adapter; the exact weights are put back after (an
+    unmerge would leave rounding errors that break exact resume)."""
     layers = [
-        m
-        for m in model.modules()
-        if hasattr(m, "lora_A") and type(m.get_base_layer()) is nn.Linear  # not 4-bit bases
+        module
+        for name, module in model.named_modules()
+        if name.endswith(DIRECTLY_READ)
+        and hasattr(module, "lora_A")
+        and type(module.get_base_layer()) is nn.Linear  # not a 4-bit base
     ]
+    saved = [layer.get_base_layer().weight.detach().clone() for layer in layers]
     for layer in layers:
         layer.merge()
     try:
         yield
     finally:
-        for layer in layers:
-            layer.unmerge()
+        for layer, weight in zip(layers, saved):
+            layer.merged_adapters.clear()
+            layer.get_base_layer().weight.data.copy_(weight)
 
 
 def quantize_base(model: nn.Module, device: torch.device) -> None:

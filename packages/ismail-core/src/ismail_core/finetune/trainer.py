@@ -167,6 +167,7 @@ class FinetuneTrainer(Trainer):
             lora.check_base(resume / ADAPTER_DIR, self.base)
             self.lora_settings = lora.load_adapter(model, resume / ADAPTER_DIR)
         elif settings is not None:
+            torch.manual_seed(self.cfg.run.seed)  # LoRA's A matrices start random
             lora.add_lora(model, settings)
         model.train()
         self._place_model(model, read_resume_state(resume) if resume is not None else None)
