@@ -363,6 +363,16 @@ def _interleaved_to_half(n_heads: int, head_dim: int) -> torch.Tensor:
     return (torch.arange(n_heads)[:, None] * head_dim + per_head).reshape(-1)
 
 
+def _llama_qk_rows(cfg: ModelConfig, name: str) -> torch.Tensor | None:
+    """Llama's order for the output rows of the q/k projection `name` (ismail's per-head
+    interleaved rope pairs become halves); None when `name` is no q/k projection."""
+    match = re.search(r"attn\.w([qk])\.", name)
+    if match is None:
+        return None
+    heads = cfg.n_heads if match.group(1) == "q" else cfg.kv_heads
+    return _interleaved_to_half(heads, cfg.attn_head_dim)
+
+
 def _is_conv1d(hf_name: str) -> bool:
     """GPT-2 stores these linears transposed (Conv1D: in_features x out_features)."""
     return re.search(r"\.(c_attn\.[qkv]|c_proj|c_fc)\.weight$", hf_name) is not None
@@ -396,9 +406,9 @@ def _to_hf_tensors(model: Transformer, arch: str) -> dict[str, torch.Tensor]:
     for name, tensor in state.items():
         hf_name = _hf_name(name, _RULES[arch])
         tensor = tensor.detach().cpu()
-        if arch == "llama" and cfg.pos_emb == "rope" and re.search(r"attn\.w[qk]\.weight$", name):
-            heads = cfg.n_heads if ".wq." in name else cfg.kv_heads
-            tensor = tensor[_interleaved_to_half(heads, cfg.attn_head_dim)]
+        rows = _llama_qk_rows(cfg, name) if arch == "llama" else None
+        if rows is not None:
+            tensor = tensor[rows]
         if arch == "gpt2" and _is_conv1d(hf_name):
             tensor = tensor.t()
         out[hf_name] = tensor.contiguous()
@@ -419,17 +429,22 @@ def export_hf(model: Transformer, out_dir: str | Path) -> Path:
     Returns the folder, which `AutoModelForCausalLM.from_pretrained` loads as DeepseekV3, Llama
     or GPT-2 depending on the config (see hf_architecture); raises HFFormatError otherwise.
     """
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        _write_hf(model, tmp)
+    return out_dir
+
+
+def _write_hf(model: Transformer, directory: Path) -> None:
+    """Write config.json and model.safetensors of `model` into the existing `directory`."""
     from safetensors.torch import save_file
 
     arch = hf_architecture(model.cfg)
     tensors = _to_hf_tensors(model, arch)
     config = _CONFIG_TO_HF[arch](model.cfg)
     config["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
-    out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        atomic_write_json(tmp / "config.json", config)
-    return out_dir
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    atomic_write_json(directory / "config.json", config)
 
 
 def _read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -503,10 +518,9 @@ def import_hf(directory: str | Path, dtype: torch.dtype | None = None) -> Transf
         tensor = weights[hf_name]
         if arch == "gpt2" and _is_conv1d(hf_name):
             tensor = tensor.t()
-        if arch == "llama" and re.search(r"attn\.w[qk]\.weight$", name):
-            heads = cfg.n_heads if ".wq." in name else cfg.kv_heads
-            order = _interleaved_to_half(heads, cfg.attn_head_dim)
-            tensor = tensor[torch.argsort(order)]
+        rows = _llama_qk_rows(cfg, name) if arch == "llama" else None
+        if rows is not None:
+            tensor = tensor[torch.argsort(rows)]
         state[name] = tensor
     for name in [n for n in state if ".w1." in n]:
         up = state.pop(name.replace(".w1.", ".w3."))
@@ -522,9 +536,34 @@ def import_hf(directory: str | Path, dtype: torch.dtype | None = None) -> Transf
 def export_checkpoint_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
     """`ismail export --format hf CKPT OUT`: export the model of a checkpoint (or run) directory.
 
-    Only the model is written (config.json + model.safetensors); the tokenizer stays in CKPT.
+    OUT gets config.json + model.safetensors, and the tokenizer's chat template as
+    chat_template.jinja (the name transformers reads beside tokenizer files); the tokenizer
+    itself stays in CKPT. A LoRA checkpoint without merged weights exports its base model to
+    OUT and the adapter, in PEFT's format for that model, to OUT/adapter (see hf_adapter), so
+    `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(OUT), OUT/adapter)` loads
+    it; one with merged weights exports those. Returns OUT.
     """
-    from .checkpoint import load_model
+    from .chat import chat_template
+    from .checkpoint import (
+        ADAPTER_DIR,
+        is_adapter_only,
+        load_checkpoint_tokenizer,
+        load_model,
+        resolve_checkpoint,
+    )
+    from .hf_adapter import export_adapter_hf, lora_base_model
+    from .tokenizer import CHAT_TEMPLATE_FILE
 
-    model, _ = load_model(checkpoint)
-    return export_hf(model, out_dir)
+    directory = resolve_checkpoint(checkpoint)
+    adapter = directory / ADAPTER_DIR if is_adapter_only(directory) else None
+    model = lora_base_model(directory) if adapter else load_model(directory)[0]
+    template = chat_template(load_checkpoint_tokenizer(directory))
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        _write_hf(model, tmp)
+        if template:
+            (tmp / CHAT_TEMPLATE_FILE).write_text(template, encoding="utf-8")
+        if adapter:
+            (tmp / ADAPTER_DIR).mkdir()
+            export_adapter_hf(adapter, model.cfg, tmp / ADAPTER_DIR, base=out_dir.resolve())
+    return out_dir
