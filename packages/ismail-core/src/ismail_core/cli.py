@@ -349,9 +349,16 @@ def _run_export(args: argparse.Namespace) -> int:
 
         out = quantize_checkpoint(args.checkpoint, args.out)
     else:
+        from ismail_core.checkpoint import ADAPTER_DIR
         from ismail_core.hf import export_checkpoint_hf
 
         out = export_checkpoint_hf(args.checkpoint, args.out)
+        if (out / ADAPTER_DIR).is_dir():
+            print(
+                f"wrote the base model to {out} and the LoRA adapter to {out / ADAPTER_DIR} "
+                "(load both with peft.PeftModel.from_pretrained)"
+            )
+            return 0
     print(f"wrote {out}")
     return 0
 
