@@ -12,9 +12,8 @@ import jinja2
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from ismail_core.chat import render_chat
 from ismail_serve.app import create_app
-from ismail_serve.prompts import render_chat
-from ismail_serve.protocol import ChatMessage
 from ismail_serve.state import ServerState
 
 MODEL = "tiny"
@@ -139,7 +138,7 @@ def test_chat_logprobs_through_the_openai_client(client, model, tokenizer):
     content = reply.choices[0].logprobs.content
     assert len(content) == 5 and all(len(t.top_logprobs) == 3 for t in content)
     generated = [int(t.token.removeprefix("token_id:")) for t in content]
-    prompt = render_chat(tokenizer, [ChatMessage(**m) for m in messages])
+    prompt = render_chat(tokenizer, messages, add_generation_prompt=True).ids
     direct = direct_logprobs(model, prompt + generated)
     for i, t in enumerate(content):
         assert t.logprob == pytest.approx(float(direct[len(prompt) - 1 + i].max()), abs=TOL)
@@ -209,13 +208,13 @@ def test_root_tokenizer_routes_for_lm_eval(client, tokenizer):
     assert with_sep == [tokenizer.eos_id, *ids["tokens"]]  # as a completion prompt gets it
     back = client.post("/detokenize", json={"tokens": ids["tokens"]}).json()["prompt"]
     assert back == text
-    # the Jinja chat template renders to the ids the server's own template gives
+    # the Jinja chat template renders to the ids ismail_core.chat gives
     messages = [{"role": "system", "content": "Kısa yaz."}, {"role": "user", "content": "Selam"}]
     rendered = jinja2.Template(info["chat_template"]).render(
         messages=messages, add_generation_prompt=True, eos_token=info["eos_token"]
     )
     r = client.post("/tokenize", json={"prompt": rendered, "add_special_tokens": False})
-    want = render_chat(tokenizer, [ChatMessage(**m) for m in messages])
+    want = render_chat(tokenizer, messages, add_generation_prompt=True).ids
     assert r.json()["tokens"] == want
     via_messages = client.post("/tokenize", json={"messages": messages}).json()["tokens"]
     assert via_messages == want

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -152,12 +153,17 @@ def _print_summary(result: Any, sample_tokens: int) -> None:
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
-        help="generate text from a checkpoint",
+        help="generate text from a checkpoint, or chat with it",
         description="Generate a continuation of --prompt with the KV cache, streaming it to "
-        "the terminal. CKPT is a checkpoint directory or a run directory (its latest).",
+        "the terminal. With --chat, reply to --prompt as a user message in the checkpoint's "
+        "chat template, or, without --prompt, hold a conversation: one user message per line "
+        "of stdin, until an empty line or the end of input. CKPT is a checkpoint directory or a "
+        "run directory (its latest).",
     )
     p.add_argument("checkpoint", metavar="CKPT")
-    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--prompt", default=None, help="text to continue (--chat: the user message)")
+    p.add_argument("--chat", action="store_true", help="chat in the chat template")
+    p.add_argument("--system", default=None, help="system message (with --chat)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=50, help="0 = off")
@@ -173,12 +179,27 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _run_generate(args: argparse.Namespace) -> int:
     from ismail_core.checkpoint import load_model
     from ismail_core.generate import stream_text
-    from ismail_core.sampling import SamplingParams
 
     if args.max_new_tokens < 1:
         raise _usage("--max-new-tokens must be at least 1")
+    if args.system is not None and not args.chat:
+        raise _usage("--system needs --chat")
+    params = _sampling_params(args)
+    model, tokenizer = load_model(args.checkpoint, device=args.device)
+    if args.chat:
+        return _run_chat(args, model, tokenizer, params)
+    prompt = args.prompt or ""
+    pieces = stream_text(model, tokenizer, prompt, args.max_new_tokens, params, args.stop)
+    _show(pieces, args, before=prompt)
+    return 0
+
+
+def _sampling_params(args: argparse.Namespace) -> Any:
+    """SamplingParams from the generate options; a usage error for values out of range."""
+    from ismail_core.sampling import SamplingParams
+
     try:
-        params = SamplingParams(
+        return SamplingParams(
             temperature=args.temperature,
             top_k=args.top_k,
             top_p=args.top_p,
@@ -187,17 +208,73 @@ def _run_generate(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise _usage(str(exc)) from exc
-    model, tokenizer = load_model(args.checkpoint, device=args.device)
-    pieces = stream_text(model, tokenizer, args.prompt, args.max_new_tokens, params, args.stop)
+
+
+def _show(pieces: Iterator[str], args: argparse.Namespace, before: str = "") -> str:
+    """Print `before`, then the generated pieces as they come (all at once under --no-stream);
+    returns the generated text."""
     if args.no_stream:
-        print(args.prompt + "".join(pieces))
-        return 0
-    sys.stdout.write(args.prompt)
+        text = "".join(pieces)
+        print(before + text)
+        return text
+    sys.stdout.write(before)
+    shown = []
     for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
+        shown.append(piece)
     sys.stdout.write("\n")
+    return "".join(shown)
+
+
+def _run_chat(args: argparse.Namespace, model: Any, tokenizer: Any, params: Any) -> int:
+    """`ismail generate --chat`: reply to --prompt, or converse with the lines of stdin, each
+    turn rendering the whole conversation so far."""
+    from ismail_core.chat import ChatTemplateError, chat_template
+
+    # Checked before reading stdin, so nobody types into a model that cannot chat.
+    if chat_template(tokenizer) is None:
+        raise ChatTemplateError(
+            f"{args.checkpoint} has no chat template (its tokenizer lacks the chat markers); "
+            "fine-tune it for chat with `ismail finetune`"
+        )
+    messages = [] if args.system is None else [{"role": "system", "content": args.system}]
+    for line in [args.prompt] if args.prompt is not None else _user_lines():
+        messages.append({"role": "user", "content": line})
+        reply = _chat_turn(args, model, tokenizer, messages, params)
+        messages.append({"role": "assistant", "content": reply})
     return 0
+
+
+def _user_lines() -> Iterator[str]:
+    """User messages from stdin, one a line, until an empty line or the end of input; a
+    terminal gets a "> " prompt."""
+    prompt = ""
+    if sys.stdin.isatty():
+        print("(an empty line or Ctrl-D ends the conversation)", file=sys.stderr)
+        prompt = "> "
+    while True:
+        try:
+            line = input(prompt)
+        except EOFError:
+            return
+        if not line.strip():
+            return
+        yield line
+
+
+def _chat_turn(
+    args: argparse.Namespace, model: Any, tokenizer: Any, messages: list[dict], params: Any
+) -> str:
+    """Print the assistant's reply to `messages` and return it."""
+    from ismail_core.generate import GenerationError, stream_chat_reply
+
+    pieces = stream_chat_reply(model, tokenizer, messages, args.max_new_tokens, params, args.stop)
+    try:
+        return _show(pieces, args)
+    except GenerationError as exc:
+        # Older turns are never dropped to make room: the user decides what to do instead.
+        raise GenerationError(f"the conversation does not fit the model's context: {exc}") from exc
 
 
 # ---------------------------------------------------------------------- ismail eval
@@ -385,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix: reported in one line, without a traceback."""
+    from ismail_core.chat import ChatTemplateError
     from ismail_core.checkpoint import CheckpointError
     from ismail_core.corpus import DataError
     from ismail_core.fp8 import FP8UnavailableError
@@ -399,6 +477,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
     return (
         UsageError,
+        ChatTemplateError,
         CheckpointError,
         DataError,
         DeviceError,

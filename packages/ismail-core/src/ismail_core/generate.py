@@ -7,14 +7,21 @@ Generated text is always decoded with the prompt as its left context (`Continuat
 tr-tokenizer spells a shared suffix from the word before it, so the ids of a continuation
 alone decode to the wrong Turkish (Cumhuriyeti + dative is "ye", not the context-free "ya").
 `ismail generate`, the Python API and ismail-serve all stream text through it.
+
+Chat (`chat_reply`, `stream_chat_reply`, `ismail generate --chat`) renders the conversation
+with the chat template stored with the checkpoint's tokenizer (`ismail_core.chat`, the same
+ids fine-tuning trained on and ismail-serve feeds the model) and ends the reply at the end of
+the assistant's turn.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 
+from ismail_core.chat import end_of_turn_ids, render_chat
 from ismail_core.sampling import SamplingParams, StopMatcher, sample_next
 from ismail_core.tokenizer import Tokenizer
 
@@ -81,8 +88,8 @@ class BatchGeneration:
     Each prompt is prefilled into its own cache row (one forward pass each, so no memory goes
     to padding); then every `step()` samples one token for each running row, each with its own
     sampling parameters and generator, and runs the running rows through the model at once.
-    A row ends after `stop_id`, after `max_new_tokens`, or when the caller calls `end(row)`
-    (a stop string found in its text).
+    A row ends after `stop_id` (an id, or a collection of ids: a chat turn has two ends), after
+    `max_new_tokens`, or when the caller calls `end(row)` (a stop string found in its text).
     """
 
     @torch.no_grad()
@@ -92,7 +99,7 @@ class BatchGeneration:
         prompts: Sequence[Sequence[int]],
         max_new_tokens: int,
         params: Sequence[SamplingParams],
-        stop_id: int | None = None,
+        stop_id: int | Collection[int] | None = None,
     ) -> None:
         context = model.cfg.max_seq_len
         for ids in prompts:
@@ -104,7 +111,8 @@ class BatchGeneration:
                     f"{len(ids)} tokens and {max_new_tokens} new tokens were asked for: shorten "
                     "the prompt or lower --max-new-tokens"
                 )
-        self.model, self.max_new_tokens, self.stop_id = model, max_new_tokens, stop_id
+        self.model, self.max_new_tokens = model, max_new_tokens
+        self.stop_ids = _id_set(stop_id)
         self.params = list(params)
         self.device = device = model.embed.weight.device
         longest = max(len(ids) for ids in prompts)
@@ -145,7 +153,7 @@ class BatchGeneration:
         for row, token in zip(rows, tokens):
             self.history[row].append(token)
             self.new_tokens[row] += 1
-            if token == self.stop_id or self.new_tokens[row] >= self.max_new_tokens:
+            if token in self.stop_ids or self.new_tokens[row] >= self.max_new_tokens:
                 self.end(row)
         if self.running:
             out = self._forward(
@@ -157,14 +165,22 @@ class BatchGeneration:
         return dict(zip(rows, tokens))
 
 
+def _id_set(ids: int | Collection[int] | None) -> frozenset[int]:
+    """One id, several or none, as a set."""
+    if ids is None:
+        return frozenset()
+    return frozenset([ids]) if isinstance(ids, int) else frozenset(ids)
+
+
 def generate_ids(
     model: torch.nn.Module,
     ids: Sequence[int],
     max_new_tokens: int,
     params: SamplingParams,
-    stop_id: int | None = None,
+    stop_id: int | Collection[int] | None = None,
 ) -> Iterator[int]:
-    """Yield up to `max_new_tokens` sampled ids after `ids`, stopping after `stop_id`.
+    """Yield up to `max_new_tokens` sampled ids after `ids`, stopping after `stop_id` (an id or
+    a collection of ids).
 
     The prompt is run once (prefill) into a KV cache; each new token then costs one forward
     pass over a single position.
@@ -172,6 +188,32 @@ def generate_ids(
     batch = BatchGeneration(model, [ids], max_new_tokens, [params], stop_id)
     while step := batch.step():
         yield step[0]
+
+
+def _stream_after(
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    ids: Sequence[int],
+    max_new_tokens: int,
+    params: SamplingParams | None,
+    stop: Sequence[str] | None,
+    end_ids: Collection[int],
+) -> Iterator[str]:
+    """Yield the text generated after the prompt `ids` piece by piece (whole characters only,
+    decoded with the prompt as context), until an id in `end_ids` (not shown), a stop string
+    (cut before it) or `max_new_tokens`."""
+    text = ContinuationText(tokenizer, ids, stop or ())
+    for token in generate_ids(model, ids, max_new_tokens, params or SamplingParams(), end_ids):
+        if token in end_ids:
+            break
+        piece, stopped = text.push(token)
+        if piece:
+            yield piece
+        if stopped:
+            return
+    tail, _ = text.finish()
+    if tail:
+        yield tail
 
 
 def stream_text(
@@ -183,21 +225,11 @@ def stream_text(
     stop: Sequence[str] | None = None,
 ) -> Iterator[str]:
     """Yield the text generated after `prompt` piece by piece (whole characters only, decoded
-    with the prompt as context), cut before a stop string."""
-    eos = tokenizer.eos_id
+    with the prompt as context), cut before a stop string; the end-of-sequence id ends it."""
     ids = prompt_ids(tokenizer, prompt)
-    text = ContinuationText(tokenizer, ids, stop or ())
-    for token in generate_ids(model, ids, max_new_tokens, params or SamplingParams(), eos):
-        if token == eos:
-            break
-        piece, stopped = text.push(token)
-        if piece:
-            yield piece
-        if stopped:
-            return
-    tail, _ = text.finish()
-    if tail:
-        yield tail
+    yield from _stream_after(
+        model, tokenizer, ids, max_new_tokens, params, stop, _id_set(tokenizer.eos_id)
+    )
 
 
 def generate_text(
@@ -210,3 +242,34 @@ def generate_text(
 ) -> str:
     """The generated continuation of `prompt` as one string."""
     return "".join(stream_text(model, tokenizer, prompt, max_new_tokens, params, stop))
+
+
+def stream_chat_reply(
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    messages: Sequence[Mapping[str, Any]],
+    max_new_tokens: int = 64,
+    params: SamplingParams | None = None,
+    stop: Sequence[str] | None = None,
+) -> Iterator[str]:
+    """Yield the assistant's reply to `messages` ({"role", "content"} dicts) piece by piece.
+
+    The conversation is rendered in the tokenizer's chat template with the assistant marker
+    after it (`render_chat`; ChatTemplateError when the tokenizer has no template), and the
+    reply ends at an end-of-turn id or before a stop string. Nothing is trimmed: a conversation
+    that leaves no room for `max_new_tokens` raises GenerationError."""
+    ids = render_chat(tokenizer, messages, add_generation_prompt=True).ids
+    ends = end_of_turn_ids(tokenizer)
+    yield from _stream_after(model, tokenizer, ids, max_new_tokens, params, stop, ends)
+
+
+def chat_reply(
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    messages: Sequence[Mapping[str, Any]],
+    max_new_tokens: int = 64,
+    params: SamplingParams | None = None,
+    stop: Sequence[str] | None = None,
+) -> str:
+    """The assistant's reply to `messages` as one string (see `stream_chat_reply`)."""
+    return "".join(stream_chat_reply(model, tokenizer, messages, max_new_tokens, params, stop))

@@ -23,6 +23,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from ismail_core.chat import chat_template, end_of_turn_ids
 from ismail_core.sampling import SamplingParams
 
 from ismail_serve.engine import (
@@ -36,12 +37,10 @@ from ismail_serve.engine.logprobs import TokenLogprob
 from ismail_serve.engine.sequence import FINISH_ABORT, FINISH_LENGTH, FINISH_STOP, FINISH_TIMEOUT
 from ismail_serve.errors import APIError, bad_request, error_body, error_responses
 from ismail_serve.prompts import (
-    chat_template,
+    chat_prompt_ids,
     check_unicode,
     encode_prompt,
     encode_with_specials,
-    render_chat,
-    stop_token_ids,
 )
 from ismail_serve.protocol import (
     ChatCompletionRequest,
@@ -242,6 +241,14 @@ def _logprob_counts(body: SamplingRequest) -> tuple[int | None, int | None]:
     return body.logprobs, body.logprobs if body.echo else None
 
 
+def _stop_ids(tokenizer: Any, chat: bool) -> frozenset[int]:
+    """Ids that end generation: a chat reply ends with its turn (the chat template's
+    end-of-turn ids), a completion with the document (the end-of-sequence id)."""
+    if chat:
+        return end_of_turn_ids(tokenizer)
+    return frozenset() if tokenizer.eos_id is None else frozenset({int(tokenizer.eos_id)})
+
+
 def _prepare(
     state: ServerState,
     body: SamplingRequest,
@@ -253,7 +260,7 @@ def _prepare(
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     logprobs, prompt_logprobs = _logprob_counts(body)
     stops = body.stop_list()
-    stop_ids = frozenset() if body.ignore_eos else stop_token_ids(state.tokenizer, chat)
+    stop_ids = frozenset() if body.ignore_eos else _stop_ids(state.tokenizer, chat)
     sequences = []
     for p, prompt in enumerate(prompts):
         budget = _max_tokens(state, len(prompt), max_tokens, chat)
@@ -624,13 +631,13 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     responses={200: {"model": ChatCompletionResponse, "content": _STREAM_DOC}, **_GEN_ERRORS},
 )
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
-    """OpenAI's chat completion with the tokenizer's role tokens as the chat template."""
+    """OpenAI's chat completion in the checkpoint's chat template (see prompts.py)."""
     state = get_state(request)
     state.ready_engine()
     body.reject_unsupported()
     _check_model(state, body.model)
     _check_prompt_chars(state, [sum(len(m.text()) for m in body.messages)], chat=True)
-    prompt = await asyncio.to_thread(render_chat, state.tokenizer, body.messages)
+    prompt = await asyncio.to_thread(chat_prompt_ids, state.tokenizer, body.messages)
     max_tokens = body.max_completion_tokens or body.max_tokens
     return await _run(state, body, [prompt], max_tokens, chat=True, request=request)
 
@@ -696,7 +703,7 @@ def _tokenize_v1(state: ServerState, body: TokenizeRequest) -> dict[str, Any]:
                 **_tokenization(state.compare_tokenizer, body.prompt),
             }
         return result
-    ids = render_chat(tok, body.messages, body.add_generation_prompt)
+    ids = chat_prompt_ids(tok, body.messages, body.add_generation_prompt)
     return {"count": len(ids), "tokens": ids, "token_strs": [tok.id_to_token(i) or "" for i in ids]}
 
 
@@ -762,7 +769,7 @@ def _tokenize_root(tok: Any, body: RootTokenizeRequest) -> tuple[list[int], list
     """vLLM's /tokenize ids (the chat template, or the prompt with special-token names read)
     and, if asked for, their token strings."""
     if body.messages is not None:
-        ids = render_chat(tok, body.messages, body.add_generation_prompt)
+        ids = chat_prompt_ids(tok, body.messages, body.add_generation_prompt)
     else:
         ids = encode_with_specials(tok, body.prompt)
         if body.add_special_tokens and tok.eos_id is not None:

@@ -1,18 +1,15 @@
 """Prompts to token ids: plain text for /v1/completions, the chat template for chat.
 
-Both start with the end-of-sequence id when the tokenizer has one: training data separates
-documents with it, so the model reads what follows as the start of a document (the same
-convention as `ismail generate`).
+A completion prompt starts with the end-of-sequence id when the tokenizer has one: training
+data separates documents with it, so the model reads what follows as the start of a document
+(the same convention as `ismail generate`).
 
-The chat template uses the tokenizer's role tokens and is built from ids, never by parsing
-marker strings out of text, so with tr-tokenizer a user who types "<|system|>" cannot forge a
-role (a Hugging Face tokenizer's encode still splits its added special tokens out of text):
-
-    <eos> <|system|> system text <|end|> <|user|> user text <|end|> ... <|assistant|>
-
-Generation of a chat reply stops at <|end|> (or the tokenizer's end-of-sequence token).
-`CHAT_TEMPLATE` is the same template in Jinja, for clients that render it themselves (lm-eval
-reads it from /tokenizer_info); a test checks that both give the same ids.
+Chat messages are rendered by `ismail_core.chat`, the one chat template shared with
+`ismail finetune`, `ismail generate --chat` and the Hugging Face export: the template stored
+with the checkpoint's tokenizer, else the default one when the tokenizer has the chat markers.
+With tr-tokenizer a user who types "<|system|>" into a message cannot forge a role (a Hugging
+Face tokenizer's encode still splits its added special tokens out of text). Chat replies stop
+at `ismail_core.chat.end_of_turn_ids`, and /tokenizer_info hands clients the same template.
 """
 
 from __future__ import annotations
@@ -20,39 +17,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ismail_core.chat import ChatTemplateError, render_chat
 from ismail_core.generate import prompt_ids
 
 from ismail_serve.errors import bad_request
 from ismail_serve.protocol import ChatMessage
-
-ROLE_TOKENS = {
-    "system": "<|system|>",
-    "developer": "<|system|>",
-    "user": "<|user|>",
-    "assistant": "<|assistant|>",
-}
-END_TOKEN = "<|end|>"
-
-CHAT_TEMPLATE = (
-    "{{ eos_token }}{% for message in messages %}"
-    "{% if message['role'] in ['system', 'developer'] %}<|system|>"
-    "{% else %}{{ '<|' + message['role'] + '|>' }}{% endif %}"
-    "{{ message['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-
-
-def _special_id(tokenizer: Any, token: str) -> int:
-    idx = getattr(tokenizer, "special_tokens", {}).get(token)
-    if idx is None:
-        idx = tokenizer.token_to_id(token)
-    if idx is None:
-        raise bad_request(
-            f"This model's tokenizer has no chat role token {token}, so it cannot serve "
-            "/v1/chat/completions; use /v1/completions with a plain prompt instead.",
-            code="chat_template_unavailable",
-        )
-    return int(idx)
 
 
 def check_unicode(text: str, param: str) -> None:
@@ -66,12 +35,6 @@ def check_unicode(text: str, param: str) -> None:
         ) from exc
 
 
-def encode_text(tokenizer: Any, text: str, param: str = "messages") -> list[int]:
-    """Token ids of plain text (no special tokens added)."""
-    check_unicode(text, param)
-    return list(tokenizer.encode(text).ids)
-
-
 def encode_with_specials(tokenizer: Any, text: str) -> list[int]:
     """Token ids of text in which special-token names ("<|eos|>") stand for their ids, as
     Hugging Face tokenizers read them (vLLM's /tokenize; never used for chat messages)."""
@@ -81,36 +44,31 @@ def encode_with_specials(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer.encode(text).ids)  # `tokenizers` splits special tokens out itself
 
 
-def chat_template(tokenizer: Any) -> str | None:
-    """The chat template in Jinja, or None when the tokenizer lacks the role tokens."""
-    names = [*ROLE_TOKENS.values(), END_TOKEN]
-    if getattr(tokenizer, "eos_id", None) is None or any(
-        tokenizer.token_to_id(n) is None for n in names
-    ):
-        return None
-    return CHAT_TEMPLATE
-
-
 def encode_prompt(tokenizer: Any, text: str) -> list[int]:
     """Token ids of a completion prompt: the document separator, then the text."""
     check_unicode(text, "prompt")
     return prompt_ids(tokenizer, text)
 
 
-def render_chat(
+def chat_prompt_ids(
     tokenizer: Any, messages: Sequence[ChatMessage], add_generation_prompt: bool = True
 ) -> list[int]:
-    """Token ids of a conversation in the chat template (see the module docstring)."""
-    end = _special_id(tokenizer, END_TOKEN)
-    ids = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+    """Token ids of a conversation in the checkpoint's chat template (`ismail_core.chat`);
+    400 for a message without text and for a tokenizer that has no chat template."""
+    plain = []
     for i, message in enumerate(messages):
         message.check_content(i)
-        ids.append(_special_id(tokenizer, ROLE_TOKENS[message.role]))
-        ids.extend(encode_text(tokenizer, message.text()))
-        ids.append(end)
-    if add_generation_prompt:
-        ids.append(_special_id(tokenizer, ROLE_TOKENS["assistant"]))
-    return ids
+        text = message.text()
+        check_unicode(text, "messages")
+        plain.append({"role": message.role, "content": text})
+    try:
+        return render_chat(tokenizer, plain, add_generation_prompt).ids
+    except ChatTemplateError as exc:
+        raise bad_request(
+            f"This model cannot render chat messages: {exc}. Or send a plain prompt to "
+            "/v1/completions instead.",
+            code="chat_template_unavailable",
+        ) from exc
 
 
 def longest_token_chars(tokenizer: Any) -> int | None:
@@ -128,13 +86,3 @@ def longest_token_chars(tokenizer: Any) -> int | None:
     if getattr(tokenizer, "kind", None) != "tr":
         return None
     return max(len(tokenizer.id_to_token(i) or "") for i in range(int(tokenizer.vocab_size)))
-
-
-def stop_token_ids(tokenizer: Any, chat: bool) -> frozenset[int]:
-    """Tokens that end generation: end-of-sequence, and <|end|> for chat replies."""
-    ids = set()
-    if getattr(tokenizer, "eos_id", None) is not None:
-        ids.add(int(tokenizer.eos_id))
-    if chat:
-        ids.add(_special_id(tokenizer, END_TOKEN))
-    return frozenset(ids)
