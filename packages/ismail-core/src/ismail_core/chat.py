@@ -113,9 +113,7 @@ def check_messages(messages: Sequence[Mapping[str, Any]]) -> None:
     for i, message in enumerate(messages):
         role = message.get("role")
         if role not in ROLES:
-            raise ChatTemplateError(
-                f"message {i} has role {role!r}; use one of {', '.join(ROLES)}"
-            )
+            raise ChatTemplateError(f"message {i} has role {role!r}; use one of {', '.join(ROLES)}")
         if not isinstance(message.get("content"), str):
             raise ChatTemplateError(f"message {i} ({role}) needs its content as a string")
 
@@ -134,9 +132,7 @@ def render_chat(
             "fine-tune the model with `ismail finetune`, which adds them"
         )
     check_messages(messages)
-    placeholders = [
-        {**m, "content": _SENTINEL.format(i)} for i, m in enumerate(messages)
-    ]
+    placeholders = [{**m, "content": _SENTINEL.format(i)} for i, m in enumerate(messages)]
     text = _compiled(template).render(
         messages=placeholders,
         add_generation_prompt=add_generation_prompt,

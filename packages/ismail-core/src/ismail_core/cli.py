@@ -1,4 +1,4 @@
-"""The `ismail` command: data, train, generate, eval, report, export.
+"""The `ismail` command: data, train, finetune, generate, eval, report, export.
 
 `uv run ismail train` with no arguments trains the tiny model on the built-in Turkish corpus.
 Every command turns bad input into a one-line `error: ...` message and a non-zero exit status.
@@ -457,6 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_data, _add_train, _add_generate, _add_eval, _add_report, _add_export):
         add(sub)
+    from ismail_core.finetune.cli import add_finetune
+
+    add_finetune(sub, _metavar)
     return parser
 
 
@@ -465,6 +468,9 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from ismail_core.chat import ChatTemplateError
     from ismail_core.checkpoint import CheckpointError
     from ismail_core.corpus import DataError
+    from ismail_core.finetune.data import FinetuneError
+    from ismail_core.finetune.formats import FinetuneDataError
+    from ismail_core.finetune.lora import LoraError
     from ismail_core.fp8 import FP8UnavailableError
     from ismail_core.generate import GenerationError
     from ismail_core.hf import HFFormatError
@@ -481,6 +487,9 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         CheckpointError,
         DataError,
         DeviceError,
+        FinetuneError,
+        FinetuneDataError,
+        LoraError,
         FP8UnavailableError,
         GenerationError,
         HFFormatError,
@@ -499,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tune_process()  # before torch loads OpenMP
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["train"]:
+    if argv[:1] in (["train"], ["finetune"]):
         return _main_train(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -507,16 +516,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main_train(argv: list[str]) -> int:
-    """`ismail train`: unknown flags get a suggestion of the closest option."""
+    """`ismail train` and `ismail finetune`: unknown flags get a suggestion of the closest
+    option."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        from ismail_core.train.config import closest_key, option_fields
+        from ismail_core.finetune.config import FinetuneConfig
+        from ismail_core.train.config import TrainConfig, closest_key, option_fields
 
+        config_cls = TrainConfig if argv[0] == "train" else FinetuneConfig
         flag = next((u for u in unknown if u.startswith("--")), unknown[0])
         key = flag.lstrip("-").split("=", 1)[0]
-        hint = closest_key(key, list(option_fields()), prefix="--")
-        print(f"ismail train: error: unknown option {flag!r}{hint}", file=sys.stderr)
+        hint = closest_key(key, list(option_fields(config_cls)), prefix="--")
+        print(f"ismail {argv[0]}: error: unknown option {flag!r}{hint}", file=sys.stderr)
         return EXIT_USAGE
     return _dispatch(args)
 
