@@ -29,12 +29,8 @@ def split() -> tuple[list[TaskItem], list[TaskItem]]:
 
 
 def _subject(prompt: str) -> str:
-    """The word or number a prompt asks about: the quoted word, or what follows the colon."""
-    if prompt.startswith("'"):
-        return prompt.split("'")[1]
-    if ": " in prompt:
-        return prompt.split(": ", 1)[1]
-    return prompt.split(" ", 1)[0]
+    """The word or number a prompt asks about: every phrasing opens with it."""
+    return prompt.split(" ", 1)[0].removesuffix(":")
 
 
 def _case(prompt: str) -> str:
@@ -99,9 +95,9 @@ def test_sizes_and_answer_shapes(split) -> None:
 
 
 def test_messages() -> None:
-    item = TaskItem("plural", "'kitap' kelimesinin çoğulu nedir?", "kitaplar")
+    item = TaskItem("plural", "kitap kelimesinin çoğulu nedir?", "kitaplar")
     assert item.messages() == [
-        {"role": "user", "content": "'kitap' kelimesinin çoğulu nedir?"},
+        {"role": "user", "content": "kitap kelimesinin çoğulu nedir?"},
         {"role": "assistant", "content": "kitaplar"},
     ]
 
@@ -257,7 +253,7 @@ def test_number_words_out_of_range() -> None:
 
 
 def test_is_correct() -> None:
-    item = TaskItem("plural", "'kitap' kelimesinin çoğulu nedir?", "kitaplar")
+    item = TaskItem("plural", "kitap kelimesinin çoğulu nedir?", "kitaplar")
     for reply in ("kitaplar", " kitaplar ", "kitaplar.", "kitaplar .", "\nkitaplar.\n"):
         assert is_correct(item, reply), reply
     for reply in ("Kitaplar", "kitaplar..", "kitaplar!", "kitap", "kitaplar lar", ""):

@@ -93,11 +93,14 @@ def is_correct(item: TaskItem, reply: str) -> bool:
 
 
 # ---- phrasings -----------------------------------------------------------------------------
+# The word opens the message, unquoted: tr-tokenizer then gives it the same tokens it has at the
+# start of the reply (after a space or a quote it becomes " kitap" or "'k" + "itap"), so a reply
+# copies tokens the model can see instead of respelling the word.
 
 _PLURAL_PROMPTS = (
-    "'{w}' kelimesinin çoğulu nedir?",
-    "'{w}' kelimesini çoğul yap.",
-    "'{w}' kelimesinin çoğul hâlini yaz.",
+    "{w} kelimesinin çoğulu nedir?",
+    "{w} kelimesini çoğul yap.",
+    "{w} kelimesinin çoğul hâlini yaz.",
 )
 # case name -> (its name in Turkish grammar, the suffix as grammars cite it)
 _CASE_NAMES = {
@@ -107,29 +110,29 @@ _CASE_NAMES = {
     "accusative": ("belirtme", "-i"),
 }
 _CASE_PROMPTS = (
-    "'{w}' kelimesinin {name} hâli nedir?",
-    "'{w}' kelimesini {name} hâline koy.",
-    "'{w}' kelimesine {suffix} hâl ekini ekle.",
+    "{w} kelimesinin {name} hâli nedir?",
+    "{w} kelimesini {name} hâline koy.",
+    "{w} kelimesine {suffix} hâl ekini ekle.",
 )
 _STEM_PROMPTS = (
-    "'{w}' kelimesinin çekim eklerini at.",
-    "'{w}' kelimesini çekim ekleri olmadan yaz.",
-    "'{w}' hangi kelimenin çekimli hâlidir?",
+    "{w} kelimesinin çekim eklerini at.",
+    "{w} kelimesini çekim ekleri olmadan yaz.",
+    "{w} hangi kelimenin çekimli hâlidir?",
 )
 _UPPER_PROMPTS = (
-    "'{w}' kelimesini büyük harflerle yaz.",
-    "'{w}' kelimesini büyük harfe çevir.",
-    "Büyük harflerle yaz: {w}",
+    "{w} kelimesini büyük harflerle yaz.",
+    "{w} kelimesini büyük harfe çevir.",
+    "{w}: büyük harflerle yaz.",
 )
 _LOWER_PROMPTS = (
-    "'{w}' kelimesini küçük harflerle yaz.",
-    "'{w}' kelimesini küçük harfe çevir.",
-    "Küçük harflerle yaz: {w}",
+    "{w} kelimesini küçük harflerle yaz.",
+    "{w} kelimesini küçük harfe çevir.",
+    "{w}: küçük harflerle yaz.",
 )
 _NUMBER_PROMPTS = (
     "{w} sayısını yazıyla yaz.",
     "{w} sayısı yazıyla nasıl yazılır?",
-    "Yazıyla yaz: {w}",
+    "{w}: yazıyla yaz.",
 )
 
 

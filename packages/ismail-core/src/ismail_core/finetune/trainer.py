@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -106,6 +107,7 @@ class FinetuneTrainer(Trainer):
             from ismail_core.finetune.builtin import builtin_tasks, is_correct
 
             train_items, held_out = builtin_tasks()
+            held_out = _interleave_tasks(held_out)  # any eval_replies prefix covers every task
             cases = [
                 ReplyCase(item.messages()[:-1], item.answer, item.task, _bind(is_correct, item))
                 for item in held_out
@@ -274,6 +276,15 @@ class FinetuneTrainer(Trainer):
 
 def _bind(check: Callable[[Any, str], bool], item: Any) -> Callable[[str], bool]:
     return lambda reply: check(item, reply)
+
+
+def _interleave_tasks(items: list[Any]) -> list[Any]:
+    """Items reordered round-robin over their tasks (first of each task, then second, ...)."""
+    by_task: dict[str, list[Any]] = {}
+    for item in items:
+        by_task.setdefault(item.task, []).append(item)
+    rounds = itertools.zip_longest(*by_task.values())
+    return [item for group in rounds for item in group if item is not None]
 
 
 def _exact_case(messages: list[dict]) -> ReplyCase:
