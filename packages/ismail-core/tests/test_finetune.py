@@ -149,9 +149,11 @@ def test_packed_example_gets_the_logits_it_gets_alone(tok, tiny_model_config):
         encode_example(tok, CHAT[3:]),
     ]
     packed = collate(pack(examples, 64), tok.pad_id, packed=True)
-    assert packed["input_ids"].shape[0] == 1
+    assert packed.pop("loss_only") and packed["input_ids"].shape[0] == 1
     with torch.no_grad():
         out = model(**packed)
+        # the LM head only where there are targets gives the same loss
+        assert float(model(**packed, loss_only=True).lm_loss) == pytest.approx(float(out.lm_loss))
         start = 0
         for ex in examples:
             alone = model(torch.tensor([ex.ids]))

@@ -13,6 +13,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,9 +111,10 @@ def single_rows(examples: Sequence[Example]) -> list[Row]:
     return [Row(ex.ids, ex.labels, [0] * len(ex.ids)) for ex in examples]
 
 
-def collate(rows: Sequence[Row], pad_id: int, packed: bool) -> dict[str, torch.Tensor]:
-    """Right-padded tensors for the model: input_ids, labels and, for packed rows, doc_ids
-    (padding forms a document of its own, so no real token attends to it)."""
+def collate(rows: Sequence[Row], pad_id: int, packed: bool) -> dict[str, Any]:
+    """The model's keyword arguments: right-padded input_ids and labels, loss_only (the loss
+    needs no other logits) and, for packed rows, doc_ids (padding forms a document of its own,
+    so no real token attends to it)."""
     width = max(len(r.ids) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
@@ -123,7 +125,7 @@ def collate(rows: Sequence[Row], pad_id: int, packed: bool) -> dict[str, torch.T
         labels[i, :n] = torch.tensor(row.labels)
         docs[i, :n] = torch.tensor(row.docs)
         docs[i, n:] = row.docs[-1] + 1
-    batch = {"input_ids": ids, "labels": labels}
+    batch = {"input_ids": ids, "labels": labels, "loss_only": True}
     if packed:
         batch["doc_ids"] = docs
     return batch

@@ -63,7 +63,7 @@ def heldout_loss(
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
         batch = collate(single_rows(examples[start : start + batch_size]), 0, packed=False)
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         n = int((batch["labels"][:, 1:] != IGNORE).sum())
         with autocast or contextlib.nullcontext():
             out = model(**batch)

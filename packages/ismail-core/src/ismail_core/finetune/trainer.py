@@ -175,13 +175,13 @@ class FinetuneTrainer(Trainer):
         self._place_model(model, read_resume_state(resume) if resume is not None else None)
 
     # ------------------------------------------------------------------ steps
-    def _micro_batch(self, step: int, micro: int) -> dict[str, torch.Tensor]:
+    def _micro_batch(self, step: int, micro: int) -> dict[str, Any]:
         rows = [self.rows[i] for i in self.sampler.indices(step, micro, self.info.rank)]
         self._micro_tokens = sum(len(r.ids) for r in rows)
         pad = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
         return collate(rows, pad, packed=self.cfg.finetune.packing)
 
-    def _count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+    def _count_tokens(self, batch: dict[str, Any]) -> int:
         return self._micro_tokens  # padding excluded
 
     @property

@@ -25,12 +25,12 @@ from .rope import RotaryEmbedding
 class ModelOutput:
     """What Transformer.forward returns when labels are given (or return_output=True).
 
-    loss: lm_loss + aux_loss (None without labels); logits: (B, T, vocab);
+    loss: lm_loss + aux_loss (None without labels); logits: (B, T, vocab) (None with loss_only);
     aux_loss: summed MoE balance loss; expert_load: per-MoE-layer (n_routed_experts,) int64 counts
     of token-to-expert assignments; dropped_tokens: assignments dropped by the capacity factor.
     """
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     loss: torch.Tensor | None = None
     lm_loss: torch.Tensor | None = None
     aux_loss: torch.Tensor | None = None
@@ -134,13 +134,18 @@ class Transformer(nn.Module):
         slots: torch.Tensor | None = None,
         doc_ids: torch.Tensor | None = None,
         return_output: bool = False,
+        loss_only: bool = False,
     ) -> torch.Tensor | ModelOutput:
         """input_ids (B, T) -> logits (B, T, vocab), or ModelOutput when labels are given or
         return_output is True.
 
         doc_ids (B, T), for sequences packed from several documents (non-decreasing along T):
         a token attends only to earlier tokens of its own document, and positions restart at
-        each document, so a packed document gets the logits it would get alone."""
+        each document, so a packed document gets the logits it would get alone.
+
+        loss_only (with labels): compute logits only at positions that have a target, for the
+        loss; the output's `logits` is then None. Fine-tuning, whose targets are the assistant
+        turns only, spends far less on the LM head."""
         if input_ids.ndim != 2:
             raise ValueError(
                 f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}"
@@ -186,7 +191,13 @@ class Transformer(nn.Module):
                 h, layer_stats = layer(h, rope, mask, cache, view)
             if layer_stats is not None:
                 stats.append(layer_stats)
-        logits = self.head(self.norm(h))
+        h = self.norm(h)
+        targets = None if labels is None else F.pad(labels[:, 1:], (0, 1), value=-100)
+        if loss_only and targets is not None:
+            # the LM head (a large share of a small model's compute) runs only where a target is
+            keep = targets != -100
+            h, targets = h[keep], targets[keep]
+        logits = self.head(h)
 
         # loads are accumulated here, outside any checkpointed region, so recomputation in the
         # backward pass never counts a token twice
@@ -198,15 +209,16 @@ class Transformer(nn.Module):
             return logits
         aux = sum((s.aux_loss for s in stats), torch.zeros((), device=device))
         out = ModelOutput(
-            logits=logits,
+            logits=None if loss_only else logits,
             aux_loss=aux,
             expert_load=[s.load for s in stats],
             dropped_tokens=sum((s.dropped for s in stats), torch.zeros((), device=device).long()),
         )
-        if labels is not None:
+        if targets is not None:
             # shift the labels, not the logits: slicing (B, T, vocab) logits would copy them
-            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
-            out.lm_loss = lm_cross_entropy(logits.flatten(0, 1), targets.flatten())
+            out.lm_loss = lm_cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+            )
             out.loss = out.lm_loss + aux
         return out
 

@@ -257,7 +257,7 @@ class Trainer:
         first = (step // self.cfg.train.rotation_interval) * k
         self.raw_model.set_trainable_experts([(first + i) % n for i in range(k)])
 
-    def _micro_batch(self, step: int, micro: int) -> dict[str, torch.Tensor]:
+    def _micro_batch(self, step: int, micro: int) -> dict[str, Any]:
         """The model's keyword arguments for one micro-batch: token windows as their own
         labels (the model shifts them)."""
         cfg = self.cfg
@@ -285,7 +285,7 @@ class Trainer:
         self.step_tokens = 0
         for micro in range(accum):
             batch = {
-                k: v.to(self.device, non_blocking=True)
+                k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
                 for k, v in self._micro_batch(step, micro).items()
             }
             self.step_tokens += self._count_tokens(batch) * info.world_size
