@@ -123,8 +123,11 @@ const Ismail = (() => {
     }
   }
 
-  /** Fill the status badge with the served model's name, or say why the server is unreachable. */
-  async function showServerStatus(element) {
+  /**
+   * Fill the status badge with the served model's name, or say why the server is unreachable.
+   * Resolves to the model's id (null when unknown); onModel, if given, gets its /v1/models entry.
+   */
+  async function showServerStatus(element, onModel) {
     const dot = element.querySelector(".dot");
     const label = element.querySelector("span:last-child");
     try {
@@ -135,7 +138,9 @@ const Ismail = (() => {
         return null;
       }
       const body = await r.json();
-      const model = body.data && body.data[0] ? body.data[0].id : null;
+      const entry = body.data && body.data[0] ? body.data[0] : null;
+      const model = entry ? entry.id : null;
+      if (entry && onModel) onModel(entry);
       dot.className = "dot ok";
       label.textContent = model ? `model: ${model}` : "connected";
       element.title = label.textContent;

@@ -287,7 +287,24 @@
   });
 
   async function refreshStatus() {
-    modelName = await Ismail.showServerStatus($("server-status"));
+    modelName = await Ismail.showServerStatus($("server-status"), (entry) =>
+      fitMaxTokens(entry.max_model_len),
+    );
+  }
+
+  /**
+   * Prompt and reply share the model's context, and the server refuses a request whose
+   * max_tokens does not fit beside the prompt. The page's default budget would fill a short
+   * context on its own (the tiny preset has 256 tokens), so every message would be refused:
+   * while the field holds that default, lower it to half the context. A value the user typed
+   * is theirs to keep (the server's refusal then says what to change).
+   */
+  function fitMaxTokens(maxModelLen) {
+    const field = $("max-tokens");
+    const fit = Math.floor(maxModelLen / 2);
+    if (fit >= 1 && field.value === field.defaultValue && fit < Number(field.defaultValue)) {
+      field.value = String(fit);
+    }
   }
 
   loadSettings();
