@@ -11,10 +11,13 @@ compared with:
 
 Each method runs in its own subprocess, so its peak memory is that process's own high-water
 mark: on CPU peak RSS (ru_maxrss, the whole process: torch, tokenizer, loading the base and
-training), on CUDA torch.cuda.max_memory_allocated. Optimizer state is the bytes of the
-optimizer's state tensors after the first step. Tokens/s counts the tokens trained (the
-trainer's tokens_seen, padding excluded) over the steps after one warm-up step. The run stops
-after the last measured step (no final checkpoint, no evaluation).
+training), on CUDA torch.cuda.max_memory_allocated. On CPU the table also gives the peak above
+the process's resident memory just before fine-tuning starts (torch, transformers and peft
+imported in every row): the memory the method itself needs, which is what CUDA's figure
+measures too, without the ~0.8 GB of interpreter and libraries every row carries.
+Optimizer state is the bytes of the optimizer's state tensors after the first step. Tokens/s
+counts the tokens trained (the trainer's tokens_seen, padding excluded) over the steps after
+one warm-up step. The run stops after the last measured step (no checkpoint, no evaluation).
 
     uv run python bench/finetune.py                    # ismail-512 on CPU
     uv run python bench/finetune.py --device cuda      # on a GPU, QLoRA included
@@ -145,6 +148,15 @@ def optimizer_state_bytes(optimizer: Any) -> int:
     )
 
 
+def resident_mb() -> float:
+    """This process's resident memory now (Linux /proc)."""
+    import os
+
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def peak_memory_mb(device: Any) -> float:
     """This process's peak: CUDA max allocated, else peak RSS (Linux reports KiB)."""
     import torch
@@ -158,8 +170,9 @@ class Probe:
     """The on_step callback: starts the clock after the warm-up step, records the figures
     after the last one and stops the run."""
 
-    def __init__(self, warmup: int, steps: int) -> None:
+    def __init__(self, warmup: int, steps: int, baseline_mb: float) -> None:
         self.warmup, self.last = warmup, warmup + steps
+        self.baseline_mb = baseline_mb
         self.figures: dict[str, Any] = {}
 
     def __call__(self, step: int, trainer: Any) -> None:
@@ -177,6 +190,7 @@ class Probe:
             self.figures |= {
                 "trainable_m": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
                 "peak_mb": peak_memory_mb(trainer.device),
+                "own_mb": peak_memory_mb(trainer.device) - self.baseline_mb,
                 "tok_s": tokens / wall,
                 "fill": tokens / (self.last - self.warmup) / trainer.tokens_per_step,
                 "precision": trainer.precision.name,
@@ -188,7 +202,10 @@ def worker(method: str, base: str, data: str, args: argparse.Namespace) -> dict[
     """Fine-tune with `method` for 1 + args.steps steps; returns the measurements."""
     from ismail_core.finetune.trainer import finetune
 
-    probe = Probe(warmup=1, steps=args.steps)
+    if importlib.util.find_spec("peft") is not None:
+        import peft  # noqa: F401  (LoRA imports it; load it in every row so the baseline is equal)
+    baseline = 0.0 if args.device.startswith("cuda") else resident_mb()
+    probe = Probe(warmup=1, steps=args.steps, baseline_mb=baseline)
     with tempfile.TemporaryDirectory() as out:
         try:
             finetune(finetune_config(method, base, data, out, args), on_step=probe)
@@ -228,6 +245,7 @@ def measure(base: Path, data: Path, args: argparse.Namespace) -> dict[str, dict[
                 **ok[0],
                 "tok_s": statistics.median(r["tok_s"] for r in ok),
                 "peak_mb": max(r["peak_mb"] for r in ok),
+                "own_mb": max(r["own_mb"] for r in ok),
             }
         else:
             rows[method] = {"error": skip.get(method) or runs[method][0]["error"]}
@@ -238,32 +256,38 @@ def print_table(rows: dict[str, dict[str, Any]]) -> None:
     """The markdown table, ratios against full fine-tuning."""
     print(
         "| method | trainable params | optimizer state (MB) | peak memory (MB) | peak vs full "
-        "| tokens/s | vs full |"
+        "| peak above runtime (MB) | vs full | tokens/s | vs full |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     full = rows.get("full", {})
     for method, r in rows.items():
         if "error" in r:
-            print(f"| {method} | {r['error']} | | | | | |")
+            print(f"| {method} | {r['error']} | | | | | | | |")
             continue
-        peak_ratio = speed_ratio = ""
+        peak_ratio = own_ratio = speed_ratio = ""
         if "error" not in full and method != "full":
             peak_ratio = f"{r['peak_mb'] / full['peak_mb']:.2f}x"
+            own_ratio = f"{r['own_mb'] / full['own_mb']:.2f}x"
             speed_ratio = f"{r['tok_s'] / full['tok_s']:.2f}x"
         print(
             f"| {method} | {r['trainable_m']:.2f}M | {r['optim_mb']:.1f} | {r['peak_mb']:.0f} "
-            f"| {peak_ratio} | {r['tok_s']:.0f} | {speed_ratio} |"
+            f"| {peak_ratio} | {r['own_mb']:.0f} | {own_ratio} | {r['tok_s']:.0f} "
+            f"| {speed_ratio} |"
         )
 
 
 def verdict(rows: dict[str, dict[str, Any]]) -> str:
-    """Whether LoRA's peak memory is within LORA_TARGET of full fine-tuning's."""
+    """Whether LoRA's peak memory is within LORA_TARGET of full fine-tuning's, measured both
+    ways (whole process, and above the runtime)."""
     full, lora = rows.get("full", {}), rows.get("lora", {})
     if "error" in full or "error" in lora:
         return "LoRA vs full peak memory: not measured (a row failed)"
-    ratio = lora["peak_mb"] / full["peak_mb"]
-    ok = "meets" if ratio <= LORA_TARGET else "MISSES"
-    return f"LoRA peak = {ratio:.2f}x full's: {ok} the <= {LORA_TARGET}x target"
+    parts = []
+    for key, what in (("peak_mb", "whole-process peak"), ("own_mb", "peak above runtime")):
+        ratio = lora[key] / full[key]
+        ok = "meets" if ratio <= LORA_TARGET else "misses"
+        parts.append(f"{what} {ratio:.2f}x full's ({ok} the <= {LORA_TARGET}x target)")
+    return "LoRA: " + "; ".join(parts)
 
 
 def parse_args() -> argparse.Namespace:

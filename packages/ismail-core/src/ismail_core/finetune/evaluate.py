@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ismail_core.chat import END_TOKEN, end_of_turn_ids, render_chat
+from ismail_core.chat import end_of_turn_ids, render_chat
 from ismail_core.finetune.data import IGNORE, Example, collate, single_rows
 from ismail_core.generate import BatchGeneration, decode_continuation
 from ismail_core.sampling import SamplingParams
@@ -83,22 +83,18 @@ def generate_replies(
     """Greedy replies to each case's conversation: (text decoded after the prompt, whether the
     reply ended with an end-of-turn id within max_new_tokens)."""
     ends = end_of_turn_ids(tokenizer)
-    end_id = tokenizer.token_to_id(END_TOKEN)
     out: list[tuple[str, bool]] = []
     for start in range(0, len(cases), batch_size):
         chunk = cases[start : start + batch_size]
         prompts = [
             render_chat(tokenizer, c.messages, add_generation_prompt=True).ids for c in chunk
         ]
-        batch = BatchGeneration(
-            model, prompts, max_new_tokens, [SamplingParams(temperature=0.0)] * len(chunk), end_id
-        )
+        greedy = [SamplingParams(temperature=0.0)] * len(chunk)
+        batch = BatchGeneration(model, prompts, max_new_tokens, greedy, ends)
         replies: list[list[int]] = [[] for _ in chunk]
         while step := batch.step():
             for row, token in step.items():
                 replies[row].append(token)
-                if token in ends:
-                    batch.end(row)
         for prompt, ids in zip(prompts, replies):
             ended = bool(ids) and ids[-1] in ends
             text = decode_continuation(tokenizer, prompt, ids[:-1] if ended else ids)
