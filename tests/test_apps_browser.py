@@ -23,22 +23,11 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/_serve.py (see its docstring)
+from _browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT  # noqa: E402
 from _serve import base_url, free_port, start_serve, stop_serve  # noqa: E402
 
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 API_KEY = "sk-apps-test-key"
 MAX_SEQ_LEN = 2048
 DESKTOP = {"width": 1280, "height": 800}

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/_serve.py (see its docstring)
+from _browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from _serve import base_url, free_port, start_serve, stop_serve  # noqa: E402
 from _tiny import tiny_tr_checkpoint  # noqa: E402
 
@@ -33,18 +34,6 @@ openai = pytest.importorskip("openai")
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 API_KEY = "sk-finetune-serve-test"
 MAX_SEQ_LEN = 256  # the tiny preset's context, which `ismail train` gives runs/tiny
 MAX_TOKENS = 100  # far above the replies (a few tokens each): only a model that stops ends early

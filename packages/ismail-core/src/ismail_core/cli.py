@@ -75,7 +75,7 @@ def _run_data(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- ismail train
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from ismail_core.train.config import option_fields
+    from ismail_core.train.config import TrainConfig
 
     p = sub.add_parser(
         "train",
@@ -88,17 +88,23 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         allow_abbrev=False,
     )
+    add_config_flags(p, TrainConfig)
+    p.set_defaults(func=_run_train)
+
+
+def add_config_flags(p: argparse.ArgumentParser, config_cls: type) -> None:
+    """--config FILE and one --section.key flag for every option of a config class."""
+    from ismail_core.train.config import option_fields
+
     p.add_argument("--config", help="JSON or YAML config file", default=argparse.SUPPRESS)
-    for key, (kind, text, default) in option_fields().items():
-        meta = _metavar(kind)
+    for key, (kind, text, default) in option_fields(config_cls).items():
         p.add_argument(
             f"--{key}",
             dest=key,
-            metavar=meta,
+            metavar=_metavar(kind),
             default=argparse.SUPPRESS,
             help=f"{text} (default: {default})" if default is not None else text,
         )
-    p.set_defaults(func=_run_train)
 
 
 def _metavar(kind: Any) -> str:
@@ -459,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     from ismail_core.finetune.cli import add_finetune
 
-    add_finetune(sub, _metavar)
+    add_finetune(sub)
     return parser
 
 

@@ -19,10 +19,10 @@ SWITCHES = {
 }
 
 
-def add_finetune(sub: argparse._SubParsersAction, metavar: Any) -> None:
-    """Register `ismail finetune` (metavar(kind) names a flag's value type)."""
+def add_finetune(sub: argparse._SubParsersAction) -> None:
+    """Register `ismail finetune`."""
+    from ismail_core.cli import add_config_flags
     from ismail_core.finetune.config import FinetuneConfig
-    from ismail_core.train.config import option_fields
 
     p = sub.add_parser(
         "finetune",
@@ -36,19 +36,11 @@ def add_finetune(sub: argparse._SubParsersAction, metavar: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         allow_abbrev=False,
     )
-    p.add_argument("--config", help="JSON or YAML config file", default=argparse.SUPPRESS)
     for flag, (key, text) in ALIASES.items():
         p.add_argument(flag, dest=key, metavar="VALUE", default=argparse.SUPPRESS, help=text)
     for flag, (key, value, text) in SWITCHES.items():
         p.add_argument(flag, dest=key, action="store_const", const=value, help=text)
-    for key, (kind, text, default) in option_fields(FinetuneConfig).items():
-        p.add_argument(
-            f"--{key}",
-            dest=key,
-            metavar=metavar(kind),
-            default=argparse.SUPPRESS,
-            help=f"{text} (default: {default})",
-        )
+    add_config_flags(p, FinetuneConfig)
     p.set_defaults(func=run_finetune)
 
 

@@ -98,7 +98,7 @@ class FinetuneConfig:
     )
     eval: EvalSection = field(default_factory=lambda: EvalSection(interval=100, batch_size=16))
     checkpoint: CheckpointSection = field(default_factory=lambda: CheckpointSection(interval=100))
-    log: LogSection = field(default_factory=LogSection)
+    log: LogSection = field(default_factory=lambda: LogSection(sample_tokens=0))
     dist: DistSection = field(default_factory=DistSection)
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,7 +122,12 @@ class FinetuneConfig:
             (lo.rank > 0 and lo.alpha > 0, "lora.rank and lora.alpha must be positive"),
             (0 <= lo.dropout < 1, "lora.dropout must be in [0, 1)"),
             (not (f.merge and f.method == "full"), "finetune.merge is for LoRA; drop it"),
+            # pretraining options that mean nothing here: refused rather than ignored
             (self.train.expert_rotation == 0, "train.expert_rotation is for pretraining"),
+            (self.train.batch_tokens == 0, "use train.batch_size, not train.batch_tokens"),
+            (self.train.seq_len == 0, "use finetune.max_len, not train.seq_len"),
+            (self.eval.max_tokens == 0, "use finetune.eval_replies, not eval.max_tokens"),
+            (self.log.sample_tokens == 0, "fine-tuning samples replies at each evaluation"),
         ]
         for ok, message in checks:
             if not ok:
