@@ -15,7 +15,7 @@ SWITCHES = {
     "--lora": ("finetune.method", "lora", "LoRA adapters instead of full fine-tuning"),
     "--qlora": ("finetune.method", "qlora", "LoRA on 4-bit NF4 base weights (CUDA)"),
     "--merge": ("finetune.merge", "true", "LoRA: also write merged weights"),
-    "--packing": ("finetune.packing", "true", "pack conversations into full sequences"),
+    "--no-packing": ("finetune.packing", "false", "one conversation per sequence (padded)"),
 }
 
 

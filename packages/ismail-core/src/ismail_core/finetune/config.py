@@ -44,8 +44,9 @@ class FinetuneSection:
         default="assistant",
     )
     packing: bool = doc_field(
-        "pack several conversations into each sequence (each attends only to itself)",
-        default=False,
+        "pack several conversations into each sequence (each attends only to itself and "
+        "restarts its positions); false = one conversation per sequence, padded",
+        default=True,
     )
     max_len: int = doc_field("tokens per conversation (0 = the model's max_seq_len)", default=0)
     too_long: str = doc_field(
@@ -64,7 +65,7 @@ class FinetuneSection:
         "and the share that ends its turn)",
         default=200,
     )
-    max_new_tokens: int = doc_field("token budget of a generated reply", default=32)
+    max_new_tokens: int = doc_field("token budget of a generated reply", default=16)
 
 
 @dataclass
@@ -90,14 +91,17 @@ class FinetuneConfig:
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
     lora: LoraSection = field(default_factory=LoraSection)
     run: RunSection = field(default_factory=lambda: RunSection(out_dir="runs/tiny-chat"))
-    train: TrainSection = field(default_factory=lambda: TrainSection(steps=300, batch_size=16))
+    # Defaults tuned on the no-argument run (tiny base, built-in tasks, 2-core CPU): 320 steps
+    # of 8 packed rows (~13 conversations each) at lr 3e-3 fit in under 10 minutes; held-out
+    # accuracy was still climbing steeply at 250 steps (36-45% over three seeds/settings).
+    train: TrainSection = field(default_factory=lambda: TrainSection(steps=320, batch_size=8))
     optim: OptimSection = field(
         default_factory=lambda: OptimSection(
-            lr=1e-3, min_lr=1e-4, warmup_steps=10, weight_decay=0.0
+            lr=3e-3, min_lr=3e-4, warmup_steps=20, weight_decay=0.0
         )
     )
-    eval: EvalSection = field(default_factory=lambda: EvalSection(interval=100, batch_size=16))
-    checkpoint: CheckpointSection = field(default_factory=lambda: CheckpointSection(interval=100))
+    eval: EvalSection = field(default_factory=lambda: EvalSection(interval=160, batch_size=16))
+    checkpoint: CheckpointSection = field(default_factory=lambda: CheckpointSection(interval=160))
     log: LogSection = field(default_factory=lambda: LogSection(sample_tokens=0))
     dist: DistSection = field(default_factory=DistSection)
 
@@ -122,6 +126,10 @@ class FinetuneConfig:
             (lo.rank > 0 and lo.alpha > 0, "lora.rank and lora.alpha must be positive"),
             (0 <= lo.dropout < 1, "lora.dropout must be in [0, 1)"),
             (not (f.merge and f.method == "full"), "finetune.merge is for LoRA; drop it"),
+            (
+                f.method == "full" or self.dist.strategy == "ddp",
+                "LoRA under torchrun runs with --dist.strategy ddp (FSDP shards the adapters)",
+            ),
             # pretraining options that mean nothing here: refused rather than ignored
             (self.train.expert_rotation == 0, "train.expert_rotation is for pretraining"),
             (self.train.batch_tokens == 0, "use train.batch_size, not train.batch_tokens"),

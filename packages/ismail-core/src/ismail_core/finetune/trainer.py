@@ -268,7 +268,8 @@ class FinetuneTrainer(Trainer):
             f"{len(self.val_examples):,} held-out conversations ({len(self.rows):,} rows of "
             f"<= {self.seq_len} tokens)\n"
             f"  {self.cfg.train.steps} steps x {self.cfg.train.batch_size * self.grad_accum} "
-            f"rows on {self.device} ({self.precision.name}); {where}\n"
+            f"rows per process on {self.device} ({self.info.world_size} process(es), "
+            f"{self.precision.name}); {where}\n"
             f"  run directory: {self.run_dir}",
             flush=True,
         )
