@@ -358,3 +358,22 @@ def test_torchrun_two_processes(method, tr_base, chat_file, tmp_path):
     assert "2 process(es)" in done.stdout and "held-out accuracy" in done.stdout
     model, _ = load_model(tmp_path / "run")
     assert model.cfg.dim == 64
+
+
+def test_conversations_longer_than_the_context(tr_base, chat_file, tmp_path, capsys):
+    long_user = " ".join(["Arkadaşlar, bu gece burada toplandık."] * 20)  # far past 64 tokens
+    lines = chat_file.read_text(encoding="utf-8").splitlines()
+    for i in range(20):
+        messages = [{"role": "user", "content": f"{i} {long_user}"}]
+        messages.append({"role": "assistant", "content": "Evet."})
+        lines.append(json.dumps({"messages": messages}, ensure_ascii=False))
+    data = tmp_path / "long.jsonl"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = _cfg(tr_base, data, tmp_path / "run", **{"finetune.val_fraction": 0.5})
+    result = finetune(cfg)  # held-out prompts too long to answer are not generated for
+    assert result.step == 6
+    out = capsys.readouterr().out
+    assert "truncated" in out and "dropped" in out
+    dropping = _cfg(tr_base, data, tmp_path / "drop", **{"finetune.too_long": "drop"})
+    finetune(dropping)
+    assert "0 truncated" in capsys.readouterr().out

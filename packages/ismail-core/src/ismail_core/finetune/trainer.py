@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ismail_core.chat import add_chat_markers, chat_template
+from ismail_core.chat import add_chat_markers, chat_template, render_chat
 from ismail_core.checkpoint import (
     ADAPTER_DIR,
     CheckpointError,
@@ -86,7 +86,12 @@ class FinetuneTrainer(Trainer):
                 f"finetune.max_len {self.seq_len} exceeds the base model's max_seq_len "
                 f"{max_seq_len}; lower --finetune.max_len"
             )
-        train, val, self.cases = self._conversations()
+        train, val, cases = self._conversations()
+        # a reply is generated after the prompt: both must fit the model's context
+        room = max_seq_len - f.max_new_tokens
+        self.cases = [
+            c for c in cases if len(render_chat(self.tokenizer, c.messages, True).ids) <= room
+        ]
         self.train_examples = self._encode(train, "training")
         self.val_examples = self._encode(val, "held-out") if val else []
         rows = pack(self.train_examples, self.seq_len) if f.packing else None
