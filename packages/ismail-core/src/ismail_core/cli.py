@@ -123,12 +123,12 @@ def _run_train(args: argparse.Namespace) -> int:
     if result.interrupted:
         print(f"saved {result.checkpoint}; run the same command again to continue")
         return EXIT_INTERRUPTED
-    if _is_main_process() and result.checkpoint is not None:
+    if is_main_process() and result.checkpoint is not None:
         _print_summary(result, cfg.log.sample_tokens)
     return 0
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 

@@ -46,6 +46,7 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
 
 def run_finetune(args: argparse.Namespace) -> int:
     """Build the config from file and flags, fine-tune, print the summary."""
+    from ismail_core.cli import EXIT_INTERRUPTED, is_main_process
     from ismail_core.finetune.config import FinetuneConfig
     from ismail_core.finetune.trainer import finetune
     from ismail_core.train.config import build_config, read_config_file
@@ -60,16 +61,10 @@ def run_finetune(args: argparse.Namespace) -> int:
     result = finetune(cfg)
     if result.interrupted:
         print(f"saved {result.checkpoint}; run the same command again to continue")
-        return 130
-    if result.checkpoint is not None and _is_main():
+        return EXIT_INTERRUPTED
+    if result.checkpoint is not None and is_main_process():
         print_summary(result)
     return 0
-
-
-def _is_main() -> bool:
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def print_summary(result: Any) -> None:
