@@ -152,23 +152,7 @@ class Transformer(nn.Module):
             )
         B, T = input_ids.shape
         device = input_ids.device
-        view = None
-        mask = None
-        if cache is None:
-            if not isinstance(start_pos, int) or start_pos != 0 or slots is not None:
-                raise ValueError(
-                    "start_pos and slots need a cache: pass cache=model.new_cache(...)"
-                )
-            positions = torch.arange(T, device=device)
-            if self.cfg.sliding_window and T > self.cfg.sliding_window:
-                mask = sliding_window_mask(T, self.cfg.sliding_window, device)
-            if doc_ids is not None:
-                positions, mask = document_positions_and_mask(doc_ids, mask)
-        elif doc_ids is not None:
-            raise ValueError("doc_ids (packed training sequences) cannot be used with a cache")
-        else:
-            view = make_view(cache, B, T, start_pos, slots, self.cfg.sliding_window, device)
-            positions = view.positions
+        positions, mask, view = self._positions(input_ids, cache, start_pos, slots, doc_ids)
         h = self.embed(input_ids)
         if self.pos_embed is not None:
             # positions are arange(T), or start + arange(T) with kv_len = max(start) + T: the
@@ -221,6 +205,32 @@ class Transformer(nn.Module):
             )
             out.loss = out.lm_loss + aux
         return out
+
+    def _positions(
+        self,
+        input_ids: torch.Tensor,
+        cache,
+        start_pos: int | torch.Tensor,
+        slots: torch.Tensor | None,
+        doc_ids: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, CacheView | None]:
+        """(positions, attention mask or None for plain causal, cache view or None) of a call."""
+        B, T = input_ids.shape
+        device = input_ids.device
+        if cache is not None:
+            if doc_ids is not None:
+                raise ValueError("doc_ids (packed training sequences) cannot be used with a cache")
+            view = make_view(cache, B, T, start_pos, slots, self.cfg.sliding_window, device)
+            return view.positions, None, view
+        if not isinstance(start_pos, int) or start_pos != 0 or slots is not None:
+            raise ValueError("start_pos and slots need a cache: pass cache=model.new_cache(...)")
+        positions = torch.arange(T, device=device)
+        mask = None
+        if self.cfg.sliding_window and T > self.cfg.sliding_window:
+            mask = sliding_window_mask(T, self.cfg.sliding_window, device)
+        if doc_ids is not None:
+            positions, mask = document_positions_and_mask(doc_ids, mask)
+        return positions, mask, None
 
     # ------------------------------------------------------------------ inference cache
     def new_cache(self, max_batch: int, max_len: int, device=None, dtype=None):
