@@ -175,7 +175,7 @@ def _add_template_text(
 ) -> bool:
     """Append the ids of template text; right after an assistant content they are trainable up
     to and including the first end-of-turn id. Returns whether that end is still to come."""
-    for token_id in _encode_special(tokenizer, text):
+    for token_id in encode_with_specials(tokenizer, text):
         ids.append(token_id)
         trainable.append(after_assistant)
         if after_assistant and token_id in ends:
@@ -183,8 +183,9 @@ def _add_template_text(
     return after_assistant
 
 
-def _encode_special(tokenizer: Any, text: str) -> list[int]:
-    """Ids of template text, special-token names read as their ids."""
+def encode_with_specials(tokenizer: Any, text: str) -> list[int]:
+    """Ids of text in which special-token names ("<|end|>") stand for their ids, as Hugging
+    Face tokenizers read them (template text; never message content)."""
     if not text:
         return []
     if tokenizer.kind == "tr":

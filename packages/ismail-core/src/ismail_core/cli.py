@@ -92,6 +92,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_train)
 
 
+def config_from_args(args: argparse.Namespace, config_cls: type) -> Any:
+    """The config: defaults, then --config FILE, then the dotted flags given."""
+    from ismail_core.train.config import build_config, read_config_file
+
+    skip = ("func", "command", "config")
+    values = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+    layers = [read_config_file(args.config)] if getattr(args, "config", None) else []
+    return build_config(*layers, values, config_cls=config_cls)
+
+
 def add_config_flags(p: argparse.ArgumentParser, config_cls: type) -> None:
     """--config FILE and one --section.key flag for every option of a config class."""
     from ismail_core.train.config import option_fields
@@ -113,12 +123,10 @@ def _metavar(kind: Any) -> str:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from ismail_core.train import build_config, train
-    from ismail_core.train.config import read_config_file
+    from ismail_core.train import train
+    from ismail_core.train.config import TrainConfig
 
-    values = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config")}
-    layers = [read_config_file(args.config)] if getattr(args, "config", None) else []
-    cfg = build_config(*layers, values)
+    cfg = config_from_args(args, TrainConfig)
     result = train(cfg)
     if result.interrupted:
         print(f"saved {result.checkpoint}; run the same command again to continue")

@@ -551,13 +551,17 @@ def export_checkpoint_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
         load_model,
         resolve_checkpoint,
     )
-    from .hf_adapter import export_adapter_hf, lora_base_model
+    from .finetune.lora import load_base
+    from .hf_adapter import export_adapter_hf
     from .tokenizer import CHAT_TEMPLATE_FILE
 
     directory = resolve_checkpoint(checkpoint)
     adapter = directory / ADAPTER_DIR if is_adapter_only(directory) else None
-    model = lora_base_model(directory) if adapter else load_model(directory)[0]
-    template = chat_template(load_checkpoint_tokenizer(directory))
+    if adapter:
+        model, tokenizer = load_base(directory), load_checkpoint_tokenizer(directory)
+    else:
+        model, tokenizer = load_model(directory)
+    template = chat_template(tokenizer)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         _write_hf(model, tmp)

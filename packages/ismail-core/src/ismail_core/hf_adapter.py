@@ -29,14 +29,12 @@ import re
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from .config import ModelConfig
 from .finetune.lora import (
     ADAPTER_WEIGHTS,
     LoraSettings,
     _peft,
-    load_with_adapter,
     read_settings,
 )
 from .hf import _RULES, HFFormatError, _hf_name, _llama_qk_rows, _split_w13, hf_architecture
@@ -48,19 +46,6 @@ _EXPERT = re.compile(r"^layers\.(\d+)\.ffn\.experts\.(\d+)\.(w13|w2)\.lora_([AB]
 # gate_up_proj's already.
 _FUSED = {"w13": "gate_up_proj", "w2": "down_proj"}
 _LAYER = re.compile(r"^model\.layers\.\d+\.")
-
-
-def lora_base_model(checkpoint: Path) -> nn.Module:
-    """The base model of a LoRA checkpoint without its adapter, once `load_with_adapter` has
-    checked that the base is there and is the one the adapter was trained on."""
-    from peft.tuners.lora import LoraLayer
-
-    model = load_with_adapter(checkpoint, merge=False)
-    for name, module in list(model.named_modules()):
-        if isinstance(module, LoraLayer):
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, module.get_base_layer())
-    return model
 
 
 def export_adapter_hf(adapter_dir: Path, cfg: ModelConfig, out_dir: Path, base: Path) -> None:

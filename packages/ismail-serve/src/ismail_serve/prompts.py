@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ismail_core.chat import ChatTemplateError, render_chat
+from ismail_core import chat
 from ismail_core.generate import prompt_ids
 
 from ismail_serve.errors import bad_request
@@ -39,9 +39,7 @@ def encode_with_specials(tokenizer: Any, text: str) -> list[int]:
     """Token ids of text in which special-token names ("<|eos|>") stand for their ids, as
     Hugging Face tokenizers read them (vLLM's /tokenize; never used for chat messages)."""
     check_unicode(text, "prompt")
-    if getattr(tokenizer, "kind", None) == "tr":
-        return list(tokenizer.encode(text, allow_special=True).ids)
-    return list(tokenizer.encode(text).ids)  # `tokenizers` splits special tokens out itself
+    return chat.encode_with_specials(tokenizer, text)
 
 
 def encode_prompt(tokenizer: Any, text: str) -> list[int]:
@@ -62,8 +60,8 @@ def chat_prompt_ids(
         check_unicode(text, "messages")
         plain.append({"role": message.role, "content": text})
     try:
-        return render_chat(tokenizer, plain, add_generation_prompt).ids
-    except ChatTemplateError as exc:
+        return chat.render_chat(tokenizer, plain, add_generation_prompt).ids
+    except chat.ChatTemplateError as exc:
         raise bad_request(
             f"This model cannot render chat messages: {exc}. Or send a plain prompt to "
             "/v1/completions instead.",

@@ -46,19 +46,11 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
 
 def run_finetune(args: argparse.Namespace) -> int:
     """Build the config from file and flags, fine-tune, print the summary."""
-    from ismail_core.cli import EXIT_INTERRUPTED, is_main_process
+    from ismail_core.cli import EXIT_INTERRUPTED, config_from_args, is_main_process
     from ismail_core.finetune.config import FinetuneConfig
     from ismail_core.finetune.trainer import finetune
-    from ismail_core.train.config import build_config, read_config_file
 
-    values = {
-        k: v
-        for k, v in vars(args).items()
-        if k not in ("func", "command", "config") and v is not None
-    }
-    layers = [read_config_file(args.config)] if getattr(args, "config", None) else []
-    cfg = build_config(*layers, values, config_cls=FinetuneConfig)
-    result = finetune(cfg)
+    result = finetune(config_from_args(args, FinetuneConfig))
     if result.interrupted:
         print(f"saved {result.checkpoint}; run the same command again to continue")
         return EXIT_INTERRUPTED

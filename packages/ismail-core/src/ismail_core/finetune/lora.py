@@ -217,6 +217,16 @@ def weights_fingerprint(checkpoint: Path) -> str:
 def load_with_adapter(checkpoint: Path, merge: bool = True) -> nn.Module:
     """The model of a LoRA checkpoint: its base checkpoint's model with the adapter applied,
     merged into the weights (or kept as LoRA layers with merge=False, for training)."""
+    from ismail_core.checkpoint import ADAPTER_DIR
+
+    model = load_base(checkpoint)
+    load_adapter(model, checkpoint / ADAPTER_DIR)
+    return merge_lora(model) if merge else model
+
+
+def load_base(checkpoint: Path) -> nn.Module:
+    """The base model a LoRA checkpoint's adapter was trained on, once checked to be present
+    and to be that base (weights fingerprint, config and tokenizer)."""
     from ismail_core.checkpoint import (
         ADAPTER_DIR,
         load_checkpoint_tokenizer,
@@ -240,8 +250,7 @@ def load_with_adapter(checkpoint: Path, merge: bool = True) -> nn.Module:
             f"{checkpoint} does not match its base {base} (model config or tokenizer differ); "
             "the checkpoint was edited by hand: fine-tune again"
         )
-    load_adapter(model, adapter_dir)
-    return merge_lora(model) if merge else model
+    return model
 
 
 # Layers whose weight matrix the model reads directly instead of calling them: MLA's cached

@@ -189,12 +189,6 @@ class FinetuneTrainer(Trainer):
     def _count_tokens(self, batch: dict[str, Any]) -> int:
         return self._micro_tokens  # padding excluded
 
-    @property
-    def tokens_per_step(self) -> int:
-        """Sequences per step times the length limit (an upper bound: rows vary in length)."""
-        t = self.cfg.train
-        return t.batch_size * self.grad_accum * self.seq_len * self.info.world_size
-
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self) -> ChatEval | None:
         """Held-out loss and generated replies; every process computes the same numbers."""
@@ -243,10 +237,8 @@ class FinetuneTrainer(Trainer):
         if self.cfg.finetune.merge and step >= self.cfg.train.steps:
             merged = lora.merge_lora(copy.deepcopy(self.raw_model).cpu()).state_dict()
         model, settings, base = self.raw_model, self.lora_settings, self.base
-        return self.manager.save(
+        return super()._write_checkpoint(
             step,
-            model,
-            self.tokenizer,
             trainer_state,
             merged,
             is_best,

@@ -373,12 +373,14 @@ class Trainer:
         self,
         step: int,
         trainer_state: dict[str, Any],
-        state_dict: dict[str, torch.Tensor],
+        state_dict: dict[str, torch.Tensor] | None,
         is_best: bool,
+        adapter: Callable[[Path], None] | None = None,
     ) -> Path:
-        """Write the checkpoint of `step` (main process only)."""
+        """Write the checkpoint of `step` (main process only); `adapter` writes a LoRA
+        adapter (see save_checkpoint)."""
         return self.manager.save(
-            step, self.raw_model, self.tokenizer, trainer_state, state_dict, is_best
+            step, self.raw_model, self.tokenizer, trainer_state, state_dict, is_best, adapter
         )
 
     @property
