@@ -106,7 +106,8 @@ def test_corrupt_tokenizer_file_is_one_line_error(
     shutil.copytree(ckpt, bad)
     if kind == "tr":
         _replace_tokenizer(bad, load_tokenizer("tr"))
-    file = bad / "tokenizer" / ("ismail_tokenizer.json" if kind == "marker" else "tokenizer.json")
+    names = {"tr": "tr_tokenizer.json", "hf": "tokenizer.json", "marker": "ismail_tokenizer.json"}
+    file = bad / "tokenizer" / names[kind]
     file.write_text('{"truncated": ')
     code, err = _run(capsys, *_argv(command, bad, tmp_path))
     assert code == 1 and str(file) in err

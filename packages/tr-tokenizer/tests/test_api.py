@@ -105,6 +105,21 @@ def test_save_load_round_trip_and_fingerprint(tok, tmp_path) -> None:
     assert not list((tmp_path / "t").glob(".tokenizer-*"))  # no temp file left behind
 
 
+def test_vocabulary_has_its_own_file_name_and_old_directories_still_load(tok, tmp_path) -> None:
+    # tokenizer.json is the `tokenizers` format's name (transformers reads it as one), so the
+    # vocabulary is saved as tr_tokenizer.json; directories saved before the rename still load.
+    tok.save(tmp_path / "new")
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["tr_tokenizer.json"]
+    old = tmp_path / "old"
+    old.mkdir()
+    (tmp_path / "new" / "tr_tokenizer.json").rename(old / "tokenizer.json")
+    assert tr_tokenizer.load(old).fingerprint == tok.fingerprint
+    # A Hugging Face tokenizer.json beside is no tr-tokenizer vocabulary: said, not guessed.
+    (old / "tokenizer.json").write_text(json.dumps({"version": "1.0", "added_tokens": []}))
+    with pytest.raises(VocabularyError, match="not a tr-tokenizer vocabulary"):
+        tr_tokenizer.load(old)
+
+
 def test_pickle_round_trip(tok) -> None:
     again = pickle.loads(pickle.dumps(tok))
     assert again.fingerprint == tok.fingerprint
@@ -114,15 +129,15 @@ def test_pickle_round_trip(tok) -> None:
 def test_missing_and_corrupt_vocabulary_errors(tmp_path) -> None:
     with pytest.raises(VocabularyError, match="no tokenizer vocabulary at"):
         tr_tokenizer.load(tmp_path / "nowhere")
-    (tmp_path / "tokenizer.json").write_text("{not json")
+    (tmp_path / "tr_tokenizer.json").write_text("{not json")
     with pytest.raises(VocabularyError, match="corrupt"):
         tr_tokenizer.load(tmp_path)
-    (tmp_path / "tokenizer.json").write_text(json.dumps({"format": "something-else"}))
+    (tmp_path / "tr_tokenizer.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(VocabularyError, match="not a tr-tokenizer vocabulary"):
         tr_tokenizer.load(tmp_path)
     good = json.loads(tr_tokenizer.load().vocab.to_json())
     good["pieces"][300] = ["x", "nonsense-kind", 0.0]
-    (tmp_path / "tokenizer.json").write_text(json.dumps(good))
+    (tmp_path / "tr_tokenizer.json").write_text(json.dumps(good))
     with pytest.raises(VocabularyError, match="nonsense-kind"):
         tr_tokenizer.load(tmp_path)
 

@@ -19,9 +19,9 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("tr_tokenizer.hf needs transformers: pip install 'tr-tokenizer[hf]'") from e
 
 from tr_tokenizer.tokenizer import Tokenizer, load
-from tr_tokenizer.vocab import BOS, CHAT_MARKERS, EOS, PAD
+from tr_tokenizer.vocab import BOS, CHAT_MARKERS, EOS, FILE_NAME, PAD
 
-VOCAB_FILE = "tr_tokenizer.json"
+VOCAB_FILE = FILE_NAME
 
 
 class TrTokenizerHF(PreTrainedTokenizer):

@@ -312,7 +312,7 @@ class Tokenizer:
     # ---- persistence --------------------------------------------------------------------
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write the vocabulary to `directory/tokenizer.json` (atomically)."""
+        """Write the vocabulary to `directory/tr_tokenizer.json` (atomically)."""
         return self.vocab.save(directory)
 
     def __reduce__(self):

@@ -1,7 +1,9 @@
 """The vocabulary file: an ordered list of pieces (id = position) with a kind and a score,
 plus `voicing` (root id -> voiced last letter, for roots such as kitap/kitab).
 
-Stored as `tokenizer.json` inside a directory, written atomically. Kinds:
+Stored as `tr_tokenizer.json` inside a directory, written atomically (its own name: Hugging Face
+reserves `tokenizer.json` for the `tokenizers` format; directories written before the rename,
+with `tokenizer.json`, still load). Kinds:
   special  "<|pad|>", "<|bos|>", "<|eos|>", chat role markers
   case     "<|cap|>" (next word capitalized), "<|upper|>" (next word in capitals)
   byte     "<0x00>" ... "<0xFF>" (UTF-8 byte fallback)
@@ -22,7 +24,9 @@ from pathlib import Path
 
 FORMAT = "tr-tokenizer"
 FORMAT_VERSION = 1
-FILE_NAME = "tokenizer.json"
+FILE_NAME = "tr_tokenizer.json"
+# The name vocabularies were saved under before the rename: read when FILE_NAME is absent.
+LEGACY_FILE_NAME = "tokenizer.json"
 KINDS = ("special", "case", "byte", "space", "root", "suffix", "bpe")
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
@@ -49,6 +53,13 @@ def fixed_pieces() -> list[tuple[str, str, float]]:
 
 class VocabularyError(ValueError):
     """A vocabulary file is missing or malformed."""
+
+
+def _vocabulary_file(directory: Path) -> Path:
+    """The vocabulary file in a saved directory: FILE_NAME, else the legacy name."""
+    file = directory / FILE_NAME
+    legacy = directory / LEGACY_FILE_NAME
+    return legacy if not file.exists() and legacy.exists() else file
 
 
 @dataclass
@@ -115,7 +126,7 @@ class Vocabulary:
         return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()[:16]
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write `directory/tokenizer.json` atomically."""
+        """Write `directory/tr_tokenizer.json` atomically."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         return self.write(directory / FILE_NAME)
@@ -137,7 +148,7 @@ class Vocabulary:
     def load(cls, path: str | os.PathLike) -> Vocabulary:
         """Read a vocabulary from a directory written by `save` (or the json file itself)."""
         path = Path(path)
-        file = path / FILE_NAME if path.is_dir() else path
+        file = _vocabulary_file(path) if path.is_dir() else path
         if not file.exists():
             raise VocabularyError(
                 f"no tokenizer vocabulary at {file}: pass a directory written by "

@@ -286,7 +286,7 @@ def _root_lexicon() -> frozenset[str]:
     """The roots of tr-tokenizer's shipped vocabulary, without their leading space."""
     # Read as plain JSON (the format vocab.py documents): Vocabulary.load would also validate
     # all 32k pieces, which takes about as long as building the whole task set.
-    path = importlib.resources.files("tr_tokenizer").joinpath("vocabs/default/tokenizer.json")
+    path = importlib.resources.files("tr_tokenizer").joinpath("vocabs/default/tr_tokenizer.json")
     pieces = json.loads(path.read_text(encoding="utf-8"))["pieces"]
     return frozenset(text.strip() for text, kind, _ in pieces if kind == "root")
 
