@@ -5,7 +5,10 @@
     hf_tok("Kitaplarımızdan birini okudunuz mu?")["input_ids"]
     hf_tok.save_pretrained("out"); TrTokenizerHF.from_pretrained("out")
 
-Ids are identical to `tr_tokenizer`'s, and decoding is exact (no space clean-up).
+Ids are identical to `tr_tokenizer`'s, and decoding is exact (no space clean-up). With
+`prepend_bos=True`, encoding with special tokens (the default of `__call__`) puts `bos_token`
+first, as a model trained on documents that each start after that token expects its prompts
+(ismail's exports set `bos_token` to `<|eos|>`, the document separator).
 """
 
 from __future__ import annotations
@@ -31,11 +34,19 @@ class TrTokenizerHF(PreTrainedTokenizer):
     model_input_names = ["input_ids", "attention_mask"]
 
     def __init__(
-        self, vocab_file: str | None = None, tokenizer: Tokenizer | None = None, **kwargs
+        self,
+        vocab_file: str | None = None,
+        tokenizer: Tokenizer | None = None,
+        prepend_bos: bool = False,
+        **kwargs,
     ) -> None:
         if tokenizer is None:
             tokenizer = load(vocab_file or None)  # a directory or the json file itself
         self.tr = tokenizer
+        self.prepend_bos = prepend_bos
+        # Passed on so that it lands in init_kwargs, which save_pretrained writes out.
+        # (Not named add_bos_token: transformers drops that key when saving.)
+        kwargs["prepend_bos"] = prepend_bos
         kwargs.setdefault("bos_token", BOS)
         kwargs.setdefault("eos_token", EOS)
         kwargs.setdefault("pad_token", PAD)
@@ -61,6 +72,27 @@ class TrTokenizerHF(PreTrainedTokenizer):
 
     def _convert_id_to_token(self, index: int) -> str:
         return self.tr.id_to_token(index)
+
+    def build_inputs_with_special_tokens(
+        self, token_ids_0: list[int], token_ids_1: list[int] | None = None
+    ) -> list[int]:
+        """The ids of a sequence (or pair) with `bos_token` before each when prepend_bos."""
+        start = [self.bos_token_id] if self.prepend_bos else []
+        ids = start + list(token_ids_0)
+        return ids if token_ids_1 is None else ids + start + list(token_ids_1)
+
+    def get_special_tokens_mask(
+        self,
+        token_ids_0: list[int],
+        token_ids_1: list[int] | None = None,
+        already_has_special_tokens: bool = False,
+    ) -> list[int]:
+        """1 where build_inputs_with_special_tokens put a special token, else 0."""
+        if already_has_special_tokens:
+            return super().get_special_tokens_mask(token_ids_0, token_ids_1, True)
+        start = [1] if self.prepend_bos else []
+        mask = start + [0] * len(token_ids_0)
+        return mask if token_ids_1 is None else mask + start + [0] * len(token_ids_1)
 
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
         return self.tr.decode([self._convert_token_to_id(t) for t in tokens])
