@@ -59,7 +59,7 @@ class HarnessError(ValueError):
 class IsmailLM(TemplateLM):
     """An ismail checkpoint behind lm-eval's LM interface.
 
-    pretrained: checkpoint or run directory; device: default cuda when available, else cpu;
+    pretrained: checkpoint or run directory; device: default cuda if available, else mps, else cpu;
     dtype: "float32", "bfloat16", ... or "auto" (as stored); batch_size: sequences per forward
     pass; max_length: context in tokens (default and upper bound: the model's max_seq_len).
     max_batch_size is accepted because lm-eval passes it, and unused (no automatic batch size).

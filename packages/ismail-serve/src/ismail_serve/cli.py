@@ -55,12 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="largest request body accepted; larger ones get 413 before they are read",
     )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (cuda if available, else mps, else cpu), cpu, cuda, cuda:N or mps",
+    )
     p.add_argument(
         "--dtype",
         default="auto",
         choices=["auto", "float32", "bfloat16", "float16"],
-        help="weights and KV-cache dtype (auto: bfloat16 on CUDA, float32 on CPU)",
+        help="weights and KV-cache dtype (auto: bfloat16 where the device runs it natively, "
+        "else float16 on a GPU, else float32)",
     )
     p.add_argument(
         "--quantize",
@@ -122,18 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ismail_core.checkpoint import CheckpointError, resolve_checkpoint
-    from ismail_core.runtime import resolve_device
 
-    from ismail_serve.server import ServeConfig, resolve_dtype, serve
+    from ismail_serve.server import ServeConfig, resolve_placement, serve
 
+    config = ServeConfig(**vars(args))
     try:
         resolve_checkpoint(args.checkpoint)
-        resolve_dtype(args.dtype, resolve_device(args.device or "auto"))
+        resolve_placement(config)
     except (CheckpointError, ValueError, RuntimeError) as exc:
         print(f"ismail-serve: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    config = ServeConfig(**vars(args))
     if config.api_key is None:  # read here, not as the flag's default, so --help never shows it
         config.api_key = os.environ.get(API_KEY_ENV) or None
     if config.request_timeout == 0:

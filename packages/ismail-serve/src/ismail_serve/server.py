@@ -26,7 +26,7 @@ from types import FrameType
 
 import torch
 import uvicorn
-from ismail_core.runtime import resolve_device
+from ismail_core.runtime import resolve_device, resolve_precision
 from ismail_core.tokenizer import load_tokenizer
 
 from ismail_serve.app import create_app
@@ -43,6 +43,9 @@ log = logging.getLogger("ismail_serve")
 REPEAT_WINDOW_S = 2.0
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The precision of ismail_core's device policy (resolve_precision) each --dtype stands for
+DTYPE_PRECISIONS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+_DTYPE_NAMES = {precision: name for name, precision in DTYPE_PRECISIONS.items()}
 
 
 @dataclass
@@ -56,8 +59,8 @@ class ServeConfig:
     api_key: str | None = None
     protect_metrics: bool = False  # the key also covers /metrics and the API schema
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # larger bodies get 413
-    device: str | None = None  # None: cuda when available, else cpu
-    dtype: str | None = None  # None: bfloat16 on cuda, float32 on cpu
+    device: str | None = None  # None: cuda when available, else mps, else cpu
+    dtype: str | None = None  # None: as "auto" (see resolve_dtype)
     quantize: str | None = None  # "fp8": weights to FP8 through ismail-kernels
     max_batch: int = 16
     max_model_len: int | None = None  # None: the model's max_seq_len
@@ -75,11 +78,28 @@ class ServeConfig:
 
 
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """The weights' and KV cache's dtype for --dtype `name` on `device`, by the precision policy
+    training uses: "auto" (or None) is bfloat16 where the device runs it natively, else float16
+    on a GPU, else float32. A dtype the device cannot run (bfloat16 on a GPU without it) is a
+    PrecisionError naming the fix."""
     if name is None or name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in DTYPES:
+        precision = "auto"
+    elif name in DTYPE_PRECISIONS:
+        precision = DTYPE_PRECISIONS[name]
+    else:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)} or auto, got {name!r}")
-    return DTYPES[name]
+    precision = resolve_precision(precision, device, flag="--dtype", names=_DTYPE_NAMES)
+    return DTYPES[_DTYPE_NAMES[precision]]
+
+
+def resolve_placement(config: ServeConfig) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype `config` asks for, checked before a model is loaded: an unknown or
+    missing device, a dtype it cannot run, FP8 quantization on a device without float8."""
+    device = resolve_device(config.device or "auto")
+    dtype = resolve_dtype(config.dtype, device)
+    if config.quantize == "fp8":
+        resolve_precision("fp8", device, flag="--quantize")
+    return device, dtype
 
 
 def _slots_for_budget(model: torch.nn.Module, budget_mib: float, max_len: int, dtype) -> int:
@@ -99,8 +119,7 @@ def load_engine(config: ServeConfig, metrics: ServeMetrics) -> LLMEngine:
     """Load the checkpoint and build the engine (not yet started)."""
     from ismail_core.checkpoint import load_model
 
-    device = resolve_device(config.device or "auto")
-    dtype = resolve_dtype(config.dtype, device)
+    device, dtype = resolve_placement(config)
     model, tokenizer = load_model(config.checkpoint, device=device, dtype=dtype)
     if config.quantize == "fp8":
         from ismail_kernels import quantize_model

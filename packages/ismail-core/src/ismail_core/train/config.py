@@ -63,11 +63,13 @@ class TrainSection:
     )
     seq_len: int = doc_field("tokens per sequence (0 = the model's max_seq_len)", default=0)
     device: str = doc_field(
-        "'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...", default="auto"
+        "'auto' (cuda:<local rank> if available, else mps (Apple's GPU) if available, else "
+        "cpu), 'cpu', 'cuda', 'cuda:1', 'mps'",
+        default="auto",
     )
     precision: str = doc_field(
-        "auto (bf16 where the hardware supports it natively, else fp32), fp32, bf16, "
-        "fp16 (with a grad scaler) or fp8 (ismail-kernels)",
+        "auto (bf16 where the device runs it natively, else fp16 on a GPU, else fp32), fp32, "
+        "bf16, fp16 (with a grad scaler) or fp8 (ismail-kernels)",
         default="auto",
     )
     compile: bool = doc_field("wrap the model in torch.compile", default=False)
@@ -122,7 +124,7 @@ class LogSection:
 @dataclass
 class DistSection:
     strategy: str = doc_field("ddp or fsdp (FSDP2) when launched with torchrun", default="ddp")
-    backend: str = doc_field("'auto' (nccl on GPU, gloo on CPU), nccl or gloo", default="auto")
+    backend: str = doc_field("'auto' (nccl on CUDA, gloo on CPU), nccl or gloo", default="auto")
 
 
 @dataclass

@@ -34,8 +34,8 @@ class DistInfo:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> cuda:<local_rank> when CUDA is available, else cpu; a ConfigError for a
-    device that is unknown or unusable here."""
+    """'auto' -> cuda:<local_rank> when CUDA is available, else mps (Apple's GPU) when it is,
+    else cpu; a ConfigError for a device that is unknown or unusable here."""
     try:
         return resolve_device(name, flag="--train.device", local_rank=local_rank)
     except DeviceError as exc:
@@ -49,6 +49,12 @@ def init_distributed(cfg: DistSection, device_name: str) -> DistInfo:
     device = pick_device(device_name, local_rank)
     if world <= 1:
         return DistInfo(device=device)
+    if device.type == "mps":
+        # A Mac has one Apple GPU, and neither NCCL nor gloo moves MPS tensors.
+        raise ConfigError(
+            f"distributed training (WORLD_SIZE={world}) does not run on mps: run one process "
+            "(without torchrun), or use --train.device cpu"
+        )
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = cfg.backend

@@ -30,6 +30,15 @@ GPU_PEAK_FLOPS = {
 }
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait until `device` has run the work queued on it: GPUs (CUDA, MPS) run kernels
+    asynchronously, so a timer read without this measures only their launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def peak_flops(device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[float, str]:
     """(peak FLOP/s, where the figure comes from) for MFU.
 
@@ -51,8 +60,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype = torch.float32) -> tupl
     for _ in range(8):
         start = time.perf_counter()
         a @ a
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best, f"measured {dtype} matmul"
 

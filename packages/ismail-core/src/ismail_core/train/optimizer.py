@@ -42,7 +42,7 @@ def build_optimizer(
         if device.type != "cuda":
             raise OptimizerError(
                 "optim.name=adamw8bit needs a CUDA GPU (bitsandbytes' 8-bit optimizer states "
-                "live on the GPU); use --optim.name adamw on CPU"
+                f"live on the GPU); use --optim.name adamw on {device.type}"
             )
         try:
             import bitsandbytes as bnb

@@ -9,9 +9,7 @@ from typing import Any
 
 import torch
 
-
-class PrecisionError(RuntimeError):
-    """The requested precision cannot run here."""
+from ismail_core.runtime import PrecisionError, resolve_precision
 
 
 @dataclass
@@ -36,33 +34,10 @@ class Precision:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); Linux only.
-
-    Without it, bf16 autocast on CPU is emulated and slower than fp32.
-    """
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """'auto' -> bf16 where the hardware runs it natively (recent GPUs and CPUs), else fp32."""
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
-
-
 def build_precision(name: str, device: torch.device) -> Precision:
-    """Precision for `name` (auto, fp32, bf16, fp16, fp8) on `device`."""
+    """Precision for `name` (auto, fp32, bf16, fp16, fp8) on `device`, as the device policy
+    (`ismail_core.runtime.resolve_precision`) resolves and checks it; fp16 gets a scaler."""
     name = resolve_precision(name, device)
-    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise PrecisionError("this GPU has no bf16 support; use --train.precision fp16")
     if name == "fp16":
         return Precision(name, device, torch.amp.GradScaler(device.type))
     # fp8 off a GPU runs ismail-kernels' PyTorch reference path: exact FP8 numerics, emulated
