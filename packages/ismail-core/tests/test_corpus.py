@@ -1,8 +1,10 @@
-"""`ismail data` pipeline: sources, cleaning, deterministic split, shards and metadata."""
+"""`ismail data` pipeline: sources (Leipzig corpora too), cleaning, deterministic split, shards
+and metadata, byte-level BPE training."""
 
 from __future__ import annotations
 
 import json
+import tarfile
 import unicodedata
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from ismail_core.corpus.builtin import builtin_texts
 from ismail_core.corpus.cleaning import clean_text, text_hash
 from ismail_core.corpus.shards import token_dtype, write_split
 from ismail_core.corpus.sources import load_source
-from ismail_core.corpus.split import split_flags
+from ismail_core.corpus.split import is_validation, split_flags
 from ismail_core.tokenizer import load_tokenizer
 
 
@@ -178,3 +180,165 @@ def test_bad_sources_give_clear_errors(tmp_path: Path, hf_tokenizer_file: Path) 
     with pytest.raises(DataError, match="not a tokenized data directory"):
         load_metadata(folder)
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------- Leipzig corpora
+LEIPZIG = ["Бала китап укый.", "Әни өйдә эшли, ә әти авылда.", "Kitab oxuyuram."]
+
+
+def _leipzig_folder(root: Path, name: str = "tat_news_2019_10K") -> Path:
+    """An unpacked Leipzig corpus: NAME-sentences.txt (id<TAB>sentence; a CRLF line and one
+    without an id, kept whole) and the word list and sources beside it, which are not text."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    lines = f"1\t{LEIPZIG[0]}\n2\t{LEIPZIG[1]}\r\n{LEIPZIG[2]}\n"
+    (folder / f"{name}-sentences.txt").write_bytes(lines.encode())
+    (folder / f"{name}-words.txt").write_text("1\tбала\t17\n2\tкитап\t9\n")
+    (folder / f"{name}-sources.txt").write_text("1\thttps://example.org/tat\t2019-10-01\n")
+    return folder
+
+
+def _tar_gz(archive: Path, folder: Path) -> Path:
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name)
+    return archive
+
+
+def test_leipzig_sentences_file_archive_and_folder(tmp_path: Path, corpus: list[str]) -> None:
+    folder = _leipzig_folder(tmp_path / "unpacked")
+    sentences = folder / "tat_news_2019_10K-sentences.txt"
+    assert list(load_source(str(sentences))["text"]) == LEIPZIG
+    archive = _tar_gz(tmp_path / "tat_news_2019_10K.tar.gz", folder)
+    assert list(load_source(str(archive))["text"]) == LEIPZIG
+    # A folder: the word list and sources beside the sentences are skipped, other text is read.
+    (folder / "notes.txt").write_text(corpus[0] + "\n")
+    assert sorted(t.strip() for t in load_source(str(folder))["text"]) == sorted(
+        LEIPZIG + corpus[:1]
+    )
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    archive.rename(archives / "tat.tgz")
+    _tar_gz(archives / "aze.tar.gz", _leipzig_folder(tmp_path / "aze", "aze_wikipedia_2021_10K"))
+    assert list(load_source(str(archives))["text"]) == LEIPZIG * 2
+
+
+def test_leipzig_errors_name_the_file(tmp_path: Path) -> None:
+    folder = _leipzig_folder(tmp_path / "unpacked")
+    (folder / "tat_news_2019_10K-sentences.txt").unlink()
+    words_only = _tar_gz(tmp_path / "words.tar.gz", folder)
+    with pytest.raises(DataError, match=r"words.tar.gz: the archive holds no \*sentences.txt"):
+        load_source(str(words_only))
+    corrupt = tmp_path / "corrupt.tgz"
+    corrupt.write_bytes(b"not an archive" * 64)
+    with pytest.raises(DataError, match="corrupt.tgz: not a readable .tar.gz archive"):
+        load_source(str(corrupt))
+    latin1 = tmp_path / "x-sentences.txt"
+    latin1.write_bytes("1\tok\n2\tbaşka\n".encode("latin-1", errors="replace") + b"3\t\xe7ay\n")
+    with pytest.raises(DataError, match="x-sentences.txt: line 3 is not UTF-8 text"):
+        load_source(str(latin1))
+
+
+# ---------------------------------------------------------------------- byte-level BPE
+# Tatar and Kazakh Cyrillic, Azerbaijani Latin: the scripts --tokenizer-type bpe is for.
+BPE_CORPUS = [
+    "Бала мәктәптә китап укый, ә әнисе өйдә хат яза.",
+    "Татар теле — Идел буенда яшәүче халыкның туган теле.",
+    "Җир җылы, су салкын, һава саф; бакчада алмалар өлгерде.",
+    "Қазақ тілі — түркі тілдерінің бірі; оқушылар кітап оқиды.",
+    "Azərbaycan dili türk dillərinin oğuz qrupuna daxildir.",
+    "Uşaqlar məktəbdə kitab oxuyur, müəllim şagirdlərə dərs deyir.",
+]
+BPE_ALPHABET = (
+    "абвгдеёжзийклмнопрстуфхцчшщъыьэюяәөүҗңһқғұіӘӨҮҖҢҺҚҒҰІ"
+    "abcçdeəfgğhxıijkqlmnoöprsştuüvyzƏĞİŞ0123456789 .,;:!?-—«»'\n\t"
+    "\u0301\u0308😀€"  # combining acute and diaeresis (NFC composes some), beyond the corpus
+)
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer():
+    from ismail_core.corpus.bpe import train_bpe
+
+    return train_bpe([BPE_CORPUS * 20], vocab_size=400)
+
+
+def test_bpe_has_specials_and_the_vocabulary_size_asked(bpe_tokenizer, tmp_path: Path) -> None:
+    from ismail_core.chat import CHAT_MARKERS
+    from ismail_core.corpus.bpe import BOS, EOS, PAD
+
+    tok = bpe_tokenizer
+    assert tok.kind == "hf" and tok.vocab_size == 400
+    assert [tok.id_to_token(i) for i in (tok.pad_id, tok.bos_id, tok.eos_id)] == [PAD, BOS, EOS]
+    assert all(tok.token_to_id(m) is not None for m in CHAT_MARKERS)  # chat needs no resize
+    for text in BPE_CORPUS:  # merges were learnt: under a token per two bytes
+        assert len(tok.encode(text).ids) < len(text.encode()) / 2
+    tok.save(tmp_path / "tok")
+    again = load_tokenizer(tmp_path / "tok")
+    assert (again.kind, again.fingerprint) == ("hf", tok.fingerprint)
+    assert again.encode(BPE_CORPUS[3]).ids == tok.encode(BPE_CORPUS[3]).ids
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from(list(BPE_ALPHABET)), max_size=60))
+def test_bpe_round_trip_is_lossless_up_to_nfc(bpe_tokenizer, text: str) -> None:
+    nfc = unicodedata.normalize("NFC", text)
+    ids = bpe_tokenizer.encode(text).ids
+    assert bpe_tokenizer.decode(ids) == nfc
+    assert bpe_tokenizer.encode(unicodedata.normalize("NFD", text)).ids == ids
+
+
+def test_bpe_round_trips_its_corpus(bpe_tokenizer) -> None:
+    for text in BPE_CORPUS:
+        assert bpe_tokenizer.decode(bpe_tokenizer.encode(text).ids) == text
+
+
+def _docs_in_split(word: str, validation: bool, val_fraction: float) -> list[str]:
+    """Documents repeating `word` that the hash split puts in validation (or training)."""
+    docs = [f"Документ {i}: {' '.join([word] * 6)}." for i in range(120)]
+    return [d for d in docs if is_validation(text_hash(d), val_fraction) == validation]
+
+
+def test_prepare_trains_bpe_on_the_training_split_only(tmp_path: Path) -> None:
+    # ѯ, ѱ, ѳ, ѵ: two-byte letters found nowhere else; a word of them repeated in hundreds of
+    # documents is merged into one token when the trainer sees it, and left in bytes otherwise.
+    val_word, train_word = "ѯѱѯѱѯѱ", "ѳѵѳѵѳѵ"
+    val_docs = _docs_in_split(val_word, True, 0.3)
+    docs = val_docs + _docs_in_split(train_word, False, 0.3) + BPE_CORPUS
+    source = tmp_path / "docs.jsonl"
+    source.write_text("\n".join(json.dumps({"text": d}) for d in docs))
+    spec = DataSpec(
+        source=str(source),
+        out=str(tmp_path / "data"),
+        train_tokenizer=True,
+        tokenizer_type="bpe",
+        vocab_size=300,
+        min_chars=10,
+        val_fraction=0.3,
+    )
+    meta = prepare_data(spec)
+    tok = load_tokenizer(tmp_path / "data" / "tokenizer")
+    assert (tmp_path / "data" / "tokenizer" / "tokenizer.json").is_file()
+    assert meta["tokenizer"] == {
+        "kind": "hf",
+        "fingerprint": tok.fingerprint,
+        "vocab_size": 300,
+        "eos_id": tok.eos_id,
+    }
+    assert len(tok.encode(val_word).ids) == len(val_word.encode())  # not one merge
+    assert len(tok.encode(" " + train_word).ids) == 1  # as it occurs: after a space
+    val = ShardedSplit.open(tmp_path / "data", "val")  # where the documents with val_word are
+    assert tok.decode(val.read(0, val.num_tokens).tolist()).count(val_word) == 6 * len(val_docs)
+
+
+def test_tokenizer_training_options_are_checked_before_reading(tmp_path: Path) -> None:
+    def spec(**kwargs) -> DataSpec:
+        return DataSpec(source=str(tmp_path / "missing"), out=str(tmp_path / "out"), **kwargs)
+
+    with pytest.raises(DataError, match="--vocab-size 200 is too small.*at least 263"):
+        prepare_data(spec(train_tokenizer=True, tokenizer_type="bpe", vocab_size=200))
+    with pytest.raises(DataError, match="add --train-tokenizer"):
+        prepare_data(spec(tokenizer_type="bpe"))
+    with pytest.raises(DataError, match="unknown tokenizer type 'wordpiece'"):
+        prepare_data(spec(train_tokenizer=True, tokenizer_type="wordpiece"))
+    with pytest.raises(DataError, match="--vocab-size 400 is too small for a tr-tokenizer"):
+        prepare_data(spec(train_tokenizer=True, vocab_size=400))

@@ -25,6 +25,9 @@ from ismail_core.corpus.sources import load_source
 from ismail_core.corpus.split import split_flags
 from ismail_core.tokenizer import Tokenizer, TrTokenizer, load_tokenizer
 
+# What --train-tokenizer can train (DataSpec.tokenizer_type).
+TOKENIZER_TYPES = ("tr", "bpe")
+
 
 @dataclass
 class DataSpec:
@@ -33,7 +36,9 @@ class DataSpec:
     source: "builtin", a local file or folder, or "hf:NAME[:CONFIG]".
     out: the data directory to write (replaced atomically when complete).
     tokenizer: "tr" (shipped tr-tokenizer), a saved tokenizer directory or a tokenizer.json.
-    train_tokenizer: train a new tr-tokenizer of `vocab_size` on the training split first.
+    train_tokenizer: train a new tokenizer of `vocab_size` on the training split first.
+    tokenizer_type: what train_tokenizer trains: "tr" (tr-tokenizer, Turkish morphology) or
+        "bpe" (byte-level BPE, for any language); "bpe" without train_tokenizer is an error.
     min_chars: documents shorter than this after cleaning are dropped.
     val_fraction: share of documents (by content hash) in the validation split.
     num_proc: tokenization processes (None: all cores for corpora of 256+ documents).
@@ -43,6 +48,7 @@ class DataSpec:
     out: str = "data/builtin"
     tokenizer: str = "tr"
     train_tokenizer: bool = False
+    tokenizer_type: str = "tr"
     vocab_size: int = 32768
     text_field: str = "text"
     hf_split: str = "train"
@@ -102,16 +108,51 @@ def _clean_and_dedup(ds: datasets.Dataset, spec: DataSpec) -> tuple[datasets.Dat
     }
 
 
-def _train_tokenizer(texts: datasets.Dataset, vocab_size: int) -> Tokenizer:
+def _check_tokenizer_type(spec: DataSpec) -> None:
+    """Raise DataError for a tokenizer type or vocabulary size that cannot be trained."""
+    if spec.tokenizer_type not in TOKENIZER_TYPES:
+        raise DataError(
+            f"unknown tokenizer type {spec.tokenizer_type!r}: use one of {TOKENIZER_TYPES}"
+        )
+    if not spec.train_tokenizer:
+        if spec.tokenizer_type == "bpe":
+            raise DataError(
+                "--tokenizer-type bpe says what --train-tokenizer trains: add --train-tokenizer "
+                "(or give an existing tokenizer.json with --tokenizer)"
+            )
+        return
+    if spec.tokenizer_type == "bpe":
+        from ismail_core.corpus.bpe import check_vocab_size
+
+        check_vocab_size(spec.vocab_size)
+        return
+    from tr_tokenizer.trainer import MIN_VOCAB_SIZE
+
+    if spec.vocab_size < MIN_VOCAB_SIZE:
+        raise DataError(
+            f"--vocab-size {spec.vocab_size} is too small for a tr-tokenizer (its special, byte "
+            f"and whitespace tokens take most of it); use at least {MIN_VOCAB_SIZE}"
+        )
+
+
+def _train_tokenizer(texts: datasets.Dataset, spec: DataSpec) -> Tokenizer:
+    """A new tokenizer of spec.tokenizer_type trained on `texts` (the training split)."""
+    batch_size = 256
+    batches = (b["text"] for b in texts.iter(batch_size=batch_size))
+    if spec.tokenizer_type == "bpe":
+        from ismail_core.corpus.bpe import train_bpe
+
+        return train_bpe(batches, spec.vocab_size, length=-(-len(texts) // batch_size))
     import tr_tokenizer
 
-    batches = (b["text"] for b in texts.iter(batch_size=256))
-    return TrTokenizer(tr_tokenizer.train((t for b in batches for t in b), vocab_size=vocab_size))
+    flat = (t for b in batches for t in b)
+    return TrTokenizer(tr_tokenizer.train(flat, vocab_size=spec.vocab_size))
 
 
 def prepare_data(spec: DataSpec) -> dict[str, Any]:
     """Build the data directory `spec.out`; returns its metadata (also written to meta.json)."""
     # A bad tokenizer spec should fail before minutes of reading and cleaning.
+    _check_tokenizer_type(spec)
     tokenizer = None if spec.train_tokenizer else load_tokenizer(spec.tokenizer)
     ds = load_source(
         spec.source, text_field=spec.text_field, split=spec.hf_split, cache_dir=spec.cache_dir
@@ -125,7 +166,7 @@ def prepare_data(spec: DataSpec) -> dict[str, Any]:
         "val": ds.select([i for i, v in enumerate(flags) if v]),
     }
     if tokenizer is None:
-        tokenizer = _train_tokenizer(splits["train"], spec.vocab_size)
+        tokenizer = _train_tokenizer(splits["train"], spec)
     dtype = token_dtype(tokenizer.vocab_size)
     meta: dict[str, Any] = {
         "format": FORMAT,
