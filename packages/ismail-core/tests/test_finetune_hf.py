@@ -17,7 +17,8 @@ from ismail_core.finetune.lora import (
     merge_lora,
     save_adapter,
 )
-from ismail_core.hf import HFFormatError, export_checkpoint_hf
+from ismail_core.hf import HFFormatError
+from ismail_core.hf_export import export_checkpoint_hf
 from ismail_core.model import Transformer
 from ismail_core.tokenizer import HFTokenizer, load_tokenizer
 from tr_tokenizer.vocab import CHAT_MARKERS

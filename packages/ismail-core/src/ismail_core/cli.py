@@ -1,4 +1,4 @@
-"""The `ismail` command: data, train, finetune, generate, eval, report, export.
+"""The `ismail` command: data, train, finetune, generate, eval, report, export, import.
 
 `uv run ismail train` with no arguments trains the tiny model on the built-in Turkish corpus.
 Every command turns bad input into a one-line `error: ...` message and a non-zero exit status.
@@ -19,7 +19,7 @@ EXIT_INTERRUPTED = 130
 
 # ---------------------------------------------------------------------- ismail data
 def _add_data(sub: argparse._SubParsersAction) -> None:
-    from ismail_core.corpus.prepare import DataSpec
+    from ismail_core.corpus.prepare import TOKENIZER_TYPES, DataSpec
     from ismail_core.corpus.sources import describe_sources
 
     d = DataSpec()
@@ -40,9 +40,22 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--train-tokenizer",
         action="store_true",
-        help="train a new tr-tokenizer on the training split first",
+        help="train a new tokenizer (--tokenizer-type) on the training split first",
     )
-    p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="for --train-tokenizer")
+    p.add_argument(
+        "--tokenizer-type",
+        choices=TOKENIZER_TYPES,
+        default=d.tokenizer_type,
+        help="what --train-tokenizer trains: 'tr' (tr-tokenizer, Turkish morphology) or 'bpe' "
+        "(byte-level BPE for any language and script, saved as a standard tokenizer.json) "
+        f"(default {d.tokenizer_type})",
+    )
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        default=d.vocab_size,
+        help=f"for --train-tokenizer (special tokens included; default {d.vocab_size})",
+    )
     p.add_argument("--text-field", default=d.text_field, help="text column of jsonl/parquet/hf")
     p.add_argument("--split", dest="hf_split", default=d.hf_split, help="split of an hf: source")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
@@ -62,7 +75,10 @@ def _run_data(args: argparse.Namespace) -> int:
         raise _usage(f"--val-fraction must be in [0, 1), got {spec.val_fraction}")
     meta = prepare_data(spec)
     tok = meta["tokenizer"]
-    print(f"wrote {spec.out}: {tok['kind']} tokenizer {tok['fingerprint']} ({meta['dtype']})")
+    print(
+        f"wrote {spec.out}: {tok['kind']} tokenizer {tok['fingerprint']} "
+        f"({tok['vocab_size']:,} tokens, {meta['dtype']})"
+    )
     for name, split in meta["splits"].items():
         print(
             f"  {name:<5} {split['documents']:>8,} documents {split['tokens']:>12,} tokens "
@@ -165,6 +181,8 @@ def _print_summary(result: Any, sample_tokens: int) -> None:
 
 # ---------------------------------------------------------------------- ismail generate
 def _add_generate(sub: argparse._SubParsersAction) -> None:
+    from ismail_core.sampling import GENERATE_DEFAULTS
+
     p = sub.add_parser(
         "generate",
         help="generate text from a checkpoint, or chat with it",
@@ -179,10 +197,11 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chat", action="store_true", help="chat in the chat template")
     p.add_argument("--system", default=None, help="system message (with --chat)")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=50, help="0 = off")
-    p.add_argument("--top-p", type=float, default=0.95, help="1 = off")
-    p.add_argument("--repetition-penalty", type=float, default=1.1, help="1 = off")
+    d = GENERATE_DEFAULTS
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="0 = off")
+    p.add_argument("--top-p", type=float, default=d.top_p, help="1 = off")
+    p.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty, help="1 = off")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-stream", action="store_true", help="print only when done")
@@ -441,7 +460,7 @@ def _run_export(args: argparse.Namespace) -> int:
         out = quantize_checkpoint(args.checkpoint, args.out)
     else:
         from ismail_core.checkpoint import ADAPTER_DIR
-        from ismail_core.hf import export_checkpoint_hf
+        from ismail_core.hf_export import export_checkpoint_hf
 
         out = export_checkpoint_hf(args.checkpoint, args.out)
         if (out / ADAPTER_DIR).is_dir():
@@ -451,6 +470,52 @@ def _run_export(args: argparse.Namespace) -> int:
             )
             return 0
     print(f"wrote {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------- ismail import
+IMPORT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _add_import(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import",
+        help="import a Hugging Face transformers folder as a checkpoint",
+        description="Write the transformers model folder HF_DIR (DeepseekV3, Llama, Mistral or "
+        "GPT-2; config.json + safetensors or pytorch_model.bin) with its tokenizer "
+        "(tokenizer.json, GPT-2's vocab.json + merges.txt, or the tr-tokenizer files of an "
+        "`ismail export`) and chat template as the ismail checkpoint OUT, for `ismail generate`, "
+        "`eval`, `finetune --base OUT` and `ismail-serve`.",
+    )
+    p.add_argument("hf_dir", metavar="HF_DIR")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="use this tokenizer instead of HF_DIR's: 'tr', a tokenizer directory or a "
+        "tokenizer.json",
+    )
+    p.add_argument(
+        "--dtype", default="float32", choices=IMPORT_DTYPES, help="weight dtype (default float32)"
+    )
+    p.set_defaults(func=_run_import)
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    import torch
+
+    from ismail_core.chat import chat_template
+    from ismail_core.checkpoint import load_checkpoint_tokenizer
+    from ismail_core.hf_import import import_checkpoint
+
+    out = import_checkpoint(args.hf_dir, args.out, args.tokenizer, getattr(torch, args.dtype))
+    tokenizer = load_checkpoint_tokenizer(out)
+    chat = "with" if chat_template(tokenizer) else "without"
+    print(
+        f"wrote {out}: {tokenizer.kind} tokenizer with {tokenizer.vocab_size} tokens, {chat} "
+        "a chat template"
+    )
+    print(f"generate: uv run ismail generate {out} --prompt 'Türk milleti'")
     return 0
 
 
@@ -469,7 +534,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turkish-first DeepSeek-style language models: data, training, generation.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_data, _add_train, _add_generate, _add_eval, _add_report, _add_export):
+    for add in (
+        _add_data,
+        _add_train,
+        _add_generate,
+        _add_eval,
+        _add_report,
+        _add_export,
+        _add_import,
+    ):
         add(sub)
     from ismail_core.finetune.cli import add_finetune
 

@@ -76,6 +76,16 @@ def _rope_parameters(cfg: ModelConfig, attention_factor: float) -> dict:
     }
 
 
+def _rope_fields(rope: dict) -> dict:
+    """The rope settings under every name readers look for: `rope_parameters` (transformers 5)
+    and `rope_theta` + `rope_scaling` (transformers 4, llama.cpp's converter, vLLM)."""
+    kind = rope["rope_type"]
+    scaling = None if kind == "default" else {"type": kind, **rope}
+    if scaling:
+        del scaling["rope_theta"]
+    return {"rope_parameters": rope, "rope_theta": rope["rope_theta"], "rope_scaling": scaling}
+
+
 def _read_rope(hf: dict) -> dict:
     """ModelConfig rope fields from transformers' rope_parameters (v5) or rope_scaling (v4)."""
     params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
@@ -115,11 +125,18 @@ def _deepseek_config(cfg: ModelConfig) -> dict:
         "n_shared_experts": cfg.n_shared_experts if moe else 1,
         "n_routed_experts": cfg.n_routed_experts if moe else 1,
         "num_experts_per_tok": cfg.n_activated_experts if moe else 1,
+        # How DeepSeek's own configs name the router (transformers assumes it; llama.cpp's
+        # converter and vLLM read these): sigmoid scores, group-limited top-k with the
+        # aux-loss-free bias, every layer after the dense ones is MoE, no expert parallelism.
+        "scoring_func": "sigmoid",
+        "topk_method": "noaux_tc",
         "n_group": cfg.n_expert_groups if moe else 1,
         "topk_group": cfg.n_limited_groups if moe else 1,
         "routed_scaling_factor": cfg.route_scale,
         "norm_topk_prob": cfg.norm_topk_prob,
         "first_k_dense_replace": cfg.n_dense_layers if moe else cfg.n_layers,
+        "moe_layer_freq": 1,
+        "ep_size": 1,
         "kv_lora_rank": cfg.kv_lora_rank,
         "q_lora_rank": cfg.q_lora_rank or None,
         "qk_rope_head_dim": cfg.qk_rope_head_dim,
@@ -130,12 +147,10 @@ def _deepseek_config(cfg: ModelConfig) -> dict:
         "rms_norm_eps": cfg.norm_eps,
         "initializer_range": cfg.init_std,
         "tie_word_embeddings": cfg.tie_embeddings,
-        "rope_parameters": rope,
+        **_rope_fields(rope),
         "rope_interleave": True,
         "attention_bias": False,
         "num_nextn_predict_layers": 0,
-        "bos_token_id": None,
-        "eos_token_id": None,
     }
 
 
@@ -194,17 +209,17 @@ def _llama_config(cfg: ModelConfig) -> dict:
         "rms_norm_eps": cfg.norm_eps,
         "initializer_range": cfg.init_std,
         "tie_word_embeddings": cfg.tie_embeddings,
-        "rope_parameters": _rope_parameters(cfg, yarn_mscale(cfg.rope_factor, cfg.mscale)),
+        **_rope_fields(_rope_parameters(cfg, yarn_mscale(cfg.rope_factor, cfg.mscale))),
         "attention_bias": False,
         "mlp_bias": False,
-        "bos_token_id": None,
-        "eos_token_id": None,
     }
 
 
 def _llama_from_hf(hf: dict) -> dict:
     if hf.get("attention_bias") or hf.get("mlp_bias"):
         raise HFFormatError("Llama checkpoints with attention_bias/mlp_bias are not supported")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise HFFormatError(f"hidden_act {hf['hidden_act']!r} is not supported (only silu)")
     heads, kv = (
         hf["num_attention_heads"],
         hf.get("num_key_value_heads") or hf["num_attention_heads"],
@@ -234,6 +249,13 @@ def _llama_from_hf(hf: dict) -> dict:
     )
 
 
+def _mistral_from_hf(hf: dict) -> dict:
+    """Mistral is Llama plus an optional sliding window on every layer (layer_types, which
+    MistralForCausalLM ignores, changes nothing). Both keep keys j with i - window < j <= i
+    for query i, so the window carries over as it is (test_hf_import checks the logits)."""
+    return dict(_llama_from_hf(hf), sliding_window=hf.get("sliding_window") or 0)
+
+
 def _gpt2_config(cfg: ModelConfig) -> dict:
     return {
         "architectures": ["GPT2LMHeadModel"],
@@ -252,8 +274,6 @@ def _gpt2_config(cfg: ModelConfig) -> dict:
         "attn_pdrop": 0.0,
         "scale_attn_weights": True,
         "tie_word_embeddings": cfg.tie_embeddings,
-        "bos_token_id": None,
-        "eos_token_id": None,
     }
 
 
@@ -345,8 +365,17 @@ _CONFIG_TO_HF: dict[str, Callable[[ModelConfig], dict]] = {
 _CONFIG_FROM_HF: dict[str, Callable[[dict], dict]] = {
     "deepseek_v3": _deepseek_from_hf,
     "llama": _llama_from_hf,
+    "mistral": _mistral_from_hf,
     "gpt2": _gpt2_from_hf,
 }
+# model types recognised only to say why they cannot be imported
+_REFUSED_FROM_HF = {
+    "qwen2": "Qwen2 has biases on its q/k/v projections but none on o_proj or the MLP, and an "
+    "ismail model has biases on all of them or none (ModelConfig.bias): it cannot be imported "
+    "exactly",
+}
+# model types whose weights are laid out (named, rope-ordered) as another's
+_WEIGHT_LAYOUT = {"mistral": "llama"}
 
 
 def _hf_name(name: str, rules) -> str:
@@ -435,14 +464,17 @@ def export_hf(model: Transformer, out_dir: str | Path) -> Path:
     return out_dir
 
 
-def _write_hf(model: Transformer, directory: Path) -> None:
-    """Write config.json and model.safetensors of `model` into the existing `directory`."""
+def _write_hf(model: Transformer, directory: Path, token_ids: dict | None = None) -> None:
+    """Write config.json and model.safetensors of `model` into the existing `directory`;
+    `token_ids` (bos/eos/pad_token_id) go into the config, else they are null."""
     from safetensors.torch import save_file
 
     arch = hf_architecture(model.cfg)
     tensors = _to_hf_tensors(model, arch)
     config = _CONFIG_TO_HF[arch](model.cfg)
-    config["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    config.update(token_ids or dict.fromkeys(("bos_token_id", "eos_token_id", "pad_token_id")))
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    config.update(dtype=dtype, torch_dtype=dtype)  # transformers 5's name and 4's
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     atomic_write_json(directory / "config.json", config)
 
@@ -495,30 +527,50 @@ def _normalise_hf_names(weights: dict[str, torch.Tensor], arch: str) -> dict[str
     return out
 
 
-def import_hf(directory: str | Path, dtype: torch.dtype | None = None) -> Transformer:
-    """Load a transformers folder (DeepseekV3, Llama or GPT-2 causal LM) as a Transformer."""
-    directory = Path(directory)
-    config_file = directory / "config.json"
-    if not config_file.exists():
+HF_CONFIG_FILE = "config.json"
+
+
+def read_hf_config(directory: str | Path) -> dict:
+    """The config.json of a transformers folder, checked to be of a model_type import_hf
+    reads; raises HFFormatError naming the problem otherwise."""
+    config_file = Path(directory) / HF_CONFIG_FILE
+    if not config_file.is_file():
         raise HFFormatError(f"{directory} has no config.json; pass a Hugging Face model folder")
-    hf = json.loads(config_file.read_text())
-    arch = hf.get("model_type")
+    try:
+        hf = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HFFormatError(f"{config_file} is not valid JSON ({exc})") from exc
+    arch = hf.get("model_type") if isinstance(hf, dict) else None
+    if arch is None:
+        raise HFFormatError(f"{config_file} names no model_type: it is no transformers model")
+    if arch in _REFUSED_FROM_HF:
+        raise HFFormatError(f"{directory}: {_REFUSED_FROM_HF[arch]}")
     if arch not in _CONFIG_FROM_HF:
         raise HFFormatError(
             f"model_type {arch!r} is not supported; import needs one of {sorted(_CONFIG_FROM_HF)}"
         )
+    return hf
+
+
+def import_hf(directory: str | Path, dtype: torch.dtype | None = None) -> Transformer:
+    """Load a transformers folder (DeepseekV3, Llama, Mistral or GPT-2 causal LM) as a
+    Transformer."""
+    directory = Path(directory)
+    hf = read_hf_config(directory)
+    arch = hf["model_type"]
     cfg = ModelConfig.from_dict(_CONFIG_FROM_HF[arch](hf))
-    weights = _normalise_hf_names(_read_hf_weights(directory), arch)
+    layout = _WEIGHT_LAYOUT.get(arch, arch)
+    weights = _normalise_hf_names(_read_hf_weights(directory), layout)
     model = Transformer(cfg)
     state = {}
     for name in _hf_side_state(model):
-        hf_name = _hf_name(name, _RULES[arch])
+        hf_name = _hf_name(name, _RULES[layout])
         if hf_name not in weights:
             raise HFFormatError(f"{directory}: weight {hf_name!r} (for {name}) is missing")
         tensor = weights[hf_name]
-        if arch == "gpt2" and _is_conv1d(hf_name):
+        if layout == "gpt2" and _is_conv1d(hf_name):
             tensor = tensor.t()
-        rows = _llama_qk_rows(cfg, name) if arch == "llama" else None
+        rows = _llama_qk_rows(cfg, name) if layout == "llama" else None
         if rows is not None:
             tensor = tensor[torch.argsort(rows)]
         state[name] = tensor
@@ -531,43 +583,3 @@ def import_hf(directory: str | Path, dtype: torch.dtype | None = None) -> Transf
     if dtype is not None:
         model.to(dtype)
     return model
-
-
-def export_checkpoint_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """`ismail export --format hf CKPT OUT`: export the model of a checkpoint (or run) directory.
-
-    OUT gets config.json + model.safetensors, and the tokenizer's chat template as
-    chat_template.jinja (the name transformers reads beside tokenizer files); the tokenizer
-    itself stays in CKPT. A LoRA checkpoint without merged weights exports its base model to
-    OUT and the adapter, in PEFT's format for that model, to OUT/adapter (see hf_adapter), so
-    `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(OUT), OUT/adapter)` loads
-    it; one with merged weights exports those. Returns OUT.
-    """
-    from .chat import chat_template
-    from .checkpoint import (
-        ADAPTER_DIR,
-        is_adapter_only,
-        load_checkpoint_tokenizer,
-        load_model,
-        resolve_checkpoint,
-    )
-    from .finetune.lora import load_base
-    from .hf_adapter import export_adapter_hf
-    from .tokenizer import CHAT_TEMPLATE_FILE
-
-    directory = resolve_checkpoint(checkpoint)
-    adapter = directory / ADAPTER_DIR if is_adapter_only(directory) else None
-    if adapter:
-        model, tokenizer = load_base(directory), load_checkpoint_tokenizer(directory)
-    else:
-        model, tokenizer = load_model(directory)
-    template = chat_template(tokenizer)
-    out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
-        _write_hf(model, tmp)
-        if template:
-            (tmp / CHAT_TEMPLATE_FILE).write_text(template, encoding="utf-8")
-        if adapter:
-            (tmp / ADAPTER_DIR).mkdir()
-            export_adapter_hf(adapter, model.cfg, tmp / ADAPTER_DIR, base=out_dir.resolve())
-    return out_dir

@@ -49,6 +49,11 @@ class SamplingParams:
         return gen
 
 
+# How `ismail generate` samples unless told otherwise; exports write the same into their
+# generation_config.json so that transformers samples alike.
+GENERATE_DEFAULTS = SamplingParams(temperature=0.8, top_k=50, top_p=0.95, repetition_penalty=1.1)
+
+
 def apply_repetition_penalty(
     logits: torch.Tensor, history: Sequence[Sequence[int]], penalties: Sequence[float]
 ) -> torch.Tensor:

@@ -1,0 +1,179 @@
+"""`ismail export --format hf`: a checkpoint as a folder a transformers user needs nothing else for.
+
+    OUT/config.json, model.safetensors   the model (see hf.py) with its special-token ids
+    OUT/generation_config.json           the ids generation starts and stops with, and the
+                                         sampling defaults of `ismail generate`
+    OUT/tr_tokenizer.json                tr-tokenizer's vocabulary, with tokenizer_config.json
+    OUT/tokenization_tr_tokenizer.py       whose auto_map names this module (AutoTokenizer with
+                                           trust_remote_code=True; it needs tr-tokenizer[hf])
+ or OUT/tokenizer.json                   a `tokenizers` tokenizer, with tokenizer_config.json
+                                           (no remote code)
+    OUT/chat_template.jinja              when the tokenizer has a chat template
+    OUT/README.md                        a model card: data, tokenizer, evaluation, how to load
+    OUT/adapter/                         a LoRA checkpoint's adapter in PEFT's format
+
+Documents are separated by the end-of-sequence token in training, and `ismail generate` puts
+it before a prompt, so the exported tokenizer does the same (its `bos_token` is the
+end-of-sequence token and encoding prepends it): the text-generation pipeline then sees the
+ids `ismail generate` feeds the model.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .atomic import atomic_dir, atomic_write_json
+from .chat import chat_template, end_of_turn_ids
+from .checkpoint import (
+    ADAPTER_DIR,
+    is_adapter_only,
+    load_checkpoint_tokenizer,
+    load_model,
+    resolve_checkpoint,
+)
+from .hf import _write_hf, hf_architecture
+from .model_card import model_card
+from .sampling import GENERATE_DEFAULTS
+from .tokenizer import CHAT_TEMPLATE_FILE, HF_FILE, Tokenizer
+
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
+TR_TOKENIZER_MODULE = "tokenization_tr_tokenizer"
+# The module AutoTokenizer imports from an export of a tr-tokenizer model (trust_remote_code).
+# The import sits in try/except so that transformers' own import check leaves it alone and the
+# message below, which names the package to install, is what a user without it sees.
+_TR_TOKENIZER_MODULE_SOURCE = '''\
+"""The tokenizer of this model is tr-tokenizer's (written by `ismail export`).
+
+AutoTokenizer.from_pretrained(folder, trust_remote_code=True) loads it from here; it needs the
+tr-tokenizer package: pip install "tr-tokenizer[hf]".
+"""
+
+try:
+    from tr_tokenizer.hf import TrTokenizerHF
+except ImportError as exc:
+    raise ImportError(
+        "this model's tokenizer is tr-tokenizer: pip install 'tr-tokenizer[hf]'"
+    ) from exc
+
+__all__ = ["TrTokenizerHF"]
+'''
+
+
+def export_checkpoint_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """`ismail export --format hf CKPT OUT`: write the folder described above; returns OUT.
+
+    A LoRA checkpoint without merged weights exports its base model to OUT and the adapter, in
+    PEFT's format for that model, to OUT/adapter (see hf_adapter), so
+    `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(OUT), OUT/adapter)` loads
+    it; one with merged weights exports those.
+    """
+    from .finetune.lora import load_base
+    from .hf_adapter import export_adapter_hf
+
+    directory = resolve_checkpoint(checkpoint)
+    adapter = directory / ADAPTER_DIR if is_adapter_only(directory) else None
+    if adapter:
+        model, tokenizer = load_base(directory), load_checkpoint_tokenizer(directory)
+    else:
+        model, tokenizer = load_model(directory)
+    hf_architecture(model.cfg)  # refuse an unexportable model before anything is written
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        _write_hf(model, tmp, special_token_ids(tokenizer))
+        write_tokenizer_files(tokenizer, tmp, model.cfg.max_seq_len)
+        atomic_write_json(tmp / GENERATION_CONFIG_FILE, generation_config(tokenizer))
+        (tmp / "README.md").write_text(
+            model_card(directory, model, tokenizer, out_dir.name), encoding="utf-8"
+        )
+        if adapter:
+            (tmp / ADAPTER_DIR).mkdir()
+            export_adapter_hf(adapter, model.cfg, tmp / ADAPTER_DIR, base=out_dir.resolve())
+    return out_dir
+
+
+def special_token_ids(tokenizer: Tokenizer) -> dict[str, int | None]:
+    """bos/eos/pad_token_id for config.json: a document starts after the end-of-sequence id,
+    and padding falls back to it (as GPT-2's do) when the tokenizer has no pad token."""
+    eos = tokenizer.eos_id
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else eos
+    return {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": pad}
+
+
+def generation_config(tokenizer: Tokenizer) -> dict[str, Any]:
+    """generation_config.json: stop at the end of a document or, for a chat model (one whose
+    fine-tuning stored a chat template), also at the end of a turn; sample as `ismail
+    generate` does by default (pass do_sample=False for greedy)."""
+    ids = special_token_ids(tokenizer)
+    chat_model = bool(tokenizer.chat_template)
+    ends = sorted(end_of_turn_ids(tokenizer)) if chat_model else [ids["eos_token_id"]]
+    defaults = GENERATE_DEFAULTS
+    return {
+        **ids,
+        "eos_token_id": ends[0] if len(ends) == 1 else ends,
+        "do_sample": True,
+        "temperature": defaults.temperature,
+        "top_k": defaults.top_k,
+        "top_p": defaults.top_p,
+        "repetition_penalty": defaults.repetition_penalty,
+    }
+
+
+def write_tokenizer_files(tokenizer: Tokenizer, directory: Path, max_len: int) -> None:
+    """The tokenizer files AutoTokenizer reads (see the module docstring), and the chat
+    template when there is one."""
+    template = chat_template(tokenizer)
+    if template:
+        (directory / CHAT_TEMPLATE_FILE).write_text(template, encoding="utf-8")
+    eos = tokenizer.id_to_token(tokenizer.eos_id) if tokenizer.eos_id is not None else None
+    pad = tokenizer.id_to_token(tokenizer.pad_id) if tokenizer.pad_id is not None else eos
+    config: dict[str, Any] = {
+        "bos_token": eos,
+        "eos_token": eos,
+        "pad_token": pad,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": max_len,
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        # The tokenizer's own save writes its file(s); only the vocabulary is taken from it.
+        tokenizer.save(scratch)
+        if tokenizer.kind == "tr":
+            config.update(_copy_tr_tokenizer(Path(scratch), directory, eos is not None))
+        else:
+            _write_tokenizers_json(Path(scratch) / HF_FILE, directory / HF_FILE, eos)
+            config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    atomic_write_json(directory / TOKENIZER_CONFIG_FILE, config)
+
+
+def _copy_tr_tokenizer(saved: Path, directory: Path, prepend_bos: bool) -> dict[str, Any]:
+    """Copy tr-tokenizer's vocabulary and the loader module; the tokenizer_config entries."""
+    from tr_tokenizer.vocab import FILE_NAME
+
+    shutil.copyfile(saved / FILE_NAME, directory / FILE_NAME)
+    (directory / f"{TR_TOKENIZER_MODULE}.py").write_text(_TR_TOKENIZER_MODULE_SOURCE)
+    return {
+        "tokenizer_class": "TrTokenizerHF",
+        "auto_map": {"AutoTokenizer": [f"{TR_TOKENIZER_MODULE}.TrTokenizerHF", None]},
+        "prepend_bos": prepend_bos,
+    }
+
+
+def _write_tokenizers_json(saved: Path, out: Path, document_start: str | None) -> None:
+    """Copy a `tokenizers` tokenizer.json, made to put `document_start` before each sequence
+    when encoding with special tokens (a post-processor after any it already has)."""
+    from tokenizers import Tokenizer as Tokenizers
+    from tokenizers.processors import Sequence, TemplateProcessing
+
+    tok = Tokenizers.from_file(str(saved))
+    if document_start is not None:
+        start = TemplateProcessing(
+            single=f"{document_start} $A",
+            pair=f"{document_start} $A {document_start} $B",
+            special_tokens=[(document_start, tok.token_to_id(document_start))],
+        )
+        before = tok.post_processor
+        tok.post_processor = start if before is None else Sequence([before, start])
+    tok.save(str(out))
