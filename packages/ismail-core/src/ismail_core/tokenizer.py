@@ -29,6 +29,8 @@ CHAT_TEMPLATE_FILE = "chat_template.jinja"
 _EOS_NAMES = ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|eot_id|>", "<|im_end|>")
 _BOS_NAMES = ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>")
 _PAD_NAMES = ("<pad>", "<|pad|>", "[PAD]", "<|finetune_right_pad_id|>")
+# The roles an HFTokenizer's special ids can be given for.
+SPECIAL_ROLES = ("eos", "bos", "pad")
 # Context ids a seeded IncrementalDecoder decodes before new ones: enough for a leading space
 # or a character split over byte-level tokens (vLLM uses 5).
 _CONTEXT_WINDOW = 6
@@ -39,13 +41,24 @@ class TokenizerError(ValueError):
 
 
 class HFTokenizer:
-    """A Hugging Face `tokenizers.Tokenizer` (tokenizer.json) behind tr_tokenizer's surface."""
+    """A Hugging Face `tokenizers.Tokenizer` (tokenizer.json) behind tr_tokenizer's surface.
+
+    The eos/bos/pad ids are found by their common names, unless `special_ids` ({"eos": id,
+    "bos": id, "pad": id}, any subset) gives them, as an imported folder's tokenizer_config
+    does; given ids are saved in the marker file, so a saved directory reloads with them.
+    """
 
     kind = "hf"
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, special_ids: dict[str, int] | None = None) -> None:
         self._tok = tokenizer
         self.chat_template: str | None = None
+        self.set_special_ids(special_ids or {})
+
+    def set_special_ids(self, special_ids: dict[str, int]) -> None:
+        """Give the eos/bos/pad ids explicitly (see the class docstring); raises TokenizerError
+        for an unknown role or an id outside the vocabulary."""
+        self.special_ids = _checked_special_ids(special_ids, self.vocab_size)
         self._read_specials()
 
     def _read_specials(self) -> None:
@@ -54,17 +67,18 @@ class HFTokenizer:
             for idx, added in self._tok.get_added_tokens_decoder().items()
             if added.special
         }
-        self.eos_id = self._first_special(_EOS_NAMES)
-        self.bos_id = self._first_special(_BOS_NAMES)
-        self.pad_id = self._first_special(_PAD_NAMES)
+        given = self.special_ids.get
+        self.eos_id = given("eos", self._first_special(_EOS_NAMES))
+        self.bos_id = given("bos", self._first_special(_BOS_NAMES))
+        self.pad_id = given("pad", self._first_special(_PAD_NAMES))
 
     @classmethod
-    def from_file(cls, path: str | Path) -> HFTokenizer:
-        """Load a `tokenizer.json` file."""
+    def from_file(cls, path: str | Path, special_ids: dict[str, int] | None = None) -> HFTokenizer:
+        """Load a `tokenizer.json` file (`special_ids` as in the class docstring)."""
         from tokenizers import Tokenizer
 
         try:
-            return cls(Tokenizer.from_file(str(path)))
+            return cls(Tokenizer.from_file(str(path)), special_ids)
         except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
             msg = f"{path} is not a valid Hugging Face tokenizer.json: {exc}"
             raise TokenizerError(msg) from exc
@@ -121,7 +135,7 @@ class HFTokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._tok.save(str(directory / HF_FILE))
-        _write_marker(directory, self.kind, self.chat_template)
+        _write_marker(directory, self.kind, self.chat_template, self.special_ids)
 
 
 class IncrementalDecoder:
@@ -191,9 +205,24 @@ class TrTokenizer:
 Tokenizer = HFTokenizer | TrTokenizer
 
 
-def _write_marker(directory: Path, kind: str, chat_template: str | None) -> None:
-    """Record the kind, and the chat template when there is one."""
-    (directory / MARKER_FILE).write_text(json.dumps({"kind": kind}) + "\n")
+def _checked_special_ids(special_ids: dict[str, int], vocab_size: int) -> dict[str, int]:
+    """`special_ids` after checking its roles and that each id is in the vocabulary."""
+    for role, idx in special_ids.items():
+        if role not in SPECIAL_ROLES:
+            raise TokenizerError(f"unknown special token role {role!r}; use {SPECIAL_ROLES}")
+        if not (isinstance(idx, int) and 0 <= idx < vocab_size):
+            raise TokenizerError(
+                f"the {role} id {idx!r} is outside the tokenizer's {vocab_size} tokens"
+            )
+    return dict(special_ids)
+
+
+def _write_marker(
+    directory: Path, kind: str, chat_template: str | None, special_ids: dict[str, int] | None = None
+) -> None:
+    """Record the kind, explicitly given special ids, and the chat template when there is one."""
+    marker = {"kind": kind, "special_ids": special_ids} if special_ids else {"kind": kind}
+    (directory / MARKER_FILE).write_text(json.dumps(marker) + "\n")
     if chat_template:
         (directory / CHAT_TEMPLATE_FILE).write_text(chat_template, encoding="utf-8")
 
@@ -220,11 +249,12 @@ def _load_tr(path: str | Path | None) -> TrTokenizer:
         raise TokenizerError(str(exc)) from exc
 
 
-def _read_marker(marker: Path) -> str | None:
-    """The tokenizer kind recorded in a saved directory's marker file."""
+def _read_marker(marker: Path) -> dict[str, Any]:
+    """The marker file of a saved directory: its kind and, if any, special_ids."""
     try:
-        return json.loads(marker.read_text(encoding="utf-8")).get("kind")
-    except (ValueError, AttributeError) as exc:  # not JSON / not UTF-8 / not an object
+        content = json.loads(marker.read_text(encoding="utf-8"))
+        return {"kind": content.get("kind"), "special_ids": dict(content.get("special_ids") or {})}
+    except (ValueError, AttributeError, TypeError) as exc:  # not JSON / UTF-8 / an object
         raise TokenizerError(f"{marker} is corrupt ({exc}); save the tokenizer again") from exc
 
 
@@ -249,9 +279,10 @@ def _load_directory(path: Path) -> Tokenizer:
     """The tokenizer saved in a directory (see load_tokenizer)."""
     marker = path / MARKER_FILE
     if marker.is_file():
-        kind = _read_marker(marker)
+        recorded = _read_marker(marker)
+        kind = recorded["kind"]
         if kind == "hf":
-            return HFTokenizer.from_file(path / HF_FILE)
+            return HFTokenizer.from_file(path / HF_FILE, recorded["special_ids"])
         if kind == "tr":
             return _load_tr(path)
         raise TokenizerError(f"{marker}: unknown tokenizer kind {kind!r}")

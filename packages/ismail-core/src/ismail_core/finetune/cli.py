@@ -7,7 +7,7 @@ from typing import Any
 
 # Short flags for the settings people change most; each sets one dotted key.
 ALIASES = {
-    "--base": ("finetune.base", "base checkpoint (default runs/tiny)"),
+    "--base": ("finetune.base", "base checkpoint or HF model folder (default runs/tiny)"),
     "--data": ("finetune.data", "data: builtin, a JSON/JSONL file or folder, or hf:NAME"),
     "--train-on": ("finetune.train_on", "assistant (default) or all"),
 }

@@ -28,7 +28,11 @@ TOO_LONG = ("truncate", "drop")
 
 @dataclass
 class FinetuneSection:
-    base: str = doc_field("base checkpoint or run directory to start from", default="runs/tiny")
+    base: str = doc_field(
+        "base checkpoint or run directory to start from, or a Hugging Face model folder "
+        "(imported into RUN/base first)",
+        default="runs/tiny",
+    )
     data: str = doc_field(
         "'builtin' (the Turkish task set), a JSON/JSONL file or folder (Alpaca, messages, "
         "ShareGPT or prompt/completion records) or hf:NAME[:SPLIT]",

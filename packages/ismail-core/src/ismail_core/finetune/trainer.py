@@ -47,11 +47,14 @@ from ismail_core.finetune.evaluate import (
     heldout_loss,
     score_replies,
 )
+from ismail_core.train import distributed
 from ismail_core.train.checkpointing import find_resume_checkpoint, read_resume_state
 from ismail_core.train.config import ConfigError
 from ismail_core.train.trainer import CONFIG_FILE, Trainer, TrainResult, train
 
 DEFAULT_BASE = "runs/tiny"
+# Where a transformers model folder given as the base is imported to, inside the run directory.
+IMPORTED_BASE_DIR = "base"
 
 
 class FinetuneTrainer(Trainer):
@@ -67,7 +70,7 @@ class FinetuneTrainer(Trainer):
     # ------------------------------------------------------------------ data
     def _setup_data(self) -> None:
         f = self.cfg.finetune
-        self.base = _resolve_base(f.base)
+        self.base = _resolve_base(f.base, self.run_dir, self.info)
         self.resume_from = find_resume_checkpoint(self.cfg.run.resume, self.run_dir)
         if self.resume_from is not None:
             self._check_same_run()
@@ -295,8 +298,19 @@ def _exact_case(messages: list[dict]) -> ReplyCase:
     )
 
 
-def _resolve_base(base: str) -> Path:
-    """The base checkpoint directory, with the next step spelled out when it is missing."""
+def _resolve_base(base: str, run_dir: Path, info: distributed.DistInfo) -> Path:
+    """The base checkpoint directory, with the next step spelled out when it is missing. A
+    transformers model folder is imported (by the main process) into RUN/base first, once: a
+    resumed run finds it there."""
+    from ismail_core.hf_import import import_checkpoint, is_hf_model_folder
+
+    if is_hf_model_folder(base):
+        imported = run_dir / IMPORTED_BASE_DIR
+        if info.is_main and not imported.is_dir():  # complete or absent: written atomically
+            print(f"importing {base} into {imported}", flush=True)
+            import_checkpoint(base, imported)
+        distributed.barrier(info)
+        return imported
     try:
         return resolve_checkpoint(base)
     except CheckpointError as exc:
