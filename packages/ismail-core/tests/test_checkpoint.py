@@ -62,6 +62,20 @@ def test_save_and_load_round_trip(hf_tokenizer_file: Path, tmp_path: Path) -> No
     assert [p.name for p in tmp_path.iterdir()] == ["step_7"]
 
 
+def test_tr_tokenizer_checkpoint_from_before_the_vocabulary_rename_loads(tmp_path: Path) -> None:
+    # tr-tokenizer's vocabulary was saved as tokenizer.json until it got its own name
+    # (tr_tokenizer.json); checkpoints written before must load as they did.
+    from tr_tokenizer.vocab import FILE_NAME, LEGACY_FILE_NAME
+
+    tok = load_tokenizer("tr")
+    ckpt = save_checkpoint(tmp_path / "old", TiedLM(_config()), tok)
+    assert (ckpt / TOKENIZER_DIR / FILE_NAME).is_file()
+    (ckpt / TOKENIZER_DIR / FILE_NAME).rename(ckpt / TOKENIZER_DIR / LEGACY_FILE_NAME)
+    again = load_checkpoint_tokenizer(ckpt)
+    assert again.kind == "tr" and again.fingerprint == tok.fingerprint
+    assert again.encode("Kitaplarımızdan").ids == tok.encode("Kitaplarımızdan").ids
+
+
 def test_overwrite_replaces_atomically(hf_tokenizer_file: Path, tmp_path: Path) -> None:
     tok = load_tokenizer(hf_tokenizer_file)
     save_checkpoint(tmp_path / "ck", TiedLM(_config()), tok)
