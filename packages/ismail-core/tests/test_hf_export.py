@@ -116,7 +116,9 @@ def test_model_card_reports_the_runs_data_and_evaluation(
         if r["kind"] == "eval" and r["step"] == 4
     ][-1]
     meta = json.loads((tiny_data / "meta.json").read_text())
+    assert f"Data: `{meta['spec']['source']}`; " in card  # what the data directory was made of
     assert f"{meta['splits']['train']['tokens']:,} tokens" in card
+    assert "messages = [" not in card  # not fine-tuned for chat: no chat example
     assert "4 steps of 4 sequences" in card
     assert f"| validation bits per byte | {final['bits_per_byte']:.4g} |" in card
     assert f"| validation loss (nats per token) | {final['loss']:.4g} |" in card
@@ -127,3 +129,25 @@ def test_unexportable_model_leaves_nothing_behind(tmp_path: Path, hf_tokenizer_f
     save_checkpoint(tmp_path / "ckpt", model, load_tokenizer(hf_tokenizer_file))
     assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "out")]) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_the_tokenizers_own_special_tokens_give_way_to_the_document_start(
+    tmp_path: Path, hf_tokenizer_file: Path
+) -> None:
+    # A tokenizer.json that adds <s> ... </s> around what it encodes (as BERT- or Llama-style
+    # ones do): ismail encodes without them, so the export must too.
+    from tokenizers import Tokenizer as Tokenizers
+    from tokenizers.processors import TemplateProcessing
+
+    tok = Tokenizers.from_file(str(hf_tokenizer_file))
+    s, e = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    tok.post_processor = TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> $B", special_tokens=[("<s>", s), ("</s>", e)]
+    )
+    tok.save(str(tmp_path / "tokenizer.json"))
+    ours = load_tokenizer(tmp_path / "tokenizer.json")
+    model = Transformer(ModelConfig.preset("tiny", **MOE))
+    save_checkpoint(tmp_path / "ckpt", model, ours)
+    assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "out")]) == 0
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert hf(TEXT)["input_ids"] == prompt_ids(ours, TEXT) == [e, *ours.encode(TEXT).ids]

@@ -157,8 +157,8 @@ def is_main_process() -> bool:
 
 
 def _print_summary(result: Any, sample_tokens: int) -> None:
-    from ismail_core.checkpoint import load_model
-    from ismail_core.generate import generate_text
+    from ismail_core.checkpoint import load_checkpoint_tokenizer, load_model
+    from ismail_core.generate import generate_hint, generate_text, sample_prompt
     from ismail_core.sampling import SamplingParams
 
     evals = result.evals
@@ -170,13 +170,14 @@ def _print_summary(result: Any, sample_tokens: int) -> None:
         )
     if sample_tokens > 0:
         model, tokenizer = load_model(result.checkpoint)
-        prompt = "Türk milleti"
+        prompt = sample_prompt(tokenizer)
         params = SamplingParams(temperature=0.8, top_k=40, repetition_penalty=1.1, seed=0)
         text = generate_text(model, tokenizer, prompt, sample_tokens, params)
         print(f"sample: {prompt}{text}")
     print(f"checkpoint: {result.checkpoint}")
     print(f"serve it:   uv run ismail-serve {result.run_dir}")
-    print(f"generate:   uv run ismail generate {result.run_dir} --prompt 'Türk milleti'")
+    tokenizer = load_checkpoint_tokenizer(result.checkpoint)
+    print(f"generate:   {generate_hint(result.run_dir, tokenizer)}")
 
 
 # ---------------------------------------------------------------------- ismail generate
@@ -506,6 +507,7 @@ def _run_import(args: argparse.Namespace) -> int:
 
     from ismail_core.chat import chat_template
     from ismail_core.checkpoint import load_checkpoint_tokenizer
+    from ismail_core.generate import generate_hint
     from ismail_core.hf_import import import_checkpoint
 
     out = import_checkpoint(args.hf_dir, args.out, args.tokenizer, getattr(torch, args.dtype))
@@ -515,7 +517,7 @@ def _run_import(args: argparse.Namespace) -> int:
         f"wrote {out}: {tokenizer.kind} tokenizer with {tokenizer.vocab_size} tokens, {chat} "
         "a chat template"
     )
-    print(f"generate: uv run ismail generate {out} --prompt 'Türk milleti'")
+    print(f"generate: {generate_hint(out, tokenizer)}")
     return 0
 
 

@@ -30,6 +30,18 @@ class GenerationError(ValueError):
     """A request the model cannot serve (too long for its context)."""
 
 
+def sample_prompt(tokenizer: Tokenizer) -> str:
+    """A prompt for showing what a model writes: a Turkish opening for a tr-tokenizer model,
+    else none (the model starts a document, in whatever language it learned)."""
+    return "Türk milleti" if tokenizer.kind == "tr" else ""
+
+
+def generate_hint(checkpoint: object, tokenizer: Tokenizer) -> str:
+    """The `ismail generate` command line that shows what `checkpoint` writes."""
+    prompt = sample_prompt(tokenizer)
+    return f"uv run ismail generate {checkpoint}" + (f" --prompt '{prompt}'" if prompt else "")
+
+
 def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
     """Token ids of `prompt` after the document separator (the end-of-sequence id, if any)."""
     ids = list(tokenizer.encode(prompt).ids)

@@ -162,18 +162,20 @@ def _copy_tr_tokenizer(saved: Path, directory: Path, prepend_bos: bool) -> dict[
 
 
 def _write_tokenizers_json(saved: Path, out: Path, document_start: str | None) -> None:
-    """Copy a `tokenizers` tokenizer.json, made to put `document_start` before each sequence
-    when encoding with special tokens (a post-processor after any it already has)."""
+    """Copy a `tokenizers` tokenizer.json whose post-processor (what encoding with special
+    tokens adds) is replaced by `document_start` before each sequence, or by nothing: ismail
+    encodes without the tokenizer's own special tokens and puts the end-of-sequence id first,
+    so transformers must do the same to feed the model the same ids."""
     from tokenizers import Tokenizer as Tokenizers
-    from tokenizers.processors import Sequence, TemplateProcessing
+    from tokenizers.processors import TemplateProcessing
 
     tok = Tokenizers.from_file(str(saved))
-    if document_start is not None:
-        start = TemplateProcessing(
+    if document_start is None:
+        tok.post_processor = TemplateProcessing(single="$A", pair="$A $B", special_tokens=[])
+    else:
+        tok.post_processor = TemplateProcessing(
             single=f"{document_start} $A",
             pair=f"{document_start} $A {document_start} $B",
             special_tokens=[(document_start, tok.token_to_id(document_start))],
         )
-        before = tok.post_processor
-        tok.post_processor = start if before is None else Sequence([before, start])
     tok.save(str(out))

@@ -128,10 +128,12 @@ def _training(config: dict | None, checkpoint: Path) -> str:
 
 
 def _pretraining_data(data: dict) -> str:
-    source = str(data.get("source"))
+    # The data directory's meta.json says what it was made from; the run's data.source is
+    # only used when training prepares the data itself (and is its default otherwise).
+    meta = _read_json(Path(str(data.get("path"))) / _META_FILE) or {}
+    source = str((meta.get("spec") or {}).get("source") or data.get("source"))
     text = _DATA_NAMES.get(source, f"`{source}`")
-    meta = _read_json(Path(str(data.get("path"))) / _META_FILE)
-    splits = (meta or {}).get("splits") or {}
+    splits = meta.get("splits") or {}
     train = splits.get("train") or {}
     if isinstance(train.get("documents"), int) and isinstance(train.get("tokens"), int):
         text += f"; {train['documents']:,} documents, {train['tokens']:,} tokens"
@@ -186,10 +188,11 @@ def _eval_at(run: Path, step: int) -> dict | None:
 
 
 def _usage(tokenizer: Any, name: str) -> str:
-    from .chat import chat_template
+    from .generate import sample_prompt
 
     remote = ", trust_remote_code=True" if tokenizer.kind == "tr" else ""
-    prompt = "Türk milleti" if tokenizer.kind == "tr" else "Once upon a time"
+    prompt = sample_prompt(tokenizer) or "..."
+    question = "kitap kelimesinin çoğulu nedir?" if tokenizer.kind == "tr" else "..."
     code = (
         "from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline\n\n"
         f'tokenizer = AutoTokenizer.from_pretrained("{name}"{remote})\n'
@@ -197,9 +200,9 @@ def _usage(tokenizer: Any, name: str) -> str:
         'generate = pipeline("text-generation", model=model, tokenizer=tokenizer)\n'
         f'print(generate("{prompt}", max_new_tokens=32)[0]["generated_text"])\n'
     )
-    if chat_template(tokenizer):
+    if tokenizer.chat_template:  # stored by fine-tuning: a chat model
         code += (
-            'messages = [{"role": "user", "content": "kitap kelimesinin çoğulu nedir?"}]\n'
+            f'messages = [{{"role": "user", "content": "{question}"}}]\n'
             'print(generate(messages, max_new_tokens=16)[0]["generated_text"][-1]["content"])\n'
         )
     return f"```python\n{code}```"
