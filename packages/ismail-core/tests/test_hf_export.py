@@ -151,3 +151,9 @@ def test_the_tokenizers_own_special_tokens_give_way_to_the_document_start(
     assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "out")]) == 0
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
     assert hf(TEXT)["input_ids"] == prompt_ids(ours, TEXT) == [e, *ours.encode(TEXT).ids]
+
+
+def test_commands_given_a_transformers_folder_say_to_import_it(bpe_export, capsys) -> None:
+    out, _ = bpe_export
+    assert main(["generate", str(out), "--prompt", "Yurtta"]) == 1
+    assert f"import it first with `ismail import {out} OUT`" in capsys.readouterr().err

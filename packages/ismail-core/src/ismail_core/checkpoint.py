@@ -187,7 +187,22 @@ def load_config(path: str | Path) -> Any:
         return ModelConfig.load(directory / CONFIG_FILE)
     except (ValueError, TypeError, KeyError, OSError) as exc:
         file = directory / CONFIG_FILE
+        if is_hf_config(file):
+            raise CheckpointError(
+                f"{directory} is a Hugging Face transformers folder, not an ismail checkpoint: "
+                f"import it first with `ismail import {directory} OUT`"
+            ) from exc
         raise CheckpointError(f"{file} is not a valid model config: {exc}") from exc
+
+
+def is_hf_config(config_file: Path) -> bool:
+    """Whether a config.json is a transformers config: it names a model_type (an ismail
+    checkpoint's config.json is a ModelConfig, which has none)."""
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "model_type" in config
 
 
 def load_checkpoint_tokenizer(path: str | Path) -> Tokenizer:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from tr_tokenizer.vocab import FILE_NAME as TR_TOKENIZER_FILE
 
-from ismail_core.checkpoint import save_checkpoint
+from ismail_core.checkpoint import is_hf_config, save_checkpoint
 from ismail_core.hf import HF_CONFIG_FILE, HFFormatError, import_hf, read_hf_config
 from ismail_core.tokenizer import (
     CHAT_TEMPLATE_FILE,
@@ -46,13 +46,8 @@ GPT2_END_OF_TEXT = "<|endoftext|>"
 
 
 def is_hf_model_folder(path: str | Path) -> bool:
-    """Whether `path` is a transformers model folder: its config.json names a model_type (an
-    ismail checkpoint's config.json is a ModelConfig, which has none)."""
-    try:
-        config = json.loads((Path(path) / HF_CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and "model_type" in config
+    """Whether `path` is a transformers model folder (see checkpoint.is_hf_config)."""
+    return is_hf_config(Path(path) / HF_CONFIG_FILE)
 
 
 def import_checkpoint(
