@@ -22,6 +22,12 @@ from .config import ModelConfig
 from .model import Transformer
 from .model.rope import yarn_mscale
 
+# The files of a transformers folder that export and import read or write.
+HF_CONFIG_FILE = "config.json"
+HF_WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
+
 
 class HFFormatError(ValueError):
     """A model that has no Hugging Face equivalent, or a folder this module cannot read."""
@@ -475,14 +481,14 @@ def _write_hf(model: Transformer, directory: Path, token_ids: dict | None = None
     config.update(token_ids or dict.fromkeys(("bos_token_id", "eos_token_id", "pad_token_id")))
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     config.update(dtype=dtype, torch_dtype=dtype)  # transformers 5's name and 4's
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    atomic_write_json(directory / "config.json", config)
+    save_file(tensors, str(directory / HF_WEIGHTS_FILE), metadata={"format": "pt"})
+    atomic_write_json(directory / HF_CONFIG_FILE, config)
 
 
 def _read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    single = directory / "model.safetensors"
+    single = directory / HF_WEIGHTS_FILE
     index = directory / "model.safetensors.index.json"
     if single.exists():
         return load_file(str(single))
@@ -525,9 +531,6 @@ def _normalise_hf_names(weights: dict[str, torch.Tensor], arch: str) -> dict[str
             for c, b in zip("qkv", out.pop(prefix + ".bias").chunk(3)):
                 out[f"{prefix}.{c}.bias"] = b
     return out
-
-
-HF_CONFIG_FILE = "config.json"
 
 
 def read_hf_config(directory: str | Path) -> dict:

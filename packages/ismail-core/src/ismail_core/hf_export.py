@@ -34,13 +34,11 @@ from .checkpoint import (
     load_model,
     resolve_checkpoint,
 )
-from .hf import _write_hf, hf_architecture
+from .hf import GENERATION_CONFIG_FILE, TOKENIZER_CONFIG_FILE, _write_hf, hf_architecture
 from .model_card import model_card
 from .sampling import GENERATE_DEFAULTS
 from .tokenizer import CHAT_TEMPLATE_FILE, HF_FILE, Tokenizer
 
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-GENERATION_CONFIG_FILE = "generation_config.json"
 TR_TOKENIZER_MODULE = "tokenization_tr_tokenizer"
 # The module AutoTokenizer imports from an export of a tr-tokenizer model (trust_remote_code).
 # The import sits in try/except so that transformers' own import check leaves it alone and the

@@ -25,7 +25,14 @@ import torch
 from tr_tokenizer.vocab import FILE_NAME as TR_TOKENIZER_FILE
 
 from ismail_core.checkpoint import is_hf_config, save_checkpoint
-from ismail_core.hf import HF_CONFIG_FILE, HFFormatError, import_hf, read_hf_config
+from ismail_core.hf import (
+    GENERATION_CONFIG_FILE,
+    HF_CONFIG_FILE,
+    TOKENIZER_CONFIG_FILE,
+    HFFormatError,
+    import_hf,
+    read_hf_config,
+)
 from ismail_core.tokenizer import (
     CHAT_TEMPLATE_FILE,
     HF_FILE,
@@ -36,9 +43,7 @@ from ismail_core.tokenizer import (
     load_tokenizer,
 )
 
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
-GENERATION_CONFIG_FILE = "generation_config.json"
 GPT2_VOCAB_FILE = "vocab.json"
 GPT2_MERGES_FILE = "merges.txt"
 # transformers' GPT2Tokenizer uses it as unk, bos and eos unless its config names others
