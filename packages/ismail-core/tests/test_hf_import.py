@@ -351,3 +351,65 @@ def test_help_and_dtype(llama_dir, tmp_path, capsys):
     out = tmp_path / "bf16"
     assert _run(capsys, "import", str(llama_dir), str(out), "--dtype", "bfloat16")[0] == 0
     assert {t.dtype for t in load_weights(out / WEIGHTS_FILE).values()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("how", ["post_processor", "add_bos_token"])
+def test_a_model_whose_tokenizer_puts_bos_first_is_prompted_with_it(
+    how: str, llama_dir: Path, tmp_path: Path, capsys
+) -> None:
+    # Llama's tokenizer puts <s> before what it encodes (in tokenizer.json's post-processor, or
+    # by add_bos_token in older folders): the model was trained to see it first, so ismail's
+    # prompts, training documents and exports must start with it too, not with eos.
+    from tokenizers import Tokenizer as Tokenizers
+    from tokenizers.processors import TemplateProcessing
+
+    folder = tmp_path / "llama"
+    shutil.copytree(llama_dir, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    if how == "post_processor":
+        tok_json = Tokenizers.from_file(str(folder / "tokenizer.json"))
+        tok_json.post_processor = TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+        )
+        tok_json.save(str(folder / "tokenizer.json"))
+        config.pop("add_bos_token", None)
+    else:
+        config["add_bos_token"] = True
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    assert main(["import", str(folder), str(tmp_path / "ckpt")]) == 0
+    model, tok = load_model(tmp_path / "ckpt")
+    assert tok.document_start_id == tok.bos_id == 1 and tok.eos_id == 2
+    ids = prompt_ids(tok, PROMPT)
+    fast = transformers.AutoTokenizer.from_pretrained(folder)
+    assert ids == [1, *fast(PROMPT, add_special_tokens=False).input_ids]
+    if how == "post_processor":
+        assert ids == fast(PROMPT).input_ids  # what a transformers user feeds the model
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    greedy = list(generate_ids(model, ids, 8, SamplingParams(temperature=0), {2}))
+    assert greedy == _greedy(hf_model, ids, 8, 2)
+    # exported again, the folder's tokenizer puts <s> first and config.json names it bos
+    assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "again")]) == 0
+    again = transformers.AutoTokenizer.from_pretrained(tmp_path / "again")
+    assert again(PROMPT).input_ids == ids
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["bos_token_id"] == 1
+    # and the documents of data tokenized with it start with <s> and end with </s>
+    if how == "post_processor":
+        import numpy as np
+        from ismail_core.corpus import DataSpec, prepare_data
+
+        source = tmp_path / "docs.jsonl"
+        docs = ["Ankara başkenttir.", "Yurtta sulh, cihanda sulh."]
+        source.write_text("\n".join(json.dumps({"text": d * 4}) for d in docs))
+        data = tmp_path / "data"
+        spec = DataSpec(
+            source=str(source),
+            out=str(data),
+            tokenizer=str(tmp_path / "ckpt" / "tokenizer"),
+            val_fraction=0.0,
+            min_chars=1,
+            cache_dir=str(tmp_path / "cache"),
+        )
+        meta = prepare_data(spec)
+        stream = np.fromfile(data / "train-00000.bin", dtype=meta["dtype"]).tolist()
+        first, second = ([1, *tok.encode(d * 4).ids, 2] for d in docs)
+        assert stream in ([*first, *second], [*second, *first])  # in either order

@@ -99,3 +99,19 @@ def test_bad_specs_name_the_problem(tmp_path: Path) -> None:
     empty.mkdir()
     with pytest.raises(TokenizerError, match="neither"):
         load_tokenizer(empty)
+
+
+def test_documents_start_after_eos_unless_the_start_is_given(
+    hf_tokenizer_file: Path, tmp_path: Path
+) -> None:
+    # ismail separates training documents by eos, so prompts start with it; a model imported
+    # from transformers may have been trained to see its bos first ("start"), kept on save.
+    tok = load_tokenizer(hf_tokenizer_file)
+    assert tok.document_start_id == tok.eos_id == tok.token_to_id("</s>")
+    assert load_tokenizer("tr").document_start_id == load_tokenizer("tr").eos_id
+    tok.set_special_ids({"start": tok.token_to_id("<s>")})
+    save_tokenizer(tok, tmp_path / "tok")
+    again = load_tokenizer(tmp_path / "tok")
+    assert again.document_start_id == tok.token_to_id("<s>") != again.eos_id
+    with pytest.raises(TokenizerError, match="outside"):
+        tok.set_special_ids({"start": 10**6})

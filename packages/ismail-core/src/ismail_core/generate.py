@@ -43,9 +43,11 @@ def generate_hint(checkpoint: object, tokenizer: Tokenizer) -> str:
 
 
 def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """Token ids of `prompt` after the document separator (the end-of-sequence id, if any)."""
+    """Token ids of `prompt` after the id documents start with (`document_start_id`: the
+    end-of-sequence id that separates ismail's training documents), if there is one."""
     ids = list(tokenizer.encode(prompt).ids)
-    return ids if tokenizer.eos_id is None else [tokenizer.eos_id, *ids]
+    start = tokenizer.document_start_id
+    return ids if start is None else [start, *ids]
 
 
 class ContinuationText:

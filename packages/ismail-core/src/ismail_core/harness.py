@@ -103,8 +103,14 @@ class IsmailLM(TemplateLM):
     # ------------------------------------------------------------------ lm-eval's properties
     @property
     def eot_token_id(self) -> int:
-        """The document separator: prefix of empty contexts and of rolling windows."""
+        """The end-of-sequence id: where generation stops."""
         return self.tokenizer.eos_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        """The id documents start with (lm-eval's name): prefix of empty contexts and of
+        rolling windows. The end-of-sequence id for models ismail trained."""
+        return self.tokenizer.document_start_id
 
     @property
     def max_length(self) -> int:
@@ -164,7 +170,7 @@ class IsmailLM(TemplateLM):
         """One forward pass over right-padded windows (causal attention: padding after a
         sequence never changes its logits)."""
         width = max(len(ids) - 1 for ids, _ in windows)
-        inputs = torch.full((len(windows), width), self.eot_token_id, dtype=torch.long)
+        inputs = torch.full((len(windows), width), self.prefix_token_id, dtype=torch.long)
         for row, (ids, _) in enumerate(windows):
             inputs[row, : len(ids) - 1] = torch.tensor(ids[:-1])
         logits = self.model(inputs.to(self.device))
@@ -189,7 +195,7 @@ class IsmailLM(TemplateLM):
             ids = self.tok_encode(text, add_special_tokens=False)
             for context, target in map(
                 make_disjoint_window,
-                get_rolling_token_windows(ids, self.eot_token_id, self.max_length, 1),
+                get_rolling_token_windows(ids, self.prefix_token_id, self.max_length, 1),
             ):
                 windows.append((None, context, target))
                 owners.append(index)
@@ -235,7 +241,7 @@ class IsmailLM(TemplateLM):
             )
         # left-truncate like lm-eval's HF model: the most recent context matters most
         keep = self.max_length - max_new
-        prompts = [(self.tok_encode(c) or [self.eot_token_id])[-keep:] for c in contexts]
+        prompts = [(self.tok_encode(c) or [self.prefix_token_id])[-keep:] for c in contexts]
         params = _params(kwargs)
         batch = BatchGeneration(
             self.model, prompts, max_new, [params] * len(prompts), self.eot_token_id

@@ -12,10 +12,10 @@
     OUT/README.md                        a model card: data, tokenizer, evaluation, how to load
     OUT/adapter/                         a LoRA checkpoint's adapter in PEFT's format
 
-Documents are separated by the end-of-sequence token in training, and `ismail generate` puts
-it before a prompt, so the exported tokenizer does the same (its `bos_token` is the
-end-of-sequence token and encoding prepends it): the text-generation pipeline then sees the
-ids `ismail generate` feeds the model.
+`ismail generate` puts the tokenizer's document start before a prompt (the end-of-sequence
+token that separates ismail's training documents, or an imported model's bos), so the exported
+tokenizer does the same (its `bos_token` is that token and encoding prepends it): the
+text-generation pipeline then sees the ids `ismail generate` feeds the model.
 """
 
 from __future__ import annotations
@@ -94,11 +94,11 @@ def export_checkpoint_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
 
 
 def special_token_ids(tokenizer: Tokenizer) -> dict[str, int | None]:
-    """bos/eos/pad_token_id for config.json: a document starts after the end-of-sequence id,
-    and padding falls back to it (as GPT-2's do) when the tokenizer has no pad token."""
+    """bos/eos/pad_token_id for config.json: bos is the id documents start with, and padding
+    falls back to the end-of-sequence id (as GPT-2's does) when there is no pad token."""
     eos = tokenizer.eos_id
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else eos
-    return {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": pad}
+    return {"bos_token_id": tokenizer.document_start_id, "eos_token_id": eos, "pad_token_id": pad}
 
 
 def generation_config(tokenizer: Tokenizer) -> dict[str, Any]:
@@ -126,12 +126,15 @@ def write_tokenizer_files(tokenizer: Tokenizer, directory: Path, max_len: int) -
     template = chat_template(tokenizer)
     if template:
         (directory / CHAT_TEMPLATE_FILE).write_text(template, encoding="utf-8")
-    eos = tokenizer.id_to_token(tokenizer.eos_id) if tokenizer.eos_id is not None else None
-    pad = tokenizer.id_to_token(tokenizer.pad_id) if tokenizer.pad_id is not None else eos
+
+    def name(token_id: int | None) -> str | None:
+        return None if token_id is None else tokenizer.id_to_token(token_id)
+
+    start, eos = name(tokenizer.document_start_id), name(tokenizer.eos_id)
     config: dict[str, Any] = {
-        "bos_token": eos,
+        "bos_token": start,
         "eos_token": eos,
-        "pad_token": pad,
+        "pad_token": name(tokenizer.pad_id) or eos,
         "clean_up_tokenization_spaces": False,
         "model_max_length": max_len,
     }
@@ -139,9 +142,9 @@ def write_tokenizer_files(tokenizer: Tokenizer, directory: Path, max_len: int) -
         # The tokenizer's own save writes its file(s); only the vocabulary is taken from it.
         tokenizer.save(scratch)
         if tokenizer.kind == "tr":
-            config.update(_copy_tr_tokenizer(Path(scratch), directory, eos is not None))
+            config.update(_copy_tr_tokenizer(Path(scratch), directory, start is not None))
         else:
-            _write_tokenizers_json(Path(scratch) / HF_FILE, directory / HF_FILE, eos)
+            _write_tokenizers_json(Path(scratch) / HF_FILE, directory / HF_FILE, start)
             config["tokenizer_class"] = "PreTrainedTokenizerFast"
     atomic_write_json(directory / TOKENIZER_CONFIG_FILE, config)
 

@@ -99,9 +99,31 @@ def folder_tokenizer(hf_dir: Path) -> Tokenizer:
             "is not read): pass one with --tokenizer SPEC (a tokenizer.json, a tokenizer "
             "directory, or 'tr')"
         )
-    tok.set_special_ids(_special_ids(hf_dir, tok, names))
+    ids = _special_ids(hf_dir, tok, names)
+    start = _document_start(hf_dir, tokenizer_config, tok, ids.get("bos"))
+    tok.set_special_ids(ids if start is None else {**ids, "start": start})
     tok.chat_template = _chat_template(hf_dir, tokenizer_config)
     return tok
+
+
+def _document_start(
+    hf_dir: Path, tokenizer_config: dict[str, Any], tok: HFTokenizer, bos: int | None
+) -> int | None:
+    """The id the folder's tokenizer puts before what it encodes (Llama's puts its bos first),
+    which the model was trained to see first and so what ismail puts before a prompt; None
+    when it puts nothing there (ismail's default, the end-of-sequence id, then applies).
+
+    tokenizer_config's add_bos_token decides where it is given; otherwise the first special
+    token of tokenizer.json's post-processor template (alone or in a Sequence) does."""
+    if "add_bos_token" in tokenizer_config:
+        return bos if tokenizer_config["add_bos_token"] is True else None
+    processor = _read_json(hf_dir / HF_FILE).get("post_processor") or {}
+    chain = processor.get("processors", []) if processor.get("type") == "Sequence" else [processor]
+    for step in chain:
+        single = (step.get("single") or []) if step.get("type") == "TemplateProcessing" else []
+        if single and "SpecialToken" in single[0]:
+            return tok.token_to_id(single[0]["SpecialToken"].get("id"))
+    return None
 
 
 def _read_json(path: Path) -> dict[str, Any]:

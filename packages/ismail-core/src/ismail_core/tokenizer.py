@@ -29,8 +29,9 @@ CHAT_TEMPLATE_FILE = "chat_template.jinja"
 _EOS_NAMES = ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|eot_id|>", "<|im_end|>")
 _BOS_NAMES = ("<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>")
 _PAD_NAMES = ("<pad>", "<|pad|>", "[PAD]", "<|finetune_right_pad_id|>")
-# The roles an HFTokenizer's special ids can be given for.
-SPECIAL_ROLES = ("eos", "bos", "pad")
+# The roles an HFTokenizer's special ids can be given for; "start" is the id a document, and
+# so a prompt, starts with (`document_start_id`).
+SPECIAL_ROLES = ("eos", "bos", "pad", "start")
 # Context ids a seeded IncrementalDecoder decodes before new ones: enough for a leading space
 # or a character split over byte-level tokens (vLLM uses 5).
 _CONTEXT_WINDOW = 6
@@ -44,8 +45,11 @@ class HFTokenizer:
     """A Hugging Face `tokenizers.Tokenizer` (tokenizer.json) behind tr_tokenizer's surface.
 
     The eos/bos/pad ids are found by their common names, unless `special_ids` ({"eos": id,
-    "bos": id, "pad": id}, any subset) gives them, as an imported folder's tokenizer_config
-    does; given ids are saved in the marker file, so a saved directory reloads with them.
+    "bos": id, "pad": id, "start": id}, any subset) gives them, as an imported folder's
+    tokenizer_config does; given ids are saved in the marker file, so a saved directory reloads
+    with them. `document_start_id` is the id documents start with: ismail separates documents
+    by the end-of-sequence id, so it is eos_id unless "start" says otherwise (a model imported
+    from transformers whose tokenizer puts its bos first).
     """
 
     kind = "hf"
@@ -71,6 +75,7 @@ class HFTokenizer:
         self.eos_id = given("eos", self._first_special(_EOS_NAMES))
         self.bos_id = given("bos", self._first_special(_BOS_NAMES))
         self.pad_id = given("pad", self._first_special(_PAD_NAMES))
+        self.document_start_id = given("start", self.eos_id)
 
     @classmethod
     def from_file(cls, path: str | Path, special_ids: dict[str, int] | None = None) -> HFTokenizer:
@@ -189,6 +194,12 @@ class TrTokenizer:
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self._tok, name)
+
+    @property
+    def document_start_id(self) -> int:
+        """The id documents (and prompts) start with: the end-of-sequence id, which separates
+        the documents of the data ismail trains on."""
+        return self._tok.eos_id
 
     def token_kind(self, token_id: int) -> str:
         """Kind of a token (special, case, byte, space, root, suffix or bpe): tr_tokenizer's

@@ -772,8 +772,8 @@ def _tokenize_root(tok: Any, body: RootTokenizeRequest) -> tuple[list[int], list
         ids = chat_prompt_ids(tok, body.messages, body.add_generation_prompt)
     else:
         ids = encode_with_specials(tok, body.prompt)
-        if body.add_special_tokens and tok.eos_id is not None:
-            ids = [tok.eos_id, *ids]
+        if body.add_special_tokens and tok.document_start_id is not None:
+            ids = [tok.document_start_id, *ids]
     strs = [tok.id_to_token(i) or "" for i in ids] if body.return_token_strs else None
     return ids, strs
 

@@ -64,10 +64,16 @@ def _clean_batch(batch: dict[str, list]) -> dict[str, list]:
     return {"text": texts, "hash": [text_hash(t) for t in texts], "chars": [len(t) for t in texts]}
 
 
-def _tokenize_batch(batch: dict[str, list], tokenizer: Tokenizer, eos_id: int | None) -> dict:
+def _tokenize_batch(batch: dict[str, list], tokenizer: Tokenizer) -> dict:
+    """Token ids of each document, ended by the end-of-sequence id (which so starts the next
+    one), and begun by the document start id where a tokenizer has another (an imported
+    model's bos)."""
     ids = [enc.ids for enc in tokenizer.encode_batch(batch["text"])]
-    if eos_id is not None:
-        ids = [doc + [eos_id] for doc in ids]
+    eos, start = tokenizer.eos_id, tokenizer.document_start_id
+    if start is not None and start != eos:
+        ids = [[start, *doc] for doc in ids]
+    if eos is not None:
+        ids = [doc + [eos] for doc in ids]
     return {
         "ids": ids,
         "n_tokens": [len(doc) for doc in ids],
@@ -187,7 +193,7 @@ def prepare_data(spec: DataSpec) -> dict[str, Any]:
                 batched=True,
                 batch_size=64,
                 num_proc=_workers(spec, len(part)),
-                fn_kwargs={"tokenizer": tokenizer, "eos_id": tokenizer.eos_id},
+                fn_kwargs={"tokenizer": tokenizer},
                 remove_columns=part.column_names,
                 desc=f"tokenizing {name}",
             )
