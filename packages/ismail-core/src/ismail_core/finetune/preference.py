@@ -1,0 +1,135 @@
+"""Preference tuning losses: DPO (sigmoid), conservative DPO (label smoothing) and IPO.
+
+The inputs are sequence log-probabilities of the chosen and rejected replies under the policy
+being trained and under a frozen reference model (see `sequence_logprobs`). With
+
+    h = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)
+
+the losses are, averaged over the batch (Rafailov et al. 2023; Mitchell 2023; Azar et al. 2023):
+
+    sigmoid / cDPO:  -(1 - eps) * log sigmoid(beta * h) - eps * log sigmoid(-beta * h)
+    ipo:             (h - 1 / (2 * beta)) ** 2
+
+The metrics carry the names TRL's DPOTrainer logs, so runs compare across the two tools.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+LOSS_TYPES: tuple[str, ...] = ("sigmoid", "ipo")
+
+
+@dataclass(frozen=True)
+class PreferenceLoss:
+    """Options of the preference loss.
+
+    beta: strength of the pull towards the reference (the KL penalty's inverse temperature in
+    DPO; IPO's target margin is 1 / (2 * beta)).
+    loss_type: "sigmoid" (DPO, or cDPO with label_smoothing) or "ipo".
+    label_smoothing: cDPO's eps, the assumed probability that a pair's preference is flipped;
+    in [0, 0.5), since at 0.5 the loss no longer prefers either reply.
+    """
+
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.beta > 0:  # also rejects nan
+            raise ValueError(f"preference beta must be > 0, got {self.beta}")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(
+                f"unknown preference loss_type {self.loss_type!r}; choose one of {LOSS_TYPES}"
+            )
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ValueError(
+                f"preference label_smoothing must be in [0, 0.5), got {self.label_smoothing}"
+            )
+        if self.loss_type == "ipo" and self.label_smoothing:
+            raise ValueError(
+                "label_smoothing (cDPO) applies to loss_type 'sigmoid' only; IPO has no "
+                "smoothed form, so set label_smoothing to 0 or use loss_type 'sigmoid'"
+            )
+
+
+def sequence_logprobs(
+    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, average: bool = False
+) -> torch.Tensor:
+    """Per-sequence log-probability of `labels` where `mask` is true: shape [B].
+
+    logits [B, T, V] at position t score labels[:, t] (already aligned: shift the model's
+    logits and ids before calling). Labels where mask is false may hold anything (-100).
+    With average=True, the sum is divided by the number of masked tokens: the per-token mean
+    that IPO is defined on. Computed in float32 whatever the logits' dtype.
+    """
+    if logits.shape[:2] != labels.shape or labels.shape != mask.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} must be [B, T, V] with labels and mask [B, T], got "
+            f"labels {tuple(labels.shape)} and mask {tuple(mask.shape)}"
+        )
+    logits = logits.float()
+    mask = mask.bool()
+    safe = labels.masked_fill(~mask, 0)
+    # logit - logsumexp picks one log-probability per position without keeping a second
+    # [B, T, V] tensor the size of the logits (as log_softmax would).
+    picked = logits.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    token_logps = (picked - torch.logsumexp(logits, dim=-1)) * mask
+    total = token_logps.sum(-1)
+    if average:
+        return total / mask.sum(-1).clamp(min=1)
+    return total
+
+
+def preference_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    cfg: PreferenceLoss,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """(mean loss over the batch, metrics) from log-probabilities of shape [B].
+
+    Pass sums over the reply's tokens for "sigmoid" and per-token means for "ipo"
+    (`sequence_logprobs(..., average=True)`), as TRL does: IPO's margin 1 / (2 * beta) is a
+    target for h itself, so with sums it would depend on the replies' lengths. The reference
+    log-probabilities get no gradient whether or not they were computed without one.
+
+    Metrics (batch means, as TRL names them): rewards/chosen = beta * (policy_chosen -
+    ref_chosen), rewards/rejected likewise, rewards/margins = chosen - rejected,
+    rewards/accuracies = fraction of pairs with chosen reward > rejected reward,
+    logps/chosen and logps/rejected = the policy's log-probabilities.
+    """
+    ref_chosen, ref_rejected = ref_chosen.detach(), ref_rejected.detach()
+    h = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)
+    if cfg.loss_type == "sigmoid":
+        eps = cfg.label_smoothing
+        losses = -(1 - eps) * F.logsigmoid(cfg.beta * h) - eps * F.logsigmoid(-cfg.beta * h)
+    else:
+        losses = (h - 1 / (2 * cfg.beta)) ** 2
+    return losses.mean(), _reward_metrics(
+        policy_chosen, policy_rejected, ref_chosen, ref_rejected, cfg.beta
+    )
+
+
+def _reward_metrics(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+) -> dict[str, float]:
+    """The implicit rewards and log-probabilities as TRL logs them (batch means, floats)."""
+    chosen = (beta * (policy_chosen - ref_chosen)).detach()
+    rejected = (beta * (policy_rejected - ref_rejected)).detach()
+    return {
+        "rewards/chosen": chosen.mean().item(),
+        "rewards/rejected": rejected.mean().item(),
+        "rewards/margins": (chosen - rejected).mean().item(),
+        "rewards/accuracies": (chosen > rejected).to(chosen.dtype).mean().item(),
+        "logps/chosen": policy_chosen.detach().mean().item(),
+        "logps/rejected": policy_rejected.detach().mean().item(),
+    }
