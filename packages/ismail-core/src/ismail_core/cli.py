@@ -15,6 +15,8 @@ from typing import Any
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+# generate and eval run where ismail-serve and training do unless told otherwise.
+DEVICE_HELP = "auto (CUDA, then Apple's MPS, then the CPU; the default), cpu, cuda, cuda:N or mps"
 
 
 # ---------------------------------------------------------------------- ismail data
@@ -206,7 +208,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-stream", action="store_true", help="print only when done")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=_run_generate)
 
 
@@ -327,7 +329,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", type=int, default=0, help="0 = the model's max_seq_len")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=0, help="0 = the whole split")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     lm = p.add_argument_group("lm-evaluation-harness")
     lm.add_argument("--tasks", help="comma-separated lm-eval task names (or globs, YAML files)")
     lm.add_argument("--include-path", help="folder of extra task YAML files (searched first)")
