@@ -162,6 +162,11 @@ def test_load_model_gives_identical_logits(hf_tokenizer_file: Path, tmp_path: Pa
     assert not loaded.training
     half, _ = load_model(tmp_path / "run", dtype=torch.bfloat16)
     assert half.embed.weight.dtype == torch.bfloat16
+    # weights stored in bf16 load as bf16 (not into float32 parameters of twice the size)
+    save_checkpoint(tmp_path / "bf16", half, tok)
+    stored, _ = load_model(tmp_path / "bf16")
+    assert {p.dtype for p in stored.parameters()} == {torch.bfloat16}
+    assert torch.equal(stored(ids), half(ids))
 
 
 def test_load_model_rejects_mismatched_weights(hf_tokenizer_file: Path, tmp_path: Path) -> None:

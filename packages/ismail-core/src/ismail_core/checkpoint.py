@@ -291,7 +291,14 @@ def load_model(
             f"{directory / WEIGHTS_FILE} does not match {directory / CONFIG_FILE}: "
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
-    return _place(model, device, dtype), tokenizer
+    return _place(model, device, dtype or _stored_dtype(state)), tokenizer
+
+
+def _stored_dtype(state: dict[str, torch.Tensor]) -> torch.dtype | None:
+    """The dtype of a state dict's floating-point weights (that of the embedding): a model is
+    built in float32, and loading bf16 weights into it would otherwise double their size."""
+    embed = state.get("embed.weight")
+    return embed.dtype if embed is not None and embed.is_floating_point() else None
 
 
 def is_adapter_only(directory: Path) -> bool:
