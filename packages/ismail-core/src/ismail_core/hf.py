@@ -3,8 +3,10 @@
 An MLA model becomes `DeepseekV3ForCausalLM`, a dense RoPE model with standard attention
 becomes `LlamaForCausalLM`, and the GPT-2 baseline becomes `GPT2LMHeadModel`; each loads with
 `transformers.AutoModelForCausalLM.from_pretrained(out_dir)`. `import_hf` reads such folders
-back (including GPT-2 and DeepSeek-V3 checkpoints saved by transformers itself).
-transformers is not needed at run time: configs and weights are mapped here directly.
+back (including GPT-2, Llama, Mistral and DeepSeek-V3 folders saved by transformers itself).
+transformers is not needed at run time: configs and weights are mapped here directly. The
+whole folders, with tokenizer files, generation config and model card, are hf_export's
+(`ismail export`) and hf_import's (`ismail import`).
 """
 
 from __future__ import annotations
