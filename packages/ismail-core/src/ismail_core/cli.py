@@ -112,12 +112,19 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace, config_cls: type) -> Any:
     """The config: defaults, then --config FILE, then the dotted flags given."""
-    from ismail_core.train.config import build_config, read_config_file
+    from ismail_core.train.config import build_config
+
+    return build_config(*config_layers(args), config_cls=config_cls)
+
+
+def config_layers(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The flat {dotted key: value} layers of a command line: --config FILE, then the flags."""
+    from ismail_core.train.config import read_config_file
 
     skip = ("func", "command", "config")
     values = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
     layers = [read_config_file(args.config)] if getattr(args, "config", None) else []
-    return build_config(*layers, values, config_cls=config_cls)
+    return [*layers, values]
 
 
 def add_config_flags(p: argparse.ArgumentParser, config_cls: type) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 # Short flags for the settings people change most; each sets one dotted key.
 ALIASES = {
+    "--task": ("finetune.task", "sft (default), dpo (preference pairs) or classify (labels)"),
     "--base": ("finetune.base", "base checkpoint or HF model folder (default runs/tiny)"),
     "--data": ("finetune.data", "data: builtin, a JSON/JSONL file or folder, or hf:NAME"),
     "--train-on": ("finetune.train_on", "assistant (default) or all"),
@@ -46,11 +47,11 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
 
 def run_finetune(args: argparse.Namespace) -> int:
     """Build the config from file and flags, fine-tune, print the summary."""
-    from ismail_core.cli import EXIT_INTERRUPTED, config_from_args, is_main_process
-    from ismail_core.finetune.config import FinetuneConfig
+    from ismail_core.cli import EXIT_INTERRUPTED, config_layers, is_main_process
+    from ismail_core.finetune.config import finetune_config
     from ismail_core.finetune.trainer import finetune
 
-    result = finetune(config_from_args(args, FinetuneConfig))
+    result = finetune(finetune_config(*config_layers(args)))
     if result.interrupted:
         print(f"saved {result.checkpoint}; run the same command again to continue")
         return EXIT_INTERRUPTED

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ismail_core.finetune.lora import LoraSettings
+from ismail_core.finetune.preference import PreferenceLoss
 from ismail_core.train.config import (
     CheckpointSection,
     ConfigError,
@@ -17,10 +18,12 @@ from ismail_core.train.config import (
     OptimSection,
     RunSection,
     TrainSection,
+    build_config,
     check_sections,
     doc_field,
 )
 
+TASKS = ("sft", "dpo", "classify")
 METHODS = ("full", "lora", "qlora")
 TRAIN_ON = ("assistant", "all")
 TOO_LONG = ("truncate", "drop")
@@ -28,6 +31,11 @@ TOO_LONG = ("truncate", "drop")
 
 @dataclass
 class FinetuneSection:
+    task: str = doc_field(
+        "sft (chat fine-tuning), dpo (preference tuning on prompt/chosen/rejected pairs) or "
+        "classify (a classification head on labelled texts)",
+        default="sft",
+    )
     base: str = doc_field(
         "base checkpoint or run directory to start from, or a Hugging Face model folder "
         "(imported into RUN/base first)",
@@ -89,11 +97,39 @@ class LoraSection:
 
 
 @dataclass
+class PreferenceSection:
+    beta: float = doc_field(
+        "DPO beta: how strongly the policy is held near the reference model", default=0.1
+    )
+    loss_type: str = doc_field("sigmoid (DPO, cDPO with label_smoothing) or ipo", default="sigmoid")
+    label_smoothing: float = doc_field(
+        "cDPO: assumed probability that a pair's preference is flipped, in [0, 0.5)", default=0.0
+    )
+
+    def loss(self) -> PreferenceLoss:
+        """The loss options (their own checks raise ConfigError through validate)."""
+        return PreferenceLoss(self.beta, self.loss_type, self.label_smoothing)
+
+
+@dataclass
+class ClassifySection:
+    text_field: str = doc_field("CSV column or JSON key of the text", default="text")
+    label_field: str = doc_field("CSV column or JSON key of the label", default="label")
+    train: str = doc_field(
+        "what trains besides the new head: head (nothing else), last-N (the last N blocks), "
+        "all (every weight); with --lora, the adapters and the head",
+        default="all",
+    )
+
+
+@dataclass
 class FinetuneConfig:
     """Everything `ismail finetune` needs; saved as OUT_DIR/train_config.json."""
 
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
     lora: LoraSection = field(default_factory=LoraSection)
+    preference: PreferenceSection = field(default_factory=PreferenceSection)
+    classify: ClassifySection = field(default_factory=ClassifySection)
     run: RunSection = field(default_factory=lambda: RunSection(out_dir="runs/tiny-chat"))
     # Defaults tuned on the no-argument run (tiny base, built-in tasks, 2-core CPU): 320 steps
     # of 8 packed rows (~13 conversations each) at lr 3e-3 fit in under 10 minutes; held-out
@@ -120,6 +156,7 @@ class FinetuneConfig:
         check_sections(self)
         f, lo = self.finetune, self.lora
         checks = [
+            (f.task in TASKS, f"finetune.task must be one of {TASKS}"),
             (f.method in METHODS, f"finetune.method must be one of {METHODS}"),
             (f.train_on in TRAIN_ON, f"finetune.train_on must be one of {TRAIN_ON}"),
             (f.too_long in TOO_LONG, f"finetune.too_long must be one of {TOO_LONG}"),
@@ -144,3 +181,33 @@ class FinetuneConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        try:
+            self.preference.loss()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+
+
+# What differs from FinetuneConfig's defaults (those of chat fine-tuning) for the other tasks:
+# where they start from and write to, and the steps and learning rate that suit them on the
+# tiny model of the no-argument path (measured on the 2-core CPU; see the README).
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sft": {},
+    "dpo": {
+        "finetune.base": "runs/tiny-chat",
+        "run.out_dir": "runs/tiny-dpo",
+    },
+    "classify": {
+        "run.out_dir": "runs/tiny-classify",
+    },
+}
+
+
+def finetune_config(*layers: dict[str, Any]) -> FinetuneConfig:
+    """FinetuneConfig from flat {dotted key: value} layers (file, then flags) on top of the
+    defaults of the task they name (`finetune.task`, default sft)."""
+    task = "sft"
+    for layer in layers:
+        task = layer.get("finetune.task", task)
+    if task not in TASK_DEFAULTS:
+        raise ConfigError(f"finetune.task must be one of {TASKS}, got {task!r}")
+    return build_config(TASK_DEFAULTS[task], *layers, config_cls=FinetuneConfig)

@@ -154,7 +154,7 @@ class FinetuneTrainer(Trainer):
         except (OSError, ValueError, KeyError, TypeError):
             return
         f = self.cfg.finetune
-        for key in ("base", "data", "method", "train_on", "packing"):
+        for key in ("task", "base", "data", "method", "train_on", "packing"):
             if saved.get(key) != getattr(f, key):
                 raise ConfigError(
                     f"{self.run_dir} was fine-tuned with --finetune.{key} {saved.get(key)}, not "
@@ -344,5 +344,19 @@ def _resize_vocab(model: torch.nn.Module, vocab_size: int) -> None:
 def finetune(
     cfg: FinetuneConfig, on_step: Callable[[int, Trainer], None] | None = None
 ) -> TrainResult:
-    """Run fine-tuning to `cfg.train.steps` (resuming when the run directory has a checkpoint)."""
-    return train(cfg, on_step, FinetuneTrainer)
+    """Run fine-tuning of `cfg.finetune.task` to `cfg.train.steps` (resuming when the run
+    directory has a checkpoint)."""
+    return train(cfg, on_step, trainer_class(cfg.finetune.task))
+
+
+def trainer_class(task: str) -> type[Trainer]:
+    """The Trainer subclass of a fine-tuning task (sft, dpo or classify)."""
+    if task == "dpo":
+        from ismail_core.finetune.dpo import PreferenceTrainer
+
+        return PreferenceTrainer
+    if task == "classify":
+        from ismail_core.classify.trainer import ClassifyTrainer
+
+        return ClassifyTrainer
+    return FinetuneTrainer

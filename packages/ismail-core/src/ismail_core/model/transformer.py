@@ -25,12 +25,13 @@ from .rope import RotaryEmbedding
 class ModelOutput:
     """What Transformer.forward returns when labels are given (or return_output=True).
 
-    loss: lm_loss + aux_loss (None without labels); logits: (B, T, vocab) (None with loss_only);
+    loss: lm_loss + aux_loss (None without labels); logits: (B, T, vocab), or (N, vocab) for
+    the N positions with a target under loss_only;
     aux_loss: summed MoE balance loss; expert_load: per-MoE-layer (n_routed_experts,) int64 counts
     of token-to-expert assignments; dropped_tokens: assignments dropped by the capacity factor.
     """
 
-    logits: torch.Tensor | None
+    logits: torch.Tensor
     loss: torch.Tensor | None = None
     lm_loss: torch.Tensor | None = None
     aux_loss: torch.Tensor | None = None
@@ -143,15 +144,55 @@ class Transformer(nn.Module):
         a token attends only to earlier tokens of its own document, and positions restart at
         each document, so a packed document gets the logits it would get alone.
 
-        loss_only (with labels): compute logits only at positions that have a target, for the
-        loss; the output's `logits` is then None. Fine-tuning, whose targets are the assistant
-        turns only, spends far less on the LM head."""
+        loss_only (with labels): compute logits only at positions that have a target; the
+        output's `logits` is then (N, vocab) for those N positions in row-major order (row of
+        position t scores labels[:, t + 1]). Fine-tuning, whose targets are the assistant turns
+        only, spends far less on the LM head."""
+        h, stats = self.hidden_states(
+            input_ids, cache=cache, start_pos=start_pos, slots=slots, doc_ids=doc_ids
+        )
+        device = input_ids.device
+        targets = None if labels is None else F.pad(labels[:, 1:], (0, 1), value=-100)
+        if loss_only and targets is not None:
+            # the LM head (a large share of a small model's compute) runs only where a target is
+            keep = targets != -100
+            h, targets = h[keep], targets[keep]
+        logits = self.head(h)
+
+        if labels is None and not return_output:
+            return logits
+        aux = sum((s.aux_loss for s in stats), torch.zeros((), device=device))
+        out = ModelOutput(
+            logits=logits,
+            aux_loss=aux,
+            expert_load=[s.load for s in stats],
+            dropped_tokens=sum((s.dropped for s in stats), torch.zeros((), device=device).long()),
+        )
+        if targets is not None:
+            # shift the labels, not the logits: slicing (B, T, vocab) logits would copy them
+            out.lm_loss = lm_cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+            )
+            out.loss = out.lm_loss + aux
+        return out
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        cache=None,
+        start_pos: int | torch.Tensor = 0,
+        slots: torch.Tensor | None = None,
+        doc_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[RouterStats]]:
+        """The final normalised hidden states (B, T, dim) and each MoE layer's router
+        statistics: everything before the LM head (heads other than it, such as a classifier's,
+        start here). Arguments as for forward."""
         if input_ids.ndim != 2:
             raise ValueError(
                 f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}"
             )
-        B, T = input_ids.shape
-        device = input_ids.device
+        T = input_ids.shape[1]
         positions, mask, view = self._positions(input_ids, cache, start_pos, slots, doc_ids)
         h = self.embed(input_ids)
         if self.pos_embed is not None:
@@ -176,35 +217,13 @@ class Transformer(nn.Module):
             if layer_stats is not None:
                 stats.append(layer_stats)
         h = self.norm(h)
-        targets = None if labels is None else F.pad(labels[:, 1:], (0, 1), value=-100)
-        if loss_only and targets is not None:
-            # the LM head (a large share of a small model's compute) runs only where a target is
-            keep = targets != -100
-            h, targets = h[keep], targets[keep]
-        logits = self.head(h)
-
         # loads are accumulated here, outside any checkpointed region, so recomputation in the
         # backward pass never counts a token twice
         if self.training and stats:
             with torch.no_grad():
                 for moe, s in zip(self.moe_layers(), stats):
                     moe.load_since_update += s.load
-        if labels is None and not return_output:
-            return logits
-        aux = sum((s.aux_loss for s in stats), torch.zeros((), device=device))
-        out = ModelOutput(
-            logits=None if loss_only else logits,
-            aux_loss=aux,
-            expert_load=[s.load for s in stats],
-            dropped_tokens=sum((s.dropped for s in stats), torch.zeros((), device=device).long()),
-        )
-        if targets is not None:
-            # shift the labels, not the logits: slicing (B, T, vocab) logits would copy them
-            out.lm_loss = lm_cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
-            )
-            out.loss = out.lm_loss + aux
-        return out
+        return h, stats
 
     def _positions(
         self,
