@@ -10,6 +10,9 @@ A checkpoint directory holds
 
 A LoRA fine-tuning checkpoint holds `adapter/` (PEFT's format, naming its base checkpoint)
 instead of model.safetensors, or beside merged weights; loaders apply it to the base.
+A classifier (`ismail finetune --task classify`) also holds `classifier.json` (its labels);
+`load_model` builds a TransformerClassifier for it, and the commands that need a language
+model refuse it (`require_language_model`).
 
 It is written into a temporary sibling and renamed into place, so a crash never leaves a
 half-written checkpoint. A run directory keeps its checkpoints under `checkpoints/` with
@@ -37,6 +40,7 @@ WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 TRAINER_STATE_FILE = "trainer_state.pt"
 ADAPTER_DIR = "adapter"
+CLASSIFIER_FILE = "classifier.json"
 CHECKPOINTS_DIR = "checkpoints"
 LATEST = "latest"
 BEST = "best"
@@ -160,7 +164,8 @@ def save_checkpoint(
     `state_dict` overrides `model.state_dict()` (the trainer passes the full, gathered state
     under FSDP); the model is still needed for its config. `adapter(dir)` writes a LoRA
     adapter into `adapter/`; then the weights are written only when `state_dict` is given
-    (merged weights).
+    (merged weights). A model with `checkpoint_files()` ({name: text}, a classifier's label
+    mapping) gets those files written too.
     """
     directory = Path(directory)
     if state_dict is None and adapter is None:
@@ -173,6 +178,8 @@ def save_checkpoint(
             (tmp / ADAPTER_DIR).mkdir()
             adapter(tmp / ADAPTER_DIR)
         tokenizer.save(tmp / TOKENIZER_DIR)
+        for name, text in getattr(unwrap_model(model), "checkpoint_files", dict)().items():
+            (tmp / name).write_text(text, encoding="utf-8")
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
     return directory
@@ -260,7 +267,10 @@ def load_model(
     device = resolve_device(device)  # before minutes of reading weights
     directory = resolve_checkpoint(path)
     if is_adapter_only(directory):
-        from ismail_core.finetune.lora import load_with_adapter
+        if is_classifier(directory):
+            from ismail_core.classify.model import load_lora_classifier as load_with_adapter
+        else:
+            from ismail_core.finetune.lora import load_with_adapter
 
         model = load_with_adapter(directory, merge=True)
         return _place(model, device, dtype), load_checkpoint_tokenizer(directory)
@@ -269,7 +279,12 @@ def load_model(
     state, metadata = _read_weights(directory / WEIGHTS_FILE)
     recorded = metadata.get(_TOKENIZER_KEY)
     check_tokenizer(directory, config, tokenizer, json.loads(recorded) if recorded else None)
-    model = Transformer(config)
+    if is_classifier(directory):
+        from ismail_core.classify.model import TransformerClassifier, read_info
+
+        model = TransformerClassifier(config, read_info(directory))
+    else:
+        model = Transformer(config)
     if is_fp8_state_dict(state):
         try:
             load_fp8_weights(model, state)
@@ -299,6 +314,25 @@ def _stored_dtype(state: dict[str, torch.Tensor]) -> torch.dtype | None:
     built in float32, and loading bf16 weights into it would otherwise double their size."""
     embed = state.get("embed.weight")
     return embed.dtype if embed is not None and embed.is_floating_point() else None
+
+
+def is_classifier(path: str | Path) -> bool:
+    """Whether a checkpoint (or run) directory holds a text classifier (`classifier.json`);
+    False for anything that is no checkpoint."""
+    try:
+        return (resolve_checkpoint(path) / CLASSIFIER_FILE).is_file()
+    except CheckpointError:
+        return False
+
+
+def require_language_model(path: str | Path, command: str) -> None:
+    """Raise CheckpointError when `path` is a classifier, which `command` cannot use."""
+    if is_classifier(path):
+        raise CheckpointError(
+            f"{path} is a text classifier, not a language model, so `ismail {command}` cannot "
+            f"use it; classify texts with `ismail classify {path} --text TEXT` (or evaluate it "
+            f"with `ismail eval {path} --data FILE`)"
+        )
 
 
 def is_adapter_only(directory: Path) -> bool:

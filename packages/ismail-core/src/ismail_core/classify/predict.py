@@ -1,0 +1,98 @@
+"""Prediction with a classifier checkpoint: the public API of `ismail classify`, ismail-serve's
+`POST /v1/classify` and the benchmarks.
+
+    clf = TextClassifier.load("runs/tiny-classify", device="auto")
+    clf.labels                        # ["1906-1922", "1923-1926", "1927-1938"]
+    clf.predict(["Efendiler! ..."])   # [Prediction(label="1906-1922", scores={label: p, ...})]
+
+Texts are encoded as in training (the document start id, then the text's ids, cut to the
+model's context: the start of a long text is kept), batched by length and right-padded; each
+text gets the same scores alone as in any batch (up to float rounding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ismail_core.checkpoint import CheckpointError, is_classifier, load_model, resolve_checkpoint
+from ismail_core.classify.data import ClassifyError, collate, encode_texts, pad_id
+
+
+@dataclass
+class Prediction:
+    """The most probable label and every label's probability (softmax over the labels)."""
+
+    label: str
+    scores: dict[str, float]
+
+
+def not_a_classifier(path: str | Path) -> CheckpointError:
+    """The error for a causal language model given where a classifier is needed."""
+    return CheckpointError(
+        f"{path} is a causal language model, not a classifier: fine-tune one with "
+        f"`ismail finetune --task classify --base {path}` (on the built-in set, or with "
+        "--data FILE for your labelled texts)"
+    )
+
+
+class TextClassifier:
+    """A loaded classifier checkpoint (see the module docstring)."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, max_len: int | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_len = max_len or model.cfg.max_seq_len
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def load(
+        cls, path: str | Path, device: str | torch.device = "auto", dtype: torch.dtype | None = None
+    ) -> TextClassifier:
+        """Load a classifier checkpoint or run directory (its latest checkpoint). Raises
+        CheckpointError for a causal language model, naming the command that makes one."""
+        directory = resolve_checkpoint(path)
+        if not is_classifier(directory):
+            raise not_a_classifier(path)
+        model, tokenizer = load_model(directory, device=device, dtype=dtype)
+        return cls(model, tokenizer)
+
+    @property
+    def labels(self) -> list[str]:
+        """The labels, in class id order."""
+        return list(self.model.labels)
+
+    @torch.no_grad()
+    def probabilities(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+        """(len(texts), n_labels) float32 softmax probabilities. Raises ClassifyError for an
+        empty text."""
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise ClassifyError(f"text {i + 1} is empty; give every text some words")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        rows = encode_texts(self.tokenizer, texts, self.max_len)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # little padding
+        out = torch.empty((len(rows), len(self.labels)), dtype=torch.float32)
+        for start in range(0, len(order), batch_size):
+            chosen = order[start : start + batch_size]
+            out[chosen] = self._batch_probabilities([rows[i] for i in chosen])
+        return out
+
+    def _batch_probabilities(self, rows: list[list[int]]) -> torch.Tensor:
+        ids, last = collate(rows, pad_id(self.tokenizer))
+        logits = self.model(ids.to(self.device), last_index=last.to(self.device))
+        return torch.softmax(logits.float(), dim=-1).cpu()
+
+    def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[Prediction]:
+        """A Prediction for each text, in order. Raises ClassifyError for an empty text."""
+        probs = self.probabilities(texts, batch_size)
+        labels = self.labels
+        return [
+            Prediction(labels[int(row.argmax())], {k: float(p) for k, p in zip(labels, row)})
+            for row in probs
+        ]
