@@ -143,14 +143,20 @@ def _loop_logprobs(logits, labels, mask, average):
     return out
 
 
+def _flat(logits, labels, mask):
+    """What the model gives with loss_only: model labels [B, T + 1] (-100 where masked, a
+    leading id that is never a target) and the logits rows of the masked-in positions."""
+    model_labels = torch.cat([torch.zeros_like(labels[:, :1]), labels.masked_fill(~mask, -100)], 1)
+    return logits[mask], model_labels
+
+
 @pytest.mark.parametrize("average", [False, True])
 def test_sequence_logprobs_matches_loop(average):
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 5, 7, generator=gen, dtype=torch.float64) * 3
     labels = torch.randint(0, 7, (3, 5), generator=gen)
     mask = torch.tensor([[0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.bool)
-    labels[~mask] = -100  # ignored positions may hold the usual ignore label
-    got = sequence_logprobs(logits, labels, mask, average=average)
+    got = sequence_logprobs(*_flat(logits, labels, mask), average=average)
     assert got.tolist() == pytest.approx(_loop_logprobs(logits, labels, mask, average))
     assert got[2].item() == 0.0  # nothing masked in: an empty sum
 
@@ -159,7 +165,7 @@ def test_sequence_logprobs_gradient_reaches_logits():
     logits = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([[1, 2, 3], [0, 0, 1]])
     mask = torch.tensor([[1, 1, 0], [0, 1, 1]], dtype=torch.bool)
-    sequence_logprobs(logits, labels, mask).sum().backward()
+    sequence_logprobs(*_flat(logits, labels, mask)).sum().backward()
     # d log softmax(x)_y / dx = onehot(y) - softmax(x) where masked in, zero elsewhere.
     want = torch.nn.functional.one_hot(labels, 4) - logits.detach().softmax(-1)
     assert torch.allclose(logits.grad, want * mask[..., None])
@@ -168,18 +174,35 @@ def test_sequence_logprobs_gradient_reaches_logits():
 def test_sequence_logprobs_low_precision_logits_are_upcast():
     logits = torch.randn(1, 4, 50).bfloat16()
     labels, mask = torch.tensor([[1, 2, 3, 4]]), torch.ones(1, 4, dtype=torch.bool)
-    got = sequence_logprobs(logits, labels, mask)
+    got = sequence_logprobs(*_flat(logits, labels, mask))
     assert got.dtype == torch.float32
-    assert got.item() == pytest.approx(sequence_logprobs(logits.float(), labels, mask).item())
+    want = sequence_logprobs(*_flat(logits.float(), labels, mask))
+    assert got.item() == pytest.approx(want.item())
+
+
+def test_sequence_logprobs_of_the_model_equal_a_full_forward():
+    """The loss_only logits of a real model give the log-probabilities of full logits."""
+    from ismail_core.model import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=40, max_seq_len=16, dim=32, n_layers=2, n_heads=2))
+    ids = torch.randint(0, 40, (3, 9))
+    labels = ids.clone()
+    labels[:, :4] = -100
+    labels[2, :7] = -100
+    out = model(ids, labels=labels, loss_only=True)
+    got = sequence_logprobs(out.logits, labels)
+    full = torch.log_softmax(model(ids).float(), -1)[:, :-1]
+    target = labels[:, 1:]
+    want = (full.gather(-1, target.clamp(min=0)[..., None])[..., 0] * (target != -100)).sum(-1)
+    assert torch.allclose(got, want, atol=1e-5)
 
 
 def test_sequence_logprobs_shape_error():
-    with pytest.raises(ValueError, match=r"must be \[B, T, V\]"):
-        sequence_logprobs(
-            torch.zeros(2, 3, 4),
-            torch.zeros(2, 4, dtype=torch.long),
-            torch.ones(2, 4, dtype=torch.bool),
-        )
+    with pytest.raises(ValueError, match=r"must be \[N, V\].*loss_only=True"):
+        sequence_logprobs(torch.zeros(2, 3, 4), torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"N = 6"):  # full logits: one row per position
+        sequence_logprobs(torch.zeros(8, 4), torch.zeros(2, 4, dtype=torch.long))
 
 
 @pytest.mark.parametrize(

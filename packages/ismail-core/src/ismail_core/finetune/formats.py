@@ -95,7 +95,9 @@ def load_conversations(spec: str, *, cache_dir: str | None = None) -> list[Conve
     `cache_dir` is the `datasets` cache for `hf:` specs. Raises `FinetuneDataError` on the
     first bad record, and when the data holds no records at all.
     """
-    conversations = [_conversation(record, source) for source, record in _records(spec, cache_dir)]
+    conversations = [
+        _conversation(record, source) for source, record in read_records(spec, cache_dir)
+    ]
     if not conversations:
         raise FinetuneDataError(
             f"{spec}: holds no records; add records in one of these formats: {describe_formats()}"
@@ -106,7 +108,7 @@ def load_conversations(spec: str, *, cache_dir: str | None = None) -> list[Conve
 # --- reading records ---------------------------------------------------------------------------
 
 
-def _records(spec: str, cache_dir: str | None) -> Iterable[tuple[str, Any]]:
+def read_records(spec: str, cache_dir: str | None = None) -> Iterable[tuple[str, Any]]:
     """(source, record) pairs of a spec, lazily, so the first bad record stops the reading."""
     if spec.startswith(HF_PREFIX):
         return _hf_records(spec[len(HF_PREFIX) :], cache_dir)
@@ -238,7 +240,7 @@ def _conversation(record: Any, source: str) -> Conversation:
     """A record, in any accepted format, as a checked Conversation."""
     if not isinstance(record, dict):
         raise FinetuneDataError(
-            f"{source}: the record is {_json_type(record)}, not an object; make each record "
+            f"{source}: the record is {json_type(record)}, not an object; make each record "
             f"an object in one of these formats: {describe_formats()}"
         )
     turns = _format_of(record, source)(record, source)
@@ -265,20 +267,20 @@ def _format_of(record: dict, source: str) -> Callable[[dict, str], list[Turn]]:
 
 
 def _chat(record: dict, source: str) -> list[Turn]:
-    return _turns(record["messages"], "messages", "role", "content", CHAT_ROLES, source)
+    return read_turns(record["messages"], "messages", "role", "content", CHAT_ROLES, source)
 
 
 def _sharegpt(record: dict, source: str) -> list[Turn]:
     turns = record["conversations"]
-    return _system(record, source) + _turns(
+    return _system(record, source) + read_turns(
         turns, "conversations", "from", "value", SHAREGPT_ROLES, source
     )
 
 
 def _alpaca(record: dict, source: str) -> list[Turn]:
-    prompt = _text(record["instruction"], '"instruction"', source)
+    prompt = text_value(record["instruction"], '"instruction"', source)
     context = record.get("input")
-    if context is not None and _text(context, '"input"', source).strip():
+    if context is not None and text_value(context, '"input"', source).strip():
         prompt += "\n\n" + context
     return _system(record, source) + [
         ("user", prompt),
@@ -288,7 +290,7 @@ def _alpaca(record: dict, source: str) -> list[Turn]:
 
 def _prompt_completion(record: dict, source: str) -> list[Turn]:
     return [
-        ("user", _text(record["prompt"], '"prompt"', source)),
+        ("user", text_value(record["prompt"], '"prompt"', source)),
         _turn("assistant", record["completion"], '"completion"', source),
     ]
 
@@ -302,7 +304,7 @@ _FORMATS: tuple[tuple[tuple[str, ...], Callable[[dict, str], list[Turn]]], ...] 
 )
 
 
-def _turns(
+def read_turns(
     turns: Any,
     key: str,
     role_key: str,
@@ -314,14 +316,14 @@ def _turns(
     shape = f'{{"{role_key}": ..., "{content_key}": ...}}'
     if not isinstance(turns, list):
         raise FinetuneDataError(
-            f'{source}: "{key}" is {_json_type(turns)}; make it a list of {shape} objects'
+            f'{source}: "{key}" is {json_type(turns)}; make it a list of {shape} objects'
         )
     out = []
     for index, turn in enumerate(turns):
         where = f"{key}[{index}]"
         if not isinstance(turn, dict):
             raise FinetuneDataError(
-                f"{source}: {where} is {_json_type(turn)}; make it a {shape} object"
+                f"{source}: {where} is {json_type(turn)}; make it a {shape} object"
             )
         missing = [k for k in (role_key, content_key) if k not in turn]
         if missing:
@@ -342,14 +344,14 @@ def _turns(
 def _system(record: dict, source: str) -> list[Turn]:
     """The optional top-level "system" of Alpaca and ShareGPT records; an empty one is none."""
     system = record.get("system")
-    if system is None or not _text(system, '"system"', source).strip():
+    if system is None or not text_value(system, '"system"', source).strip():
         return []
     return [("system", system)]
 
 
 def _turn(role: Role, content: Any, where: str, source: str) -> Turn:
     """A checked turn: string content, and an assistant turn must have something to learn."""
-    text = _text(content, where, source)
+    text = text_value(content, where, source)
     if role == "assistant" and not text.strip():
         raise FinetuneDataError(
             f"{source}: {where} is an empty assistant turn; give it the reply text or drop it"
@@ -357,10 +359,11 @@ def _turn(role: Role, content: Any, where: str, source: str) -> Turn:
     return role, text
 
 
-def _text(value: Any, where: str, source: str) -> str:
+def text_value(value: Any, where: str, source: str) -> str:
+    """`value` if it is a string; otherwise an error naming `where` in the record."""
     if not isinstance(value, str):
         raise FinetuneDataError(
-            f"{source}: {where} is {_json_type(value)}; make it a string (content parts, tool "
+            f"{source}: {where} is {json_type(value)}; make it a string (content parts, tool "
             "calls and other structured content are not supported)"
         )
     return value
@@ -381,7 +384,7 @@ def _check_order(turns: list[Turn], source: str) -> None:
         )
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
     """A JSON-flavoured description of a value's type, for error messages."""
     if value is None:
         return "null"

@@ -281,6 +281,22 @@ def merged_adapters(model: nn.Module) -> Iterator[None]:
             layer.get_base_layer().weight.data.copy_(weight)
 
 
+@contextlib.contextmanager
+def disabled_adapters(model: nn.Module) -> Iterator[None]:
+    """Run the model as its base for the duration of the block (peft's adapter switch, so no
+    second copy of the weights): DPO's reference model under LoRA."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+
+
 def quantize_base(model: nn.Module, device: torch.device) -> None:
     """QLoRA: replace the blocks' linear layers by bitsandbytes 4-bit NF4 layers (double
     quantization, bf16 compute), which quantize their weights when moved to the GPU.

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ismail_core.finetune.data import IGNORE
+
 LOSS_TYPES: tuple[str, ...] = ("sigmoid", "ipo")
 
 
@@ -57,30 +59,31 @@ class PreferenceLoss:
 
 
 def sequence_logprobs(
-    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, average: bool = False
+    logits: torch.Tensor, labels: torch.Tensor, average: bool = False
 ) -> torch.Tensor:
-    """Per-sequence log-probability of `labels` where `mask` is true: shape [B].
+    """Per-sequence log-probability of the labelled tokens: shape [B].
 
-    logits [B, T, V] at position t score labels[:, t] (already aligned: shift the model's
-    logits and ids before calling). Labels where mask is false may hold anything (-100).
-    With average=True, the sum is divided by the number of masked tokens: the per-token mean
-    that IPO is defined on. Computed in float32 whatever the logits' dtype.
+    labels [B, T] are the model's labels (position t + 1's id is the target of position t;
+    -100 where there is none); logits [N, V] are the model's `loss_only` output: one row per
+    target, in row-major order, so the LM head never runs where no target is. With
+    average=True the sum is divided by the number of targets: the per-token mean that IPO is
+    defined on. Computed in float32 whatever the logits' dtype.
     """
-    if logits.shape[:2] != labels.shape or labels.shape != mask.shape:
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    if logits.ndim != 2 or logits.shape[0] != int(keep.sum()):
         raise ValueError(
-            f"logits {tuple(logits.shape)} must be [B, T, V] with labels and mask [B, T], got "
-            f"labels {tuple(labels.shape)} and mask {tuple(mask.shape)}"
+            f"logits {tuple(logits.shape)} must be [N, V] with one row per target of labels "
+            f"(N = {int(keep.sum())}): call the model with loss_only=True"
         )
-    logits = logits.float()
-    mask = mask.bool()
-    safe = labels.masked_fill(~mask, 0)
-    # logit - logsumexp picks one log-probability per position without keeping a second
-    # [B, T, V] tensor the size of the logits (as log_softmax would).
-    picked = logits.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-    token_logps = (picked - torch.logsumexp(logits, dim=-1)) * mask
-    total = token_logps.sum(-1)
+    rows = keep.nonzero()[:, 0]
+    picked = logits.float().gather(-1, targets[keep].unsqueeze(-1)).squeeze(-1)
+    # logit - logsumexp picks one log-probability per target without a second [N, V] tensor
+    # the size of the logits (as log_softmax would keep).
+    token_logps = picked - torch.logsumexp(logits.float(), dim=-1)
+    total = token_logps.new_zeros(labels.shape[0]).index_add(0, rows, token_logps)
     if average:
-        return total / mask.sum(-1).clamp(min=1)
+        return total / keep.sum(-1).clamp(min=1)
     return total
 
 

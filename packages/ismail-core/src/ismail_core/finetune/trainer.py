@@ -28,7 +28,7 @@ from ismail_core.checkpoint import (
     resolve_checkpoint,
 )
 from ismail_core.finetune import lora
-from ismail_core.finetune.config import FinetuneConfig
+from ismail_core.finetune.config import FinetuneConfig, FinetuneSection
 from ismail_core.finetune.data import (
     Example,
     FinetuneError,
@@ -69,6 +69,12 @@ class FinetuneTrainer(Trainer):
 
     # ------------------------------------------------------------------ data
     def _setup_data(self) -> None:
+        self._setup_tokenizer()
+        self._setup_examples()
+
+    def _setup_tokenizer(self) -> None:
+        """The base, the checkpoint to resume from, the tokenizer with its chat template, and
+        the sequence length (what every fine-tuning task needs before its data)."""
         f = self.cfg.finetune
         self.base = _resolve_base(f.base, self.run_dir, self.info)
         self.resume_from = find_resume_checkpoint(self.cfg.run.resume, self.run_dir)
@@ -82,19 +88,19 @@ class FinetuneTrainer(Trainer):
                 "whose new embeddings must be trained: use --finetune.method full"
             )
         self.tokenizer.chat_template = chat_template(self.tokenizer)
-        max_seq_len = load_config(self.base).max_seq_len
+        self.model_max_len = max_seq_len = load_config(self.base).max_seq_len
         self.seq_len = f.max_len or max_seq_len
         if self.seq_len > max_seq_len:
             raise ConfigError(
                 f"finetune.max_len {self.seq_len} exceeds the base model's max_seq_len "
                 f"{max_seq_len}; lower --finetune.max_len"
             )
+
+    def _setup_examples(self) -> None:
+        """Conversations as training rows, held-out examples and reply cases."""
+        f = self.cfg.finetune
         train, val, cases = self._conversations()
-        # a reply is generated after the prompt: both must fit the model's context
-        room = max_seq_len - f.max_new_tokens
-        self.cases = [
-            c for c in cases if len(render_chat(self.tokenizer, c.messages, True).ids) <= room
-        ]
+        self.cases = self._fitting_cases(cases)
         self.train_examples = self._encode(train, "training")
         self.val_examples = self._encode(val, "held-out") if val else []
         rows = pack(self.train_examples, self.seq_len) if f.packing else None
@@ -107,6 +113,11 @@ class FinetuneTrainer(Trainer):
             self.info.world_size,
             self.cfg.run.seed,
         )
+
+    def _fitting_cases(self, cases: list[ReplyCase]) -> list[ReplyCase]:
+        """The cases whose prompt leaves room for a reply in the model's context."""
+        room = self.model_max_len - self.cfg.finetune.max_new_tokens
+        return [c for c in cases if len(render_chat(self.tokenizer, c.messages, True).ids) <= room]
 
     def _conversations(self) -> tuple[list[list[dict]], list[list[dict]], list[ReplyCase]]:
         """(training conversations, held-out conversations, held-out reply cases)."""
@@ -153,9 +164,10 @@ class FinetuneTrainer(Trainer):
             saved = json.loads((self.run_dir / CONFIG_FILE).read_text())["finetune"]
         except (OSError, ValueError, KeyError, TypeError):
             return
-        f = self.cfg.finetune
+        f, defaults = self.cfg.finetune, FinetuneSection()
         for key in ("task", "base", "data", "method", "train_on", "packing"):
-            if saved.get(key) != getattr(f, key):
+            # a key missing from an older run's file had its default then
+            if saved.get(key, getattr(defaults, key)) != getattr(f, key):
                 raise ConfigError(
                     f"{self.run_dir} was fine-tuned with --finetune.{key} {saved.get(key)}, not "
                     f"{getattr(f, key)}: continue it with the same setting, or fine-tune into "
@@ -166,9 +178,7 @@ class FinetuneTrainer(Trainer):
     def _setup_model(self) -> None:
         resume, settings = self.resume_from, self.lora_settings
         # full fine-tuning resumes from its own weights; LoRA from the base plus its adapter
-        model, _ = load_model(resume if resume is not None and settings is None else self.base)
-        if self.tokenizer.vocab_size > model.cfg.vocab_size:
-            _resize_vocab(model, self.tokenizer.vocab_size)
+        model = self._load_weights(resume if resume is not None and settings is None else None)
         self.model_cfg = model.cfg
         model.activation_checkpointing = self.cfg.train.activation_checkpointing
         if self.cfg.finetune.method == "qlora":
@@ -181,6 +191,14 @@ class FinetuneTrainer(Trainer):
             lora.add_lora(model, settings)
         model.train()
         self._place_model(model, read_resume_state(resume) if resume is not None else None)
+
+    def _load_weights(self, checkpoint: Path | None = None) -> torch.nn.Module:
+        """The model of `checkpoint` (default: the base), its vocabulary grown to the
+        tokenizer's when chat markers were added."""
+        model, _ = load_model(checkpoint or self.base)
+        if self.tokenizer.vocab_size > model.cfg.vocab_size:
+            _resize_vocab(model, self.tokenizer.vocab_size)
+        return model
 
     # ------------------------------------------------------------------ steps
     def _micro_batch(self, step: int, micro: int) -> dict[str, Any]:

@@ -97,8 +97,8 @@ class Trainer:
     after every optimizer step (tests use it to interrupt a run).
 
     Fine-tuning (ismail_core.finetune) subclasses it and replaces the pieces that differ:
-    `_setup_data`, `_setup_model`, `_micro_batch`, `_evaluate`, `_eval_message`,
-    `_write_checkpoint` and `_print_header`."""
+    `_setup_data`, `_setup_model`, `_micro_batch`, `_loss`, `_train_metrics`, `_evaluate`,
+    `_eval_message`, `_write_checkpoint` and `_print_header`."""
 
     # LoRA fine-tuning turns it off: the routing biases belong to the frozen base weights.
     update_router_bias = True
@@ -294,15 +294,24 @@ class Trainer:
             ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
             with ctx, self.precision.autocast():
                 out = self.model(**batch)
-                loss = out.loss / accum
+                loss, shown = self._loss(out, batch)
+                loss = loss / accum
             if self.precision.scaler is not None:
                 self.precision.scaler.scale(loss).backward()
             else:
                 loss.backward()
-            total += out.lm_loss.detach() / accum
+            total += shown.detach() / accum
             loads = [a + b for a, b in zip(loads, out.expert_load)] if loads else out.expert_load
         distributed.all_reduce_sum(total, info)
         return float(total) / info.world_size, loads
+
+    def _loss(self, out: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss to minimise, the loss to show and log) of one micro-batch's output."""
+        return out.loss, out.lm_loss
+
+    def _train_metrics(self) -> dict[str, Any]:
+        """Task metrics of the last step, logged beside the loss (none for pretraining)."""
+        return {}
 
     def _optimizer_step(self) -> float:
         """Clip, step, update the MoE balancing biases; returns the gradient norm."""
@@ -457,6 +466,7 @@ class Trainer:
                             "mfu": self.flops_per_token * step_tok_s / info.world_size / peak,
                             "tokens": self.tokens_seen,
                             "expert_load": [x.tolist() for x in loads],
+                            **self._train_metrics(),
                         },
                     )
                 if not math.isfinite(loss):
