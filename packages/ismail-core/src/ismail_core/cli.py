@@ -1,4 +1,4 @@
-"""The `ismail` command: data, train, finetune, generate, eval, report, export, import.
+"""The `ismail` command: data, train, finetune, generate, classify, eval, report, export, import.
 
 `uv run ismail train` with no arguments trains the tiny model on the built-in Turkish corpus.
 Every command turns bad input into a one-line `error: ...` message and a non-zero exit status.
@@ -220,9 +220,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from ismail_core.checkpoint import load_model
+    from ismail_core.checkpoint import load_model, require_language_model
     from ismail_core.generate import stream_text
 
+    require_language_model(args.checkpoint, "generate")
     if args.max_new_tokens < 1:
         raise _usage("--max-new-tokens must be at least 1")
     if args.system is not None and not args.chat:
@@ -343,16 +344,31 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     lm.add_argument("--limit", type=float, help="documents per task (below 1: a fraction)")
     lm.add_argument("--num-fewshot", type=int, help="few-shot examples (default: the task's)")
     lm.add_argument("--output", help="write lm-eval's results as JSON to this file")
+    clf = p.add_argument_group(
+        "classifiers (from `ismail finetune --task classify`)",
+        "With --data (labelled CSV/JSON/JSONL, hf:NAME[:SPLIT] or builtin, the built-in "
+        "held-out split): accuracy, macro-F1 and the confusion matrix.",
+    )
+    clf.add_argument("--text-field", help="text column/key (default: the classifier's)")
+    clf.add_argument("--label-field", help="label column/key (default: the classifier's)")
+    clf.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     p.set_defaults(func=_run_eval)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    from ismail_core.checkpoint import is_classifier, require_language_model
+
     if args.data is not None and args.tasks is not None:
         raise _usage("pass either --data (bits per byte) or --tasks (lm-evaluation-harness)")
     if args.tasks is not None:
+        require_language_model(args.checkpoint, "eval --tasks")
         return _run_eval_tasks(args)
     if args.data is None:
         raise _usage("pass --data DATA (bits per byte) or --tasks NAMES (lm-evaluation-harness)")
+    if is_classifier(args.checkpoint):
+        from ismail_core.classify.cli import run_classifier_eval
+
+        return run_classifier_eval(args)
 
     import json
     import tempfile
@@ -464,6 +480,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    from ismail_core.checkpoint import require_language_model
+
+    require_language_model(args.checkpoint, "export")
     if args.format == "fp8":
         from ismail_core.fp8 import quantize_checkpoint
 
@@ -555,9 +574,11 @@ def build_parser() -> argparse.ArgumentParser:
         _add_import,
     ):
         add(sub)
+    from ismail_core.classify.cli import add_classify
     from ismail_core.finetune.cli import add_finetune
 
     add_finetune(sub)
+    add_classify(sub)
     return parser
 
 

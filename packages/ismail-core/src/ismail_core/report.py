@@ -1,4 +1,7 @@
-"""`ismail report RUN`: PNG plots of a run's metrics and an HTML page that embeds them."""
+"""`ismail report RUN`: PNG plots of a run's metrics and an HTML page that embeds them.
+
+A classifier's run (`ismail finetune --task classify`) also gets its held-out accuracy and
+macro-F1 over the steps and a heatmap of the last evaluation's confusion matrix."""
 
 from __future__ import annotations
 
@@ -34,6 +37,40 @@ def _plot(path: Path, title: str, ylabel: str, lines: list[tuple[str, list, list
     ax.grid(alpha=0.3)
     if len(lines) > 1:
         ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
+def _confusion_plot(path: Path, row: dict[str, Any]) -> bool:
+    """A heatmap of an eval row's confusion matrix (rows gold, columns predicted), with the
+    counts written in the cells; False when the row has none."""
+    confusion, labels = row.get("confusion"), row.get("labels")
+    if not confusion or not labels:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = 2.5 + 0.6 * len(labels)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(confusion, cmap="Blues")
+    fig.colorbar(image, ax=ax)
+    ticks = range(len(labels))
+    ax.set_xticks(ticks, labels, rotation=45, ha="right")
+    ax.set_yticks(ticks, labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    ax.set_title(f"Confusion matrix (held out, step {row['step']})")
+    top = max(max(r) for r in confusion) or 1
+    for i, counts in enumerate(confusion):
+        for j, count in enumerate(counts):
+            color = "white" if count > top / 2 else "black"
+            ax.text(j, i, str(count), ha="center", va="center", color=color)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
@@ -94,16 +131,38 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
             "max/mean",
             _expert_load_lines(rows),
         ),
+        "classification.png": (
+            "Held-out classification",
+            "accuracy / macro-F1",
+            [
+                ("accuracy", *_series(rows, "eval", "accuracy")),
+                ("macro-F1", *_series(rows, "eval", "macro_f1")),
+                ("majority baseline (accuracy)", *_series(rows, "eval", "majority_accuracy")),
+            ]
+            if any("macro_f1" in r for r in rows)
+            else [],
+        ),
     }
     written = [name for name, (t, y, lines) in charts.items() if _plot(out / name, t, y, lines)]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    if evals and _confusion_plot(out / "confusion.png", evals[-1]):
+        charts["confusion.png"] = ("Confusion matrix of the last evaluation", "", [])
+        written.append("confusion.png")
     figures = "\n".join(
         f'<figure><img src="{name}" alt="{html.escape(charts[name][0])}">'
         f"<figcaption>{html.escape(charts[name][0])}</figcaption></figure>"
         for name in written
     )
-    evals = [r for r in rows if r["kind"] == "eval"]
     summary = ""
-    if evals:
+    if evals and "macro_f1" in evals[-1]:
+        first, last = evals[0], evals[-1]
+        summary = (
+            f"<p>Held-out accuracy {first['accuracy']:.1%} at step {first['step']} &rarr; "
+            f"{last['accuracy']:.1%} at step {last['step']}; macro-F1 {first['macro_f1']:.3f} "
+            f"&rarr; {last['macro_f1']:.3f}; majority baseline {last['majority_accuracy']:.1%}."
+            "</p>"
+        )
+    elif evals and "bits_per_byte" in evals[-1]:
         first, last = evals[0], evals[-1]
         summary = (
             f"<p>Validation bits/byte {first['bits_per_byte']:.3f} at step {first['step']} &rarr; "

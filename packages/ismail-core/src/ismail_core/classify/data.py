@@ -145,23 +145,7 @@ def _hf_records(name_split: str, label_field: str, cache_dir: str | None) -> Ite
 
 def _text_and_label(record: Any, source: str, text_field: str, label_field: str) -> tuple:
     """(text, raw label) of a record, or a ClassifyError naming what is wrong."""
-    if not isinstance(record, dict):
-        raise ClassifyError(
-            f"{source}: a record must be an object with {text_field!r} and {label_field!r}, "
-            f"not {type(record).__name__}"
-        )
-    if text_field not in record:
-        raise ClassifyError(
-            f"{source}: no {text_field!r} field (it has {', '.join(map(repr, record)) or 'none'}); "
-            "name the text field with --classify.text_field"
-        )
-    text = record[text_field]
-    if not isinstance(text, str):
-        raise ClassifyError(
-            f"{source}: the text ({text_field!r}) must be a string, not {type(text).__name__}"
-        )
-    if not text.strip():
-        raise ClassifyError(f"{source}: the text is empty; give it a text or remove the record")
+    text = _text(record, source, text_field)
     label = record.get(label_field)
     if label is None or (isinstance(label, str) and not label.strip()):
         raise ClassifyError(
@@ -176,6 +160,35 @@ def _text_and_label(record: Any, source: str, text_field: str, label_field: str)
             "per record"
         )
     return text, label
+
+
+def _text(record: Any, source: str, text_field: str) -> str:
+    """The text of a record, or a ClassifyError for a missing, non-string or empty one."""
+    if not isinstance(record, dict):
+        raise ClassifyError(
+            f"{source}: a record must be an object with a {text_field!r} field, not "
+            f"{type(record).__name__}"
+        )
+    if text_field not in record:
+        fields = ", ".join(map(repr, record)) or "none"
+        raise ClassifyError(
+            f"{source}: no {text_field!r} field (it has {fields}); name the text field with "
+            "--classify.text_field (--text-field for ismail classify and eval)"
+        )
+    text = record[text_field]
+    if not isinstance(text, str):
+        raise ClassifyError(
+            f"{source}: the text ({text_field!r}) must be a string, not {type(text).__name__}"
+        )
+    if not text.strip():
+        raise ClassifyError(f"{source}: the text is empty; give it a text or remove the record")
+    return text
+
+
+def read_texts(spec: str, text_field: str = "text") -> list[str]:
+    """The texts of a CSV/JSON file, folder or hf: spec, without labels (to classify them).
+    Raises ClassifyError for a record whose text is missing or empty."""
+    return [_text(record, source, text_field) for source, record in _records(spec, "", None)]
 
 
 def _label_type(label: str | int | float | bool) -> str:

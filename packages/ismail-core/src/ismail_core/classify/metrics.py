@@ -75,6 +75,16 @@ class ClassifyEval:
             f1={label: float(f) for label, f in zip(labels, per_class_f1(matrix))},
         )
 
+    @classmethod
+    def from_log_probs(
+        cls, log_probs: np.ndarray, gold: Sequence[int], labels: Sequence[str]
+    ) -> ClassifyEval:
+        """The metrics of (N, n_labels) log-probabilities against `gold` label ids: the loss is
+        the mean negative log-probability of the gold labels, the prediction the argmax."""
+        gold = np.asarray(gold, dtype=np.int64)
+        loss = float(-log_probs[np.arange(len(gold)), gold].mean()) if len(gold) else 0.0
+        return cls.from_predictions(loss, gold, log_probs.argmax(axis=1), labels)
+
     @property
     def count(self) -> int:
         return sum(map(sum, self.confusion))

@@ -12,6 +12,7 @@ text gets the same scores alone as in any batch (up to float rounding).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,33 +67,49 @@ class TextClassifier:
         """The labels, in class id order."""
         return list(self.model.labels)
 
-    @torch.no_grad()
-    def probabilities(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
-        """(len(texts), n_labels) float32 softmax probabilities. Raises ClassifyError for an
-        empty text."""
+    @property
+    def info(self) -> Any:
+        """The checkpoint's ClassifierInfo (labels, and the data fields they came from)."""
+        return self.model.info
+
+    def log_probabilities(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+        """(len(texts), n_labels) float32 log-softmax over the labels. Raises ClassifyError
+        for an empty text."""
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise ClassifyError(f"text {i + 1} is empty; give every text some words")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         rows = encode_texts(self.tokenizer, texts, self.max_len)
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # little padding
-        out = torch.empty((len(rows), len(self.labels)), dtype=torch.float32)
-        for start in range(0, len(order), batch_size):
-            chosen = order[start : start + batch_size]
-            out[chosen] = self._batch_probabilities([rows[i] for i in chosen])
-        return out
-
-    def _batch_probabilities(self, rows: list[list[int]]) -> torch.Tensor:
-        ids, last = collate(rows, pad_id(self.tokenizer))
-        logits = self.model(ids.to(self.device), last_index=last.to(self.device))
-        return torch.softmax(logits.float(), dim=-1).cpu()
+        return log_probabilities(self.model, rows, pad_id(self.tokenizer), batch_size)
 
     def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[Prediction]:
         """A Prediction for each text, in order. Raises ClassifyError for an empty text."""
-        probs = self.probabilities(texts, batch_size)
+        probs = self.log_probabilities(texts, batch_size).exp()
         labels = self.labels
         return [
             Prediction(labels[int(row.argmax())], {k: float(p) for k, p in zip(labels, row)})
             for row in probs
         ]
+
+
+@torch.no_grad()
+def log_probabilities(
+    model: torch.nn.Module,
+    rows: Sequence[Sequence[int]],
+    pad: int,
+    batch_size: int = 32,
+    autocast: Any = None,
+) -> torch.Tensor:
+    """(len(rows), n_labels) float32 log-softmax of a classifier over token-id rows, batched
+    in order of length (little padding) and returned in the rows' order, on the CPU."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    device = next(model.parameters()).device
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    out = torch.empty((len(rows), len(model.labels)), dtype=torch.float32)
+    for start in range(0, len(order), batch_size):
+        chosen = order[start : start + batch_size]
+        ids, last = collate([rows[i] for i in chosen], pad)
+        with autocast or contextlib.nullcontext():
+            logits = model(ids.to(device), last_index=last.to(device))
+        out[chosen] = torch.log_softmax(logits.float(), dim=-1).cpu()
+    return out
