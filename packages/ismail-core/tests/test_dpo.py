@@ -243,13 +243,16 @@ def test_lora_reference_is_the_base_with_adapters_off(base, pairs_file, tmp_path
     assert all(p.requires_grad for n, p in trainer.raw_model.named_parameters() if "lora_" in n)
 
 
-def test_ipo_and_cdpo_train(base, pairs_file, tmp_path):
+def test_ipo_cdpo_and_rpo_train(base, pairs_file, tmp_path):
     for name, options in (
         ("ipo", {"preference.loss_type": "ipo"}),
         ("cdpo", {"preference.label_smoothing": 0.1}),
+        ("rpo", {"preference.rpo_alpha": 1.0}),
     ):
         result = finetune(_cfg(base, pairs_file, tmp_path / name, **{"train.steps": 3, **options}))
         assert result.evals[-1]["rewards/margins"] > 0
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
+        assert all(("nll_loss" in r) == (name == "rpo") for r in rows if r["kind"] == "train")
 
 
 # ---------------------------------------------------------------------- CLI

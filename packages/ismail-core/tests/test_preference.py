@@ -215,8 +215,25 @@ def test_sequence_logprobs_shape_error():
         ({"label_smoothing": 0.5}, r"label_smoothing must be in \[0, 0.5\)"),
         ({"label_smoothing": -0.1}, r"label_smoothing must be in \[0, 0.5\)"),
         ({"loss_type": "ipo", "label_smoothing": 0.1}, "applies to loss_type 'sigmoid' only"),
+        ({"rpo_alpha": -1.0}, "rpo_alpha must be >= 0"),
     ],
 )
 def test_bad_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PreferenceLoss(**kwargs)
+
+
+def test_rpo_adds_the_weighted_chosen_nll():
+    rows = [(-2.0, -9.0, -2.5, -7.0), (-4.0, -3.0, -4.2, -3.5)]
+    cols = [torch.tensor(col, dtype=torch.float64, requires_grad=True) for col in zip(*rows)]
+    nll = torch.tensor(0.75, dtype=torch.float64, requires_grad=True)
+    cfg = PreferenceLoss(beta=0.2, rpo_alpha=0.5)
+    loss, metrics = preference_loss(*cols, cfg, chosen_nll=nll)
+    want_loss, want_grads, _ = _expected(rows, 0.2, "sigmoid", 0.0)
+    assert loss.item() == pytest.approx(want_loss + 0.5 * 0.75, rel=1e-9)
+    assert metrics["nll_loss"] == pytest.approx(0.75)
+    loss.backward()
+    assert nll.grad.item() == pytest.approx(0.5)
+    assert cols[0].grad.tolist() == pytest.approx([g[0] for g in want_grads], rel=1e-9)
+    with pytest.raises(ValueError, match="needs chosen_nll"):
+        preference_loss(*[c.detach() for c in cols], cfg)

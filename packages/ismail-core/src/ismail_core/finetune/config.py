@@ -105,10 +105,15 @@ class PreferenceSection:
     label_smoothing: float = doc_field(
         "cDPO: assumed probability that a pair's preference is flipped, in [0, 0.5)", default=0.0
     )
+    rpo_alpha: float = doc_field(
+        "weight of the chosen replies' negative log-likelihood added to the loss (RPO; keeps "
+        "DPO from lowering the chosen replies' likelihood); 0 = plain DPO",
+        default=0.0,
+    )
 
     def loss(self) -> PreferenceLoss:
         """The loss options (their own checks raise ConfigError through validate)."""
-        return PreferenceLoss(self.beta, self.loss_type, self.label_smoothing)
+        return PreferenceLoss(self.beta, self.loss_type, self.label_smoothing, self.rpo_alpha)
 
 
 @dataclass

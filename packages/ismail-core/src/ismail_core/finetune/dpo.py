@@ -16,6 +16,7 @@ fine-tuning, replies generated for held-out prompts and scored.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ismail_core.finetune import lora
-from ismail_core.finetune.data import FinetuneError, RowSampler, collate, content_hash, single_rows
+from ismail_core.finetune.data import (
+    IGNORE,
+    FinetuneError,
+    RowSampler,
+    collate,
+    content_hash,
+    single_rows,
+)
 from ismail_core.finetune.evaluate import ReplyCase, generate_replies, score_replies
 from ismail_core.finetune.preference import preference_loss, sequence_logprobs
 from ismail_core.finetune.preference_data import (
@@ -171,7 +179,20 @@ class PreferenceTrainer(FinetuneTrainer):
 
     def _logps(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Sequence log-probabilities: per-token means for IPO, sums otherwise."""
-        return sequence_logprobs(logits, labels, average=self.cfg.preference.loss_type == "ipo")
+        return self._scores(logits, labels)[0]
+
+    def _scores(
+        self, logits: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sequence log-probabilities as `_logps`, the chosen half's negative log-likelihood
+        per token): one pass over the logits for both."""
+        sums = sequence_logprobs(logits, labels)
+        counts = (labels[:, 1:] != IGNORE).sum(-1)
+        half = len(sums) // 2
+        nll = -sums[:half].sum() / counts[:half].sum().clamp(min=1)
+        if self.cfg.preference.loss_type == "ipo":
+            return sums / counts.clamp(min=1), nll
+        return sums, nll
 
     # ------------------------------------------------------------------ steps
     def _micro_batch(self, step: int, micro: int) -> dict[str, Any]:
@@ -184,11 +205,11 @@ class PreferenceTrainer(FinetuneTrainer):
         return self._pair_batch(pairs)
 
     def _loss(self, out: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        logps = self._logps(out.logits, batch["labels"])
+        logps, nll = self._scores(out.logits, batch["labels"])
         chosen, rejected = logps.chunk(2)
         refs = self._micro_refs
         loss, metrics = preference_loss(
-            chosen, rejected, refs[:, 0], refs[:, 1], self.cfg.preference.loss()
+            chosen, rejected, refs[:, 0], refs[:, 1], self.cfg.preference.loss(), nll
         )
         for name, value in metrics.items():  # the step's mean over its micro-batches
             self._step_metrics[name] = self._step_metrics.get(name, 0.0) + value / self.grad_accum
@@ -211,7 +232,7 @@ class PreferenceTrainer(FinetuneTrainer):
                 logps[:, 1],
                 self.ref_val[:, 0],
                 self.ref_val[:, 1],
-                self.cfg.preference.loss(),
+                dataclasses.replace(self.cfg.preference.loss(), rpo_alpha=0.0),  # DPO's own
             )
             preferred = (logps[:, 0] > logps[:, 1]).float().mean().item()
             result = PreferenceEval(loss.item(), preferred, metrics)

@@ -34,11 +34,15 @@ class PreferenceLoss:
     loss_type: "sigmoid" (DPO, or cDPO with label_smoothing) or "ipo".
     label_smoothing: cDPO's eps, the assumed probability that a pair's preference is flipped;
     in [0, 0.5), since at 0.5 the loss no longer prefers either reply.
+    rpo_alpha: weight of the chosen replies' negative log-likelihood (per-token mean) added to
+    the loss (TRL's name; Pang et al. 2024, "Iterative Reasoning Preference Optimization"):
+    DPO alone can lower the chosen replies' likelihood along with the rejected ones'.
     """
 
     beta: float = 0.1
     loss_type: str = "sigmoid"
     label_smoothing: float = 0.0
+    rpo_alpha: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.beta > 0:  # also rejects nan
@@ -51,6 +55,8 @@ class PreferenceLoss:
             raise ValueError(
                 f"preference label_smoothing must be in [0, 0.5), got {self.label_smoothing}"
             )
+        if not self.rpo_alpha >= 0:
+            raise ValueError(f"preference rpo_alpha must be >= 0, got {self.rpo_alpha}")
         if self.loss_type == "ipo" and self.label_smoothing:
             raise ValueError(
                 "label_smoothing (cDPO) applies to loss_type 'sigmoid' only; IPO has no "
@@ -93,6 +99,7 @@ def preference_loss(
     ref_chosen: torch.Tensor,
     ref_rejected: torch.Tensor,
     cfg: PreferenceLoss,
+    chosen_nll: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """(mean loss over the batch, metrics) from log-probabilities of shape [B].
 
@@ -100,6 +107,8 @@ def preference_loss(
     (`sequence_logprobs(..., average=True)`), as TRL does: IPO's margin 1 / (2 * beta) is a
     target for h itself, so with sums it would depend on the replies' lengths. The reference
     log-probabilities get no gradient whether or not they were computed without one.
+    chosen_nll (a scalar: the chosen replies' mean negative log-likelihood per token) is needed
+    when cfg.rpo_alpha > 0; the loss then adds rpo_alpha * chosen_nll and the metrics nll_loss.
 
     Metrics (batch means, as TRL names them): rewards/chosen = beta * (policy_chosen -
     ref_chosen), rewards/rejected likewise, rewards/margins = chosen - rejected,
@@ -113,9 +122,14 @@ def preference_loss(
         losses = -(1 - eps) * F.logsigmoid(cfg.beta * h) - eps * F.logsigmoid(-cfg.beta * h)
     else:
         losses = (h - 1 / (2 * cfg.beta)) ** 2
-    return losses.mean(), _reward_metrics(
-        policy_chosen, policy_rejected, ref_chosen, ref_rejected, cfg.beta
-    )
+    loss = losses.mean()
+    metrics = _reward_metrics(policy_chosen, policy_rejected, ref_chosen, ref_rejected, cfg.beta)
+    if cfg.rpo_alpha:
+        if chosen_nll is None:
+            raise ValueError("rpo_alpha > 0 needs chosen_nll, the chosen replies' NLL per token")
+        loss = loss + cfg.rpo_alpha * chosen_nll
+        metrics["nll_loss"] = chosen_nll.detach().item()
+    return loss, metrics
 
 
 def _reward_metrics(
