@@ -1,4 +1,5 @@
-"""The FastAPI application: /v1 routes, /health, /metrics, error handling, OpenAPI schema."""
+"""The FastAPI application: /v1 routes (generation in openai_api.py, /v1/classify in
+classify_api.py), /health, /metrics, error handling, OpenAPI schema."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from ismail_serve import __version__
+from ismail_serve.classify_api import classify_router
 from ismail_serve.errors import error_responses, install_error_handlers
 from ismail_serve.limits import BodySizeLimit
 from ismail_serve.metrics import CONTENT_TYPE
@@ -51,6 +53,7 @@ def create_app(
     app.add_middleware(BodySizeLimit, get_limit=lambda: state.max_request_bytes)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(classify_router)
     app.include_router(root_router)
 
     @app.get(

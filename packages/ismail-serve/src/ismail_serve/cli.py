@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ismail-serve",
         description="Serve an ismail checkpoint over an OpenAI-compatible HTTP API "
-        "(/v1/completions, /v1/chat/completions, streaming, continuous batching).",
+        "(/v1/completions, /v1/chat/completions, streaming, continuous batching); a classifier "
+        "checkpoint (ismail finetune --task classify) answers POST /v1/classify instead.",
         formatter_class=_DefaultsHelpFormatter,
     )
     p.add_argument("checkpoint", help="checkpoint directory (or a run directory: uses its latest)")
@@ -74,12 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="quantize Linear weights to block-scaled FP8 through ismail-kernels (Triton on "
         "FP8 GPUs, a PyTorch reference elsewhere)",
     )
-    p.add_argument("--max-batch", type=int, default=16, help="KV slots: sequences run at once")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=16,
+        help="KV slots: sequences run at once (a classifier: texts per forward pass)",
+    )
     p.add_argument(
         "--max-model-len",
         type=int,
         default=None,
-        help="tokens per sequence, prompt + output (default: the model's max_seq_len)",
+        help="tokens per sequence, prompt + output (a classifier: tokens read of each text; "
+        "default: the model's max_seq_len)",
     )
     p.add_argument(
         "--kv-cache-memory",
@@ -93,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-waiting",
         type=int,
         default=256,
-        help="sequences that may wait for a slot; beyond that requests get 429",
+        help="sequences (a classifier: texts) that may wait; beyond that requests get 429",
     )
     p.add_argument(
         "--prefill-chunk",
@@ -126,14 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ismail_core.checkpoint import CheckpointError, resolve_checkpoint
+    from ismail_core.checkpoint import CheckpointError, is_classifier, resolve_checkpoint
 
-    from ismail_serve.server import ServeConfig, resolve_placement, serve
+    from ismail_serve.server import ServeConfig, check_classifier_flags, resolve_placement, serve
 
     config = ServeConfig(**vars(args))
     try:
         resolve_checkpoint(args.checkpoint)
         resolve_placement(config)
+        if is_classifier(args.checkpoint):
+            check_classifier_flags(config)
     except (CheckpointError, ValueError, RuntimeError) as exc:
         print(f"ismail-serve: error: {exc}", file=sys.stderr)
         return 2

@@ -101,7 +101,8 @@ _UNION_MEMBER_NAMES = frozenset({"str", "int", "float", "bool", "list", "dict"})
 
 _BODY_NOT_AN_OBJECT = (
     "send a JSON object (Content-Type: application/json) with 'model' and 'prompt' for "
-    "/v1/completions, or 'model' and 'messages' for /v1/chat/completions."
+    "/v1/completions, 'model' and 'messages' for /v1/chat/completions, or 'input' for "
+    "/v1/classify."
 )
 
 

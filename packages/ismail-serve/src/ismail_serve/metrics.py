@@ -17,8 +17,12 @@ class ServeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.running = Gauge("ismail_requests_running", "Sequences running", registry=r)
-        self.waiting = Gauge("ismail_requests_waiting", "Sequences waiting", registry=r)
+        self.running = Gauge(
+            "ismail_requests_running", "Sequences running (a classifier: texts)", registry=r
+        )
+        self.waiting = Gauge(
+            "ismail_requests_waiting", "Sequences waiting (a classifier: texts)", registry=r
+        )
         self.kv_slots_in_use = Gauge("ismail_kv_slots_in_use", "KV-cache rows in use", registry=r)
         self.kv_slots_total = Gauge("ismail_kv_slots_total", "KV-cache rows allocated", registry=r)
         self.kv_cache_bytes = Gauge("ismail_kv_cache_bytes", "Bytes of the KV cache", registry=r)
@@ -46,6 +50,15 @@ class ServeMetrics:
             "ismail_inter_token_latency_seconds",
             "Time between consecutive generated tokens of a sequence",
             buckets=_ITL_BUCKETS,
+            registry=r,
+        )
+        self.classified_texts = Counter(
+            "ismail_classify_texts", "Texts classified (POST /v1/classify)", registry=r
+        )
+        self.classify_latency = Histogram(
+            "ismail_classify_request_latency_seconds",
+            "Time a /v1/classify request's texts took to classify (tokenizing included)",
+            buckets=_E2E_BUCKETS,
             registry=r,
         )
         self.e2e = Histogram(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from ismail_serve.errors import bad_request
@@ -25,6 +25,10 @@ MAX_LOGPROBS = 20
 
 # Most stop strings a request may give: each one is matched against every generated token.
 MAX_STOP = 16
+
+# Most texts one POST /v1/classify request may send: they are classified in one call, so the
+# limit bounds the work one request can ask for (OpenAI's embeddings take up to 2048 inputs).
+MAX_CLASSIFY_INPUTS = 256
 
 # OpenAI features that clients may send but this server does not implement.
 UNSUPPORTED_FIELDS = (
@@ -229,6 +233,68 @@ class DetokenizeRequest(BaseModel):
     tokens: list[Annotated[int, Field(ge=0, le=_INT32_MAX)]]
 
 
+def _classify_input(value: Any) -> Any:
+    """Check /v1/classify's `input` with errors that name the problem and the text: a string
+    or a list of 1..MAX_CLASSIFY_INPUTS strings, none of them blank."""
+    if isinstance(value, str):
+        texts = [value]
+    elif isinstance(value, list):
+        texts = value
+    else:
+        raise PydanticCustomError(
+            "input_type", "send a text or a list of texts, not {kind}", {"kind": _kind(value)}
+        )
+    if not texts:
+        raise PydanticCustomError("no_inputs", "the list is empty; send at least one text", {})
+    if len(texts) > MAX_CLASSIFY_INPUTS:
+        raise PydanticCustomError(
+            "too_many_inputs",
+            "send at most {limit} texts in one request, got {count}; split them over several "
+            "requests",
+            {"limit": MAX_CLASSIFY_INPUTS, "count": len(texts)},
+        )
+    for i, text in enumerate(texts):
+        where = "the text" if isinstance(value, str) else f"input[{i}]"
+        if not isinstance(text, str):
+            raise PydanticCustomError(
+                "text_type",
+                "{where} is {kind}, not a string",
+                {"where": where, "kind": _kind(text)},
+            )
+        if not text.strip():
+            raise PydanticCustomError(
+                "empty_text", "{where} is empty; send some words in every text", {"where": where}
+            )
+    return value
+
+
+def _kind(value: Any) -> str:
+    """A JSON value's kind for messages: 'a number', 'null', 'an object'."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "an object" if isinstance(value, dict) else "a list"
+
+
+class ClassifyRequest(BaseModel):
+    """POST /v1/classify (a classifier checkpoint): the most probable label and every label's
+    probability for each text. The shape follows OpenAI's moderations and embeddings."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    model: str | None = Field(None, description="The served model name (see /v1/models).")
+    input: Annotated[
+        str | Annotated[list[str], Field(json_schema_extra={"maxItems": MAX_CLASSIFY_INPUTS})],
+        BeforeValidator(_classify_input),
+    ] = Field(description="A text, or a list of texts classified together (one batch).")
+
+    def texts(self) -> list[str]:
+        """`input` as a list of texts."""
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
 # ---- responses (documented in the OpenAPI schema) ----
 
 
@@ -364,6 +430,27 @@ class TokenizerInfo(BaseModel):
 
 class DetokenizeResponse(BaseModel):
     prompt: str
+
+
+class Classification(BaseModel):
+    """One text's result: the most probable label and each label's probability (softmax over
+    the classifier's labels; they sum to 1)."""
+
+    index: int
+    label: str
+    scores: dict[str, float]
+
+
+class ClassifyUsage(BaseModel):
+    prompt_tokens: int = Field(description="Tokens the classifier read (texts cut to the context).")
+    total_tokens: int
+
+
+class ClassifyResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[Classification]
+    usage: ClassifyUsage
 
 
 class HealthResponse(BaseModel):

@@ -30,6 +30,7 @@ from ismail_core.runtime import resolve_device, resolve_precision
 from ismail_core.tokenizer import load_tokenizer
 
 from ismail_serve.app import create_app
+from ismail_serve.classifier import ClassifierRunner
 from ismail_serve.engine import EngineConfig, LLMEngine
 from ismail_serve.engine.model_runner import ModelRunner
 from ismail_serve.limits import DEFAULT_MAX_REQUEST_BYTES
@@ -147,6 +148,53 @@ def load_engine(config: ServeConfig, metrics: ServeMetrics) -> LLMEngine:
     return LLMEngine(runner, tokenizer, engine_config, metrics)
 
 
+def check_classifier_flags(config: ServeConfig) -> None:
+    """ValueError for a flag that only means something for a language model, given with a
+    classifier checkpoint."""
+    for flag, given in (
+        ("--quantize", config.quantize is not None),
+        ("--kv-cache-memory", config.kv_cache_memory_mib is not None),
+    ):
+        if given:
+            raise ValueError(
+                f"{config.checkpoint} is a text classifier, and {flag} is for language models "
+                "(a classifier keeps no KV cache and is served unquantized); drop it"
+            )
+
+
+def load_classifier(config: ServeConfig, metrics: ServeMetrics) -> ClassifierRunner:
+    """Load a classifier checkpoint behind its worker: --max-batch texts per forward pass,
+    --max-model-len tokens per text (default: the model's max_seq_len), --max-waiting texts
+    accepted and not yet answered."""
+    from ismail_core.classify.predict import TextClassifier
+
+    check_classifier_flags(config)
+    device, dtype = resolve_placement(config)
+    classifier = TextClassifier.load(config.checkpoint, device=device, dtype=dtype)
+    model_max = int(classifier.model.cfg.max_seq_len)
+    if config.max_model_len is not None:
+        if config.max_model_len > model_max:
+            raise ValueError(
+                f"--max-model-len {config.max_model_len} exceeds the model's max_seq_len "
+                f"{model_max}; lower it"
+            )
+        classifier.max_len = config.max_model_len
+    return ClassifierRunner(classifier, config.max_batch, config.max_waiting, metrics)
+
+
+def describe_classifier(runner: ClassifierRunner, config: ServeConfig) -> str:
+    """The start-up message of a classifier server: what is served where, and its labels."""
+    dtype = str(runner.classifier.model.embed.weight.dtype).removeprefix("torch.")
+    base = f"http://{config.host}:{config.port}"
+    return (
+        f"ismail-serve: serving the classifier '{config.served_name}' ({config.checkpoint}) on "
+        f"{runner.classifier.device}, dtype {dtype}\n"
+        f"  {len(runner.labels)} labels: {', '.join(runner.labels)}; texts cut to "
+        f"{runner.max_len} tokens, {runner.batch_size} per forward pass\n"
+        f"  classify: POST {base}/v1/classify  (health {base}/health, metrics {base}/metrics)"
+    )
+
+
 def describe_engine(engine: LLMEngine, config: ServeConfig, pages: bool) -> str:
     """The start-up message: what is served where, and how big the KV cache is."""
     runner = engine.runner
@@ -191,15 +239,19 @@ class DrainingServer(uvicorn.Server):
         log.info("received %s: draining", name)
         if self.state.engine is not None:
             self.state.engine.stop_accepting()
+        if self.state.classifier is not None:
+            self.state.classifier.stop_accepting()
         self.state.status = STATUS_DRAINING
         threading.Thread(target=self._drain, name="ismail-drain", daemon=True).start()
 
     def _drain(self) -> None:
-        engine = self.state.engine
+        engine, classifier = self.state.engine, self.state.classifier
         if engine is not None and not engine.wait_idle(self.drain_timeout):
             log.warning("drain deadline (%.0f s) passed: aborting what is left", self.drain_timeout)
             engine.abort_all()
             engine.wait_idle(5.0)
+        if classifier is not None and not classifier.wait_idle(self.drain_timeout):
+            log.warning("drain deadline (%.0f s) passed: stopping mid-request", self.drain_timeout)
         self.should_exit = True
 
     def fail(self, message: str) -> None:
@@ -212,6 +264,8 @@ class DrainingServer(uvicorn.Server):
 
 def serve(config: ServeConfig) -> int:
     """Run the service until it is stopped; returns the process exit status."""
+    from ismail_core.checkpoint import is_classifier
+
     metrics = ServeMetrics()
     state = ServerState(
         model_name=config.served_name,
@@ -219,12 +273,14 @@ def serve(config: ServeConfig) -> int:
         protect_metrics=config.protect_metrics,
         max_request_bytes=config.max_request_bytes,
         metrics=metrics,
+        is_classifier=is_classifier(config.checkpoint),
+        checkpoint=config.checkpoint,
     )
     server: DrainingServer
 
     def load() -> None:
         try:
-            engine = load_engine(config, metrics)
+            loaded = (load_classifier if state.is_classifier else load_engine)(config, metrics)
             if config.compare_tokenizer is not None:
                 state.compare_tokenizer = load_tokenizer(config.compare_tokenizer)
                 state.compare_name = Path(config.compare_tokenizer).name
@@ -232,6 +288,12 @@ def serve(config: ServeConfig) -> int:
             log.debug("model loading failed", exc_info=True)
             server.fail(f"could not load {config.checkpoint}: {type(exc).__name__}: {exc}")
             return
+        if isinstance(loaded, ClassifierRunner):
+            start_classifier(loaded)
+        else:
+            start_engine(loaded)
+
+    def start_engine(engine: LLMEngine) -> None:
         engine.start()
         if state.status == STATUS_DRAINING:  # a signal came while loading
             engine.stop_accepting()
@@ -240,12 +302,22 @@ def serve(config: ServeConfig) -> int:
         state.attach(engine)
         print(describe_engine(engine, config, app.state.pages_mounted), flush=True)
 
+    def start_classifier(runner: ClassifierRunner) -> None:
+        if state.status == STATUS_DRAINING:  # a signal came while loading
+            runner.stop_accepting()
+            state.classifier = runner
+            return
+        state.attach_classifier(runner)
+        print(describe_classifier(runner, config), flush=True)
+
     def start_loading() -> None:
         threading.Thread(target=load, name="ismail-load", daemon=True).start()
 
     def stop_engine() -> None:
         if state.engine is not None:
             state.engine.shutdown()
+        if state.classifier is not None:
+            state.classifier.shutdown()
 
     app = create_app(state, on_startup=start_loading, on_shutdown=stop_engine)
     uv_config = uvicorn.Config(

@@ -1,4 +1,5 @@
-"""What the HTTP handlers share: the engine once loaded, the tokenizer, status and settings."""
+"""What the HTTP handlers share: the engine (or, for a classifier checkpoint, the classifier)
+once loaded, the tokenizer, status and settings."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ismail_core.classify.predict import not_a_classifier
+
+from ismail_serve.classifier import ClassifierRunner
 from ismail_serve.engine import LLMEngine
-from ismail_serve.errors import APIError
+from ismail_serve.errors import APIError, bad_request
 from ismail_serve.limits import DEFAULT_MAX_REQUEST_BYTES
 from ismail_serve.metrics import ServeMetrics
 from ismail_serve.prompts import longest_token_chars
@@ -36,6 +40,10 @@ class ServerState:
     # Longest prompt text (characters) that can still fit the context; None: no sure bound.
     prompt_char_limit: int | None = None
     created: int = field(default_factory=lambda: int(time.time()))
+    # A text classifier is served by POST /v1/classify alone (known before it loads).
+    is_classifier: bool = False
+    classifier: ClassifierRunner | None = None
+    checkpoint: str = ""  # the path served, for messages
 
     def attach(self, engine: LLMEngine) -> None:
         """The model is loaded: start serving with this engine."""
@@ -47,17 +55,51 @@ class ServerState:
         self.prompt_char_limit = None if longest is None else self.max_model_len * longest
         self.status = STATUS_OK
 
+    def attach_classifier(self, runner: ClassifierRunner) -> None:
+        """The classifier is loaded: start serving POST /v1/classify with it."""
+        self.classifier = runner
+        self.metrics = runner.metrics
+        self.tokenizer = runner.classifier.tokenizer
+        self.max_model_len = runner.max_len
+        self.status = STATUS_OK
+
     def ready_engine(self) -> LLMEngine:
-        """The engine, or a 503 while loading, draining or after a failed load."""
+        """The engine; a 400 when the server holds a classifier (which only classifies), a
+        503 while loading, draining or after a failed load."""
+        if self.is_classifier:
+            raise bad_request(
+                f"'{self.model_name}' is a classifier: use POST /v1/classify (a label and "
+                "scores for each input text). Completions, chat and tokenize routes need a "
+                "language model.",
+                code="model_is_classifier",
+            )
         if self.status == STATUS_OK and self.engine is not None:
             return self.engine
+        raise self._unavailable()
+
+    def ready_classifier(self) -> ClassifierRunner:
+        """The classifier; a 400 when the server holds a language model, a 503 while
+        loading, draining or after a failed load."""
+        if not self.is_classifier:
+            raise bad_request(
+                f"{not_a_classifier(self.checkpoint or self.model_name)}. POST /v1/classify "
+                "needs a classifier checkpoint; this server answers /v1/completions and "
+                "/v1/chat/completions.",
+                code="model_not_classifier",
+            )
+        if self.status == STATUS_OK and self.classifier is not None:
+            return self.classifier
+        raise self._unavailable()
+
+    def _unavailable(self) -> APIError:
+        """The 503 for a model that is not ready, counted as a rejection."""
         reason = {
             STATUS_LOADING: "The model is still loading; retry in a few seconds.",
             STATUS_DRAINING: "The server is shutting down and accepts no new requests.",
             STATUS_FAILED: "The model failed to load; see the server log.",
         }[self.status]
         self.metrics.rejected.labels(reason=self.status).inc()
-        raise APIError(
+        return APIError(
             503,
             reason,
             type="service_unavailable",
