@@ -51,18 +51,33 @@ def run_finetune(args: argparse.Namespace) -> int:
     from ismail_core.finetune.config import finetune_config
     from ismail_core.finetune.trainer import finetune
 
-    result = finetune(finetune_config(*config_layers(args)))
+    cfg = finetune_config(*config_layers(args))
+    result = finetune(cfg)
     if result.interrupted:
         print(f"saved {result.checkpoint}; run the same command again to continue")
         return EXIT_INTERRUPTED
     if result.checkpoint is not None and is_main_process():
-        print_summary(result)
+        if cfg.finetune.task == "classify":
+            from ismail_core.classify.cli import print_summary as classify_summary
+
+            classify_summary(result, cfg)
+        else:
+            print_summary(result)
     return 0
 
 
 def print_summary(result: Any) -> None:
-    """Accuracy before -> after, the share of replies that end their turn, a sample
+    """Accuracy before -> after (and, after preference tuning, the share of held-out pairs
+    whose chosen reply the model prefers), the share of replies that end their turn, a sample
     conversation and the commands that chat with the model."""
+    preferred = [e for e in result.evals if "preference_accuracy" in e]
+    if preferred:
+        first, last = preferred[0], preferred[-1]
+        print(
+            f"held-out preference accuracy {first['preference_accuracy']:.1%} (step "
+            f"{first['step']}) -> {last['preference_accuracy']:.1%} (step {last['step']}); "
+            f"reward margin {last['rewards/margins']:.3f}"
+        )
     evals = [e for e in result.evals if "accuracy" in e]
     if evals:
         first, last = evals[0], evals[-1]
