@@ -24,6 +24,7 @@ from ismail_core.finetune.preference_data import (
 )
 from ismail_core.finetune.trainer import finetune
 from ismail_core.model import Transformer
+from ismail_core.report import write_report
 from ismail_core.tokenizer import load_tokenizer
 from ismail_core.train.config import build_config
 
@@ -210,6 +211,9 @@ def test_dpo_learns_resumes_exactly_and_logs_trl_metrics(base, pairs_file, tmp_p
     for name in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
         assert all(name in r for r in train_rows)
     assert all(r["logps/chosen"] < 0 for r in train_rows)
+    page = write_report(tmp_path / "whole")
+    assert (page.parent / "rewards.png").is_file()
+    assert "Held-out preference accuracy" in page.read_text()
 
     def stop_at_4(step, trainer):
         if step == 4:

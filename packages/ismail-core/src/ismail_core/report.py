@@ -1,7 +1,8 @@
 """`ismail report RUN`: PNG plots of a run's metrics and an HTML page that embeds them.
 
 A classifier's run (`ismail finetune --task classify`) also gets its held-out accuracy and
-macro-F1 over the steps and a heatmap of the last evaluation's confusion matrix."""
+macro-F1 over the steps and a heatmap of the last evaluation's confusion matrix; a preference
+run (`--task dpo`) its implicit rewards and held-out preference accuracy."""
 
 from __future__ import annotations
 
@@ -142,6 +143,15 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
             if any("macro_f1" in r for r in rows)
             else [],
         ),
+        "rewards.png": (
+            "Preference tuning: implicit rewards (beta * log-ratio to the reference)",
+            "reward",
+            [
+                ("chosen (train)", *_series(rows, "train", "rewards/chosen")),
+                ("rejected (train)", *_series(rows, "train", "rewards/rejected")),
+                ("margin (held-out)", *_series(rows, "eval", "rewards/margins")),
+            ],
+        ),
     }
     written = [name for name, (t, y, lines) in charts.items() if _plot(out / name, t, y, lines)]
     evals = [r for r in rows if r["kind"] == "eval"]
@@ -161,6 +171,15 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
             f"{last['accuracy']:.1%} at step {last['step']}; macro-F1 {first['macro_f1']:.3f} "
             f"&rarr; {last['macro_f1']:.3f}; majority baseline {last['majority_accuracy']:.1%}."
             "</p>"
+        )
+    elif evals and "preference_accuracy" in evals[-1]:
+        first, last = evals[0], evals[-1]
+        summary = (
+            f"<p>Held-out preference accuracy {first['preference_accuracy']:.1%} at step "
+            f"{first['step']} &rarr; {last['preference_accuracy']:.1%} at step {last['step']}; "
+            f"reply accuracy {first['accuracy']:.1%} &rarr; {last['accuracy']:.1%}.</p>"
+            if "accuracy" in last
+            else ""
         )
     elif evals and "bits_per_byte" in evals[-1]:
         first, last = evals[0], evals[-1]
