@@ -210,8 +210,18 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         "eval.batch_size": 32,
         "checkpoint.interval": 75,
     },
+    # the built-in era set: 150 steps of 16 passages (~1 epoch) with every weight training
+    # reach ~68% held-out accuracy (majority baseline 47%) in ~4 minutes; lr 3e-4 and 2e-3
+    # did worse, and training only the head or the last 2 blocks stayed near the baseline
+    # (the tiny base's features are weak); 250 steps gave ~70% in ~6.5 minutes
     "classify": {
         "run.out_dir": "runs/tiny-classify",
+        "train.steps": 150,
+        "train.batch_size": 16,
+        "optim.lr": 1e-3,
+        "optim.min_lr": 1e-4,
+        "eval.interval": 75,
+        "checkpoint.interval": 75,
     },
 }
 
