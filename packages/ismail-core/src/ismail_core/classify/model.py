@@ -16,7 +16,6 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -198,8 +197,3 @@ def load_lora_classifier(checkpoint: Path, merge: bool = True) -> TransformerCla
     lora.load_adapter(model, checkpoint / ADAPTER_DIR)
     load_head(model, checkpoint / ADAPTER_DIR)
     return lora.merge_lora(model) if merge else model
-
-
-def describe(info: Any) -> str:
-    """'3 labels: a, b, c' for messages."""
-    return f"{len(info.labels)} labels: {', '.join(info.labels)}"

@@ -27,9 +27,13 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "finetune",
-        help="chat fine-tuning, full or LoRA (no arguments: runs/tiny on the built-in tasks)",
+        help="chat fine-tuning, full or LoRA (no arguments: runs/tiny on the built-in tasks); "
+        "--task dpo (preference pairs) or classify (labelled texts)",
         description="Fine-tune a checkpoint into a chat model: conversations in the chat "
-        "template, loss on assistant turns, full fine-tuning or LoRA (peft). Options are read "
+        "template, loss on assistant turns, full fine-tuning or LoRA (peft). --task dpo tunes "
+        "a chat model on preference pairs; --task classify puts a classification head on the "
+        "model and trains it on labelled texts (into runs/tiny-classify by default; use it "
+        "with `ismail classify`). Options are read "
         "from the defaults, then --config FILE (sections finetune/lora/run/train/optim/eval/"
         "checkpoint/log/dist), then flags. With no arguments: runs/tiny (from `ismail train`) "
         "on the built-in Turkish task set, into runs/tiny-chat. A run directory with "

@@ -121,8 +121,9 @@ class ClassifySection:
     text_field: str = doc_field("CSV column or JSON key of the text", default="text")
     label_field: str = doc_field("CSV column or JSON key of the label", default="label")
     train: str = doc_field(
-        "what trains besides the new head: head (nothing else), last-N (the last N blocks), "
-        "all (every weight); with --lora, the adapters and the head",
+        "what trains besides the new head: head (nothing else), last-N (the last N blocks and "
+        "the final norm), all (every weight); with --lora the adapters and the head train "
+        "(leave this at all)",
         default="all",
     )
 
