@@ -26,9 +26,9 @@ import torch
 from ismail_core.finetune.formats import (
     HF_PREFIX,
     FinetuneDataError,
-    _decode,
-    _file_records,
-    _root_cause,
+    file_records,
+    read_text_file,
+    root_cause,
 )
 
 CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
@@ -101,12 +101,12 @@ def _records(spec: str, label_field: str, cache_dir: str | None) -> Iterable[tup
 def _file(path: Path) -> Iterator[tuple[str, Any]]:
     if path.suffix in CSV_SUFFIXES:
         return _csv_records(path, CSV_SUFFIXES[path.suffix])
-    return _file_records(path)
+    return file_records(path)
 
 
 def _csv_records(path: Path, delimiter: str) -> Iterator[tuple[str, dict[str, str]]]:
     """Rows of a CSV file as dicts keyed by its header; empty cells are missing values."""
-    reader = csv.DictReader(io.StringIO(_decode(path), newline=""), delimiter=delimiter)
+    reader = csv.DictReader(io.StringIO(read_text_file(path), newline=""), delimiter=delimiter)
     try:
         for row in reader:
             if not any((v or "").strip() for k, v in row.items() if k is not None):
@@ -129,7 +129,7 @@ def _hf_records(name_split: str, label_field: str, cache_dir: str | None) -> Ite
         ds = datasets.load_dataset(name, split=split, cache_dir=cache_dir)
     except Exception as exc:  # unknown name or split, no network, unreadable files
         raise ClassifyError(
-            f"{HF_PREFIX}{name}:{split}: cannot load the dataset ({_root_cause(exc)}); give "
+            f"{HF_PREFIX}{name}:{split}: cannot load the dataset ({root_cause(exc)}); give "
             f"{describe_specs()}"
         ) from exc
     names = getattr(ds.features.get(label_field), "int2str", None)

@@ -121,18 +121,18 @@ def read_records(spec: str, cache_dir: str | None = None) -> Iterable[tuple[str,
             raise FinetuneDataError(f"{spec}: the folder holds no .json or .jsonl files")
     else:
         files = [path]
-    return itertools.chain.from_iterable(_file_records(f) for f in files)
+    return itertools.chain.from_iterable(file_records(f) for f in files)
 
 
-def _file_records(path: Path) -> Iterator[tuple[str, Any]]:
+def file_records(path: Path) -> Iterator[tuple[str, Any]]:
     """Records of one file: a JSON list if its first non-space character is '[', else JSONL."""
-    text = _decode(path)
+    text = read_text_file(path)
     if text.startswith("[", _skip_space(text, 0)):
         return _json_list_records(text, path)
     return _jsonl_records(text, path)
 
 
-def _decode(path: Path) -> str:
+def read_text_file(path: Path) -> str:
     """The file as text; a UTF-8 byte-order mark (Windows editors add one) is dropped."""
     data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
     try:
@@ -213,7 +213,7 @@ def _hf_records(name_split: str, cache_dir: str | None) -> Iterator[tuple[str, A
         ds = datasets.load_dataset(name, split=split, cache_dir=cache_dir)
     except Exception as exc:  # unknown name or split, no network, unreadable files: all user errors
         raise FinetuneDataError(
-            f"{HF_PREFIX}{name}:{split}: cannot load the dataset ({_root_cause(exc)}); give "
+            f"{HF_PREFIX}{name}:{split}: cannot load the dataset ({root_cause(exc)}); give "
             f"{describe_specs()}"
         ) from exc
     for index, row in enumerate(ds):
@@ -221,7 +221,7 @@ def _hf_records(name_split: str, cache_dir: str | None) -> Iterator[tuple[str, A
         yield f"{HF_PREFIX}{name}:{split}[{index}]", {k: v for k, v in row.items() if v is not None}
 
 
-def _root_cause(exc: BaseException, limit: int = 300) -> str:
+def root_cause(exc: BaseException, limit: int = 300) -> str:
     """The innermost error, on one line and cut short.
 
     datasets wraps the useful error (bad JSON, files whose columns differ) in a generic "An
