@@ -268,6 +268,16 @@ def test_wrong_kind_of_checkpoint_errors(capsys, base, classifier_run, tmp_path)
     ):
         err = _error(capsys, *argv)
         assert "text classifier" in err and "ismail classify" in err
+    from ismail_core.checkpoint import CheckpointError
+    from ismail_core.harness import IsmailLM
+    from ismail_core.hf_export import export_checkpoint_hf
+
+    for call in (
+        lambda: export_checkpoint_hf(classifier_run, tmp_path / "py-out"),
+        lambda: IsmailLM(pretrained=str(classifier_run)),
+    ):  # the Python functions behind the commands refuse it too
+        with pytest.raises(CheckpointError, match="text classifier"):
+            call()
     err = _error(capsys, "finetune", "--task", "classify", "--base", str(classifier_run),
                  "--run.out_dir", str(tmp_path / "x"))  # fmt: skip
     assert "already a classifier" in err

@@ -35,7 +35,7 @@ from lm_eval.utils import (
 )
 from tqdm import tqdm
 
-from ismail_core.checkpoint import load_model
+from ismail_core.checkpoint import load_model, require_language_model
 from ismail_core.generate import BatchGeneration, ContinuationText
 from ismail_core.runtime import resolve_device
 from ismail_core.sampling import SamplingParams
@@ -77,6 +77,7 @@ class IsmailLM(TemplateLM):
     ) -> None:
         super().__init__()
         self._device = resolve_device(device or "auto")
+        require_language_model(pretrained, "eval --tasks")
         self.model, self.tokenizer = load_model(pretrained, self._device, _dtype(dtype))
         self._batch_size = _positive_int(batch_size, "batch_size")
         self._max_gen_toks = _positive_int(max_gen_toks, "max_gen_toks")

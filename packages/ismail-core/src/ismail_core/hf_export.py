@@ -32,6 +32,7 @@ from .checkpoint import (
     is_adapter_only,
     load_checkpoint_tokenizer,
     load_model,
+    require_language_model,
     resolve_checkpoint,
 )
 from .hf import GENERATION_CONFIG_FILE, TOKENIZER_CONFIG_FILE, _write_hf, hf_architecture
@@ -73,6 +74,7 @@ def export_checkpoint_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
     from .hf_adapter import export_adapter_hf
 
     directory = resolve_checkpoint(checkpoint)
+    require_language_model(directory, "export")
     adapter = directory / ADAPTER_DIR if is_adapter_only(directory) else None
     if adapter:
         model, tokenizer = load_base(directory), load_checkpoint_tokenizer(directory)
