@@ -33,7 +33,7 @@ from ismail_core.finetune.data import (
     content_hash,
     single_rows,
 )
-from ismail_core.finetune.evaluate import ReplyCase, generate_replies, score_replies
+from ismail_core.finetune.evaluate import ReplyCase
 from ismail_core.finetune.preference import preference_loss, sequence_logprobs
 from ismail_core.finetune.preference_data import (
     PairExample,
@@ -236,16 +236,7 @@ class PreferenceTrainer(FinetuneTrainer):
             )
             preferred = (logps[:, 0] > logps[:, 1]).float().mean().item()
             result = PreferenceEval(loss.item(), preferred, metrics)
-            cases = self.cases[: self.cfg.finetune.eval_replies]
-            if cases:
-                with lora.merged_adapters(model), self.precision.autocast():
-                    replies = generate_replies(
-                        model, self.tokenizer, cases, self.cfg.finetune.max_new_tokens
-                    )
-                result.accuracy, result.ended, result.per_task = score_replies(cases, replies)
-                result.samples = [
-                    (c.messages[-1]["content"], text) for c, (text, _) in zip(cases, replies)
-                ][:3]
+            self._score_replies(result)
         finally:
             model.train()
         return result

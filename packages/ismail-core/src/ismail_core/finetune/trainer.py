@@ -215,7 +215,7 @@ class FinetuneTrainer(Trainer):
         """Held-out loss and generated replies; every process computes the same numbers."""
         if not self.val_examples:
             return None
-        f, model = self.cfg.finetune, self.raw_model
+        model = self.raw_model
         model.eval()
         try:
             loss = heldout_loss(
@@ -226,17 +226,24 @@ class FinetuneTrainer(Trainer):
                 self.precision.autocast(),
             )
             result = ChatEval(loss)
-            cases = self.cases[: f.eval_replies]
-            if cases:
-                with lora.merged_adapters(model), self.precision.autocast():
-                    replies = generate_replies(model, self.tokenizer, cases, f.max_new_tokens)
-                result.accuracy, result.ended, result.per_task = score_replies(cases, replies)
-                result.samples = [
-                    (c.messages[-1]["content"], text) for c, (text, _) in zip(cases, replies)
-                ][:3]
+            self._score_replies(result)
         finally:
             model.train()
         return result
+
+    def _score_replies(self, result: Any) -> None:
+        """Generate greedy replies to the first eval_replies held-out cases and set the
+        result's accuracy, ended, per_task and samples (nothing without cases)."""
+        f, model = self.cfg.finetune, self.raw_model
+        cases = self.cases[: f.eval_replies]
+        if not cases:
+            return
+        with lora.merged_adapters(model), self.precision.autocast():
+            replies = generate_replies(model, self.tokenizer, cases, f.max_new_tokens)
+        result.accuracy, result.ended, result.per_task = score_replies(cases, replies)
+        result.samples = [
+            (c.messages[-1]["content"], text) for c, (text, _) in zip(cases, replies)
+        ][:3]
 
     def _eval_message(self, step: int, val: ChatEval) -> str:
         line = f"step {step:>5}  held-out loss {val.loss:.3f}"
