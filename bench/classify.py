@@ -20,10 +20,10 @@ is the final fit on the whole training split, and the notes give the search's ti
 row is scored by the same functions (ismail_core.classify.metrics).
 Examples/s is prediction on the held-out texts on this machine (median of --repeats after a
 warm-up; TF-IDF vectorizing included, the fine-tuned model with torch's threads on --device);
-the fine-tuned model's train time is the run's own (metrics.jsonl: first record to last
-training step, evaluations included), measured wherever the run ran. Below the table the
-run's own last held-out evaluation is printed: it should equal the fine-tuned row (same split,
-same model).
+the fine-tuned model's train time is the run's own (metrics.jsonl: first record to the
+checkpoint's training step, evaluations included), measured wherever the run ran. Below the
+table the run's own held-out evaluation of the checkpoint is printed: it should equal the
+fine-tuned row (same split, same model).
 
     uv run python bench/classify.py                         # runs/tiny-classify, built-in set
     uv run python bench/classify.py --checkpoint RUN --data labelled.csv
@@ -78,9 +78,9 @@ class Row:
 
 
 # ----------------------------------------------------------------------------- the run
-def locate(checkpoint: str) -> tuple[Path, Path | None, dict[str, Any]]:
-    """(checkpoint directory, its run directory or None, the run's train_config or {}).
-    Exits with the command to run when there is no classifier at `checkpoint`."""
+def locate(checkpoint: str) -> tuple[Path, RunInfo]:
+    """(checkpoint directory, what its run recorded). Exits with the command to run when
+    there is no classifier at `checkpoint`."""
     from ismail_core.checkpoint import CheckpointError, is_classifier, resolve_checkpoint
 
     try:
@@ -95,9 +95,74 @@ def locate(checkpoint: str) -> tuple[Path, Path | None, dict[str, Any]]:
         from ismail_core.classify.predict import not_a_classifier
 
         sys.exit(f"bench/classify.py: {not_a_classifier(checkpoint)}")
-    run = directory.parent.parent if directory.parent.name == "checkpoints" else None
-    config = _read_json(run / "train_config.json") if run else None
-    return directory, run, config or {}
+    return directory, RunInfo.read(directory)
+
+
+@dataclass
+class RunInfo:
+    """What the checkpoint's run recorded, read once at the start (a run directory may be
+    rewritten by a new run while the benchmark measures)."""
+
+    directory: Path | None
+    config: dict[str, Any]
+    step: int | None  # the checkpoint's step
+    rows: list[dict[str, Any]]  # metrics.jsonl
+
+    @classmethod
+    def read(cls, checkpoint: Path) -> RunInfo:
+        """The run of a step checkpoint (RUN/checkpoints/step_N), or an empty record."""
+        from ismail_core.train.metrics import read_metrics
+
+        name = checkpoint.name
+        step = int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else None
+        run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+        if run is None or not (run / "train_config.json").is_file():
+            return cls(None, {}, step, [])
+        rows = read_metrics(run) if (run / "metrics.jsonl").is_file() else []
+        return cls(run, _read_json(run / "train_config.json") or {}, step, rows)
+
+    def _until_step(self, kind: str) -> list[dict[str, Any]]:
+        """Rows of `kind` up to the checkpoint's step."""
+        return [
+            r
+            for r in self.rows
+            if r.get("kind") == kind and (self.step is None or r["step"] <= self.step)
+        ]
+
+    def train_seconds(self) -> float | None:
+        """Wall-clock seconds from the first record to the checkpoint's training step
+        (evaluations included); None when unknown."""
+        train = [r["time"] for r in self._until_step("train") if "time" in r]
+        first = [r["time"] for r in self.rows if "time" in r]
+        return max(train) - min(first) if train else None
+
+    def evaluation(self) -> str:
+        """The run's own held-out evaluation of this checkpoint, or why there is none."""
+        evals = [r for r in self._until_step("eval") if "macro_f1" in r]
+        if self.directory is None:
+            return "the run's own evaluation: unknown (the checkpoint is not in a run directory)"
+        if not evals or (self.step is not None and evals[-1]["step"] != self.step):
+            return f"the run's own evaluation: none logged at step {self.step}"
+        last = evals[-1]
+        return (
+            f"the run's own held-out evaluation of this checkpoint (step {last['step']}): "
+            f"accuracy {last['accuracy']:.1%}, macro-F1 {last['macro_f1']:.3f} on "
+            f"{last.get('examples', '?')} texts"
+        )
+
+    def notes(self) -> list[str]:
+        """How the run trained, from its train_config ('step 150 of 150', 'train all')."""
+        notes = []
+        steps = self.config.get("train", {}).get("steps")
+        if self.step is not None:
+            notes.append(f"step {self.step}" + (f" of {steps}" if steps else ""))
+        method = self.config.get("finetune", {}).get("method", "full")
+        trains = self.config.get("classify", {}).get("train")
+        if method != "full":
+            notes.append(f"{method} + head")
+        elif trains is not None:
+            notes.append(f"train {trains}")
+        return notes
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -106,19 +171,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def run_train_seconds(run: Path | None) -> float | None:
-    """Wall-clock seconds of the run from its metrics.jsonl: the first record to the last
-    training step (evaluations included); None when unknown."""
-    if run is None or not (run / "metrics.jsonl").is_file():
-        return None
-    from ismail_core.train.metrics import read_metrics
-
-    rows = read_metrics(run)
-    train = [r["time"] for r in rows if r.get("kind") == "train" and "time" in r]
-    times = [r["time"] for r in rows if "time" in r]
-    return max(train) - min(times) if train else None
 
 
 def load_split(args: argparse.Namespace, info: Any, config: dict[str, Any]) -> Split:
@@ -259,9 +311,7 @@ def folds(split: Split) -> list[tuple[Any, Any]]:
     return list(StratifiedKFold(CV_FOLDS, shuffle=True, random_state=0).split(texts, y))
 
 
-def finetuned_row(
-    classifier: Any, split: Split, args: argparse.Namespace, run: Path | None, config: dict
-) -> Row:
+def finetuned_row(classifier: Any, split: Split, args: argparse.Namespace, run: RunInfo) -> Row:
     """The checkpoint's predictions on the held-out texts."""
     held = [r.text for r in split.held_out]
     predictions, seconds = timed(lambda: classifier.predict(held, args.batch_size), args.repeats)
@@ -273,43 +323,16 @@ def finetuned_row(
         classifier.labels,
     )
     row.examples_per_s = len(held) / seconds
-    row.train_s = run_train_seconds(run)
-    row.notes += run_notes(config)
+    row.train_s = run.train_seconds()
+    row.notes += run.notes()
     return row
 
 
-def run_notes(config: dict[str, Any]) -> list[str]:
-    """How the run trained, from its train_config ('320 steps', 'train all')."""
-    notes = []
-    steps = config.get("train", {}).get("steps")
-    if steps is not None:
-        notes.append(f"{steps} steps")
-    method = config.get("finetune", {}).get("method", "full")
-    trains = config.get("classify", {}).get("train")
-    if method != "full":
-        notes.append(f"{method} + head")
-    elif trains is not None:
-        notes.append(f"train {trains}")
-    return notes
-
-
-def run_eval(run: Path | None, split: Split) -> str:
-    """The run's own last held-out evaluation, or why there is none."""
+def run_evaluation(run: RunInfo, split: Split) -> str:
+    """The run's own evaluation of the checkpoint, when it was on this split."""
     if not split.runs_own:
         return "the run's own evaluation: on another split than this one (see the warning)"
-    if run is None or not (run / "metrics.jsonl").is_file():
-        return "the run's own evaluation: unknown (no run directory)"
-    from ismail_core.train.metrics import read_metrics
-
-    evals = [r for r in read_metrics(run) if r.get("kind") == "eval" and "macro_f1" in r]
-    if not evals:
-        return "the run's own evaluation: none logged"
-    last = evals[-1]
-    count = last.get("examples", "?")
-    return (
-        f"the run's own last held-out evaluation (step {last['step']}): accuracy "
-        f"{last['accuracy']:.1%}, macro-F1 {last['macro_f1']:.3f} on {count} texts"
-    )
+    return run.evaluation()
 
 
 def describe_model(classifier: Any) -> str:
@@ -411,30 +434,36 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def main() -> None:
-    args = parse_args()
+def measure(args: argparse.Namespace) -> str:
+    """Every row on the checkpoint's split; the dated report (header, table, run check)."""
     import torch
     from ismail_core.classify.data import check_known_labels
     from ismail_core.classify.predict import TextClassifier
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    checkpoint, run, config = locate(args.checkpoint)
+    checkpoint, run = locate(args.checkpoint)
     classifier = TextClassifier.load(checkpoint, device=args.device)
     labels = classifier.labels
-    split = load_split(args, classifier.info, config)
-    check_known_labels(labels, split.held_out, f"the classifier {checkpoint}'s labels")
-    check_known_labels(labels, split.train, f"the classifier {checkpoint}'s labels")
+    split = load_split(args, classifier.info, run.config)
+    for records in (split.train, split.held_out):
+        check_known_labels(labels, records, f"the classifier {checkpoint}'s labels")
     started = time.perf_counter()
     rows = [majority_row(split, labels)]
     rows += [tfidf_row(kind, split, labels, args.repeats) for kind in TFIDF_KINDS]
-    rows.append(finetuned_row(classifier, split, args, run, config))
+    rows.append(finetuned_row(classifier, split, args, run))
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    text = (
+    command = " ".join(["uv run python bench/classify.py", *sys.argv[1:]])
+    return (
         f"{date}; {header(args, checkpoint, split, labels)}\n\n"
-        f"`uv run python bench/classify.py{' '.join([''] + sys.argv[1:])}` "
-        f"({time.perf_counter() - started:.0f} s):\n\n{table(rows)}\n\n{run_eval(run, split)}\n"
+        f"`{command}` ({time.perf_counter() - started:.0f} s):\n\n{table(rows)}\n\n"
+        f"{run_evaluation(run, split)}\n"
     )
+
+
+def main() -> None:
+    args = parse_args()
+    text = measure(args)
     print(text)
     if args.record:
         record(text)
