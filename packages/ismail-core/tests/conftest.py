@@ -130,3 +130,27 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory, hf_tokenizer_file: Path)
 def tiny_model_config() -> dict:
     """ModelConfig overrides of the tiny test model."""
     return dict(TINY_MODEL)
+
+
+def _torchrun_finetune(args: list[str], flags: dict):
+    """`ismail finetune ARGS --key value ...` in two CPU processes under torchrun (gloo, one
+    thread each); returns the completed process after checking it succeeded."""
+    import os
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    argv += ["-m", "ismail_core", "finetune", *args]
+    flags = {"train.device": "cpu", "train.threads": 1, "log.progress": "false", **flags}
+    for key, value in flags.items():
+        argv += [f"--{key}", str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="session")
+def torchrun_finetune():
+    """`torchrun_finetune(args, flags)`: a fine-tuning run in two processes (see above)."""
+    return _torchrun_finetune

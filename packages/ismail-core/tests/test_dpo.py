@@ -296,14 +296,8 @@ def test_cli_dpo_run_and_its_errors(base, pairs_file, tmp_path, capsys):
     assert "finetune.task must be one of" in capsys.readouterr().err
 
 
-def test_torchrun_two_processes_with_lora(base, pairs_file, tmp_path):
+def test_torchrun_two_processes_with_lora(base, pairs_file, tmp_path, torchrun_finetune):
     """DDP with the reference computed by switching the adapters off on every rank."""
-    import os
-    import subprocess
-    import sys
-
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    argv += ["-m", "ismail_core", "finetune", "--task", "dpo", "--base", str(base)]
     flags = {
         "finetune.data": pairs_file,
         "finetune.method": "lora",
@@ -312,16 +306,9 @@ def test_torchrun_two_processes_with_lora(base, pairs_file, tmp_path):
         "run.out_dir": tmp_path / "run",
         "train.steps": 2,
         "train.batch_size": 2,
-        "train.device": "cpu",
-        "train.threads": 1,
         "train.precision": "fp32",
         "eval.interval": 2,
         "checkpoint.interval": 2,
-        "log.progress": "false",
     }
-    for key, value in flags.items():
-        argv += [f"--{key}", str(value)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = torchrun_finetune(["--task", "dpo", "--base", str(base)], flags)
     assert "2 process(es)" in done.stdout and "held-out preference accuracy" in done.stdout

@@ -330,31 +330,18 @@ def test_qlora_trains_on_cuda(tr_base, chat_file, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["full", "lora"])
-def test_torchrun_two_processes(method, tr_base, chat_file, tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    argv += ["-m", "ismail_core", "finetune", "--base", str(tr_base), "--data", str(chat_file)]
+def test_torchrun_two_processes(method, tr_base, chat_file, tmp_path, torchrun_finetune):
     flags = {
         "finetune.method": method,
         "finetune.eval_replies": 2,
         "run.out_dir": tmp_path / "run",
         "train.steps": 4,
         "train.batch_size": 2,
-        "train.device": "cpu",
-        "train.threads": 1,
         "train.precision": "fp32",
         "eval.interval": 2,
         "checkpoint.interval": 2,
-        "log.progress": "false",
     }
-    for key, value in flags.items():
-        argv += [f"--{key}", str(value)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = torchrun_finetune(["--base", str(tr_base), "--data", str(chat_file)], flags)
     assert "2 process(es)" in done.stdout and "held-out accuracy" in done.stdout
     model, _ = load_model(tmp_path / "run")
     assert model.cfg.dim == 64
