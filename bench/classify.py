@@ -394,10 +394,13 @@ def header(args: argparse.Namespace, checkpoint: Path, split: Split, labels: lis
     """What was measured, on what, where."""
     counts = Counter(r.label for r in split.held_out)
     spread = ", ".join(f"{label} {counts[label]}" for label in labels)
+    shown = (
+        checkpoint.relative_to(Path.cwd()) if checkpoint.is_relative_to(Path.cwd()) else checkpoint
+    )
     return (
-        f"classifier {checkpoint} on {args.device}; data: {split.source}: "
-        f"{len(split.train):,} training and {len(split.held_out):,} held-out texts ({spread})\n"
-        f"machine: {machine()}"
+        f"classifier `{shown}` on {args.device}; data: {split.source}: "
+        f"{len(split.train):,} training and {len(split.held_out):,} held-out texts ({spread}).\n"
+        f"Machine: {machine()}."
     )
 
 
@@ -407,7 +410,9 @@ def record(text: str) -> None:
     if SECTION not in results:
         results = results.rstrip("\n") + f"\n\n{SECTION}\n"
     head, tail = results.split(SECTION, 1)
-    RESULTS.write_text(f"{head}{SECTION}\n\n{text}\n{tail}", encoding="utf-8")
+    tail = tail.strip("\n")
+    body = f"{text.strip()}\n\n{tail}" if tail else text.strip()
+    RESULTS.write_text(f"{head}{SECTION}\n\n{body}\n", encoding="utf-8")
     print(f"recorded in {RESULTS}")
 
 
