@@ -25,8 +25,14 @@ from ismail_serve.classifier import (
     ClassifierRunner,
     ClassifierStoppedError,
 )
-from ismail_serve.errors import APIError, bad_request, error_responses
-from ismail_serve.openai_api import RETRY_AFTER_S, _check_model, get_state, require_api_key
+from ismail_serve.errors import (
+    APIError,
+    bad_request,
+    busy_error,
+    draining_error,
+    error_responses,
+)
+from ismail_serve.openai_api import RETRY_AFTER_S, check_model, get_state, require_api_key
 from ismail_serve.prompts import check_unicode
 from ismail_serve.protocol import (
     Classification,
@@ -50,7 +56,7 @@ async def classify(body: ClassifyRequest, request: Request) -> ClassifyResponse:
     state = get_state(request)
     runner = state.ready_classifier()
     if body.model is not None:
-        _check_model(state, body.model)
+        check_model(state, body.model)
     texts = body.texts()
     for text in texts:
         check_unicode(text, "input")
@@ -71,21 +77,10 @@ async def _classified(state: ServerState, runner: ClassifierRunner, texts: list[
         return await runner.classify(texts)
     except ClassifierBusyError as exc:
         state.metrics.rejected.labels(reason="queue_full").inc()
-        raise APIError(
-            429,
-            f"The server is busy: {exc}. Retry after {RETRY_AFTER_S} s.",
-            type="rate_limit_error",
-            code="queue_full",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        ) from exc
+        raise busy_error(exc, RETRY_AFTER_S) from exc
     except ClassifierStoppedError as exc:
         state.metrics.rejected.labels(reason="draining").inc()
-        raise APIError(
-            503,
-            f"{exc}; no new requests are accepted.",
-            type="service_unavailable",
-            code="draining",
-        ) from exc
+        raise draining_error(exc) from exc
     except ClassifyError as exc:  # the input checks above should leave nothing for these
         raise bad_request(str(exc), param="input") from exc
     except Exception as exc:  # a device failure (out of memory, ...) for this request only

@@ -89,6 +89,27 @@ _STATUS_TEXT = {
 }
 
 
+def busy_error(reason: object, retry_after_s: int) -> APIError:
+    """The 429 for a request refused because too much work is already waiting."""
+    return APIError(
+        429,
+        f"The server is busy: {reason}. Retry after {retry_after_s} s.",
+        type="rate_limit_error",
+        code="queue_full",
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+def draining_error(reason: object) -> APIError:
+    """The 503 for a request that arrives while the server drains before stopping."""
+    return APIError(
+        503,
+        f"{reason}; no new requests are accepted.",
+        type="service_unavailable",
+        code="draining",
+    )
+
+
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries for the given error status codes."""
     return {code: {"model": ErrorResponse, "description": _STATUS_TEXT[code]} for code in codes}

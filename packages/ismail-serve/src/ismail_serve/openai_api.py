@@ -35,7 +35,14 @@ from ismail_serve.engine import (
 )
 from ismail_serve.engine.logprobs import TokenLogprob
 from ismail_serve.engine.sequence import FINISH_ABORT, FINISH_LENGTH, FINISH_STOP, FINISH_TIMEOUT
-from ismail_serve.errors import APIError, bad_request, error_body, error_responses
+from ismail_serve.errors import (
+    APIError,
+    bad_request,
+    busy_error,
+    draining_error,
+    error_body,
+    error_responses,
+)
 from ismail_serve.prompts import (
     chat_prompt_ids,
     check_unicode,
@@ -162,7 +169,8 @@ class Generation:
         return self.echo[index // (len(self.sequences) // len(self.prompts))]
 
 
-def _check_model(state: ServerState, name: str) -> None:
+def check_model(state: ServerState, name: str) -> None:
+    """A 400 unless `name` is the served model's name."""
     if name != state.model_name:
         raise bad_request(
             f"The model '{name}' does not exist. This server serves '{state.model_name}' "
@@ -323,21 +331,10 @@ def _submit(state: ServerState, engine: LLMEngine, gen: Generation) -> None:
         engine.submit(gen.sequences, gen.queue.put)
     except QueueFullError as exc:
         state.metrics.rejected.labels(reason="queue_full").inc()
-        raise APIError(
-            429,
-            f"The server is busy: {exc}. Retry after {RETRY_AFTER_S} s.",
-            type="rate_limit_error",
-            code="queue_full",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        ) from exc
+        raise busy_error(exc, RETRY_AFTER_S) from exc
     except EngineStoppedError as exc:
         state.metrics.rejected.labels(reason="draining").inc()
-        raise APIError(
-            503,
-            f"{exc}; no new requests are accepted.",
-            type="service_unavailable",
-            code="draining",
-        ) from exc
+        raise draining_error(exc) from exc
 
 
 def _failure(out: SequenceOutput) -> APIError:
@@ -617,7 +614,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     state = get_state(request)
     state.ready_engine()
     body.reject_unsupported()
-    _check_model(state, body.model)
+    check_model(state, body.model)
     texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     _check_prompt_chars(state, [len(t) for t in texts if isinstance(t, str)], chat=False)
     # Off the event loop, so streams and /health keep answering while a long prompt encodes.
@@ -635,7 +632,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     state = get_state(request)
     state.ready_engine()
     body.reject_unsupported()
-    _check_model(state, body.model)
+    check_model(state, body.model)
     _check_prompt_chars(state, [sum(len(m.text()) for m in body.messages)], chat=True)
     prompt = await asyncio.to_thread(chat_prompt_ids, state.tokenizer, body.messages)
     max_tokens = body.max_completion_tokens or body.max_tokens
@@ -677,7 +674,7 @@ def _tokenizer_state(request: Request, body: TokenizeRequest | RootTokenizeReque
     state = get_state(request)
     state.ready_engine()
     if body.model is not None:
-        _check_model(state, body.model)
+        check_model(state, body.model)
     if (body.prompt is None) == (body.messages is None):
         raise bad_request("Send exactly one of 'prompt' (text) or 'messages' (a chat).", "prompt")
     return state
@@ -715,7 +712,7 @@ async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeRes
     state = get_state(request)
     state.ready_engine()
     if body.model is not None:
-        _check_model(state, body.model)
+        check_model(state, body.model)
     _check_token_ids(state, body.tokens, "tokens")
     text = await asyncio.to_thread(state.tokenizer.decode, body.tokens)  # off the event loop
     return DetokenizeResponse(prompt=text)
