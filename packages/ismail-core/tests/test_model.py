@@ -89,6 +89,21 @@ def test_incremental_decoding_matches_full_forward(variant):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_logits_at_one_position_per_row_equal_the_full_logits_there(variant):
+    model = make_model(**VARIANTS[variant])
+    ids = torch.randint(0, 97, (3, 12))
+    at = torch.tensor([11, 4, 0])
+    with torch.no_grad():
+        full = model(ids)
+        torch.testing.assert_close(model(ids, logits_at=at), full[torch.arange(3), at])
+        cache = model.new_cache(max_batch=3, max_len=16)  # a prefill into the cache too
+        got = model(ids, cache=cache, start_pos=0, logits_at=torch.full((3,), 11))
+    torch.testing.assert_close(got, full[:, -1], atol=2e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="inference"):
+        model(ids, labels=ids, logits_at=at)
+
+
 def test_mla_cache_holds_only_latent_and_rope_key():
     model = make_model()
     cache = model.new_cache(max_batch=3, max_len=40)

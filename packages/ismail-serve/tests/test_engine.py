@@ -196,10 +196,12 @@ class FailOnSlot(torch.nn.Module):
     def new_cache(self, *args, **kwargs):
         return self.model.new_cache(*args, **kwargs)
 
-    def forward(self, input_ids, cache=None, start_pos=0, slots=None):
+    def forward(self, input_ids, cache=None, start_pos=0, slots=None, logits_at=None):
         if input_ids.shape[1] == 1 and self.slot in slots.tolist():
             raise RuntimeError("injected failure")
-        return self.model(input_ids, cache=cache, start_pos=start_pos, slots=slots)
+        return self.model(
+            input_ids, cache=cache, start_pos=start_pos, slots=slots, logits_at=logits_at
+        )
 
 
 def test_a_failing_sequence_does_not_affect_the_others(make_engine, model, tokenizer):

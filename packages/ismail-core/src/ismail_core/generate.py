@@ -140,13 +140,14 @@ class BatchGeneration:
 
     def _forward(self, rows: list[list[int]], starts: list[int], slots: list[int]) -> torch.Tensor:
         """Write the rows (all of one length) into the cache; logits after each row's end."""
-        logits = self.model(
-            torch.tensor(rows, device=self.device),
+        ids = torch.tensor(rows, device=self.device)
+        return self.model(
+            ids,
             cache=self.cache,
             start_pos=torch.tensor(starts, device=self.device),
             slots=torch.tensor(slots, device=self.device),
+            logits_at=torch.full((len(rows),), ids.shape[1] - 1, device=self.device),
         )
-        return logits[:, -1]
 
     def end(self, row: int) -> None:
         """Stop generating for `row`."""

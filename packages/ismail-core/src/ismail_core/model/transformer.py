@@ -136,6 +136,7 @@ class Transformer(nn.Module):
         doc_ids: torch.Tensor | None = None,
         return_output: bool = False,
         loss_only: bool = False,
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor | ModelOutput:
         """input_ids (B, T) -> logits (B, T, vocab), or ModelOutput when labels are given or
         return_output is True.
@@ -147,11 +148,19 @@ class Transformer(nn.Module):
         loss_only (with labels): compute logits only at positions that have a target; the
         output's `logits` is then (N, vocab) for those N positions in row-major order (row of
         position t scores labels[:, t + 1]). Fine-tuning, whose targets are the assistant turns
-        only, spends far less on the LM head."""
+        only, spends far less on the LM head.
+
+        logits_at (B,), without labels: the LM head runs only at that position of each row and
+        the logits are (B, vocab); generation, which samples after a prompt's last token, skips
+        the head for the rest of the prompt."""
         h, stats = self.hidden_states(
             input_ids, cache=cache, start_pos=start_pos, slots=slots, doc_ids=doc_ids
         )
         device = input_ids.device
+        if logits_at is not None:
+            if labels is not None:
+                raise ValueError("logits_at is for inference; the loss needs every position")
+            h = h[torch.arange(h.shape[0], device=device), logits_at]
         targets = None if labels is None else F.pad(labels[:, 1:], (0, 1), value=-100)
         if loss_only and targets is not None:
             # the LM head (a large share of a small model's compute) runs only where a target is

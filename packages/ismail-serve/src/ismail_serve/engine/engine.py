@@ -256,12 +256,15 @@ class LLMEngine:
         return batches
 
     def _prefill(self, chunks: list[PrefillChunk]) -> torch.Tensor:
-        """Write the chunks into the cache; return the logits after each chunk's last token."""
-        logits = self.runner.forward(
-            [c.seq.prompt_ids[c.start : c.end] for c in chunks],
-            [c.start for c in chunks],
-            [c.seq.slot for c in chunks],
-        )
+        """Write the chunks into the cache; return the logits after each chunk's last token
+        (the LM head runs at every position only when prompt log-probabilities are asked)."""
+        rows = [c.seq.prompt_ids[c.start : c.end] for c in chunks]
+        starts, slots = [c.start for c in chunks], [c.seq.slot for c in chunks]
+        if all(c.seq.request.prompt_logprobs is None for c in chunks):
+            for c in chunks:
+                c.seq.num_computed = c.end
+            return self.runner.forward(rows, starts, slots, last_only=True).float()
+        logits = self.runner.forward(rows, starts, slots)
         for c, row in zip(chunks, logits):
             if c.seq.request.prompt_logprobs is not None:
                 self._score_prompt_chunk(c, row)
@@ -300,7 +303,8 @@ class LLMEngine:
             [[s.last_token] for s in seqs],
             [s.num_tokens - 1 for s in seqs],
             [s.slot for s in seqs],
-        )[:, 0].float()
+            last_only=True,
+        ).float()
         for s in seqs:
             s.num_computed = s.num_tokens
         return logits

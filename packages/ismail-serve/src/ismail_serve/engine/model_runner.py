@@ -43,10 +43,16 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(
-        self, rows: Sequence[Sequence[int]], starts: Sequence[int], slots: Sequence[int]
+        self,
+        rows: Sequence[Sequence[int]],
+        starts: Sequence[int],
+        slots: Sequence[int],
+        last_only: bool = False,
     ) -> torch.Tensor:
         """Write rows[i] at positions starts[i].. of cache row slots[i] in one batched call and
-        return the logits at every position, (B, longest row, vocab) in the model's dtype.
+        return the logits at every position, (B, longest row, vocab) in the model's dtype, or
+        with last_only only after each row's last token, (B, vocab): the LM head then runs
+        once per row instead of once per position.
 
         Shorter rows are right-padded. That is safe with a causal cache: the pad positions lie
         after the row's real tokens, so none of them attends to a pad, and the row's next tokens
@@ -59,5 +65,8 @@ class ModelRunner:
             cache=self.cache,
             start_pos=torch.tensor(list(starts), dtype=torch.long, device=self.device),
             slots=torch.tensor(list(slots), dtype=torch.long, device=self.device),
+            logits_at=(
+                torch.tensor([len(r) - 1 for r in rows], device=self.device) if last_only else None
+            ),
         )
         return logits
