@@ -167,9 +167,10 @@ class FinetuneTrainer(Trainer):
         f, defaults = self.cfg.finetune, FinetuneSection()
         for key in ("task", "base", "data", "method", "train_on", "packing"):
             # a key missing from an older run's file had its default then
-            if saved.get(key, getattr(defaults, key)) != getattr(f, key):
+            was = saved.get(key, getattr(defaults, key))
+            if was != getattr(f, key):
                 raise ConfigError(
-                    f"{self.run_dir} was fine-tuned with --finetune.{key} {saved.get(key)}, not "
+                    f"{self.run_dir} was fine-tuned with --finetune.{key} {was}, not "
                     f"{getattr(f, key)}: continue it with the same setting, or fine-tune into "
                     "a new --run.out_dir"
                 )
