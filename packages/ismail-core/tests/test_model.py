@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ismail_core.model import KVCache, MLACache, ModelConfig, ModelOutput, Transformer
+from ismail_core.model import ModelConfig, ModelOutput, Transformer
 
 # a few-thousand-parameter version of the tiny preset: every test runs in milliseconds
 SMALL = dict(
@@ -82,10 +82,10 @@ def test_incremental_decoding_matches_full_forward(variant):
     ids = torch.randint(0, 97, (2, 20))
     with torch.no_grad():
         full = model(ids)
-        cache = model.new_cache(max_batch=2, max_len=32)
-        pieces = [model(ids[:, :7], cache=cache, start_pos=0)]
+        cache, tables = row_cache(model, rows=2, max_len=32)
+        pieces = [model(ids[:, :7], cache=cache, start_pos=0, block_tables=tables)]
         for t in range(7, 20):
-            pieces.append(model(ids[:, t : t + 1], cache=cache, start_pos=t))
+            pieces.append(model(ids[:, t : t + 1], cache=cache, start_pos=t, block_tables=tables))
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=2e-5, rtol=1e-4)
 
 
@@ -97,29 +97,37 @@ def test_logits_at_one_position_per_row_equal_the_full_logits_there(variant):
     with torch.no_grad():
         full = model(ids)
         torch.testing.assert_close(model(ids, logits_at=at), full[torch.arange(3), at])
-        cache = model.new_cache(max_batch=3, max_len=16)  # a prefill into the cache too
-        got = model(ids, cache=cache, start_pos=0, logits_at=torch.full((3,), 11))
+        cache, tables = row_cache(model, rows=3, max_len=16)  # a prefill into the cache too
+        got = model(ids, cache=cache, block_tables=tables, logits_at=torch.full((3,), 11))
     torch.testing.assert_close(got, full[:, -1], atol=2e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="inference"):
         model(ids, labels=ids, logits_at=at)
 
 
+def row_cache(model, rows: int, max_len: int, block_size: int = 4):
+    """A paged cache with `rows` sequences of max_len positions in consecutive blocks."""
+    per_row = -(-max_len // block_size)
+    cache = model.new_cache(rows * per_row, block_size)
+    return cache, torch.arange(rows * per_row).view(rows, per_row)
+
+
 def test_mla_cache_holds_only_latent_and_rope_key():
     model = make_model()
-    cache = model.new_cache(max_batch=3, max_len=40)
-    assert isinstance(cache, MLACache)
-    assert cache.latent.shape == (3, 3, 40, SMALL["kv_lora_rank"])
-    assert cache.rope_key.shape == (3, 3, 40, SMALL["qk_rope_head_dim"])
+    cache = model.new_cache(num_blocks=5, block_size=8)
+    assert cache.is_latent
+    assert cache.latent.shape == (3, 6, 8, SMALL["kv_lora_rank"])  # + the scratch block
+    assert cache.rope_key.shape == (3, 6, 8, SMALL["qk_rope_head_dim"])
     per_token = SMALL["n_layers"] * (SMALL["kv_lora_rank"] + SMALL["qk_rope_head_dim"]) * 4
     assert cache.bytes_per_token() == per_token
+    assert cache.nbytes() == 5 * 8 * per_token
 
 
 def test_standard_attention_cache_holds_keys_and_values_per_kv_head():
     model = make_model(attention="gqa", n_kv_heads=2)
-    cache = model.new_cache(max_batch=2, max_len=16, dtype=torch.bfloat16)
-    assert isinstance(cache, KVCache)
+    cache = model.new_cache(num_blocks=2, block_size=16, dtype=torch.bfloat16)
+    assert not cache.is_latent
     head_dim = SMALL["dim"] // SMALL["n_heads"]
-    assert cache.keys.shape == cache.values.shape == (3, 2, 16, 2, head_dim)
+    assert cache.keys.shape == cache.values.shape == (3, 3, 16, 2, head_dim)
     assert cache.bytes_per_token() == 3 * 2 * 2 * head_dim * 2
     mha = make_model(attention="mha").new_cache(1, 8)
     assert mha.bytes_per_token() == 3 * 2 * SMALL["n_heads"] * head_dim * 4
@@ -128,24 +136,24 @@ def test_standard_attention_cache_holds_keys_and_values_per_kv_head():
 @settings(max_examples=8, deadline=None)
 @given(
     lengths=st.lists(st.integers(1, 12), min_size=2, max_size=3),
-    slot_perm=st.permutations([0, 1, 2, 3]),
+    block_perm=st.permutations(list(range(12))),
 )
-def test_continuous_batching_rows_decode_like_single_sequences(lengths, slot_perm):
-    """Rows prefilled separately into arbitrary slots, then decoded together with different
-    start_pos, give each row's own full-forward logits."""
+def test_rows_in_scattered_blocks_decode_like_single_sequences(lengths, block_perm):
+    """Rows prefilled separately into arbitrary, scattered blocks, then decoded together with
+    different start_pos, give each row's own full-forward logits."""
     model = make_model(seed=1)
     torch.manual_seed(len(lengths))
     seqs = [torch.randint(0, 97, (n + 3,)) for n in lengths]
-    slots = torch.tensor(slot_perm[: len(seqs)])
-    cache = model.new_cache(max_batch=4, max_len=16)
+    cache = model.new_cache(num_blocks=12, block_size=4)
+    tables = torch.tensor(block_perm).view(3, 4)[: len(seqs)]  # 4 blocks of 4 per row
     with torch.no_grad():
-        for seq, slot, n in zip(seqs, slots, lengths):
-            model(seq[None, :n], cache=cache, start_pos=0, slots=slot[None])
+        for seq, table, n in zip(seqs, tables, lengths):
+            model(seq[None, :n], cache=cache, start_pos=0, block_tables=table[None])
         got = []
         for step in range(3):
             ids = torch.stack([seq[n + step] for seq, n in zip(seqs, lengths)])[:, None]
             start = torch.tensor(lengths) + step
-            got.append(model(ids, cache=cache, start_pos=start, slots=slots)[:, 0])
+            got.append(model(ids, cache=cache, start_pos=start, block_tables=tables)[:, 0])
         for row, (seq, n) in enumerate(zip(seqs, lengths)):
             want = model(seq[None])[0, n : n + 3]
             torch.testing.assert_close(
@@ -155,16 +163,18 @@ def test_continuous_batching_rows_decode_like_single_sequences(lengths, slot_per
 
 def test_cache_misuse_has_clear_errors():
     model = make_model()
-    cache = model.new_cache(max_batch=2, max_len=8)
+    cache, tables = row_cache(model, rows=2, max_len=8)
     ids = torch.zeros(2, 4, dtype=torch.long)
-    with pytest.raises(ValueError, match="larger max_len"):
-        model(ids, cache=cache, start_pos=6)
-    with pytest.raises(ValueError, match="slots must be in"):
-        model(ids, cache=cache, slots=torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="more blocks"):
+        model(ids, cache=cache, start_pos=6, block_tables=tables)
+    with pytest.raises(ValueError, match="block ids must be in"):
+        model(ids, cache=cache, block_tables=tables + 9)
+    with pytest.raises(ValueError, match="needs block_tables"):
+        model(ids, cache=cache)
     with pytest.raises(ValueError, match="need a cache"):
         model(ids, start_pos=3)
     with pytest.raises(ValueError, match="start_pos must be an int or have shape"):
-        model(ids, cache=cache, start_pos=torch.tensor([0, 1, 2]))
+        model(ids, cache=cache, start_pos=torch.tensor([0, 1, 2]), block_tables=tables)
 
 
 def test_sliding_window_limits_what_a_token_sees():
@@ -224,10 +234,11 @@ def test_prefill_chunks_and_decode_steps_agree_with_uncached_forward():
     """Chunked prefill (decompressed over the cache) then single steps (absorbed)."""
     model = make_model(q_lora_rank=24)
     ids = torch.randint(0, 97, (1, 16))
-    cache = model.new_cache(1, 16)
+    cache, tables = row_cache(model, rows=1, max_len=16)
+    kw = {"cache": cache, "block_tables": tables}
     with torch.no_grad():
-        parts = [model(ids[:, a:b], cache=cache, start_pos=a) for a, b in [(0, 5), (5, 12)]]
-        parts += [model(ids[:, t : t + 1], cache=cache, start_pos=t) for t in range(12, 16)]
+        parts = [model(ids[:, a:b], start_pos=a, **kw) for a, b in [(0, 5), (5, 12)]]
+        parts += [model(ids[:, t : t + 1], start_pos=t, **kw) for t in range(12, 16)]
         torch.testing.assert_close(torch.cat(parts, 1), model(ids), atol=2e-5, rtol=1e-4)
 
 
@@ -240,10 +251,11 @@ def test_cuda_matches_cpu_and_decodes_in_bfloat16():
         gpu = model.to("cuda")
         torch.testing.assert_close(gpu(ids.cuda()).cpu(), want, atol=1e-4, rtol=1e-3)
         gpu = gpu.to(torch.bfloat16)
-        cache = gpu.new_cache(2, 24)
+        cache, tables = row_cache(gpu, rows=2, max_len=24)
         assert cache.latent.dtype == torch.bfloat16 and cache.latent.is_cuda
-        steps = [gpu(ids[:, :16].cuda(), cache=cache, start_pos=0)[:, -1]]
+        kw = {"cache": cache, "block_tables": tables.cuda()}
+        steps = [gpu(ids[:, :16].cuda(), start_pos=0, **kw)[:, -1]]
         for t in range(16, 23):
-            steps.append(gpu(ids[:, t : t + 1].cuda(), cache=cache, start_pos=t)[:, -1])
+            steps.append(gpu(ids[:, t : t + 1].cuda(), start_pos=t, **kw)[:, -1])
         got = torch.stack(steps, 1).float().cpu()
         torch.testing.assert_close(got, want[:, 15:23], atol=0.1, rtol=0.05)

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 
 from ismail_core.chat import end_of_turn_ids, render_chat
+from ismail_core.model.cache import blocks_for
+from ismail_core.model.runner import ModelRunner
 from ismail_core.sampling import SamplingParams, StopMatcher, sample_next
 from ismail_core.tokenizer import Tokenizer
 
@@ -97,13 +99,16 @@ def decode_continuation(
 
 
 class BatchGeneration:
-    """Several prompts generated together with one KV cache, one batched forward per step.
+    """Several prompts generated together through one paged cache, one batched forward per step.
 
-    Each prompt is prefilled into its own cache row (one forward pass each, so no memory goes
-    to padding); then every `step()` samples one token for each running row, each with its own
-    sampling parameters and generator, and runs the running rows through the model at once.
-    A row ends after `stop_id` (an id, or a collection of ids: a chat turn has two ends), after
-    `max_new_tokens`, or when the caller calls `end(row)` (a stop string found in its text).
+    Each prompt is admitted to a `ModelRunner` (the engine ismail-serve decodes with) and
+    prefilled alone, one after another, so no memory goes to padding and a prompt that shares a
+    prefix with an earlier one (a system prompt, few-shot examples) reuses its cached blocks
+    and prefills only the rest. Then every `step()` samples one token for each running row,
+    each with its own sampling parameters and generator, and runs the running rows through the
+    model at once. A row ends after `stop_id` (an id, or a collection of ids: a chat turn has
+    two ends), after `max_new_tokens`, or when the caller calls `end(row)` (a stop string found
+    in its text).
     """
 
     @torch.no_grad()
@@ -114,6 +119,7 @@ class BatchGeneration:
         max_new_tokens: int,
         params: Sequence[SamplingParams],
         stop_id: int | Collection[int] | None = None,
+        block_size: int = 16,
     ) -> None:
         context = model.cfg.max_seq_len
         for ids in prompts:
@@ -125,34 +131,28 @@ class BatchGeneration:
                     f"{len(ids)} tokens and {max_new_tokens} new tokens were asked for: shorten "
                     "the prompt or lower --max-new-tokens"
                 )
-        self.model, self.max_new_tokens = model, max_new_tokens
+        self.max_new_tokens = max_new_tokens
         self.stop_ids = _id_set(stop_id)
         self.params = list(params)
-        self.device = device = model.embed.weight.device
-        longest = max(len(ids) for ids in prompts)
-        self.cache = model.new_cache(len(prompts), longest + max_new_tokens)
-        self.generators = [p.make_generator(device) for p in self.params]
+        # room for every row at full length, as if nothing were shared
+        num_blocks = sum(blocks_for(len(ids) + max_new_tokens, block_size) for ids in prompts)
+        self.runner = ModelRunner(model, num_blocks, block_size)
+        self.generators = [p.make_generator(self.runner.device) for p in self.params]
         self.history = [list(ids) for ids in prompts]
         self.new_tokens = [0] * len(prompts)
         self.running = list(range(len(prompts)))
-        rows = [self._forward([ids], [0], [row]) for row, ids in enumerate(prompts)]
-        self.logits = dict(enumerate(torch.cat(rows)))  # row -> next-token logits
+        self.logits = {row: self._prefill(row, ids) for row, ids in enumerate(prompts)}
 
-    def _forward(self, rows: list[list[int]], starts: list[int], slots: list[int]) -> torch.Tensor:
-        """Write the rows (all of one length) into the cache; logits after each row's end."""
-        ids = torch.tensor(rows, device=self.device)
-        return self.model(
-            ids,
-            cache=self.cache,
-            start_pos=torch.tensor(starts, device=self.device),
-            slots=torch.tensor(slots, device=self.device),
-            logits_at=torch.full((len(rows),), ids.shape[1] - 1, device=self.device),
-        )
+    def _prefill(self, row: int, ids: Sequence[int]) -> torch.Tensor:
+        """Admit a prompt and compute what its cached prefix lacks; its next-token logits."""
+        cached = self.runner.blocks.allocate(row, ids)
+        return self.runner.forward([row], [ids[cached:]], [cached], last_only=True)[0]
 
     def end(self, row: int) -> None:
-        """Stop generating for `row`."""
+        """Stop generating for `row` (its cache blocks are released)."""
         if row in self.running:
             self.running.remove(row)
+            self.runner.blocks.free(row)
 
     @torch.no_grad()
     def step(self) -> dict[int, int]:
@@ -170,11 +170,14 @@ class BatchGeneration:
             self.new_tokens[row] += 1
             if token in self.stop_ids or self.new_tokens[row] >= self.max_new_tokens:
                 self.end(row)
+        for row in self.running:
+            self.runner.blocks.append(row, self.history[row][-1])
         if self.running:
-            out = self._forward(
+            out = self.runner.forward(
+                list(self.running),
                 [[self.history[r][-1]] for r in self.running],
                 [len(self.history[r]) - 1 for r in self.running],
-                list(self.running),
+                last_only=True,
             )
             self.logits = dict(zip(self.running, out))
         return dict(zip(rows, tokens))
@@ -197,8 +200,8 @@ def generate_ids(
     """Yield up to `max_new_tokens` sampled ids after `ids`, stopping after `stop_id` (an id or
     a collection of ids).
 
-    The prompt is run once (prefill) into a KV cache; each new token then costs one forward
-    pass over a single position.
+    The prompt is run once (prefill) into a paged cache; each new token then costs one
+    forward pass over a single position.
     """
     batch = BatchGeneration(model, [ids], max_new_tokens, [params], stop_id)
     while step := batch.step():

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .cache import CacheView, KVCache, MLACache
+from .cache import CacheView, PagedCache
 from .norm import RMSNorm
 from .rope import apply_rope, yarn_mscale
 
@@ -27,6 +27,14 @@ def _sdpa(q, k, v, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
         q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale
     )
     return out.transpose(1, 2)
+
+
+def _store_and_read(blocks: torch.Tensor, new: torch.Tensor, view: CacheView) -> torch.Tensor:
+    """Write `new` (B, T, ...) at the view's slots of one layer's cache blocks
+    (num_blocks + 1, block_size, ...) and return the rows' positions [0, kv_len), (B, S, ...)."""
+    flat = blocks.view(-1, *blocks.shape[2:])
+    flat[view.write] = new.to(flat.dtype)
+    return flat[view.read]
 
 
 class MLA(nn.Module):
@@ -67,7 +75,7 @@ class MLA(nn.Module):
         x: torch.Tensor,
         rope: Rope,
         mask: torch.Tensor | None = None,
-        cache: MLACache | None = None,
+        cache: PagedCache | None = None,
         view: CacheView | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
@@ -84,13 +92,8 @@ class MLA(nn.Module):
             out = self._dense(q_nope, q_pe, latent, k_pe, mask)
         else:
             # store only the normed latent and the rotated shared key, then read the rows back
-            layer_latent = cache.latent[self.layer_id]
-            layer_rope = cache.rope_key[self.layer_id]
-            rows = view.slots[:, None]
-            layer_latent[rows, view.positions] = latent.to(layer_latent.dtype)
-            layer_rope[rows, view.positions] = k_pe.to(layer_rope.dtype)
-            latent = layer_latent[view.slots, : view.kv_len].to(x.dtype)  # (B, S, r)
-            k_pe = layer_rope[view.slots, : view.kv_len].to(x.dtype)  # (B, S, rope)
+            latent = _store_and_read(cache.latent[self.layer_id], latent, view).to(x.dtype)
+            k_pe = _store_and_read(cache.rope_key[self.layer_id], k_pe, view).to(x.dtype)
             # decode steps absorb wkv_b (cheap per token); prefill chunks decompress once
             attend = self._absorbed if T == 1 else self._dense
             out = attend(q_nope, q_pe, latent, k_pe, view.mask)
@@ -145,7 +148,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         rope: Rope,
         mask: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: PagedCache | None = None,
         view: CacheView | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
@@ -155,12 +158,8 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
-            keys, values = cache.keys[self.layer_id], cache.values[self.layer_id]
-            rows = view.slots[:, None]
-            keys[rows, view.positions] = k.to(keys.dtype)
-            values[rows, view.positions] = v.to(values.dtype)
-            k = keys[view.slots, : view.kv_len].to(x.dtype)
-            v = values[view.slots, : view.kv_len].to(x.dtype)
+            k = _store_and_read(cache.keys[self.layer_id], k, view).to(x.dtype)
+            v = _store_and_read(cache.values[self.layer_id], v, view).to(x.dtype)
             mask = view.mask
         if self.n_kv_heads != self.n_heads:
             repeat = self.n_heads // self.n_kv_heads

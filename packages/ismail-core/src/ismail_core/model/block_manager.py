@@ -1,10 +1,12 @@
 """Paged KV-cache bookkeeping: fixed-size blocks, per-sequence block tables, automatic prefix
-caching (issue 17 groundwork: the cache and the engine do not use it yet).
+caching. The cache tensors are `cache.PagedCache`; `runner.ModelRunner` ties both to the model.
 
 A sequence's cache is a list of block ids (its block table); position p lives in block
 table[p // block_size] at offset p % block_size. A full block is keyed by a hash of (its
 parent block's key, its token ids), so a key names a whole prefix; with prefix caching on, a
 new sequence reuses the blocks of its longest cached prefix and only the rest is prefilled.
+A block becomes findable only once the caller `commit`s that its positions are computed, so a
+sequence never reuses a block another one has not written yet.
 Blocks no sequence references keep their contents and stay findable by key until they are
 needed for something else, least recently used first (vLLM's automatic prefix caching;
 nano-vllm's block manager is the compact reference).
@@ -40,12 +42,12 @@ class Block:
 
 @dataclass
 class _Table:
-    """A sequence's blocks, its number of cached positions, the ids of its last, partial
-    block (needed to key it once it fills) and the key of its last full block."""
+    """A sequence's blocks, the token ids of its positions, how many of its leading blocks
+    are keyed (reused or committed) and the key of the last of them."""
 
     blocks: list[int] = field(default_factory=list)
-    length: int = 0
-    partial: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    n_keyed: int = 0
     last_key: int | None = None
 
 
@@ -70,8 +72,8 @@ class BlockManager:
         self._cached: OrderedDict[int, None] = OrderedDict()  # evictable, oldest first
         self._by_key: dict[int, int] = {}
         self._tables: dict[object, _Table] = {}
-        self.prefix_queries = 0  # full prompt blocks looked up
-        self.prefix_hits = 0  # of those, found cached
+        self.prefix_queries = 0  # prompt tokens looked up (vLLM counts tokens too)
+        self.prefix_hits = 0  # of those, found in the cache
 
     # ------------------------------------------------------------------ queries
     @property
@@ -90,54 +92,69 @@ class BlockManager:
 
     def num_cached_tokens(self, seq_id: object) -> int:
         """Positions of the sequence whose cache entries are (or will be) written."""
-        return self._tables[seq_id].length
+        return len(self._tables[seq_id].tokens)
 
     # ------------------------------------------------------------------ admission
-    def can_allocate(self, token_ids: Sequence[int]) -> bool:
-        """Whether a sequence with this prompt can be admitted now."""
-        hits = self._prefix_blocks(token_ids)
+    def can_allocate(self, token_ids: Sequence[int], reuse: bool = True) -> bool:
+        """Whether a sequence with these tokens can be admitted now."""
+        hits = self._prefix_blocks(token_ids) if reuse else []
         reused_cached = sum(1 for b in hits if self.blocks[b].ref_count == 0)
         needed = self._blocks_for(len(token_ids)) - len(hits)
         return needed <= self.num_free - reused_cached
 
-    def allocate(self, seq_id: object, token_ids: Sequence[int]) -> int:
-        """Give a new sequence the blocks for its prompt; returns the number of leading
-        positions already in the cache (a multiple of block_size, at most len - 1 so the last
-        prompt token is always computed for its logits). Raises BlocksExhausted (changing
+    def allocate(self, seq_id: object, token_ids: Sequence[int], reuse: bool = True) -> int:
+        """Give a new sequence the blocks for its tokens; returns the number of leading
+        positions already in the cache (a multiple of block_size, below len(token_ids): the
+        last token is always computed, for its logits). reuse=False takes no cached blocks
+        (a caller that needs every position's logits). Raises BlocksExhausted (changing
         nothing) when can_allocate is false."""
         if seq_id in self._tables:
             raise ValueError(f"sequence {seq_id!r} already has blocks")
         if not token_ids:
             raise ValueError("a sequence needs at least one token")
-        if not self.can_allocate(token_ids):
-            raise BlocksExhausted(f"no room for a {len(token_ids)}-token prompt")
-        hits = self._prefix_blocks(token_ids)
-        self.prefix_queries += len(token_ids) // self.block_size
-        self.prefix_hits += len(hits)
-        table = _Table()
+        if not self.can_allocate(token_ids, reuse):
+            raise BlocksExhausted(f"no room for a {len(token_ids)}-token sequence")
+        hits = self._prefix_blocks(token_ids) if reuse else []
+        self.prefix_queries += len(token_ids)
+        self.prefix_hits += len(hits) * self.block_size
+        table = _Table(tokens=list(token_ids), n_keyed=len(hits))
         self._tables[seq_id] = table
         for block_id in hits:
             self._take(block_id)
             table.blocks.append(block_id)
             table.last_key = self.blocks[block_id].key
-        table.length = len(hits) * self.block_size
-        for token in token_ids[table.length :]:
-            self._append(table, token)
-        return min(len(hits) * self.block_size, len(token_ids) - 1)
+        while len(table.blocks) < self._blocks_for(len(token_ids)):
+            table.blocks.append(self._new_block())
+        return len(hits) * self.block_size
 
     # ------------------------------------------------------------------ decoding
     def can_append(self, seq_id: object) -> bool:
         """Whether one more token fits (a new block is needed at a block boundary)."""
         table = self._tables[seq_id]
-        return table.length % self.block_size != 0 or self.num_free > 0
+        return len(table.tokens) % self.block_size != 0 or self.num_free > 0
 
     def append(self, seq_id: object, token_id: int) -> None:
-        """Record one more cached position; raises BlocksExhausted (changing nothing) when a
-        new block is needed and none is left."""
+        """Give the sequence one more position (for token_id); raises BlocksExhausted
+        (changing nothing) when a new block is needed and none is left."""
         table = self._tables[seq_id]
         if not self.can_append(seq_id):
             raise BlocksExhausted(f"no block left for sequence {seq_id!r}")
-        self._append(table, token_id)
+        if len(table.tokens) % self.block_size == 0:
+            table.blocks.append(self._new_block())
+        table.tokens.append(token_id)
+
+    def commit(self, seq_id: object, num_computed: int) -> None:
+        """Record that the sequence's first num_computed positions are written in the cache:
+        its full blocks among them become findable by later sequences."""
+        table = self._tables[seq_id]
+        size = self.block_size
+        while table.n_keyed < min(num_computed, len(table.tokens)) // size:
+            i = table.n_keyed
+            tokens = tuple(table.tokens[i * size : (i + 1) * size])
+            table.last_key = block_key(table.last_key, tokens)
+            if self.enable_prefix_caching:
+                self._register(table.blocks[i], table.last_key, tokens)
+            table.n_keyed += 1
 
     def free(self, seq_id: object) -> None:
         """Release a finished or preempted sequence's blocks (last block first, so a prefix's
@@ -157,11 +174,12 @@ class BlockManager:
         return -(-n_tokens // self.block_size)
 
     def _prefix_blocks(self, token_ids: Sequence[int]) -> list[int]:
-        """Ids of the cached blocks holding the prompt's longest cached prefix of full blocks."""
+        """Ids of the cached blocks holding the longest cached prefix of full blocks, short of
+        the last token (which is computed again for its logits)."""
         if not self.enable_prefix_caching:
             return []
         found, parent, size = [], None, self.block_size
-        for start in range(0, len(token_ids) - size + 1, size):
+        for start in range(0, len(token_ids) - size, size):
             tokens = tuple(token_ids[start : start + size])
             parent = block_key(parent, tokens)
             block_id = self._by_key.get(parent)
@@ -169,18 +187,6 @@ class BlockManager:
                 break
             found.append(block_id)
         return found
-
-    def _append(self, table: _Table, token: int) -> None:
-        """Add one position to a table: a new block at a boundary; key a block once full."""
-        if table.length % self.block_size == 0:
-            table.blocks.append(self._new_block())
-            table.partial = []
-        table.partial.append(token)
-        table.length += 1
-        if len(table.partial) == self.block_size:
-            table.last_key = block_key(table.last_key, table.partial)
-            if self.enable_prefix_caching:
-                self._register(table.blocks[-1], table.last_key, tuple(table.partial))
 
     def _register(self, block_id: int, key: int, tokens: tuple[int, ...]) -> None:
         """Make a full block findable by key, unless another block already holds that prefix."""
@@ -218,7 +224,7 @@ class BlockManager:
         assert used | cached | free == set(range(len(self.blocks))), "a block was lost"
         refs = [0] * len(self.blocks)
         for table in self._tables.values():
-            assert len(table.blocks) == self._blocks_for(table.length)
+            assert len(table.blocks) == self._blocks_for(len(table.tokens))
             for block_id in table.blocks:
                 refs[block_id] += 1
         assert refs == [b.ref_count for b in self.blocks], "reference counts are off"

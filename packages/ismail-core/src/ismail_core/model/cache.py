@@ -1,7 +1,13 @@
-"""Inference key/value caches with row slots for continuous batching.
+"""The paged inference cache: fixed-size blocks of cache positions, addressed by block tables.
 
-Each cache holds one tensor per kind with a leading layer axis; a forward call writes its new
-tokens at (slot, position) and reads back positions [0, kv_len) of its slots.
+A cache holds one tensor per kind with shape (n_layers, num_blocks + 1, block_size, ...); the
+extra last block is scratch that padding positions write into. A sequence's positions live in
+the blocks of its block table (position p in block table[p // block_size] at offset
+p % block_size), so sequences take memory block by block as they grow, and sequences with a
+common prefix can share its blocks (the bookkeeping is `block_manager.BlockManager`).
+
+For multi-head latent attention a block holds only the normed latent and the rotated shared
+rope key, and it stays latent: decoding attends in the latent space (MLA._absorbed).
 """
 
 from __future__ import annotations
@@ -15,120 +21,124 @@ from ..config import ModelConfig
 
 @dataclass
 class CacheView:
-    """Where one cached forward call writes and what it may attend to.
+    """Where one cached forward call writes and what it reads.
 
-    slots: (B,) cache rows; positions: (B, T) absolute positions of the new tokens;
-    kv_len: number of cache positions read back; mask: (B, 1, T, kv_len) True = may attend.
+    positions: (B, T) absolute positions of the new tokens; write: (B, T) flat cache slots
+    (block * block_size + offset) they are stored at; read: (B, S) flat slots of positions
+    [0, kv_len) of each row; mask: (B, 1, T, S), True = may attend.
     """
 
-    slots: torch.Tensor
     positions: torch.Tensor
+    write: torch.Tensor
+    read: torch.Tensor
     kv_len: int
     mask: torch.Tensor
 
 
-class _Cache:
-    """Shared bookkeeping: the cache tensors have shape (n_layers, max_batch, max_len, ...)."""
+class PagedCache:
+    """Cache tensors of shape (n_layers, num_blocks + 1, block_size, ...), one per kind:
 
-    max_batch: int
-    max_len: int
+    MLA: latent (kv_lora_rank) and rope_key (qk_rope_head_dim, already rotated);
+    other attention: keys and values (n_kv_heads, head_dim; keys already rotated).
+    """
+
+    def __init__(self, cfg: ModelConfig, num_blocks: int, block_size: int, device, dtype):
+        self.num_blocks, self.block_size = num_blocks, block_size
+        self.is_latent = cfg.attention == "mla"
+        shape = (cfg.n_layers, num_blocks + 1, block_size)
+        if self.is_latent:
+            self.latent = torch.zeros(*shape, cfg.kv_lora_rank, device=device, dtype=dtype)
+            self.rope_key = torch.zeros(*shape, cfg.qk_rope_head_dim, device=device, dtype=dtype)
+        else:
+            kv = (*shape, cfg.kv_heads, cfg.attn_head_dim)
+            self.keys = torch.zeros(kv, device=device, dtype=dtype)
+            self.values = torch.zeros(kv, device=device, dtype=dtype)
+
+    @property
+    def scratch_block(self) -> int:
+        """The block padding positions write into (never part of a sequence)."""
+        return self.num_blocks
 
     def tensors(self) -> list[torch.Tensor]:
-        raise NotImplementedError
+        return [self.latent, self.rope_key] if self.is_latent else [self.keys, self.values]
 
     def bytes_per_token(self) -> int:
         """Bytes of cache one token occupies, summed over layers."""
         return sum(t.element_size() * t[0, 0, 0].numel() * t.shape[0] for t in self.tensors())
 
     def nbytes(self) -> int:
-        return sum(t.element_size() * t.numel() for t in self.tensors())
+        """Bytes of the blocks sequences can use (the scratch block not counted)."""
+        return self.bytes_per_token() * self.num_blocks * self.block_size
 
 
-class MLACache(_Cache):
-    """Multi-head latent attention cache: only the normed latent and the shared rope key.
-
-    latent: (n_layers, max_batch, max_len, kv_lora_rank)
-    rope_key: (n_layers, max_batch, max_len, qk_rope_head_dim), already rotated.
-    """
-
-    def __init__(self, cfg: ModelConfig, max_batch: int, max_len: int, device, dtype):
-        self.max_batch, self.max_len = max_batch, max_len
-        shape = (cfg.n_layers, max_batch, max_len)
-        self.latent = torch.zeros(*shape, cfg.kv_lora_rank, device=device, dtype=dtype)
-        self.rope_key = torch.zeros(*shape, cfg.qk_rope_head_dim, device=device, dtype=dtype)
-
-    def tensors(self) -> list[torch.Tensor]:
-        return [self.latent, self.rope_key]
+def new_cache(
+    cfg: ModelConfig, num_blocks: int, block_size: int = 16, device=None, dtype=None
+) -> PagedCache:
+    """An empty paged cache of `num_blocks` blocks of `block_size` positions for cfg's model."""
+    if num_blocks <= 0 or block_size <= 0:
+        raise ValueError(
+            f"cache needs num_blocks > 0 and block_size > 0, got {num_blocks}, {block_size}"
+        )
+    return PagedCache(cfg, num_blocks, block_size, device, dtype or torch.get_default_dtype())
 
 
-class KVCache(_Cache):
-    """Standard attention cache of keys and values per key/value head.
-
-    keys, values: (n_layers, max_batch, max_len, n_kv_heads, head_dim); keys already rotated.
-    """
-
-    def __init__(self, cfg: ModelConfig, max_batch: int, max_len: int, device, dtype):
-        self.max_batch, self.max_len = max_batch, max_len
-        shape = (cfg.n_layers, max_batch, max_len, cfg.kv_heads, cfg.attn_head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
-
-    def tensors(self) -> list[torch.Tensor]:
-        return [self.keys, self.values]
-
-
-def new_cache(cfg: ModelConfig, max_batch: int, max_len: int, device=None, dtype=None) -> _Cache:
-    """An empty cache for cfg's attention kind (MLACache or KVCache)."""
-    if max_batch <= 0 or max_len <= 0:
-        raise ValueError(f"cache needs max_batch > 0 and max_len > 0, got {max_batch}, {max_len}")
-    dtype = dtype or torch.get_default_dtype()
-    kind = MLACache if cfg.attention == "mla" else KVCache
-    return kind(cfg, max_batch, max_len, device, dtype)
+def blocks_for(n_positions: int, block_size: int) -> int:
+    """Blocks needed to hold n_positions."""
+    return -(-n_positions // block_size)
 
 
 def make_view(
-    cache: _Cache,
+    cache: PagedCache,
     batch: int,
     seq_len: int,
     start_pos: int | torch.Tensor,
-    slots: torch.Tensor | None,
+    block_tables: torch.Tensor | None,
     sliding_window: int,
     device: torch.device,
 ) -> CacheView:
-    """Validate start_pos/slots of a cached call and build its positions and attention mask."""
-    if isinstance(start_pos, int):
-        start = torch.full((batch,), start_pos, dtype=torch.long, device=device)
-    else:
-        start = torch.as_tensor(start_pos, dtype=torch.long, device=device).reshape(-1)
-        if start.numel() == 1:
-            start = start.expand(batch)
-        if start.shape != (batch,):
-            raise ValueError(
-                f"start_pos must be an int or have shape ({batch},), got {start.shape}"
-            )
-    if slots is None:
-        slots = torch.arange(batch, device=device)
-    else:
-        slots = torch.as_tensor(slots, dtype=torch.long, device=device).reshape(-1)
-        if slots.shape != (batch,):
-            raise ValueError(f"slots must have shape ({batch},), got {tuple(slots.shape)}")
+    """Validate start_pos/block_tables of a cached call; build its slots and attention mask.
+
+    block_tables (B, W) holds each row's block ids in position order; W * block_size must
+    cover every position the call writes (pad a short table with `cache.scratch_block`).
+    """
+    start = _start_positions(start_pos, batch, device)
+    if block_tables is None:
+        raise ValueError("a cached call needs block_tables (B, blocks) naming each row's blocks")
+    tables = torch.as_tensor(block_tables, dtype=torch.long, device=device)
+    if tables.ndim != 2 or tables.shape[0] != batch:
+        raise ValueError(f"block_tables must have shape ({batch}, blocks), got {tables.shape}")
     # one device-to-host transfer for all four bounds (each would be a GPU sync)
-    lo_start, hi_start, lo_slot, hi_slot = torch.stack(
-        [start.min(), start.max(), slots.min(), slots.max()]
+    lo_start, hi_start, lo_block, hi_block = torch.stack(
+        [start.min(), start.max(), tables.min(), tables.max()]
     ).tolist()
     if lo_start < 0:
         raise ValueError("start_pos must be >= 0")
+    if lo_block < 0 or hi_block > cache.num_blocks:
+        raise ValueError(f"block ids must be in [0, {cache.num_blocks}]; got {hi_block}")
     kv_len = hi_start + seq_len
-    if kv_len > cache.max_len:
+    size = cache.block_size
+    if kv_len > tables.shape[1] * size:
         raise ValueError(
-            f"cache holds {cache.max_len} positions but this call needs {kv_len}; "
-            "create the cache with a larger max_len"
+            f"this call reaches position {kv_len - 1} but the block tables cover "
+            f"{tables.shape[1] * size} positions; give each row more blocks"
         )
-    if lo_slot < 0 or hi_slot >= cache.max_batch:
-        raise ValueError(f"slots must be in [0, {cache.max_batch}); create a larger cache")
     positions = start[:, None] + torch.arange(seq_len, device=device)  # (B, T)
+    write = tables.gather(1, positions // size) * size + positions % size
     key_pos = torch.arange(kv_len, device=device)
+    read = tables[:, key_pos // size] * size + key_pos % size  # (B, S)
     mask = key_pos[None, None, :] <= positions[:, :, None]  # (B, T, S) causal per row
     if sliding_window:
         mask &= key_pos[None, None, :] > positions[:, :, None] - sliding_window
-    return CacheView(slots=slots, positions=positions, kv_len=kv_len, mask=mask[:, None])
+    return CacheView(positions=positions, write=write, read=read, kv_len=kv_len, mask=mask[:, None])
+
+
+def _start_positions(start_pos: int | torch.Tensor, batch: int, device) -> torch.Tensor:
+    """start_pos (an int, a one-element or a (batch,) tensor) as a (batch,) LongTensor."""
+    if isinstance(start_pos, int):
+        return torch.full((batch,), start_pos, dtype=torch.long, device=device)
+    start = torch.as_tensor(start_pos, dtype=torch.long, device=device).reshape(-1)
+    if start.numel() == 1:
+        start = start.expand(batch)
+    if start.shape != (batch,):
+        raise ValueError(f"start_pos must be an int or have shape ({batch},), got {start.shape}")
+    return start

@@ -78,8 +78,9 @@ class Transformer(nn.Module):
 
     model(input_ids) -> logits (B, T, vocab); model(input_ids, labels=ids) -> ModelOutput with
     the shifted LM loss (ignore_index -100) plus MoE aux loss. With cache=model.new_cache(...)
-    the call writes the new tokens at start_pos (int or (B,) tensor) of the cache rows `slots`
-    and attends to each row's positions < start_pos + T.
+    the call writes the new tokens at positions start_pos (int or (B,) tensor) onwards of each
+    row's blocks (block_tables (B, W), see model.cache) and attends to the row's positions
+    < start_pos + T.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -132,7 +133,7 @@ class Transformer(nn.Module):
         *,
         cache=None,
         start_pos: int | torch.Tensor = 0,
-        slots: torch.Tensor | None = None,
+        block_tables: torch.Tensor | None = None,
         doc_ids: torch.Tensor | None = None,
         return_output: bool = False,
         loss_only: bool = False,
@@ -154,7 +155,7 @@ class Transformer(nn.Module):
         the logits are (B, vocab); generation, which samples after a prompt's last token, skips
         the head for the rest of the prompt."""
         h, stats = self.hidden_states(
-            input_ids, cache=cache, start_pos=start_pos, slots=slots, doc_ids=doc_ids
+            input_ids, cache=cache, start_pos=start_pos, block_tables=block_tables, doc_ids=doc_ids
         )
         device = input_ids.device
         if logits_at is not None:
@@ -191,7 +192,7 @@ class Transformer(nn.Module):
         *,
         cache=None,
         start_pos: int | torch.Tensor = 0,
-        slots: torch.Tensor | None = None,
+        block_tables: torch.Tensor | None = None,
         doc_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[RouterStats]]:
         """The final normalised hidden states (B, T, dim) and each MoE layer's router
@@ -202,7 +203,7 @@ class Transformer(nn.Module):
                 f"input_ids must have shape (batch, seq), got {tuple(input_ids.shape)}"
             )
         T = input_ids.shape[1]
-        positions, mask, view = self._positions(input_ids, cache, start_pos, slots, doc_ids)
+        positions, mask, view = self._positions(input_ids, cache, start_pos, block_tables, doc_ids)
         h = self.embed(input_ids)
         if self.pos_embed is not None:
             # positions are arange(T), or start + arange(T) with kv_len = max(start) + T: the
@@ -239,7 +240,7 @@ class Transformer(nn.Module):
         input_ids: torch.Tensor,
         cache,
         start_pos: int | torch.Tensor,
-        slots: torch.Tensor | None,
+        block_tables: torch.Tensor | None,
         doc_ids: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, CacheView | None]:
         """(positions, attention mask or None for plain causal, cache view or None) of a call."""
@@ -248,10 +249,14 @@ class Transformer(nn.Module):
         if cache is not None:
             if doc_ids is not None:
                 raise ValueError("doc_ids (packed training sequences) cannot be used with a cache")
-            view = make_view(cache, B, T, start_pos, slots, self.cfg.sliding_window, device)
+            view = make_view(
+                cache, B, T, start_pos, block_tables, self.cfg.sliding_window, device
+            )
             return view.positions, None, view
-        if not isinstance(start_pos, int) or start_pos != 0 or slots is not None:
-            raise ValueError("start_pos and slots need a cache: pass cache=model.new_cache(...)")
+        if not isinstance(start_pos, int) or start_pos != 0 or block_tables is not None:
+            raise ValueError(
+                "start_pos and block_tables need a cache: pass cache=model.new_cache(...)"
+            )
         positions = torch.arange(T, device=device)
         mask = None
         if self.cfg.sliding_window and T > self.cfg.sliding_window:
@@ -261,11 +266,13 @@ class Transformer(nn.Module):
         return positions, mask, None
 
     # ------------------------------------------------------------------ inference cache
-    def new_cache(self, max_batch: int, max_len: int, device=None, dtype=None):
-        """Empty KV cache for max_batch rows of max_len positions (MLACache or KVCache);
+    def new_cache(self, num_blocks: int, block_size: int = 16, device=None, dtype=None):
+        """An empty paged cache of num_blocks blocks of block_size positions (model.cache);
         device/dtype default to the model's."""
         param = self.embed.weight
-        return new_cache(self.cfg, max_batch, max_len, device or param.device, dtype or param.dtype)
+        return new_cache(
+            self.cfg, num_blocks, block_size, device or param.device, dtype or param.dtype
+        )
 
     # ------------------------------------------------------------------ mixture of experts
     def moe_layers(self) -> list[MoE]:
