@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from ismail_core.model.cache import row_block_tables
 from ismail_kernels import (
     FP8Config,
     act_quant,
@@ -242,14 +243,16 @@ def bench_bandwidth(setup: Setup) -> None:
 
 def decode_tokens_per_s(model, batch: int, prompt: int, steps: int, setup: Setup) -> float:
     ids = torch.randint(0, model.cfg.vocab_size, (batch, prompt), device=setup.device)
-    cache = model.new_cache(batch, prompt + steps + 1, device=setup.device)
+    tables = row_block_tables(batch, prompt + steps + 1, 16, device=setup.device)
+    cache = model.new_cache(tables.numel(), 16, device=setup.device)
+    kw = {"cache": cache, "block_tables": tables}
 
     def run() -> None:
         with torch.no_grad():
-            logits = model(ids, cache=cache, start_pos=0)
+            logits = model(ids, **kw)
             token = logits[:, -1].argmax(-1, keepdim=True)
             for pos in range(prompt, prompt + steps):
-                token = model(token, cache=cache, start_pos=pos)[:, -1].argmax(-1, keepdim=True)
+                token = model(token, start_pos=pos, **kw)[:, -1].argmax(-1, keepdim=True)
 
     run()  # warm-up (and autotuning)
     if setup.on_gpu:

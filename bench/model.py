@@ -120,12 +120,16 @@ def worker_decode(args) -> dict:
             cpu_times.append(time.process_time() - c0)
         bytes_per_token = _hf_cache_bytes(past) / (args.context + args.steps)
     else:
-        cache = model.new_cache(1, args.context + args.steps)
-        tok = model(ids, cache=cache, start_pos=0)[:, -1:].argmax(-1)
+        from ismail_core.model.cache import row_block_tables
+
+        tables = row_block_tables(1, args.context + args.steps, 16, device=args.device)
+        cache = model.new_cache(tables.numel(), 16)
+        tok = model(ids, cache=cache, block_tables=tables)[:, -1:].argmax(-1)
         for step in range(args.steps):
             _sync(args.device)
             t0, c0 = time.perf_counter(), time.process_time()
-            tok = model(tok, cache=cache, start_pos=args.context + step)[:, -1:].argmax(-1)
+            pos = args.context + step
+            tok = model(tok, cache=cache, start_pos=pos, block_tables=tables)[:, -1:].argmax(-1)
             _sync(args.device)
             times.append(time.perf_counter() - t0)
             cpu_times.append(time.process_time() - c0)

@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from ismail_core.model import ModelConfig, ModelOutput, Transformer
+from ismail_core.model.cache import row_block_tables
 
 # a few-thousand-parameter version of the tiny preset: every test runs in milliseconds
 SMALL = dict(
@@ -106,9 +107,8 @@ def test_logits_at_one_position_per_row_equal_the_full_logits_there(variant):
 
 def row_cache(model, rows: int, max_len: int, block_size: int = 4):
     """A paged cache with `rows` sequences of max_len positions in consecutive blocks."""
-    per_row = -(-max_len // block_size)
-    cache = model.new_cache(rows * per_row, block_size)
-    return cache, torch.arange(rows * per_row).view(rows, per_row)
+    tables = row_block_tables(rows, max_len, block_size)
+    return model.new_cache(tables.numel(), block_size), tables
 
 
 def test_mla_cache_holds_only_latent_and_rope_key():

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from ismail_core import ModelConfig, Transformer
+from ismail_core.model.cache import blocks_for
+from ismail_core.model.runner import ModelRunner
 from ismail_core.tokenizer import HFTokenizer
 from ismail_serve.engine import EngineConfig, LLMEngine
-from ismail_serve.engine.model_runner import ModelRunner
 
 SPECIALS = ["<|endoftext|>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 CORPUS = [
@@ -74,11 +75,19 @@ def make_engine(model, tokenizer):
     """Build (and later shut down) engines on the tiny model; not started unless asked."""
     engines: list[LLMEngine] = []
 
-    def make(start: bool = True, model_override=None, **overrides) -> LLMEngine:
+    def make(
+        start: bool = True,
+        model_override=None,
+        num_blocks: int | None = None,
+        block_size: int = 16,
+        enable_prefix_caching: bool = True,
+        **overrides,
+    ) -> LLMEngine:
+        """num_blocks defaults to room for max_batch sequences of max_model_len tokens."""
         config = EngineConfig(**{"max_batch": 4, "max_model_len": 96, **overrides})
-        runner = ModelRunner(
-            model_override or model, max_batch=config.max_batch, max_len=config.max_model_len
-        )
+        if num_blocks is None:
+            num_blocks = config.max_batch * blocks_for(config.max_model_len, block_size)
+        runner = ModelRunner(model_override or model, num_blocks, block_size, enable_prefix_caching)
         engine = LLMEngine(runner, tokenizer, config)
         if start:
             engine.start()

@@ -170,7 +170,9 @@ def test_metrics_in_prometheus_format(client):
         "ismail_generation_tokens_total",
         "ismail_time_to_first_token_seconds_bucket",
         "ismail_inter_token_latency_seconds_bucket",
-        "ismail_kv_slots_in_use",
+        "ismail_kv_cache_usage_perc",
+        "ismail_prefix_cache_hits_total",
+        "ismail_num_preemptions_total",
     ):
         assert name in text
     from prometheus_client.parser import text_string_to_metric_families

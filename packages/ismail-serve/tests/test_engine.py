@@ -8,6 +8,7 @@ from collections import defaultdict
 
 import pytest
 import torch
+from ismail_core import Transformer
 from ismail_core.sampling import SamplingParams
 from ismail_serve.engine import QueueFullError, SequenceOutput, SequenceRequest
 
@@ -76,7 +77,7 @@ def reference_greedy(model, prompt_ids: list[int], max_tokens: int) -> list[int]
 
 @pytest.mark.parametrize("prefill_chunk", [5, 64])
 def test_batched_greedy_matches_uncached_reference(make_engine, model, tokenizer, prefill_chunk):
-    # 6 requests, 4 slots: queueing, prefill in 5-token chunks (one prompt at a time) or in
+    # 6 requests, 4 at once: queueing, prefill in 5-token chunks (one prompt at a time) or in
     # right-padded batches of whole prompts of different lengths, and batched decode with rows
     # at different positions must give each request its solo, uncached result.
     engine = make_engine(max_batch=4, prefill_chunk=prefill_chunk)
@@ -89,7 +90,7 @@ def test_batched_greedy_matches_uncached_reference(make_engine, model, tokenizer
         expected = reference_greedy(model, tokenizer.encode(prompt).ids, 12)
         assert c.result() == tokenizer.decode(expected)
         assert c.finish[0] == "length"
-    assert engine.scheduler.slots.num_used == 0
+    assert engine.runner.blocks.usage == 0
     assert engine.scheduler.num_running == 0
 
 
@@ -151,7 +152,7 @@ def test_stream_updates_hold_only_complete_characters(make_engine, tokenizer):
             assert piece.encode("utf-8").decode("utf-8") == piece
 
 
-def test_abort_frees_the_slot(make_engine, tokenizer):
+def test_abort_frees_the_blocks(make_engine, tokenizer):
     engine = make_engine(max_batch=2)
     c = Collector(1)
     engine.submit([seq_request(tokenizer, "long", PROMPTS[0], max_tokens=80)], c)
@@ -159,7 +160,7 @@ def test_abort_frees_the_slot(make_engine, tokenizer):
     engine.abort("long")
     assert c.done.wait(30)
     assert c.finish[0] == "abort"
-    assert engine.scheduler.slots.num_used == 0
+    assert engine.runner.blocks.usage == 0
 
 
 def test_waiting_queue_is_bounded(make_engine, tokenizer):
@@ -182,34 +183,36 @@ def test_timeout_ends_waiting_and_running_sequences(make_engine, tokenizer):
     engine.start()
     assert c.done.wait(30)
     assert c.finish == {0: "timeout", 1: "timeout"}
-    assert engine.scheduler.slots.num_used == 0
+    assert engine.runner.blocks.usage == 0
 
 
-class FailOnSlot(torch.nn.Module):
-    """The real model, except that any decode step including cache row `slot` raises."""
+class FailOnBlock(torch.nn.Module):
+    """The real model, except that any decode step including a row whose first cache block is
+    `block` raises (set `block` once the sequence is admitted)."""
 
-    def __init__(self, model: torch.nn.Module, slot: int) -> None:
+    def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.slot = slot
+        self.block = -1
 
     def new_cache(self, *args, **kwargs):
         return self.model.new_cache(*args, **kwargs)
 
-    def forward(self, input_ids, cache=None, start_pos=0, slots=None, logits_at=None):
-        if input_ids.shape[1] == 1 and self.slot in slots.tolist():
+    def forward(self, input_ids, block_tables=None, **kwargs):
+        if input_ids.shape[1] == 1 and self.block in block_tables[:, 0].tolist():
             raise RuntimeError("injected failure")
-        return self.model(
-            input_ids, cache=cache, start_pos=start_pos, slots=slots, logits_at=logits_at
-        )
+        return self.model(input_ids, block_tables=block_tables, **kwargs)
 
 
 def test_a_failing_sequence_does_not_affect_the_others(make_engine, model, tokenizer):
-    engine = make_engine(start=False, model_override=FailOnSlot(model, slot=1), max_batch=3)
+    failing = FailOnBlock(model)
+    engine = make_engine(start=False, model_override=failing, max_batch=3)
     collectors = [Collector(1) for _ in range(3)]
     for i, c in enumerate(collectors):
         engine.submit([seq_request(tokenizer, f"f{i}", PROMPTS[i], max_tokens=8)], c)
-    engine.start()  # admitted in order: request i gets slot i
+    engine.step()  # admits and prefills all three, in order
+    failing.block = engine.runner.blocks.block_table(engine.scheduler.running[1].seq_id)[0]
+    engine.start()
     for i in (0, 2):
         expected = reference_greedy(model, tokenizer.encode(PROMPTS[i]).ids, 8)
         assert collectors[i].result() == tokenizer.decode(expected)
@@ -217,7 +220,7 @@ def test_a_failing_sequence_does_not_affect_the_others(make_engine, model, token
     collectors[1].result()
     assert collectors[1].finish[0] == "error"
     assert "injected failure" in collectors[1].errors[0]
-    assert engine.scheduler.slots.num_used == 0
+    assert engine.runner.blocks.usage == 0
 
 
 def test_drain_waits_for_running_sequences(make_engine, tokenizer):
@@ -257,11 +260,11 @@ def test_prefill_batches_respect_budget_and_cache_end(make_engine, tokenizer):
 def test_engine_on_cuda_matches_the_uncached_reference(model, tokenizer):
     import copy
 
+    from ismail_core.model.runner import ModelRunner
     from ismail_serve.engine import EngineConfig, LLMEngine
-    from ismail_serve.engine.model_runner import ModelRunner
 
     cuda_model = copy.deepcopy(model).to("cuda")
-    runner = ModelRunner(cuda_model, max_batch=4, max_len=96)
+    runner = ModelRunner(cuda_model, num_blocks=24)
     engine = LLMEngine(runner, tokenizer, EngineConfig(max_batch=4, max_model_len=96))
     engine.start()
     try:
@@ -275,4 +278,50 @@ def test_engine_on_cuda_matches_the_uncached_reference(model, tokenizer):
             expected = reference_greedy(cuda_model, tokenizer.encode(prompt).ids, 10)
             assert c.result() == tokenizer.decode(expected)
     finally:
+        engine.shutdown()
+
+
+# a shared prefix of a few blocks
+SYSTEM = "Kitaplarımızdan birini okudunuz mu? Çocuklar bahçede oynuyor. Ağaçların gölgesinde. "
+VARIANTS = {
+    "mla": {},
+    "gqa": {"attention": "gqa", "n_kv_heads": 1},
+    "sliding": {"attention": "gqa", "n_kv_heads": 1, "sliding_window": 8},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_greedy_is_the_same_with_prefix_caching_off_on_and_forced_preemption(
+    make_engine, make_config, tokenizer, variant
+):
+    """Prompts sharing a system prefix, 4 at once: with prefix caching the shared blocks are
+    reused; with a cache of one sequence's blocks, sequences are preempted and recomputed.
+    Every run gives each request its solo, uncached greedy result."""
+    torch.manual_seed(3)
+    cfg = make_config(tokenizer.vocab_size)
+    model = Transformer(type(cfg).from_dict({**cfg.to_dict(), **VARIANTS[variant]})).eval()
+    prompts = [SYSTEM + p for p in PROMPTS]
+    expected = [reference_greedy(model, tokenizer.encode(p).ids, 10) for p in prompts]
+    runs = {
+        "no prefix caching": {"enable_prefix_caching": False},
+        "prefix caching": {},
+        "preemption": {"num_blocks": 24, "block_size": 4},  # 96 tokens: one full sequence
+    }
+    for name, options in runs.items():
+        engine = make_engine(model_override=model, max_batch=4, **options)
+        collectors = []
+        for i, prompt in enumerate(prompts):
+            c = Collector(1)
+            engine.submit([seq_request(tokenizer, f"{name}{i}", prompt, max_tokens=10)], c)
+            collectors.append(c)
+        for want, c in zip(expected, collectors):
+            assert c.result() == tokenizer.decode(want), name
+        blocks = engine.runner.blocks
+        assert blocks.usage == 0
+        if name == "prefix caching":
+            assert blocks.prefix_hits >= 2 * 16  # the later prompts reuse the system prefix
+        if name == "no prefix caching":
+            assert blocks.prefix_hits == 0
+        if name == "preemption":
+            assert engine.scheduler.num_preemptions > 0
         engine.shutdown()

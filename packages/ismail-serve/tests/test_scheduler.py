@@ -1,79 +1,79 @@
-"""Scheduler and KV-slot invariants under random arrivals, chunked prefill and finishes."""
+"""Scheduler and cache-block invariants under random arrivals, chunked prefill, preemption
+and finishes."""
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from ismail_core.generate import ContinuationText
+from ismail_core.model.block_manager import BlockManager
 from ismail_core.sampling import SamplingParams
-from ismail_serve.engine.kv_slots import KVSlotManager
 from ismail_serve.engine.scheduler import Scheduler
 from ismail_serve.engine.sequence import Sequence, SequenceRequest
 
 
-def make_seq(tokenizer, rid: int, prompt_len: int) -> Sequence:
-    req = SequenceRequest(str(rid), 0, [7] * prompt_len, SamplingParams(), max_tokens=3)
+def make_seq(tokenizer, rid: int, prompt: list[int], max_tokens: int = 3) -> Sequence:
+    req = SequenceRequest(str(rid), 0, prompt, SamplingParams(), max_tokens=max_tokens)
     return Sequence(req, ContinuationText(tokenizer, req.prompt_ids), lambda out: None, None, None)
 
 
-def test_slots_hand_out_each_row_once():
-    slots = KVSlotManager(3)
-    taken = [slots.allocate() for _ in range(3)]
-    assert sorted(taken) == [0, 1, 2] and slots.num_free == 0
-    with pytest.raises(RuntimeError):
-        slots.allocate()
-    slots.release(1)
-    with pytest.raises(RuntimeError):
-        slots.release(1)
-    assert slots.allocate() == 1
-
-
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
-    num_slots=st.integers(1, 4),
+    max_running=st.integers(1, 4),
+    num_blocks=st.integers(6, 14),
     budget=st.integers(1, 9),
-    prompt_lens=st.lists(st.integers(1, 20), min_size=1, max_size=10),
-    decode_steps=st.integers(1, 4),
+    prompts=st.lists(
+        st.lists(st.integers(0, 1), min_size=1, max_size=20).map(lambda t: [5, 5, 5, *t]),
+        min_size=1,
+        max_size=8,
+    ),
+    decode_steps=st.integers(1, 6),
+    caching=st.booleans(),
 )
-def test_every_prompt_is_prefilled_once_in_order_within_budget(
-    tokenizer, num_slots, budget, prompt_lens, decode_steps
+def test_every_sequence_runs_to_the_end_within_budget_and_blocks(
+    tokenizer, max_running, num_blocks, budget, prompts, decode_steps, caching
 ):
-    sched = Scheduler(num_slots, budget)
-    seqs = [make_seq(tokenizer, i, n) for i, n in enumerate(prompt_lens)]
+    """Blocks of 4 tokens, so short caches force preemptions; each sequence is prefilled in
+    order (from its cached prefix), decodes its tokens, and every block comes back."""
+    blocks = BlockManager(num_blocks, 4, enable_prefix_caching=caching)
+    sched = Scheduler(blocks, max_running, budget)
+    seqs = [make_seq(tokenizer, i, p) for i, p in enumerate(prompts)]
     for seq in seqs:
         sched.add(seq)
-    prefilled = {s.seq_id: 0 for s in seqs}
-    decodes_left = {s.seq_id: decode_steps for s in seqs}
     finished = 0
-    for _ in range(1000):
+    for _ in range(3000):
         if not sched.has_work():
             break
         plan = sched.schedule()
         assert sum(c.end - c.start for c in plan.prefills) <= budget
-        running_slots = [s.slot for s in sched.running]
-        assert len(running_slots) <= num_slots
-        assert len(set(running_slots)) == len(running_slots)
-        assert sched.slots.num_used == len(sched.running)
+        assert len(sched.running) <= max_running
         assert not plan.is_empty, "a step with work queued must make progress"
+        blocks.check()
         for chunk in plan.prefills:
-            assert chunk.start == prefilled[chunk.seq.seq_id]  # contiguous, in order
-            prefilled[chunk.seq.seq_id] = chunk.end
+            assert chunk.start == chunk.seq.num_computed  # contiguous, in order
+            assert chunk.token_ids() == chunk.seq.history()[chunk.start : chunk.end]
             chunk.seq.num_computed = chunk.end
+            blocks.commit(chunk.seq.seq_id, chunk.end)
+            if chunk.completes_prefill:
+                chunk.seq.output_ids.append(1)  # the token sampled after the prompt
         for seq in plan.decodes:
-            assert seq.prefill_done
-            decodes_left[seq.seq_id] -= 1
-            if decodes_left[seq.seq_id] == 0:
+            assert seq.prefill_done and seq in sched.running
+            assert blocks.num_cached_tokens(seq.seq_id) == seq.num_tokens
+            seq.num_computed = seq.num_tokens
+            blocks.commit(seq.seq_id, seq.num_tokens)
+            seq.output_ids.append(0)
+        for seq in list(sched.running):
+            if len(seq.output_ids) >= decode_steps and seq.prefill_done:
                 sched.remove(seq)
                 finished += 1
     assert finished == len(seqs)
-    assert prefilled == {s.seq_id: s.num_prompt_tokens for s in seqs}
-    assert sched.slots.num_free == num_slots
+    assert blocks.num_free == num_blocks and blocks.usage == 0
+    assert all(len(s.output_ids) == decode_steps for s in seqs)
 
 
 def test_admission_is_first_come_first_served(tokenizer):
-    sched = Scheduler(num_slots=2, prefill_budget=100)
-    seqs = [make_seq(tokenizer, i, 3) for i in range(4)]
+    sched = Scheduler(BlockManager(64, 4), max_running=2, prefill_budget=100)
+    seqs = [make_seq(tokenizer, i, [7, 8, i]) for i in range(4)]
     for seq in seqs:
         sched.add(seq)
     plan = sched.schedule()
@@ -85,3 +85,21 @@ def test_admission_is_first_come_first_served(tokenizer):
     plan = sched.schedule()
     assert [c.seq for c in plan.prefills] == [seqs[3]]
     assert plan.decodes == [seqs[1]]
+
+
+def test_out_of_blocks_preempts_the_newest_and_recomputes_it(tokenizer):
+    blocks = BlockManager(num_blocks=3, block_size=4)
+    sched = Scheduler(blocks, max_running=4, prefill_budget=100)
+    old, new = make_seq(tokenizer, 0, [1, 2, 3, 4]), make_seq(tokenizer, 1, [5, 6, 7, 8])
+    sched.add(old)
+    sched.add(new)
+    for chunk in sched.schedule().prefills:  # both admitted: one block each
+        chunk.seq.num_computed = chunk.end
+        chunk.seq.output_ids.append(9)
+    plan = sched.schedule()  # each needs a second block for its 5th token; one is left
+    assert plan.decodes == [old] and sched.num_preemptions == 1
+    assert list(sched.waiting) == [new] and not new.has_blocks and new.num_preemptions == 1
+    sched.remove(old)
+    plan = sched.schedule()  # readmitted: prompt and output recomputed, then it samples
+    assert [(c.seq, c.start, c.end) for c in plan.prefills] == [(new, 0, 5)]
+    assert plan.prefills[0].token_ids() == [5, 6, 7, 8, 9] and plan.prefills[0].completes_prefill

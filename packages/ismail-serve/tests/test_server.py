@@ -22,14 +22,17 @@ def checkpoint(tmp_path_factory, tokenizer, make_config):
 
 def generate(engine, prompt_ids: list[int], n: int) -> list[int]:
     """Greedy ids through the engine's runner, one step at a time (no engine thread)."""
-    slot, ids = 0, list(prompt_ids)
-    logits = engine.runner.forward([ids], [0], [slot])[0, -1]
+    runner, ids = engine.runner, list(prompt_ids)
+    runner.blocks.allocate("g", ids, reuse=False)
+    logits = runner.forward(["g"], [ids], [0], last_only=True)[0]
     out = []
     for _ in range(n):
         token = int(logits.argmax())
         out.append(token)
-        logits = engine.runner.forward([[token]], [len(ids)], [slot])[0, -1]
+        runner.blocks.append("g", token)
+        logits = runner.forward(["g"], [[token]], [len(ids)], last_only=True)[0]
         ids.append(token)
+    runner.blocks.free("g")
     return out
 
 
@@ -37,23 +40,32 @@ def test_cache_sized_from_flags_or_memory_budget(checkpoint):
     config = ServeConfig(str(checkpoint), max_batch=3, max_model_len=64)
     engine = load_engine(config, ServeMetrics())
     assert engine.config.max_batch == 3 and engine.config.max_model_len == 64
-    per_token = engine.runner.cache_bytes_per_token()
-    assert engine.runner.cache_bytes() == 3 * 64 * per_token
+    runner = engine.runner
+    per_token = runner.cache_bytes_per_token()
+    assert runner.num_blocks == 3 * 4 and runner.block_size == 16  # 3 sequences of 64 tokens
+    assert runner.cache_bytes() == 3 * 64 * per_token
     message = describe_engine(engine, ServeConfig(str(checkpoint)), pages=False)
-    assert f"3 slots x 64 tokens x {per_token} B/token" in message
+    assert f"12 blocks x 16 tokens x {per_token} B/token" in message
+    assert "prefix caching on" in message
 
-    budget_mib = 5 * 64 * per_token / 2**20  # room for exactly five slots
+    budget_mib = 37 * 16 * per_token / 2**20  # room for exactly 37 blocks
     engine = load_engine(
-        ServeConfig(str(checkpoint), max_model_len=64, kv_cache_memory_mib=budget_mib),
+        ServeConfig(
+            str(checkpoint),
+            max_model_len=64,
+            kv_cache_memory_mib=budget_mib,
+            enable_prefix_caching=False,
+        ),
         ServeMetrics(),
     )
-    assert engine.config.max_batch == 5
+    assert engine.runner.num_blocks == 37 and engine.config.max_batch == 16
+    assert not engine.runner.blocks.enable_prefix_caching
 
 
 def test_bad_sizes_are_explained(checkpoint):
     with pytest.raises(ValueError, match="exceeds the model's max_seq_len 128"):
         load_engine(ServeConfig(str(checkpoint), max_model_len=4096), ServeMetrics())
-    with pytest.raises(ValueError, match="holds no slot"):
+    with pytest.raises(ValueError, match="cannot hold one sequence of 128 tokens"):
         load_engine(ServeConfig(str(checkpoint), kv_cache_memory_mib=1e-6), ServeMetrics())
 
 
@@ -65,8 +77,12 @@ def test_fp8_quantized_engine_follows_the_full_precision_one(checkpoint, tokeniz
     assert any(isinstance(m, FP8Linear) for m in fp8.runner.model.modules())
     assert not any(isinstance(m, FP8Linear) for m in full.runner.model.modules())
     prompt = tokenizer.encode("Kitaplarımızdan birini okudunuz mu?").ids
-    a = full.runner.forward([prompt], [0], [0])[0]
-    b = fp8.runner.forward([prompt], [0], [0])[0]
+    for engine in (full, fp8):
+        engine.runner.blocks.allocate("p", prompt)
+    a = full.runner.forward(["p"], [prompt], [0])[0]
+    b = fp8.runner.forward(["p"], [prompt], [0])[0]
+    for engine in (full, fp8):
+        engine.runner.blocks.free("p")
     # FP8 weights move the logits a little, not a lot.
     assert torch.allclose(a, b, atol=0.1 * a.abs().max().item())
     assert len(generate(fp8, prompt, 5)) == 5

@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-batch",
         type=int,
         default=16,
-        help="KV slots: sequences run at once (a classifier: texts per forward pass)",
+        help="sequences run at once, as the KV cache allows (a classifier: texts per forward pass)",
     )
     p.add_argument(
         "--max-model-len",
@@ -94,7 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="MIB",
-        help="size the KV cache from this budget instead of --max-batch",
+        help="KV-cache size (default: room for --max-batch sequences of --max-model-len)",
+    )
+    p.add_argument(
+        "--block-size",
+        type=int,
+        default=16,
+        help="tokens per KV-cache block (the unit of allocation and of prefix reuse)",
+    )
+    p.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="reuse the cached blocks of a prompt prefix seen before (on by default)",
     )
     p.add_argument(
         "--max-waiting",

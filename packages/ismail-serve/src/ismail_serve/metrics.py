@@ -23,9 +23,29 @@ class ServeMetrics:
         self.waiting = Gauge(
             "ismail_requests_waiting", "Sequences waiting (a classifier: texts)", registry=r
         )
-        self.kv_slots_in_use = Gauge("ismail_kv_slots_in_use", "KV-cache rows in use", registry=r)
-        self.kv_slots_total = Gauge("ismail_kv_slots_total", "KV-cache rows allocated", registry=r)
+        # the KV cache, with vLLM's metric names after the prefix
+        self.kv_cache_usage = Gauge(
+            "ismail_kv_cache_usage_perc",
+            "Fraction of KV-cache blocks held by sequences (1 = full)",
+            registry=r,
+        )
+        self.kv_cache_blocks = Gauge("ismail_kv_cache_blocks", "KV-cache blocks", registry=r)
         self.kv_cache_bytes = Gauge("ismail_kv_cache_bytes", "Bytes of the KV cache", registry=r)
+        self.prefix_cache_queries = Counter(
+            "ismail_prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache (recomputed ones included)",
+            registry=r,
+        )
+        self.prefix_cache_hits = Counter(
+            "ismail_prefix_cache_hits",
+            "Prompt tokens found in the prefix cache (not prefilled again)",
+            registry=r,
+        )
+        self.preemptions = Counter(
+            "ismail_num_preemptions",
+            "Sequences preempted (cache blocks given away, recomputed later)",
+            registry=r,
+        )
         self.prompt_tokens = Counter("ismail_prompt_tokens", "Prompt tokens prefilled", registry=r)
         self.generation_tokens = Counter("ismail_generation_tokens", "Tokens generated", registry=r)
         self.finished = Counter(

@@ -26,13 +26,14 @@ from types import FrameType
 
 import torch
 import uvicorn
+from ismail_core.model.cache import blocks_for
+from ismail_core.model.runner import ModelRunner
 from ismail_core.runtime import resolve_device, resolve_precision
 from ismail_core.tokenizer import load_tokenizer
 
 from ismail_serve.app import create_app
 from ismail_serve.classifier import ClassifierRunner
 from ismail_serve.engine import EngineConfig, LLMEngine
-from ismail_serve.engine.model_runner import ModelRunner
 from ismail_serve.limits import DEFAULT_MAX_REQUEST_BYTES
 from ismail_serve.metrics import ServeMetrics
 from ismail_serve.state import STATUS_DRAINING, STATUS_FAILED, ServerState
@@ -63,9 +64,11 @@ class ServeConfig:
     device: str | None = None  # None: cuda when available, else mps, else cpu
     dtype: str | None = None  # None: as "auto" (see resolve_dtype)
     quantize: str | None = None  # "fp8": weights to FP8 through ismail-kernels
-    max_batch: int = 16
+    max_batch: int = 16  # sequences run at once (a classifier: texts per forward pass)
     max_model_len: int | None = None  # None: the model's max_seq_len
-    kv_cache_memory_mib: float | None = None  # if set, max_batch is derived from it
+    kv_cache_memory_mib: float | None = None  # None: max_batch sequences of max_model_len
+    block_size: int = 16  # tokens per KV-cache block
+    enable_prefix_caching: bool = True
     max_waiting: int = 256
     prefill_chunk: int = 512
     request_timeout: float | None = 600.0
@@ -103,17 +106,23 @@ def resolve_placement(config: ServeConfig) -> tuple[torch.device, torch.dtype]:
     return device, dtype
 
 
-def _slots_for_budget(model: torch.nn.Module, budget_mib: float, max_len: int, dtype) -> int:
-    """KV slots of `max_len` positions that fit in `budget_mib` MiB."""
-    per_token = model.new_cache(1, 1, dtype=dtype).bytes_per_token()
-    slots = int(budget_mib * 2**20 // (per_token * max_len))
-    if slots < 1:
+def cache_blocks(config: ServeConfig, per_token: int, max_len: int) -> int:
+    """KV-cache blocks for `config`: what --kv-cache-memory holds, else room for --max-batch
+    sequences of max_len tokens. Either must hold at least one sequence of max_len tokens."""
+    size = config.block_size
+    if size < 1:
+        raise ValueError(f"--block-size must be >= 1, got {size}")
+    if config.kv_cache_memory_mib is None:
+        return config.max_batch * blocks_for(max_len, size)
+    budget = config.kv_cache_memory_mib
+    num_blocks = int(budget * 2**20 // (per_token * size))
+    if num_blocks < blocks_for(max_len, size):
         need = per_token * max_len / 2**20
         raise ValueError(
-            f"--kv-cache-memory {budget_mib} MiB holds no slot of {max_len} tokens "
-            f"({need:.1f} MiB each); raise it or lower --max-model-len"
+            f"--kv-cache-memory {budget} MiB cannot hold one sequence of {max_len} tokens "
+            f"({need:.1f} MiB); raise it or lower --max-model-len"
         )
-    return slots
+    return num_blocks
 
 
 def load_engine(config: ServeConfig, metrics: ServeMetrics) -> LLMEngine:
@@ -134,12 +143,17 @@ def load_engine(config: ServeConfig, metrics: ServeMetrics) -> LLMEngine:
         raise ValueError(
             f"--max-model-len {max_len} exceeds the model's max_seq_len {model_max}; lower it"
         )
-    max_batch = config.max_batch
-    if config.kv_cache_memory_mib is not None:
-        max_batch = _slots_for_budget(model, config.kv_cache_memory_mib, max_len, dtype)
-    runner = ModelRunner(model, max_batch=max_batch, max_len=max_len, device=device, dtype=dtype)
+    per_token = model.new_cache(1, 1, dtype=dtype).bytes_per_token()
+    runner = ModelRunner(
+        model,
+        num_blocks=cache_blocks(config, per_token, max_len),
+        block_size=config.block_size,
+        enable_prefix_caching=config.enable_prefix_caching,
+        device=device,
+        dtype=dtype,
+    )
     engine_config = EngineConfig(
-        max_batch=max_batch,
+        max_batch=config.max_batch,
         max_model_len=max_len,
         max_waiting=config.max_waiting,
         prefill_chunk=config.prefill_chunk,
@@ -205,9 +219,10 @@ def describe_engine(engine: LLMEngine, config: ServeConfig, pages: bool) -> str:
         f"ismail-serve: serving '{config.served_name}' ({config.checkpoint}) on {runner.device}, "
         f"dtype {str(runner.model.embed.weight.dtype).removeprefix('torch.')}"
         f"{', FP8 weights' if config.quantize == 'fp8' else ''}\n"
-        f"  KV cache ({kind}): {engine.config.max_batch} slots x {engine.config.max_model_len} "
-        f"tokens x {runner.cache_bytes_per_token()} B/token = "
-        f"{runner.cache_bytes() / 2**20:.1f} MiB\n"
+        f"  KV cache ({kind}): {runner.num_blocks} blocks x {runner.block_size} tokens x "
+        f"{runner.cache_bytes_per_token()} B/token = {runner.cache_bytes() / 2**20:.1f} MiB, "
+        f"prefix caching {'on' if runner.blocks.enable_prefix_caching else 'off'}; up to "
+        f"{engine.config.max_batch} sequences of up to {engine.config.max_model_len} tokens\n"
         f"  OpenAI API: {base}/v1  (health {base}/health, metrics {base}/metrics)"
         + (f"\n  chat: {urls['chat']}  tokenizer playground: {urls['tokenizer']}" if pages else "")
     )

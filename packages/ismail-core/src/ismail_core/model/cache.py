@@ -87,6 +87,13 @@ def blocks_for(n_positions: int, block_size: int) -> int:
     return -(-n_positions // block_size)
 
 
+def row_block_tables(batch: int, n_positions: int, block_size: int, device=None) -> torch.Tensor:
+    """Block tables (batch, W) giving each row its own consecutive blocks for n_positions, in a
+    cache of batch * W blocks: for callers that keep fixed rows (benchmarks, tests)."""
+    width = blocks_for(n_positions, block_size)
+    return torch.arange(batch * width, device=device).view(batch, width)
+
+
 def make_view(
     cache: PagedCache,
     batch: int,

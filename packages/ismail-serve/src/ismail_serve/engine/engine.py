@@ -1,11 +1,11 @@
-"""The engine loop: continuous batching over a fixed pool of KV slots.
+"""The engine loop: continuous batching over a paged KV cache with automatic prefix caching.
 
 One thread owns the model. Each step it (1) takes newly submitted sequences and abort requests,
-(2) drops aborted and timed-out sequences, freeing their slots, (3) asks the scheduler for the
-step's prefill chunks and decode batch, (4) runs them, (5) samples one token per finished prompt
-and per decoding sequence, each with its own generator, and (6) pushes new text to each
-sequence's sink. The API side talks to it only through `submit` and `abort`, which are
-thread-safe and never block on the model.
+(2) drops aborted and timed-out sequences, freeing their blocks, (3) asks the scheduler for the
+step's prefill chunks and decode batch (admitting and preempting by free blocks), (4) runs
+them, (5) samples one token per finished prompt and per decoding sequence, each with its own
+generator, and (6) pushes new text to each sequence's sink. The API side talks to it only
+through `submit` and `abort`, which are thread-safe and never block on the model.
 
 A failure is confined to the sequences it concerns: when a batched forward pass or sampling
 call raises, the rows are retried one by one and only the rows that fail again are ended with
@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import torch
 from ismail_core.generate import ContinuationText
-from ismail_core.sampling import sample_next
+from ismail_core.model.runner import ModelRunner
 
 from ismail_serve.engine.logprobs import (
     TokenLogprob,
@@ -32,7 +32,7 @@ from ismail_serve.engine.logprobs import (
     score,
     with_prompt_texts,
 )
-from ismail_serve.engine.model_runner import ModelRunner
+from ismail_serve.engine.sampler import Sampler
 from ismail_serve.engine.scheduler import PrefillChunk, Scheduler
 from ismail_serve.engine.sequence import (
     FINISH_ABORT,
@@ -66,9 +66,9 @@ class EngineStoppedError(RuntimeError):
 class EngineConfig:
     """Engine limits.
 
-    max_batch: KV-cache rows, i.e. sequences that can run at once.
-    max_model_len: positions per row; prompt + output of one sequence never exceeds it.
-    max_waiting: sequences that may wait for a slot before new requests get 429.
+    max_batch: sequences that can run at once (as many as the cache blocks hold, up to this).
+    max_model_len: prompt + output tokens of one sequence.
+    max_waiting: sequences that may wait to run before new requests get 429.
     prefill_chunk: prompt tokens prefilled per step (all prefilling sequences together).
     request_timeout: seconds a sequence may take from arrival to its end (None: no limit).
     """
@@ -99,14 +99,20 @@ class LLMEngine:
         config: EngineConfig,
         metrics: ServeMetrics | None = None,
     ) -> None:
-        if runner.max_batch != config.max_batch or runner.max_len != config.max_model_len:
-            raise ValueError("the model runner's cache must match max_batch and max_model_len")
+        capacity = runner.num_blocks * runner.block_size
+        if capacity < config.max_model_len:
+            raise ValueError(
+                f"the KV cache holds {capacity} tokens, less than one sequence of max_model_len "
+                f"{config.max_model_len}; give it more blocks or lower max_model_len"
+            )
         self.runner = runner
         self.tokenizer = tokenizer
         self.config = config
         self.metrics = metrics or ServeMetrics()
-        self.scheduler = Scheduler(config.max_batch, config.prefill_chunk)
+        self.scheduler = Scheduler(runner.blocks, config.max_batch, config.prefill_chunk)
         self.vocab_size = int(tokenizer.vocab_size)
+        self.sampler = Sampler(self.vocab_size)
+        self._counted = (0, 0, 0)  # prefix queries, hits, preemptions already in the metrics
         self._lock = threading.Lock()
         self._new: list[Seq] = []
         self._aborted: set[str] = set()
@@ -114,7 +120,7 @@ class LLMEngine:
         self._stop = threading.Event()
         self._accepting = True
         self._thread: threading.Thread | None = None
-        self.metrics.kv_slots_total.set(config.max_batch)
+        self.metrics.kv_cache_blocks.set(runner.num_blocks)
         self.metrics.kv_cache_bytes.set(runner.cache_bytes())
 
     # ---- API side (any thread) ----
@@ -220,8 +226,10 @@ class LLMEngine:
 
         for batch in self._prefill_batches(plan.prefills):
             for chunk, logits in self._prefill_isolated(batch):
-                if chunk.completes_prompt:
-                    self.metrics.prompt_tokens.inc(chunk.seq.num_prompt_tokens)
+                if chunk.completes_prefill:
+                    if not chunk.seq.prompt_counted:  # not again after a preemption
+                        chunk.seq.prompt_counted = True
+                        self.metrics.prompt_tokens.inc(chunk.seq.num_prompt_tokens)
                     if chunk.seq.request.max_tokens == 0:  # prompt scoring only (echo)
                         self._finish(chunk.seq, FINISH_LENGTH)
                         continue
@@ -242,7 +250,7 @@ class LLMEngine:
     def _prefill_batches(self, chunks: list[PrefillChunk]) -> list[list[PrefillChunk]]:
         """Group prefill chunks into padded batches, longest first: a batch pads every chunk to
         its first (longest) one, holds at most `prefill_chunk` tokens with padding, and never
-        pads a row past the end of its cache row."""
+        pads a row past max_model_len (a learned-position model has no position beyond it)."""
         batches: list[list[PrefillChunk]] = []
         for chunk in sorted(chunks, key=lambda c: c.end - c.start, reverse=True):
             if batches:
@@ -258,13 +266,13 @@ class LLMEngine:
     def _prefill(self, chunks: list[PrefillChunk]) -> torch.Tensor:
         """Write the chunks into the cache; return the logits after each chunk's last token
         (the LM head runs at every position only when prompt log-probabilities are asked)."""
-        rows = [c.seq.prompt_ids[c.start : c.end] for c in chunks]
-        starts, slots = [c.start for c in chunks], [c.seq.slot for c in chunks]
+        ids = [c.seq.seq_id for c in chunks]
+        rows, starts = [c.token_ids() for c in chunks], [c.start for c in chunks]
         if all(c.seq.request.prompt_logprobs is None for c in chunks):
             for c in chunks:
                 c.seq.num_computed = c.end
-            return self.runner.forward(rows, starts, slots, last_only=True).float()
-        logits = self.runner.forward(rows, starts, slots)
+            return self.runner.forward(ids, rows, starts, last_only=True).float()
+        logits = self.runner.forward(ids, rows, starts)
         for c, row in zip(chunks, logits):
             if c.seq.request.prompt_logprobs is not None:
                 self._score_prompt_chunk(c, row)
@@ -274,13 +282,16 @@ class LLMEngine:
         return logits[torch.arange(len(chunks), device=logits.device), last].float()
 
     def _score_prompt_chunk(self, chunk: PrefillChunk, logits: torch.Tensor) -> None:
-        """Log-probabilities of the prompt tokens that this chunk's positions predict."""
+        """Log-probabilities of the prompt tokens that this chunk's positions predict (those not
+        scored before a preemption)."""
         seq = chunk.seq
-        n = min(chunk.end, seq.num_prompt_tokens - 1) - chunk.start
-        if n > 0:
-            targets = seq.prompt_ids[chunk.start + 1 : chunk.start + 1 + n]
+        first = max(chunk.start, len(seq.prompt_scores))
+        end = min(chunk.end, seq.num_prompt_tokens - 1)
+        if end > first:
+            targets = seq.prompt_ids[first + 1 : end + 1]
+            rows = logits[first - chunk.start : end - chunk.start]
             top_n = seq.request.prompt_logprobs or 0
-            seq.prompt_scores += score(log_softmax(logits[:n], self.vocab_size), targets, top_n)
+            seq.prompt_scores += score(log_softmax(rows, self.vocab_size), targets, top_n)
 
     def _prefill_isolated(
         self, chunks: list[PrefillChunk]
@@ -300,9 +311,9 @@ class LLMEngine:
 
     def _decode(self, seqs: list[Seq]) -> torch.Tensor:
         logits = self.runner.forward(
+            [s.seq_id for s in seqs],
             [[s.last_token] for s in seqs],
             [s.num_tokens - 1 for s in seqs],
-            [s.slot for s in seqs],
             last_only=True,
         ).float()
         for s in seqs:
@@ -333,32 +344,19 @@ class LLMEngine:
                 self._finish_with_error(seq, f"{type(exc).__name__}: {exc}")
             return None
 
-    def _sample(self, seqs: list[Seq], logits: torch.Tensor) -> list[int]:
-        # Ids the tokenizer cannot decode (a vocabulary padded for speed) are never sampled.
-        if logits.shape[-1] > self.vocab_size:
-            logits[:, self.vocab_size :] = float("-inf")
-        params = [s.request.params for s in seqs]
-        penalised = any(p.repetition_penalty != 1.0 for p in params)
-        history = [s.history() for s in seqs] if penalised else None
-        return sample_next(logits, params, [s.generator for s in seqs], history).tolist()
-
     def _sample_and_emit(self, seqs: list[Seq], logits: torch.Tensor) -> None:
-        # Log-probabilities come from the logits as the model gave them (sampling edits them).
-        wanted = [i for i, s in enumerate(seqs) if s.request.logprobs is not None]
-        logprobs = dict(zip(wanted, log_softmax(logits[wanted], self.vocab_size))) if wanted else {}
         try:
-            tokens = self._sample(seqs, logits)
+            tokens: list[int | None] = list(self.sampler.sample(seqs, logits))
         except Exception:
             log.exception("batched sampling failed; retrying row by row")
             tokens = []
             for i, seq in enumerate(seqs):
-                got = self._guarded([seq], lambda s, i=i: self._sample(s, logits[i : i + 1]))
+                one = logits[i : i + 1]
+                got = self._guarded([seq], lambda s, one=one: self.sampler.sample(s, one))
                 tokens.append(got[0] if got else None)
-        for i, (seq, token) in enumerate(zip(seqs, tokens)):
+        entries = self.sampler.logprobs(seqs, logits, tokens)
+        for seq, token, entry in zip(seqs, tokens, entries):
             if token is not None and not seq.is_finished:
-                entry = None
-                if i in logprobs:
-                    entry = score(logprobs[i][None], [token], seq.request.logprobs or 0)[0]
                 self._append_token(seq, token, entry)
 
     def _append_token(self, seq: Seq, token: int, entry: TokenLogprob | None = None) -> None:
@@ -466,6 +464,13 @@ class LLMEngine:
                 log.exception("could not end sequence %s cleanly", seq.request_id)
 
     def _update_gauges(self) -> None:
-        self.metrics.running.set(self.scheduler.num_running)
-        self.metrics.waiting.set(self.scheduler.num_waiting + len(self._new))
-        self.metrics.kv_slots_in_use.set(self.scheduler.slots.num_used)
+        m, blocks = self.metrics, self.runner.blocks
+        m.running.set(self.scheduler.num_running)
+        m.waiting.set(self.scheduler.num_waiting + len(self._new))
+        m.kv_cache_usage.set(blocks.usage)
+        now = (blocks.prefix_queries, blocks.prefix_hits, self.scheduler.num_preemptions)
+        for counter, new, old in zip(
+            (m.prefix_cache_queries, m.prefix_cache_hits, m.preemptions), now, self._counted
+        ):
+            counter.inc(new - old)
+        self._counted = now

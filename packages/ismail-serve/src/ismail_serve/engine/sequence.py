@@ -1,4 +1,4 @@
-"""One sequence being generated: its tokens, KV slot, sampling state and streaming text."""
+"""One sequence being generated: its tokens, cache progress, sampling state and streaming text."""
 
 from __future__ import annotations
 
@@ -80,8 +80,13 @@ class Sequence:
         self.sink = sink
         self.generator = generator
         self.deadline = deadline
-        self.slot: int | None = None
+        self.has_blocks = False  # admitted: cache blocks are allocated to it
         self.num_computed = 0  # tokens whose keys/values are in the cache
+        # tokens to compute before the next sample: the prompt, or after a preemption the
+        # prompt and the output so far (the cache was given away and is recomputed)
+        self.prefill_end = len(self.prompt_ids)
+        self.num_preemptions = 0
+        self.prompt_counted = False
         self.arrival_time = time.monotonic()
         self.last_token_time: float | None = None
         self.finish_reason: str | None = None
@@ -100,8 +105,9 @@ class Sequence:
 
     @property
     def prefill_done(self) -> bool:
-        """Whether the whole prompt is in the cache (the sequence is decoding)."""
-        return self.num_computed >= len(self.prompt_ids)
+        """Whether the prompt (and, after a preemption, the output so far) is in the cache:
+        the sequence is decoding."""
+        return self.num_computed >= self.prefill_end
 
     @property
     def last_token(self) -> int:
@@ -112,5 +118,6 @@ class Sequence:
         return self.finish_reason is not None
 
     def history(self) -> list[int]:
-        """Tokens the repetition penalty looks at: prompt and output (Hugging Face convention)."""
+        """Prompt and output tokens: what the cache holds, and what the repetition penalty
+        looks at (Hugging Face convention)."""
         return self.prompt_ids + self.output_ids
