@@ -1,16 +1,25 @@
-"""ismail-serve under load: continuous batching against one-at-a-time serving of the same model.
+"""ismail-serve under load: scenarios measured side by side in one run, like vLLM's `bench serve`.
 
-Starts `ismail-serve` twice on the same checkpoint, once with many KV slots (continuous
-batching) and once with a single slot (requests served one at a time, the rest queued), and
-drives each with an asyncio client at fixed concurrency, like vLLM's `bench serve`: every
-request streams (SSE) a fixed number of tokens (ignore_eos). Measured per level: time to first
+Every request streams (SSE) a fixed number of tokens (ignore_eos) from an `ismail-serve`
+subprocess driven by an asyncio client at fixed concurrency. Measured per level: time to first
 token, inter-token latency (per request: (last - first token time) / (tokens - 1)), end-to-end
-latency, output tokens/s over the level's wall time, and failed requests.
+latency, output tokens/s over the level's wall time, failed requests, and the most sequences
+running at once (sampled from /metrics).
+
+throughput  continuous batching at concurrency 1..64 against one-at-a-time serving (one
+            sequence at a time, the rest queued); with --baseline-serve also that server
+            (e.g. the whole-row KV cache design before issue 17) at concurrency 1 and 16
+prefix      32 chat requests sharing a ~1,000-token system prompt, concurrency 8: prefix
+            caching on against --no-enable-prefix-caching (time to first token)
+capacity    mixed prompt lengths (most short, a few near the context limit) all at once, at one
+            --kv-cache-memory: how many run at once, against --baseline-serve
 
     uv run python bench/serve.py                      # tiny preset, random weights, CPU
-    uv run python bench/serve.py --checkpoint runs/x  # a trained checkpoint
+    uv run python bench/serve.py --scenario prefix capacity \
+        --baseline-serve /tmp/old/.venv/bin/ismail-serve
     uv run python bench/serve.py --device cuda --preset ismail-512
 
+(To build a baseline: `git worktree add /tmp/old <commit>` and `uv sync --all-packages` there.)
 It also prints the KV-cache bytes per token of the model's attention against standard
 multi-head attention of the same shape.
 """
@@ -33,6 +42,7 @@ from pathlib import Path
 
 import httpx
 
+SCENARIOS = ("throughput", "prefix", "capacity")
 PROMPTS = [
     "Kitaplarımızdan birini okudunuz mu? Bu akşam kütüphanede buluşalım.",
     "İstanbul'da güneşli bir gün; öğretmenler öğrencileriyle bahçede ders yaptı.",
@@ -59,6 +69,7 @@ class LevelResult:
     concurrency: int
     wall: float
     results: list[RequestResult] = field(default_factory=list)
+    peak_running: int = 0
 
     @property
     def done(self) -> list[RequestResult]:
@@ -89,31 +100,39 @@ def make_checkpoint(preset: str, max_seq_len: int, directory: Path) -> Path:
 
 
 def kv_bytes_per_token(checkpoint: Path) -> tuple[str, int, int]:
-    """(attention kind, cache bytes/token, bytes/token of standard MHA of the same shape)."""
+    """(attention kind, float32 cache bytes/token, the same for standard MHA of its shape)."""
+    import torch
     from ismail_core.checkpoint import load_config
     from ismail_core.model.cache import new_cache
 
     cfg = load_config(checkpoint)
     mha_cfg = type(cfg).from_dict({**cfg.to_dict(), "attention": "mha", "n_kv_heads": None})
-    own = new_cache(cfg, 1, 1).bytes_per_token()
-    return cfg.attention, own, new_cache(mha_cfg, 1, 1).bytes_per_token()
+    own = new_cache(cfg, 1, 1, dtype=torch.float32).bytes_per_token()
+    return cfg.attention, own, new_cache(mha_cfg, 1, 1, dtype=torch.float32).bytes_per_token()
 
 
 class Server:
-    """An `ismail-serve` subprocess."""
+    """An `ismail-serve` subprocess (`executable`: another build of it, e.g. a baseline)."""
 
-    def __init__(self, checkpoint: Path, max_batch: int, args: argparse.Namespace, log: Path):
+    def __init__(
+        self,
+        checkpoint: Path,
+        args: argparse.Namespace,
+        log: Path,
+        flags: list[str],
+        executable: str | None = None,
+    ):
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         command = [
-            str(Path(sys.executable).with_name("ismail-serve")),
+            executable or str(Path(sys.executable).with_name("ismail-serve")),
             str(checkpoint),
             "--port", str(self.port),
             "--device", args.device,
-            "--max-batch", str(max_batch),
             "--max-model-len", str(args.max_model_len),
             "--max-waiting", "1024",
             "--log-level", "warning",
+            *flags,
         ]  # fmt: skip
         self.log = log
         with log.open("w") as out:
@@ -140,24 +159,15 @@ class Server:
             self.proc.kill()
 
 
-async def one_request(
-    client: httpx.AsyncClient, server: Server, i: int, max_tokens: int, temperature: float
-) -> RequestResult:
-    body = {
-        "model": server.model,
-        "prompt": PROMPTS[i % len(PROMPTS)],
-        "max_tokens": max_tokens,
-        "temperature": temperature,
-        "seed": i,
-        "ignore_eos": True,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
+async def one_request(client: httpx.AsyncClient, server: Server, body: dict) -> RequestResult:
+    """Stream one request (a chat one when the body has messages); time its tokens."""
+    chat = "messages" in body
+    path = "/v1/chat/completions" if chat else "/v1/completions"
     start = time.perf_counter()
     first = last = None
     tokens = 0
     try:
-        async with client.stream("POST", f"{server.base}/v1/completions", json=body) as r:
+        async with client.stream("POST", f"{server.base}{path}", json=body) as r:
             if r.status_code != 200:
                 return RequestResult(False, error=f"HTTP {r.status_code}: {await r.aread()!r}")
             async for line in r.aiter_lines():
@@ -168,7 +178,7 @@ async def one_request(
                     return RequestResult(False, error=event["error"]["message"])
                 if event.get("usage"):
                     tokens = event["usage"]["completion_tokens"]
-                elif event["choices"] and event["choices"][0]["text"]:
+                elif event["choices"] and _text(event["choices"][0], chat):
                     last = time.perf_counter()
                     first = first or last
     except httpx.HTTPError as exc:
@@ -180,20 +190,37 @@ async def one_request(
     return RequestResult(True, tokens, first - start, end - start, itl)
 
 
-async def run_level(
-    server: Server, mode: str, concurrency: int, n: int, max_tokens: int, temperature: float
-) -> LevelResult:
+def _text(choice: dict, chat: bool) -> str:
+    return (choice.get("delta", {}).get("content") or "") if chat else choice["text"]
+
+
+async def _watch_running(client: httpx.AsyncClient, server: Server, peak: list[int]) -> None:
+    """Keep the most sequences /metrics reported running at once in peak[0]."""
+    while True:
+        text = (await client.get(f"{server.base}/metrics")).text
+        for line in text.splitlines():
+            if line.startswith("ismail_requests_running "):
+                peak[0] = max(peak[0], int(float(line.split()[1])))
+        await asyncio.sleep(0.05)
+
+
+async def run_level(server: Server, mode: str, concurrency: int, bodies: list[dict]) -> LevelResult:
+    """Send `bodies` with at most `concurrency` in flight; watch how many run at once."""
     limits = httpx.Limits(max_connections=concurrency + 4)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=1200, limits=limits) as client:
         gate = asyncio.Semaphore(concurrency)
 
-        async def gated(i: int) -> RequestResult:
+        async def gated(body: dict) -> RequestResult:
             async with gate:
-                return await one_request(client, server, i, max_tokens, temperature)
+                return await one_request(client, server, body)
 
+        peak = [0]
+        watcher = asyncio.create_task(_watch_running(client, server, peak))
         start = time.perf_counter()
-        results = await asyncio.gather(*(gated(i) for i in range(n)))
-        return LevelResult(mode, concurrency, time.perf_counter() - start, list(results))
+        results = await asyncio.gather(*(gated(b) for b in bodies))
+        wall = time.perf_counter() - start
+        watcher.cancel()
+        return LevelResult(mode, concurrency, wall, list(results), peak[0])
 
 
 def _ms(values: list[float], q: float) -> str:
@@ -205,8 +232,8 @@ def _ms(values: list[float], q: float) -> str:
 
 def print_table(levels: list[LevelResult]) -> None:
     head = (
-        f"{'mode':<16}{'conc':>5}{'reqs':>6}{'fail':>6}{'TTFT p50':>10}{'TTFT p90':>10}"
-        f"{'ITL mean':>10}{'E2E p50':>9}{'out tok/s':>11}"
+        f"{'mode':<26}{'conc':>5}{'reqs':>6}{'fail':>6}{'TTFT p50':>10}{'TTFT p90':>10}"
+        f"{'ITL mean':>10}{'E2E p50':>9}{'out tok/s':>11}{'peak run':>10}"
     )
     print(head)
     print("-" * len(head))
@@ -216,11 +243,145 @@ def print_table(levels: list[LevelResult]) -> None:
         itl = f"{1000 * statistics.fmean(itls):.1f}" if itls else "-"
         e2e = f"{statistics.median([r.e2e for r in done]):.2f}" if done else "-"
         print(
-            f"{lv.mode:<16}{lv.concurrency:>5}{len(lv.results):>6}"
+            f"{lv.mode:<26}{lv.concurrency:>5}{len(lv.results):>6}"
             f"{len(lv.results) - len(done):>6}{_ms([r.ttft for r in done], 0.5):>10}"
             f"{_ms([r.ttft for r in done], 0.9):>10}{itl:>10}{e2e:>9}{lv.output_tps:>11.1f}"
+            f"{lv.peak_running:>10}"
         )
-    print("(TTFT, ITL in ms; E2E in s)")
+    print("(TTFT, ITL in ms; E2E in s; peak run: most sequences running at once)")
+
+
+def serve_levels(
+    server_args: tuple, mode: str, levels: list[tuple[int, list[dict]]]
+) -> list[LevelResult]:
+    """Start a server, warm it up, run each (concurrency, bodies) level, stop it."""
+    checkpoint, args, work, flags, executable = server_args
+    server = Server(checkpoint, args, work / f"{mode}.log", flags, executable)
+    out = []
+    try:
+        warm = [{"prompt": PROMPTS[i], "max_tokens": 8, **_stream_options(i, 0.0)} for i in (0, 1)]
+        asyncio.run(run_level(server, mode, 2, [{**b, "model": server.model} for b in warm]))
+        for conc, bodies in levels:
+            for body in bodies:
+                body["model"] = server.model
+            level = asyncio.run(run_level(server, mode, conc, bodies))
+            out.append(level)
+            print(f"  {mode} concurrency {conc}: {level.output_tps:.1f} output tok/s", flush=True)
+            for r in level.results:
+                if not r.ok:
+                    print(f"    failed: {r.error}")
+    finally:
+        server.stop()
+    return out
+
+
+def text_of_tokens(n_tokens: int, seed: int) -> str:
+    """Turkish text of about n_tokens tr-tokenizer tokens, different for each seed."""
+    import random
+
+    from ismail_core.tokenizer import load_tokenizer
+
+    tok, rng = load_tokenizer("tr"), random.Random(seed)
+    parts = [f"Belge {seed}."]
+    while len(tok.encode(" ".join(parts)).ids) < n_tokens:
+        parts.append(rng.choice(PROMPTS))
+    return " ".join(parts)
+
+
+def _bodies(n: int, make) -> list[dict]:
+    return [make(i) for i in range(n)]
+
+
+def run_throughput(ctx: tuple, args: argparse.Namespace) -> list[LevelResult]:
+    """Continuous batching vs one at a time (and the baseline server at 1 and 16)."""
+
+    def levels(concurrencies: list[int]) -> list[tuple[int, list[dict]]]:
+        n = lambda c: args.requests or max(8, 2 * c)  # noqa: E731
+        make = lambda i: completion_body_for(i, args)  # noqa: E731
+        return [(c, _bodies(n(c), make)) for c in concurrencies]
+
+    checkpoint, work = ctx
+    plans = [("batched", max(args.concurrency), args.concurrency, None)]
+    plans.append(("one-at-a-time", 1, args.sequential_concurrency, None))
+    if args.baseline_serve:
+        plans.append(("baseline batched", 16, [1, 16], args.baseline_serve))
+    out = []
+    for mode, max_batch, concurrencies, exe in plans:
+        flags = ["--max-batch", str(max_batch)]
+        out += serve_levels((checkpoint, args, work, flags, exe), mode, levels(concurrencies))
+    by = {(lv.mode, lv.concurrency): lv for lv in out}
+    if ("batched", 16) in by and ("one-at-a-time", 16) in by:
+        ratio = by["batched", 16].output_tps / by["one-at-a-time", 16].output_tps
+        print(f"concurrency 16: {ratio:.1f}x the output tokens/s of one at a time (target >= 6x)")
+    if ("batched", 1) in by and ("baseline batched", 1) in by:
+        ratio = by["batched", 1].output_tps / by["baseline batched", 1].output_tps
+        print(f"batch-1 decode: {ratio:.2f}x the baseline's output tokens/s (target >= 0.9x)")
+    return out
+
+
+def completion_body_for(i: int, args: argparse.Namespace) -> dict:
+    body = {"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": args.max_tokens}
+    return {**body, **_stream_options(i, args.temperature)}
+
+
+def _stream_options(i: int, temperature: float) -> dict:
+    return {
+        "temperature": temperature,
+        "seed": i,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+
+def run_prefix(ctx: tuple, args: argparse.Namespace) -> list[LevelResult]:
+    """32 chat requests with one ~1,000-token system prompt, caching on vs off."""
+    system = text_of_tokens(args.system_tokens, seed=0)
+
+    def chat(i: int) -> dict:
+        user = f"{i}. soru: {PROMPTS[i % len(PROMPTS)]} Bunu özetler misin?"
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        return {"messages": messages, "max_tokens": 16, **_stream_options(i, 0.0)}
+
+    checkpoint, work = ctx
+    out = []
+    for mode, flags in [
+        ("prefix caching", ["--max-batch", "8"]),
+        ("no prefix caching", ["--max-batch", "8", "--no-enable-prefix-caching"]),
+    ]:
+        out += serve_levels((checkpoint, args, work, flags, None), mode, [(8, _bodies(32, chat))])
+    p50 = [sorted(r.ttft for r in lv.done)[len(lv.done) // 2] for lv in out]
+    print(f"shared system prompt: TTFT p50 {p50[1] / p50[0]:.1f}x lower with prefix caching "
+          "(target >= 5x)")  # fmt: skip
+    return out
+
+
+def run_capacity(ctx: tuple, args: argparse.Namespace) -> list[LevelResult]:
+    """Mixed prompt lengths, all at once, at one --kv-cache-memory: how many run together."""
+    checkpoint, work = ctx
+    _, per_token, _ = kv_bytes_per_token(checkpoint)
+    budget_mib = args.capacity_rows * args.max_model_len * per_token / 2**20
+    long_prompts = [text_of_tokens(args.max_model_len - 200, seed=s) for s in range(1, 5)]
+
+    def mixed(i: int) -> dict:
+        prompt = long_prompts[i // 12] if i % 12 == 11 else PROMPTS[i % len(PROMPTS)]
+        return {"prompt": prompt, "max_tokens": 64, **_stream_options(i, 0.0)}
+
+    flags = ["--kv-cache-memory", f"{budget_mib:.3f}", "--dtype", "float32"]
+    plans = [("paged", flags + ["--max-batch", "256"], None)]
+    if args.baseline_serve:
+        plans.append(("baseline (whole rows)", flags, args.baseline_serve))
+    out = []
+    for mode, mode_flags, exe in plans:
+        ctx_args = (checkpoint, args, work, mode_flags, exe)
+        out += serve_levels(ctx_args, mode, [(48, _bodies(48, mixed))])
+    print(f"--kv-cache-memory {budget_mib:.1f} MiB (= {args.capacity_rows} whole rows of "
+          f"{args.max_model_len} tokens), 44 short prompts and 4 of ~{args.max_model_len - 200} "
+          "tokens sent at once")  # fmt: skip
+    if len(out) == 2 and out[1].peak_running:
+        ratio = out[0].peak_running / out[1].peak_running
+        print(f"requests running at once: {ratio:.1f}x the whole-row design's (target >= 3x)")
+    return out
 
 
 def main() -> None:
@@ -228,6 +389,8 @@ def main() -> None:
     p.add_argument("--checkpoint", type=Path, help="default: a random model of --preset")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--scenario", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    p.add_argument("--baseline-serve", help="another ismail-serve executable to compare with")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument(
         "--sequential-concurrency", type=int, nargs="+", default=[1, 16],
@@ -239,7 +402,12 @@ def main() -> None:
         "--temperature", type=float, default=0.0,
         help="0 = greedy, as vLLM's bench serve sends; > 0 samples (seeded per request)",
     )  # fmt: skip
-    p.add_argument("--max-model-len", type=int, default=256)
+    p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--system-tokens", type=int, default=1000, help="prefix scenario")
+    p.add_argument(
+        "--capacity-rows", type=int, default=4,
+        help="capacity scenario: the KV budget in whole rows of --max-model-len",
+    )  # fmt: skip
     args = p.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
@@ -250,42 +418,13 @@ def main() -> None:
         f"{os.environ.get('OMP_NUM_THREADS', 'default')}"
     )
     print(f"KV cache per token: {kind} {own} B vs standard MHA {mha} B ({mha / own:.1f}x smaller)")
-    print(
-        f"each request streams {args.max_tokens} tokens (ignore_eos, temperature "
-        f"{args.temperature}); prompts ~15-25 tokens\n"
-    )
-
-    levels: list[LevelResult] = []
-    plans = [
-        ("batched", max(args.concurrency), args.concurrency),
-        ("one-at-a-time", 1, args.sequential_concurrency),
-    ]
-    for mode, max_batch, concurrencies in plans:
-        server = Server(checkpoint, max_batch, args, work / f"{mode}.log")
-        try:
-            asyncio.run(run_level(server, mode, 2, 2, 8, args.temperature))  # warm-up
-            for conc in concurrencies:
-                n = args.requests or max(8, 2 * conc)
-                level = asyncio.run(
-                    run_level(server, mode, conc, n, args.max_tokens, args.temperature)
-                )
-                levels.append(level)
-                tps = level.output_tps
-                print(f"  {mode} concurrency {conc}: {tps:.1f} output tok/s", flush=True)
-                for r in level.results:
-                    if not r.ok:
-                        print(f"    failed: {r.error}")
-        finally:
-            server.stop()
+    runs = {"throughput": run_throughput, "prefix": run_prefix, "capacity": run_capacity}
+    levels = []
+    for name in args.scenario:
+        print(f"\n== {name}", flush=True)
+        levels += runs[name]((checkpoint, work), args)
     print()
     print_table(levels)
-    by = {(lv.mode, lv.concurrency): lv for lv in levels}
-    if ("batched", 16) in by and ("one-at-a-time", 16) in by:
-        ratio = by["batched", 16].output_tps / by["one-at-a-time", 16].output_tps
-        print(
-            f"\nconcurrency 16: continuous batching delivers {ratio:.1f}x the output tokens/s "
-            "of one-at-a-time serving (target >= 4x)"
-        )
 
 
 if __name__ == "__main__":
