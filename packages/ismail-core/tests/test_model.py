@@ -259,3 +259,25 @@ def test_cuda_matches_cpu_and_decodes_in_bfloat16():
             steps.append(gpu(ids[:, t : t + 1].cuda(), start_pos=t, **kw)[:, -1])
         got = torch.stack(steps, 1).float().cpu()
         torch.testing.assert_close(got, want[:, 15:23], atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_prefill_after_a_cached_prefix_gives_the_uncached_logits(variant):
+    """A prompt sharing two blocks with an earlier one: with prefix caching only the rest is
+    computed, over the other prompt's cached blocks; the logits equal a full forward pass and
+    the prefill of a runner without prefix caching."""
+    from ismail_core.model.runner import ModelRunner
+
+    model = make_model(**VARIANTS[variant])
+    first = torch.randint(0, 97, (13,)).tolist()
+    second = first[:9] + torch.randint(0, 97, (5,)).tolist()
+    want = model(torch.tensor([second]))[0]
+    for caching, cached in [(True, 8), (False, 0)]:
+        runner = ModelRunner(model, num_blocks=8, block_size=4, enable_prefix_caching=caching)
+        runner.blocks.allocate("a", first)
+        runner.forward(["a"], [first], [0])
+        assert runner.blocks.allocate("b", second) == cached
+        got = runner.forward(["b"], [second[cached:]], [cached])[0]
+        torch.testing.assert_close(got, want[cached:], atol=2e-5, rtol=1e-4)
+        if caching:  # the shared blocks are the same cache memory
+            assert runner.blocks.block_table("b")[:2] == runner.blocks.block_table("a")[:2]
