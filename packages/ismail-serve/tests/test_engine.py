@@ -65,6 +65,16 @@ def seq_request(tokenizer, rid: str, prompt: str, index: int = 0, **kw) -> Seque
     )
 
 
+def submit_greedy(engine, tokenizer, prompts: list[str], max_tokens: int) -> list[Collector]:
+    """Submit one greedy request per prompt; their collectors, in order."""
+    collectors = []
+    for i, prompt in enumerate(prompts):
+        c = Collector(1)
+        engine.submit([seq_request(tokenizer, f"r{i}", prompt, max_tokens=max_tokens)], c)
+        collectors.append(c)
+    return collectors
+
+
 @torch.no_grad()
 def reference_greedy(model, prompt_ids: list[int], max_tokens: int) -> list[int]:
     """Greedy decoding by recomputing the whole sequence each step (no cache, batch of one)."""
@@ -81,11 +91,7 @@ def test_batched_greedy_matches_uncached_reference(make_engine, model, tokenizer
     # right-padded batches of whole prompts of different lengths, and batched decode with rows
     # at different positions must give each request its solo, uncached result.
     engine = make_engine(max_batch=4, prefill_chunk=prefill_chunk)
-    collectors = []
-    for i, prompt in enumerate(PROMPTS):
-        c = Collector(1)
-        engine.submit([seq_request(tokenizer, f"r{i}", prompt, max_tokens=12)], c)
-        collectors.append(c)
+    collectors = submit_greedy(engine, tokenizer, PROMPTS, 12)
     for prompt, c in zip(PROMPTS, collectors):
         expected = reference_greedy(model, tokenizer.encode(prompt).ids, 12)
         assert c.result() == tokenizer.decode(expected)
@@ -309,11 +315,7 @@ def test_greedy_is_the_same_with_prefix_caching_off_on_and_forced_preemption(
     }
     for name, options in runs.items():
         engine = make_engine(model_override=model, max_batch=4, **options)
-        collectors = []
-        for i, prompt in enumerate(prompts):
-            c = Collector(1)
-            engine.submit([seq_request(tokenizer, f"{name}{i}", prompt, max_tokens=10)], c)
-            collectors.append(c)
+        collectors = submit_greedy(engine, tokenizer, prompts, 10)
         for want, c in zip(expected, collectors):
             assert c.result() == tokenizer.decode(want), name
         blocks = engine.runner.blocks
