@@ -254,7 +254,7 @@ def test_prefill_batches_respect_budget_and_cache_end(make_engine, tokenizer):
         return PrefillChunk(Sequence(req, None, lambda out: None, None, None), start, end)
 
     chunks = [chunk(0, 10), chunk(0, 3), chunk(0, 9), chunk(90, 93), chunk(0, 30), chunk(0, 2)]
-    batches = engine._prefill_batches(chunks)
+    batches = engine.steps._batches(chunks)
     assert sorted(id(c) for b in batches for c in b) == sorted(id(c) for c in chunks)
     for batch in batches:
         width = max(c.end - c.start for c in batch)

@@ -1,10 +1,12 @@
 """The serving engine, in nano-vllm's layout: one module per job.
 
-sequence.py    a generation request's state (prompt, output, KV slot, sampling, streaming text;
-               the text itself is ismail_core.generate.ContinuationText)
-kv_slots.py    the pool of preallocated KV-cache rows ("slots")
-scheduler.py   waiting queue -> running batch; chunked prefill; which sequences decode
-model_runner.py the model and its cache: prefill chunks and one batched decode step
+sequence.py    a generation request's state (prompt, output, cache progress, sampling,
+               streaming text; the text itself is ismail_core.generate.ContinuationText)
+scheduler.py   waiting queue -> running batch by free cache blocks; chunked prefill;
+               preemption; which sequences decode
+runner.py      a step's prefill batches and batched decode through ismail-core's ModelRunner
+               (model + paged cache + block manager), failures confined to their rows
+sampler.py     one token per row on the model's device, and the log-probabilities asked for
 logprobs.py    token log-probabilities (prompt scoring and generated tokens) with their texts
 engine.py      the engine loop thread tying them together, plus submit/abort from the API
 """

@@ -25,15 +25,10 @@ import torch
 from ismail_core.generate import ContinuationText
 from ismail_core.model.runner import ModelRunner
 
-from ismail_serve.engine.logprobs import (
-    TokenLogprob,
-    alternative_texts,
-    log_softmax,
-    score,
-    with_prompt_texts,
-)
+from ismail_serve.engine.logprobs import TokenLogprob, alternative_texts, with_prompt_texts
+from ismail_serve.engine.runner import StepRunner
 from ismail_serve.engine.sampler import Sampler
-from ismail_serve.engine.scheduler import PrefillChunk, Scheduler
+from ismail_serve.engine.scheduler import Scheduler
 from ismail_serve.engine.sequence import (
     FINISH_ABORT,
     FINISH_ERROR,
@@ -112,6 +107,9 @@ class LLMEngine:
         self.scheduler = Scheduler(runner.blocks, config.max_batch, config.prefill_chunk)
         self.vocab_size = int(tokenizer.vocab_size)
         self.sampler = Sampler(self.vocab_size)
+        self.steps = StepRunner(
+            runner, config.prefill_chunk, config.max_model_len, self.vocab_size, self._guarded
+        )
         self._counted = (0, 0, 0)  # prefix queries, hits, preemptions already in the metrics
         self._lock = threading.Lock()
         self._new: list[Seq] = []
@@ -224,115 +222,24 @@ class LLMEngine:
         rows: list[Seq] = []
         row_logits: list[torch.Tensor] = []
 
-        for batch in self._prefill_batches(plan.prefills):
-            for chunk, logits in self._prefill_isolated(batch):
-                if chunk.completes_prefill:
-                    if not chunk.seq.prompt_counted:  # not again after a preemption
-                        chunk.seq.prompt_counted = True
-                        self.metrics.prompt_tokens.inc(chunk.seq.num_prompt_tokens)
-                    if chunk.seq.request.max_tokens == 0:  # prompt scoring only (echo)
-                        self._finish(chunk.seq, FINISH_LENGTH)
-                        continue
-                    rows.append(chunk.seq)
-                    row_logits.append(logits)
-
-        if plan.decodes:
-            decoded = self._decode_isolated(plan.decodes)
-            for seq, logits in decoded:
-                rows.append(seq)
+        for chunk, logits in self.steps.prefill(plan.prefills):
+            if chunk.completes_prefill:
+                if not chunk.seq.prompt_counted:  # not again after a preemption
+                    chunk.seq.prompt_counted = True
+                    self.metrics.prompt_tokens.inc(chunk.seq.num_prompt_tokens)
+                if chunk.seq.request.max_tokens == 0:  # prompt scoring only (echo)
+                    self._finish(chunk.seq, FINISH_LENGTH)
+                    continue
+                rows.append(chunk.seq)
                 row_logits.append(logits)
+        for seq, logits in self.steps.decode(plan.decodes):
+            rows.append(seq)
+            row_logits.append(logits)
 
         if rows:
             self._sample_and_emit(rows, torch.stack(row_logits))
         self._update_gauges()
         return not plan.is_empty
-
-    def _prefill_batches(self, chunks: list[PrefillChunk]) -> list[list[PrefillChunk]]:
-        """Group prefill chunks into padded batches, longest first: a batch pads every chunk to
-        its first (longest) one, holds at most `prefill_chunk` tokens with padding, and never
-        pads a row past max_model_len (a learned-position model has no position beyond it)."""
-        batches: list[list[PrefillChunk]] = []
-        for chunk in sorted(chunks, key=lambda c: c.end - c.start, reverse=True):
-            if batches:
-                batch = batches[-1]
-                width = batch[0].end - batch[0].start
-                fits = (len(batch) + 1) * width <= self.config.prefill_chunk
-                if fits and chunk.start + width <= self.config.max_model_len:
-                    batch.append(chunk)
-                    continue
-            batches.append([chunk])
-        return batches
-
-    def _prefill(self, chunks: list[PrefillChunk]) -> torch.Tensor:
-        """Write the chunks into the cache; return the logits after each chunk's last token
-        (the LM head runs at every position only when prompt log-probabilities are asked)."""
-        ids = [c.seq.seq_id for c in chunks]
-        rows, starts = [c.token_ids() for c in chunks], [c.start for c in chunks]
-        if all(c.seq.request.prompt_logprobs is None for c in chunks):
-            for c in chunks:
-                c.seq.num_computed = c.end
-            return self.runner.forward(ids, rows, starts, last_only=True).float()
-        logits = self.runner.forward(ids, rows, starts)
-        for c, row in zip(chunks, logits):
-            if c.seq.request.prompt_logprobs is not None:
-                self._score_prompt_chunk(c, row)
-        for c in chunks:
-            c.seq.num_computed = c.end
-        last = torch.tensor([c.end - c.start - 1 for c in chunks], device=logits.device)
-        return logits[torch.arange(len(chunks), device=logits.device), last].float()
-
-    def _score_prompt_chunk(self, chunk: PrefillChunk, logits: torch.Tensor) -> None:
-        """Log-probabilities of the prompt tokens that this chunk's positions predict (those not
-        scored before a preemption)."""
-        seq = chunk.seq
-        first = max(chunk.start, len(seq.prompt_scores))
-        end = min(chunk.end, seq.num_prompt_tokens - 1)
-        if end > first:
-            targets = seq.prompt_ids[first + 1 : end + 1]
-            rows = logits[first - chunk.start : end - chunk.start]
-            top_n = seq.request.prompt_logprobs or 0
-            seq.prompt_scores += score(log_softmax(rows, self.vocab_size), targets, top_n)
-
-    def _prefill_isolated(
-        self, chunks: list[PrefillChunk]
-    ) -> list[tuple[PrefillChunk, torch.Tensor]]:
-        """Batched prefill; if it fails, prefill each chunk alone so only failing ones end."""
-        if len(chunks) > 1:
-            try:
-                return list(zip(chunks, self._prefill(chunks)))
-            except Exception:
-                log.exception("batched prefill failed; retrying chunk by chunk")
-        out = []
-        for chunk in chunks:
-            logits = self._guarded([chunk.seq], lambda _, c=chunk: self._prefill([c]))
-            if logits is not None:
-                out.append((chunk, logits[0]))
-        return out
-
-    def _decode(self, seqs: list[Seq]) -> torch.Tensor:
-        logits = self.runner.forward(
-            [s.seq_id for s in seqs],
-            [[s.last_token] for s in seqs],
-            [s.num_tokens - 1 for s in seqs],
-            last_only=True,
-        ).float()
-        for s in seqs:
-            s.num_computed = s.num_tokens
-        return logits
-
-    def _decode_isolated(self, seqs: list[Seq]) -> list[tuple[Seq, torch.Tensor]]:
-        """Batched decode; if it fails, decode each row alone so only failing rows end."""
-        if len(seqs) > 1:
-            try:
-                return list(zip(seqs, self._decode(seqs)))
-            except Exception:
-                log.exception("batched decode failed; retrying row by row")
-        out = []
-        for seq in seqs:
-            logits = self._guarded([seq], self._decode)
-            if logits is not None:
-                out.append((seq, logits[0]))
-        return out
 
     def _guarded(self, seqs: list[Seq], fn: Callable[[list[Seq]], T]) -> T | None:
         """Run `fn(seqs)`; on failure end those sequences with an error and return None."""
