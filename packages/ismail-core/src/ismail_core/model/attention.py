@@ -94,10 +94,17 @@ class MLA(nn.Module):
             # store only the normed latent and the rotated shared key, then read the rows back
             latent = _store_and_read(cache.latent[self.layer_id], latent, view).to(x.dtype)
             k_pe = _store_and_read(cache.rope_key[self.layer_id], k_pe, view).to(x.dtype)
-            # decode steps absorb wkv_b (cheap per token); prefill chunks decompress once
-            attend = self._absorbed if T == 1 else self._dense
+            attend = self._absorbed if self._absorbing_is_cheaper(T) else self._dense
             out = attend(q_nope, q_pe, latent, k_pe, view.mask)
         return self.wo(out.reshape(B, T, H * self.v_head_dim))
+
+    def _absorbing_is_cheaper(self, T: int) -> bool:
+        """Whether T new tokens over a cache of S positions cost fewer FLOPs absorbed
+        (~ T S H (2 r + rope)) than decompressed (~ S H r (nope + v) + T S H (qk + v)):
+        T (2 r - nope - v) < r (nope + v), whatever S is. Decode steps always absorb; so do the
+        short chunks a prompt adds after a long cached prefix (a chat turn)."""
+        r, nope_v = self.kv_lora_rank, self.qk_nope_head_dim + self.v_head_dim
+        return T == 1 or T * (2 * r - nope_v) < r * nope_v
 
     def _dense(self, q_nope, q_pe, latent, k_pe, mask) -> torch.Tensor:
         """Decompress keys/values of latent (B, S, r) and run SDPA; mask None means causal."""
