@@ -1,0 +1,426 @@
+"""A faster decode step: the model's single-token cached forward with fewer, larger ops.
+
+Batch-1 decode of a small model on a CPU is bound by fixed per-op cost (Python, module calls,
+dispatch: ~5 us an op on the 2-core test machine), not by arithmetic: `Transformer.forward`
+issues ~100 small ops per layer for one token. `fast_decoder(model)` returns a drop-in
+wrapper (`FastDecoder`: the model's `cfg`, `new_cache` and call signature) whose
+single-token cached calls (`T == 1`: the decode steps of `ismail_core.generate` and
+ismail-serve) run a hand-fused path:
+
+* MLA attends in the latent space with `bmm`/`baddbmm` on views of `wkv_b` (no einsum, the
+  softmax scale folded into the `baddbmm`), the query's and the key's rope halves rotate
+  together in one complex multiply, the cache is written with `index_copy_` and read with
+  `index_select`, and the attention mask becomes one additive bias built once per step (none
+  for a single row without a sliding window, which sees every cached position);
+* a one-token MoE layer runs only its top-k experts and the shared experts: the gate's
+  choice on the device, its k combine weights on the host (one `tolist`, which the batched
+  path's sort/scatter bookkeeping needed anyway), no sort, scatter or index_add;
+* residual additions ride on the output projections (`addmm`), a one-row RMSNorm is five
+  small ops (x * rsqrt(x.x + dim * eps) * weight * sqrt(dim)), modules are read for their
+  weights instead of being called;
+* with several torch threads the layers run on `layer_threads` (default 1) and only the LM
+  head, the one large GEMV, uses them all: dozens of tiny parallel regions per token cost
+  more in fork/join than they save, and when another process holds a core each of them can
+  wait for a time slice (measured: 2 threads went from ~3.5x slower to level with 1).
+
+bfloat16 on a CPU without native bf16 arithmetic (`native_bf16()` False, e.g. AVX2 only):
+by default the small matrices decode from float32 copies (bf16 GEMV is emulated there) and
+the residual stream stays float32; the LM head and the embedding stay bf16 (the head's GEMV
+is bandwidth-bound, and bf16 halves its bytes). `upcast_bf16=False` keeps everything bf16.
+
+Every other call (prefill chunks, training, gradient-enabled calls, learned positions) goes
+to the model unchanged, so training numerics are untouched; a batch of several rows uses
+the fused attention and the model's own batched MoE. Logits equal the model's within float
+rounding (`tests/test_decode_fast.py`). `bench/decode.py` measures it against the memory
+bandwidth bound. torch.compile of this step was measured and left out: see bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import MLA
+from .cache import make_view
+from .mlp import SwiGLU
+from .moe import MoE
+from .norm import RMSNorm
+
+
+def native_bf16() -> bool:
+    """Whether this CPU has bfloat16 arithmetic (AVX512-BF16 or AMX); without it PyTorch
+    emulates bf16 matmuls through float32 conversions."""
+    try:
+        cap = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # pragma: no cover - very old torch
+        return False
+    if "AMX" in cap:
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # pragma: no cover
+        return False
+
+
+class FastDecoder(nn.Module):
+    """Wraps a Transformer; single-token cached calls take the fused path (see module doc).
+
+    Use it wherever the model is passed for inference (`ModelRunner(FastDecoder(model), ...)`,
+    `generate_ids`): it has the model's `cfg`, `new_cache` and call signature.
+    """
+
+    def __init__(
+        self, model: nn.Module, upcast_bf16: bool | None = None, layer_threads: int | None = 1
+    ):
+        super().__init__()
+        self.layer_threads = layer_threads
+        self.model = model
+        self.cfg = model.cfg
+        self.supported = _supported(model)
+        param = model.embed.weight
+        if upcast_bf16 is None:
+            upcast_bf16 = param.device.type == "cpu" and not native_bf16()
+        self.upcast = upcast_bf16 and param.dtype == torch.bfloat16
+        self._weights: dict | None = None
+        self._weights_key: list[int] = []
+        self.fused_steps = 0  # decode calls the fused path has run
+
+    # the model's interface -------------------------------------------------------------
+    def new_cache(self, *args, **kwargs):
+        return self.model.new_cache(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        """Anything else (moe_layers, num_parameters, ...) is the model's."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model":
+                raise
+            return getattr(self._modules["model"], name)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        cache=None,
+        start_pos: int | torch.Tensor = 0,
+        block_tables: torch.Tensor | None = None,
+        logits_at: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        fast = (
+            self.supported
+            and cache is not None
+            and labels is None
+            and not kwargs
+            and input_ids.ndim == 2
+            and input_ids.shape[1] == 1
+            and not self.model.training
+            and not torch.is_grad_enabled()
+        )
+        if not fast:
+            return self.model(
+                input_ids,
+                labels,
+                cache=cache,
+                start_pos=start_pos,
+                block_tables=block_tables,
+                logits_at=logits_at,
+                **kwargs,
+            )
+        B = input_ids.shape[0]
+        view = make_view(
+            cache, B, 1, start_pos, block_tables, self.cfg.sliding_window, input_ids.device
+        )
+        bias = None
+        if B > 1 or self.cfg.sliding_window:
+            # (B, 1, S): 0 where a row may attend, -inf elsewhere; shared by every layer
+            mask = view.mask[:, 0]
+            bias = torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))
+        weights = self._layer_weights()
+        self.fused_steps += 1
+        logits = self._fused(
+            weights["layers"],
+            weights["norm"],
+            input_ids,
+            view.positions,
+            view.write,
+            view.read,
+            view.mask,
+            bias,
+            cache,
+        )
+        return logits if logits_at is not None else logits[:, None]
+
+    # the fused step --------------------------------------------------------------------
+    def _layer_weights(self) -> dict:
+        """Per-layer weights of the fused path (views of the parameters, float32 copies when
+        upcasting bf16, and a few derived vectors); rebuilt when a parameter is replaced or
+        updated in place (its version counter moves)."""
+        if self._weights is not None:
+            params = self._weights["params"]
+            if self._versions(params) == self._weights["versions"] and all(
+                p.data_ptr() == ptr for p, ptr in zip(params, self._weights_key)
+            ):
+                return self._weights
+        up = (lambda w: w.detach().float()) if self.upcast else (lambda w: w.detach())
+        layers = []
+        for block in self.model.layers:
+            layers.append(
+                {
+                    "attn_norm": _norm_weights(block.attn_norm, up),
+                    "attn": _attn_weights(block.attn, up),
+                    "ffn_norm": _norm_weights(block.ffn_norm, up),
+                    "ffn": _ffn_weights(block.ffn, up),
+                }
+            )
+        params = [*self.model.parameters(), *self.model.buffers()]
+        self._weights = {
+            "layers": layers,
+            "norm": _norm_weights(self.model.norm, up),
+            "params": params,
+            "versions": self._versions(params),
+        }
+        self._weights_key = [p.data_ptr() for p in params]
+        return self._weights
+
+    @staticmethod
+    def _versions(params) -> list[int]:
+        return [p._version for p in params]
+
+    def _fused(self, layers, final_norm, ids, positions, write, read, mask, bias, cache):
+        """(B, 1) ids at (B, 1) positions -> (B, vocab) logits in the model's dtype."""
+        model = self.model
+        dtype = model.embed.weight.dtype
+        h = F.embedding(ids[:, 0], model.embed.weight)  # (B, dim)
+        if self.upcast:
+            h = h.float()
+        freqs = None
+        rope = None
+        if model.rotary is not None:
+            cos, sin = model.rotary(positions)  # (B, 1, rot / 2)
+            freqs = torch.complex(cos, sin)
+            rope = (cos, sin)
+        slots = (write.reshape(-1), read.reshape(-1), read.shape[1])  # (B,), (B * S,), S
+        threads = torch.get_num_threads()
+        narrow = self.layer_threads is not None and threads > self.layer_threads
+        if narrow:
+            torch.set_num_threads(self.layer_threads)
+        try:
+            for layer_id, (block, w) in enumerate(zip(model.layers, layers)):
+                x = _norm(w["attn_norm"], h)
+                if w["attn"] is not None:
+                    h = _mla(w["attn"], h, x, freqs, cache, layer_id, slots, bias)
+                else:  # standard attention: the module itself
+                    view = _View(write, read, mask)
+                    out = block.attn(x[:, None].to(dtype), rope, None, cache, view)
+                    h = h + out[:, 0].to(h.dtype)
+                x = _norm(w["ffn_norm"], h)
+                h = _ffn(w["ffn"], block.ffn, h, x, dtype)
+            h = _norm(final_norm, h)
+        finally:
+            if narrow:
+                torch.set_num_threads(threads)
+        return F.linear(h.to(dtype), model.head.weight)
+
+
+class _View:
+    """The parts of a CacheView standard attention reads in a decode step."""
+
+    def __init__(self, write, read, mask):
+        self.write, self.read, self.mask = write, read, mask
+
+
+# ------------------------------------------------------------------------- weights
+def _norm_weights(norm: nn.Module, up) -> dict:
+    if isinstance(norm, RMSNorm):
+        weight = up(norm.weight)
+        dim = weight.shape[0]
+        return {
+            "kind": "rms",
+            "weight": weight,
+            "eps": norm.eps,
+            # one row: x * rsqrt(x.x + dim * eps) * (weight * sqrt(dim)), x.x one mm
+            "weight_sqrt_dim": weight * math.sqrt(dim),
+            "dim_eps": dim * norm.eps,
+        }
+    return {"kind": "module", "module": norm}
+
+
+def _attn_weights(attn: nn.Module, up) -> dict | None:
+    if not isinstance(attn, MLA):
+        return None
+    H = attn.n_heads
+    nope, r = attn.qk_nope_head_dim, attn.kv_lora_rank
+    wkv_b = up(attn.wkv_b.weight).view(H, nope + attn.v_head_dim, r)
+    w = {
+        "H": H,
+        "nope": nope,
+        "rope": attn.qk_rope_head_dim,
+        "v": attn.v_head_dim,
+        "r": r,
+        "scale": attn.softmax_scale,
+        "wkv_a": up(attn.wkv_a.weight),
+        "kv_norm": _norm_weights(attn.kv_norm, up),
+        "wk": wkv_b[:, :nope],  # (H, nope, r)
+        "wv_t": wkv_b[:, nope:].transpose(1, 2),  # (H, r, v)
+        "wo": up(attn.wo.weight),
+    }
+    if attn.q_lora_rank == 0:
+        w["wq"] = up(attn.wq.weight)
+    else:
+        w["wq_a"] = up(attn.wq_a.weight)
+        w["q_norm"] = _norm_weights(attn.q_norm, up)
+        w["wq_b"] = up(attn.wq_b.weight)
+    return w
+
+
+def _swiglu_weights(mlp: SwiGLU, up) -> dict:
+    return {
+        "w13": up(mlp.w13.weight),
+        "b13": None if mlp.w13.bias is None else up(mlp.w13.bias),
+        "w2": up(mlp.w2.weight),
+        "b2": None if mlp.w2.bias is None else up(mlp.w2.bias),
+    }
+
+
+def _ffn_weights(ffn: nn.Module, up) -> dict:
+    if isinstance(ffn, SwiGLU):
+        return {"kind": "swiglu", **_swiglu_weights(ffn, up)}
+    if isinstance(ffn, MoE):
+        gate = ffn.gate
+        shared = None if ffn.shared_experts is None else _swiglu_weights(ffn.shared_experts, up)
+        return {  # group-limited routing: the module
+            "kind": "moe" if gate.n_groups <= 1 else "module",
+            "gate": gate.weight.detach().float(),
+            "bias": gate.bias,
+            "topk": gate.topk,
+            "sigmoid": gate.score_func == "sigmoid",
+            "norm_topk": gate.norm_topk_prob,
+            "route_scale": gate.route_scale,
+            "experts": [_swiglu_weights(e, up) for e in ffn.experts],
+            "shared": shared,
+        }
+    return {"kind": "module"}
+
+
+def _supported(model: nn.Module) -> bool:
+    """Whether the fused path covers this model (else every call goes to the model)."""
+    cfg = getattr(model, "cfg", None)
+    return (
+        cfg is not None
+        and getattr(model, "pos_embed", None) is None
+        and hasattr(model, "layers")
+        and hasattr(model, "head")
+    )
+
+
+# ------------------------------------------------------------------------- ops
+def _norm(w: dict, x: torch.Tensor) -> torch.Tensor:
+    if w["kind"] == "rms" and x.dtype == torch.float32 and w["weight"].dtype == torch.float32:
+        if x.shape[0] == 1:  # five small ops instead of rms_norm's eight
+            inv_rms = torch.mm(x, x.t()).add_(w["dim_eps"]).rsqrt_()
+            return torch.mul(x, inv_rms).mul_(w["weight_sqrt_dim"])
+        return F.rms_norm(x, (x.shape[-1],), w["weight"], w["eps"])
+    if w["kind"] == "rms":  # the module's own formula (normalise in float32, cast, scale)
+        weight = w["weight"]
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=w["eps"]).to(x.dtype) * weight
+    module = w["module"]
+    dtype = next(module.parameters(), x).dtype
+    return module(x.to(dtype)).to(x.dtype)
+
+
+def _rotate(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs of x (B, N, D) by freqs (B, 1, D / 2) complex (as apply_rope)."""
+    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(xc * freqs).flatten(-2).to(x.dtype)
+
+
+def _mla(w: dict, h, x, freqs, cache, layer_id, slots, bias) -> torch.Tensor:
+    """One decode step of MLA for x (B, dim), the normed residual h: store the token's latent
+    and rope key, attend over the row's cached positions in the latent space, return h plus
+    the attention output (B, dim)."""
+    B = x.shape[0]
+    H, nope, rope, r = w["H"], w["nope"], w["rope"], w["r"]
+    write, read, S = slots
+    if "wq" in w:
+        q = F.linear(x, w["wq"])
+    else:
+        q = F.linear(_norm(w["q_norm"], F.linear(x, w["wq_a"])), w["wq_b"])
+    q = q.view(B, H, nope + rope)
+    kv = F.linear(x, w["wkv_a"])  # (B, r + rope)
+    latent = _norm(w["kv_norm"], kv[:, :r])
+    # the query's rope halves and the shared rope key rotate together: (B, H + 1, rope)
+    pe = _rotate(torch.cat([q[:, :, nope:], kv[:, None, r:]], dim=1), freqs)
+    lat_cache = cache.latent[layer_id].view(-1, r)
+    pe_cache = cache.rope_key[layer_id].view(-1, rope)
+    lat_cache.index_copy_(0, write, latent.to(lat_cache.dtype))
+    pe_cache.index_copy_(0, write, pe[:, H].to(pe_cache.dtype))
+    lat = lat_cache.index_select(0, read).view(B, S, r).to(x.dtype)
+    k_pe = pe_cache.index_select(0, read).view(B, S, rope).to(x.dtype)
+    q_lat = torch.bmm(q[:, :, :nope].transpose(0, 1), w["wk"]).transpose(0, 1)  # (B, H, r)
+    scale = w["scale"]
+    pe_scores = torch.bmm(pe[:, :H], k_pe.transpose(1, 2))
+    if x.dtype == torch.float32:  # scale * (pe_scores + q_lat lat^T) in one op
+        scores = torch.baddbmm(pe_scores, q_lat, lat.transpose(1, 2), beta=scale, alpha=scale)
+    else:  # as MLA._absorbed: add in x's dtype, scale in float32
+        scores = torch.baddbmm(pe_scores, q_lat, lat.transpose(1, 2)).float() * scale
+    if bias is not None:
+        scores = scores + bias
+    probs = scores.softmax(dim=-1).to(x.dtype)  # (B, H, S)
+    out = torch.bmm(torch.bmm(probs, lat).transpose(0, 1), w["wv_t"])  # (H, B, v)
+    return torch.addmm(h, out.transpose(0, 1).reshape(B, H * w["v"]), w["wo"].t())
+
+
+def _swiglu(w: dict, x: torch.Tensor) -> torch.Tensor:
+    gate, up = F.linear(x, w["w13"], w["b13"]).chunk(2, dim=-1)
+    return F.linear(F.silu(gate) * up, w["w2"], w["b2"])
+
+
+def _swiglu_into(w: dict, h: torch.Tensor, x: torch.Tensor, alpha: float = 1.0):
+    """h + alpha * swiglu(x), the down projection and the sum in one addmm."""
+    gate, up = F.linear(x, w["w13"], w["b13"]).chunk(2, dim=-1)
+    if w["b2"] is not None:
+        return h + F.linear(F.silu(gate) * up, w["w2"], w["b2"]) * alpha
+    return torch.addmm(h, F.silu(gate) * up, w["w2"].t(), alpha=alpha)
+
+
+def _ffn(w: dict, module: nn.Module, h: torch.Tensor, x: torch.Tensor, dtype) -> torch.Tensor:
+    """h plus the feed-forward of x (B, dim)."""
+    kind = w["kind"]
+    if kind == "swiglu":
+        return _swiglu_into(w, h, x)
+    if kind == "moe" and x.shape[0] == 1:
+        return _moe_one(w, h, x)
+    out = module(x[:, None].to(dtype))
+    out = out[0] if isinstance(out, tuple) else out
+    return h + out[:, 0].to(x.dtype)
+
+
+def _moe_one(w: dict, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """h plus the MoE of one token x (1, dim): the gate's choice as Gate.forward makes it,
+    its combine weights (normalised over the top k, times route_scale) computed on the host
+    from the k chosen scores, then the shared and the chosen experts, each added by its down
+    projection's addmm. With one token no capacity limit can drop an assignment."""
+    logits = F.linear(x.float(), w["gate"])
+    scores = logits.sigmoid() if w["sigmoid"] else logits.softmax(dim=-1)
+    indices = (scores + w["bias"]).topk(w["topk"], dim=-1).indices[0].tolist()
+    host_scores = scores[0].tolist()
+    weights = [host_scores[e] for e in indices]
+    if w["norm_topk"]:
+        total = sum(weights) + 1e-20
+        weights = [v / total for v in weights]
+    if w["shared"] is not None:
+        h = _swiglu_into(w["shared"], h, x)
+    for expert, weight in zip(indices, weights):
+        h = _swiglu_into(w["experts"][expert], h, x, weight * w["route_scale"])
+    return h
+
+
+def fast_decoder(model: nn.Module, upcast_bf16: bool | None = None) -> FastDecoder:
+    """The model wrapped for fast single-token decode steps (see the module docstring)."""
+    return FastDecoder(model, upcast_bf16=upcast_bf16)
