@@ -21,13 +21,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import torch
 from ismail_core.generate import ContinuationText
 from ismail_core.model.runner import ModelRunner
 
 from ismail_serve.engine.logprobs import TokenLogprob, alternative_texts, with_prompt_texts
 from ismail_serve.engine.runner import StepRunner
-from ismail_serve.engine.sampler import Sampler
 from ismail_serve.engine.scheduler import Scheduler
 from ismail_serve.engine.sequence import (
     FINISH_ABORT,
@@ -106,7 +104,6 @@ class LLMEngine:
         self.metrics = metrics or ServeMetrics()
         self.scheduler = Scheduler(runner.blocks, config.max_batch, config.prefill_chunk)
         self.vocab_size = int(tokenizer.vocab_size)
-        self.sampler = Sampler(self.vocab_size)
         self.steps = StepRunner(
             runner, config.prefill_chunk, config.max_model_len, self.vocab_size, self._guarded
         )
@@ -219,25 +216,16 @@ class LLMEngine:
         self._take_new_and_aborted()
         self._expire()
         plan = self.scheduler.schedule()
-        rows: list[Seq] = []
-        row_logits: list[torch.Tensor] = []
-
-        for chunk, logits in self.steps.prefill(plan.prefills):
-            if chunk.completes_prefill:
-                if not chunk.seq.prompt_counted:  # not again after a preemption
-                    chunk.seq.prompt_counted = True
-                    self.metrics.prompt_tokens.inc(chunk.seq.num_prompt_tokens)
-                if chunk.seq.request.max_tokens == 0:  # prompt scoring only (echo)
-                    self._finish(chunk.seq, FINISH_LENGTH)
-                    continue
-                rows.append(chunk.seq)
-                row_logits.append(logits)
-        for seq, logits in self.steps.decode(plan.decodes):
-            rows.append(seq)
-            row_logits.append(logits)
-
-        if rows:
-            self._sample_and_emit(rows, torch.stack(row_logits))
+        out = self.steps.run(plan)
+        for seq in out.prefilled:
+            if not seq.prompt_counted:  # not again after a preemption
+                seq.prompt_counted = True
+                self.metrics.prompt_tokens.inc(seq.num_prompt_tokens)
+            if seq.request.max_tokens == 0:  # prompt scoring only (echo)
+                self._finish(seq, FINISH_LENGTH)
+        for seq, token, entry in out.tokens:
+            if not seq.is_finished:
+                self._append_token(seq, token, entry)
         self._update_gauges()
         return not plan.is_empty
 
@@ -250,21 +238,6 @@ class LLMEngine:
             for seq in seqs:
                 self._finish_with_error(seq, f"{type(exc).__name__}: {exc}")
             return None
-
-    def _sample_and_emit(self, seqs: list[Seq], logits: torch.Tensor) -> None:
-        try:
-            tokens: list[int | None] = list(self.sampler.sample(seqs, logits))
-        except Exception:
-            log.exception("batched sampling failed; retrying row by row")
-            tokens = []
-            for i, seq in enumerate(seqs):
-                one = logits[i : i + 1]
-                got = self._guarded([seq], lambda s, one=one: self.sampler.sample(s, one))
-                tokens.append(got[0] if got else None)
-        entries = self.sampler.logprobs(seqs, logits, tokens)
-        for seq, token, entry in zip(seqs, tokens, entries):
-            if token is not None and not seq.is_finished:
-                self._append_token(seq, token, entry)
 
     def _append_token(self, seq: Seq, token: int, entry: TokenLogprob | None = None) -> None:
         now = time.monotonic()

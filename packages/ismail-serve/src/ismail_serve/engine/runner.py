@@ -1,23 +1,26 @@
 """A step plan's model work: prefill chunks in padded batches and the batched decode, through
-ismail-core's `ModelRunner` (the model, its paged cache and block manager).
+ismail-core's `ModelRunner` (the model, its paged cache and block manager), then one batched
+sampling call: the engine gets token ids back.
 
-Only the logits the engine samples from leave here (one row per sequence, after its last
-token), except for requests that asked for prompt log-probabilities, whose prompt positions
-are scored as they are prefilled. A batch that fails is retried row by row through `guarded`,
-which ends the rows that fail again, so one bad sequence never takes the others down.
+The LM head runs only after each row's last token (where a token is sampled), except for
+requests that asked for prompt log-probabilities, whose prompt positions are scored as they
+are prefilled. A batch that fails is retried row by row through `guarded`, which ends the rows
+that fail again, so one bad sequence never takes the others down.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import torch
 from ismail_core.model.runner import ModelRunner
 
-from ismail_serve.engine.logprobs import log_softmax, score
-from ismail_serve.engine.scheduler import PrefillChunk
+from ismail_serve.engine.logprobs import TokenLogprob, log_softmax, score
+from ismail_serve.engine.sampler import Sampler
+from ismail_serve.engine.scheduler import PrefillChunk, StepPlan
 from ismail_serve.engine.sequence import Sequence
 
 log = logging.getLogger("ismail_serve")
@@ -27,8 +30,18 @@ T = TypeVar("T")
 Guarded = Callable[[list[Sequence], Callable[[list[Sequence]], T]], T | None]
 
 
+@dataclass
+class StepOutput:
+    """What a step produced: the sequences whose prompt (or, after a preemption, whose
+    recomputation) is now in the cache, and the token sampled for each sequence that samples,
+    with its log-probability entry when the request asked for one."""
+
+    prefilled: list[Sequence] = field(default_factory=list)
+    tokens: list[tuple[Sequence, int, TokenLogprob | None]] = field(default_factory=list)
+
+
 class StepRunner:
-    """Runs prefill chunks and decode batches for the engine."""
+    """Runs a step plan's prefill chunks, decode batch and sampling for the engine."""
 
     def __init__(
         self,
@@ -42,18 +55,44 @@ class StepRunner:
         self.prefill_chunk = prefill_chunk
         self.max_model_len = max_model_len
         self.vocab_size = vocab_size
+        self.sampler = Sampler(vocab_size)
         self.guarded = guarded
 
-    def prefill(self, chunks: list[PrefillChunk]) -> list[tuple[PrefillChunk, torch.Tensor]]:
-        """Each chunk that ran, with the logits after its last token (vocab,)."""
-        out = []
-        for batch in self._batches(chunks):
-            out += self._isolated(batch, self._prefill)
+    def run(self, plan: StepPlan) -> StepOutput:
+        """Run the plan; sample after every completed prompt (unless it only scores the
+        prompt: max_tokens 0) and for every decoding sequence."""
+        out = StepOutput()
+        rows: list[Sequence] = []
+        logits: list[torch.Tensor] = []
+        for batch in self._batches(plan.prefills):
+            for chunk, row in self._isolated(batch, self._prefill):
+                if chunk.completes_prefill:
+                    out.prefilled.append(chunk.seq)
+                    if chunk.seq.request.max_tokens > 0:
+                        rows.append(chunk.seq)
+                        logits.append(row)
+        for seq, row in self._isolated(plan.decodes, self._decode):
+            rows.append(seq)
+            logits.append(row)
+        if rows:
+            out.tokens = self._sample(rows, torch.stack(logits))
         return out
 
-    def decode(self, seqs: list[Sequence]) -> list[tuple[Sequence, torch.Tensor]]:
-        """Each sequence that ran one decode step, with its next-token logits (vocab,)."""
-        return self._isolated(seqs, self._decode)
+    def _sample(
+        self, seqs: list[Sequence], logits: torch.Tensor
+    ) -> list[tuple[Sequence, int, TokenLogprob | None]]:
+        """One batched sampling call; if it fails, row by row so only failing rows end."""
+        try:
+            tokens: list[int | None] = list(self.sampler.sample(seqs, logits))
+        except Exception:
+            log.exception("batched sampling failed; retrying row by row")
+            tokens = []
+            for i, seq in enumerate(seqs):
+                one = logits[i : i + 1]
+                got = self.guarded([seq], lambda s, one=one: self.sampler.sample(s, one))
+                tokens.append(got[0] if got else None)
+        entries = self.sampler.logprobs(seqs, logits, tokens)
+        return [(s, t, e) for s, t, e in zip(seqs, tokens, entries) if t is not None]
 
     def _batches(self, chunks: list[PrefillChunk]) -> list[list[PrefillChunk]]:
         """Group prefill chunks into padded batches, longest first: a batch pads every chunk to
