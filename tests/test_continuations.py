@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 from ismail_core.checkpoint import save_checkpoint
 from ismail_core.cli import main as ismail_main
 from ismail_core.generate import generate_ids, generate_text, prompt_ids
+from ismail_core.model.runner import ModelRunner
 from ismail_core.sampling import SamplingParams
 from ismail_serve.app import create_app
 from ismail_serve.engine import EngineConfig, LLMEngine
-from ismail_serve.engine.model_runner import ModelRunner
 from ismail_serve.state import ServerState
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/_tiny.py
@@ -63,7 +63,7 @@ def tok(model_and_tok):
 @pytest.fixture(scope="module")
 def client(model, tok):
     config = EngineConfig(max_batch=4, max_model_len=128)
-    engine = LLMEngine(ModelRunner(model, max_batch=4, max_len=128), tok, config)
+    engine = LLMEngine(ModelRunner(model, num_blocks=4 * 128 // 16), tok, config)
     engine.start()
     state = ServerState(model_name=MODEL)
     state.attach(engine)

@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 from ismail_core import ModelConfig, Transformer
+from ismail_core.model.cache import row_block_tables
 from ismail_kernels import (
     FP8Config,
     FP8Linear,
@@ -123,10 +124,11 @@ def test_fp8_weights_file_reloads_and_decodes_with_cache(trained, corpus, tmp_pa
     with torch.no_grad():
         full = fresh(ids)
         assert torch.equal(full, quantized(ids))
-        cache = fresh.new_cache(max_batch=2, max_len=32)
-        pieces = [fresh(ids[:, :8], cache=cache, start_pos=0)]
+        tables = row_block_tables(2, 32, block_size=16)
+        kw = {"cache": fresh.new_cache(tables.numel(), 16), "block_tables": tables}
+        pieces = [fresh(ids[:, :8], start_pos=0, **kw)]
         for t in range(8, 24):
-            pieces.append(fresh(ids[:, t : t + 1], cache=cache, start_pos=t))
+            pieces.append(fresh(ids[:, t : t + 1], start_pos=t, **kw))
     decoded = torch.cat(pieces, dim=1)
     # Absorbed MLA decoding reorders fp32 arithmetic, which can flip an fp8 rounding of a later
     # activation: one e4m3 step is 2^-3 relative on one element, far below this bound.

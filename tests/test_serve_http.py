@@ -82,7 +82,7 @@ def stop_server(server: Server) -> None:
 
 @pytest.fixture(scope="module")
 def server(checkpoint, tmp_path_factory) -> Iterator[Server]:
-    """The main server: API key, 4 slots, 128-token context."""
+    """The main server: API key, 4 sequences at once, 128-token context."""
     srv = start_server(
         checkpoint,
         tmp_path_factory.mktemp("logs"),
@@ -108,7 +108,9 @@ def _auth() -> dict[str, str]:
 
 def test_startup_message_reports_the_kv_cache(server):
     log = server.log.read_text()
-    assert "KV cache (MLA latent + RoPE key): 4 slots x 128 tokens" in log
+    # room for 4 sequences of 128 tokens in blocks of 16
+    assert "KV cache (MLA latent + RoPE key): 32 blocks x 16 tokens" in log
+    assert "prefix caching on; up to 4 sequences of up to 128 tokens" in log
     assert httpx.get(f"{server.base}/health").json() == {"status": "ok"}
 
 
@@ -251,10 +253,10 @@ def test_metrics_count_tokens_and_latencies(server, client):
     assert server.metric("ismail_generation_tokens_total") >= before + 5
     assert server.metric("ismail_time_to_first_token_seconds_count") >= 1
     assert server.metric("ismail_inter_token_latency_seconds_count") >= 4
-    assert server.metric("ismail_kv_slots_total") == 4
+    assert server.metric("ismail_kv_cache_blocks") == 32
 
 
-# ---- backpressure, disconnects, shutdown: a server with one slot and one waiting place ----
+# ---- backpressure, disconnects, shutdown: a server with one sequence and one waiting place ----
 
 
 @pytest.fixture(scope="module")
@@ -277,13 +279,13 @@ def _long_request(stream: bool = True) -> dict:
     }
 
 
-def test_full_queue_gets_429_and_disconnects_free_slots(small_server):
+def test_full_queue_gets_429_and_disconnects_free_the_cache(small_server):
     base = small_server.base
     aborted_before = small_server.metric("ismail_sequences_finished_total", 'finish_reason="abort"')
     with httpx.Client(timeout=60) as a, httpx.Client(timeout=60) as b:
         with a.stream("POST", f"{base}/v1/completions", json=_long_request()) as running:
             lines = running.iter_lines()  # keep a reference: a collected iterator closes
-            next(lines)  # the first token arrived: it holds the only slot
+            next(lines)  # the first token arrived: it is the one running sequence
             with b.stream("POST", f"{base}/v1/completions", json=_long_request()) as waiting:
                 assert small_server.wait_for("ismail_requests_waiting", lambda v: v == 1) == 1
                 r = httpx.post(f"{base}/v1/completions", json=_long_request(False), timeout=60)
@@ -291,8 +293,8 @@ def test_full_queue_gets_429_and_disconnects_free_slots(small_server):
                 assert int(r.headers["Retry-After"]) >= 1
                 assert r.json()["error"]["code"] == "queue_full"
                 assert waiting.status_code == 200
-    # Both clients went away mid-stream: their sequences are aborted and the slot is free.
-    assert small_server.wait_for("ismail_kv_slots_in_use", lambda v: v == 0) == 0
+    # Both clients went away mid-stream: their sequences are aborted and the cache is free.
+    assert small_server.wait_for("ismail_kv_cache_usage_perc", lambda v: v == 0) == 0
     assert small_server.wait_for("ismail_requests_waiting", lambda v: v == 0) == 0
     aborted = small_server.wait_for(
         "ismail_sequences_finished_total",
@@ -320,7 +322,7 @@ def test_non_streaming_disconnect_aborts_the_request(small_server):
         "ismail_sequences_finished_total", lambda v: v > aborted_before, 'finish_reason="abort"'
     )
     assert aborted == aborted_before + 1
-    assert small_server.wait_for("ismail_kv_slots_in_use", lambda v: v == 0) == 0
+    assert small_server.wait_for("ismail_kv_cache_usage_perc", lambda v: v == 0) == 0
     # The server is healthy afterwards.
     r = httpx.post(
         f"{small_server.base}/v1/completions",
