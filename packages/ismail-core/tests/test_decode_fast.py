@@ -36,6 +36,7 @@ VARIANTS = {
     ),
     "gqa": dict(attention="gqa", n_kv_heads=2, head_dim=12),
     "gqa-sliding-window": dict(attention="gqa", n_kv_heads=2, head_dim=12, sliding_window=5),
+    "gqa-bias": dict(attention="gqa", n_kv_heads=2, head_dim=12, bias=True),
     "mla-capacity": dict(capacity_factor=1.0),
     "dense": dict(n_dense_layers=3),
     "yarn": dict(rope_factor=4.0, original_max_seq_len=16),
@@ -186,3 +187,19 @@ def test_two_threads_give_the_same_logits() -> None:
     finally:
         torch.set_num_threads(threads)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+
+
+def test_thread_choice_takes_the_faster_and_measures_again() -> None:
+    from ismail_core.model.compiled import _ThreadChoice
+
+    choice = _ThreadChoice(samples=2, period=3)
+    picks = []
+    for _ in range(4):  # alternate while measuring: 2 threads is faster here
+        n = choice.pick(2)
+        picks.append(n)
+        choice.record(n, 1.0 if n == 1 else 0.5)
+    assert sorted(picks) == [1, 1, 2, 2] and choice.choice == 2
+    assert [choice.pick(2) for _ in range(2)] == [2, 2]
+    assert choice.pick(2) in (1, 2) and choice.choice is None  # period over: measure again
+    choice.pick(4)  # a new thread count starts afresh
+    assert choice.times == {1: [], 4: []}

@@ -19,14 +19,17 @@ ismail-serve) run a hand-fused path:
   small ops (x * rsqrt(x.x + dim * eps) * weight * sqrt(dim)), modules are read for their
   weights instead of being called;
 * with several torch threads the layers run on `layer_threads` (default 1) and only the LM
-  head, the one large GEMV, uses them all: dozens of tiny parallel regions per token cost
+  head, the one large GEMV, may use them all: dozens of tiny parallel regions per token cost
   more in fork/join than they save, and when another process holds a core each of them can
-  wait for a time slice (measured: 2 threads went from ~3.5x slower to level with 1).
+  wait for a time slice (measured under load: 2 threads ran the model's own step 25x slower
+  than 1). `head_threads="auto"` times the head on 1 and on all threads every 200 steps and
+  keeps the faster (bf16 GEMV on 2 threads was 2.7x slower than on 1 under load).
 
-bfloat16 on a CPU without native bf16 arithmetic (`native_bf16()` False, e.g. AVX2 only):
-by default the small matrices decode from float32 copies (bf16 GEMV is emulated there) and
-the residual stream stays float32; the LM head and the embedding stay bf16 (the head's GEMV
-is bandwidth-bound, and bf16 halves its bytes). `upcast_bf16=False` keeps everything bf16.
+bfloat16: the fused path runs in the model's dtype. `upcast_bf16=True` instead decodes from
+float32 copies of the small matrices (the LM head and the embedding stay bf16) with a float32
+residual stream, for CPUs without native bf16 arithmetic (`native_bf16()` False), where bf16
+GEMM is emulated; in the decode loop on the 2-core AVX2 test machine it was no faster
+(within noise, bench/RESULTS.md) while it costs memory, so it is off by default.
 
 Every other call (prefill chunks, training, gradient-enabled calls, learned positions) goes
 to the model unchanged, so training numerics are untouched; a batch of several rows uses
@@ -38,6 +41,8 @@ bandwidth bound. torch.compile of this step was measured and left out: see bench
 from __future__ import annotations
 
 import math
+import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -69,21 +74,28 @@ class FastDecoder(nn.Module):
     """Wraps a Transformer; single-token cached calls take the fused path (see module doc).
 
     Use it wherever the model is passed for inference (`ModelRunner(FastDecoder(model), ...)`,
-    `generate_ids`): it has the model's `cfg`, `new_cache` and call signature.
+    `generate_ids`): it has the model's `cfg`, `new_cache`, call signature and (through
+    `__getattr__`) its other attributes. Options: upcast_bf16 (float32 copies of a bf16
+    model's small matrices), layer_threads (threads for everything but the LM head; None =
+    leave torch's setting), head_threads ("auto": the faster of 1 and all, timed; an int; or
+    None = all).
     """
 
     def __init__(
-        self, model: nn.Module, upcast_bf16: bool | None = None, layer_threads: int | None = 1
+        self,
+        model: nn.Module,
+        upcast_bf16: bool = False,
+        layer_threads: int | None = 1,
+        head_threads: int | str | None = "auto",
     ):
         super().__init__()
         self.layer_threads = layer_threads
+        self.head_threads = head_threads
+        self._head_choice = _ThreadChoice()
         self.model = model
         self.cfg = model.cfg
         self.supported = _supported(model)
-        param = model.embed.weight
-        if upcast_bf16 is None:
-            upcast_bf16 = param.device.type == "cpu" and not native_bf16()
-        self.upcast = upcast_bf16 and param.dtype == torch.bfloat16
+        self.upcast = upcast_bf16 and model.embed.weight.dtype == torch.bfloat16
         self._weights: dict | None = None
         self._weights_key: list[int] = []
         self.fused_steps = 0  # decode calls the fused path has run
@@ -225,7 +237,65 @@ class FastDecoder(nn.Module):
         finally:
             if narrow:
                 torch.set_num_threads(threads)
-        return F.linear(h.to(dtype), model.head.weight)
+        return self._head(h.to(dtype), model.head.weight, threads)
+
+    def _head(self, h: torch.Tensor, weight: torch.Tensor, threads: int) -> torch.Tensor:
+        """The LM head GEMV on `head_threads` threads; "auto" times it on 1 and on all
+        `threads` now and then and uses whichever is faster (a second thread helps only when
+        it has a core to itself)."""
+        weight = weight.t()
+        if self.head_threads is None or threads == 1:
+            return torch.mm(h, weight)
+        if self.head_threads != "auto":
+            n = min(int(self.head_threads), threads)
+            if n == threads:
+                return torch.mm(h, weight)
+            return _on_threads(n, threads, torch.mm, h, weight)
+        n = self._head_choice.pick(threads)
+        t0 = time.perf_counter()
+        out = torch.mm(h, weight) if n == threads else _on_threads(n, threads, torch.mm, h, weight)
+        self._head_choice.record(n, time.perf_counter() - t0)
+        return out
+
+
+def _on_threads(n: int, threads: int, fn, *args):
+    torch.set_num_threads(n)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _ThreadChoice:
+    """Chooses between 1 thread and all threads for an op by timing both: `samples` calls of
+    each, then the faster (by median) for `period` calls, then measure again (the machine's
+    other load comes and goes)."""
+
+    def __init__(self, samples: int = 5, period: int = 200):
+        self.samples, self.period = samples, period
+        self.times: dict[int, list[float]] = {}
+        self.choice: int | None = None
+        self.threads = 0
+        self.left = 0
+
+    def pick(self, threads: int) -> int:
+        if threads != self.threads:  # the thread count changed: measure afresh
+            self.threads, self.choice, self.times = threads, None, {1: [], threads: []}
+        if self.choice is not None:
+            self.left -= 1
+            if self.left > 0:
+                return self.choice
+            self.choice, self.times = None, {1: [], threads: []}
+        one, many = self.times[1], self.times[threads]
+        return 1 if len(one) <= len(many) else threads
+
+    def record(self, n: int, seconds: float) -> None:
+        if self.choice is not None:
+            return
+        self.times[n].append(seconds)
+        if all(len(v) >= self.samples for v in self.times.values()):
+            self.choice = min(self.times, key=lambda k: statistics.median(self.times[k]))
+            self.left = self.period
 
 
 class _View:
@@ -264,26 +334,27 @@ def _attn_weights(attn: nn.Module, up) -> dict | None:
         "v": attn.v_head_dim,
         "r": r,
         "scale": attn.softmax_scale,
-        "wkv_a": up(attn.wkv_a.weight),
+        "wkv_a": up(attn.wkv_a.weight).t(),
         "kv_norm": _norm_weights(attn.kv_norm, up),
         "wk": wkv_b[:, :nope],  # (H, nope, r)
         "wv_t": wkv_b[:, nope:].transpose(1, 2),  # (H, r, v)
-        "wo": up(attn.wo.weight),
+        "wo": up(attn.wo.weight).t(),
     }
     if attn.q_lora_rank == 0:
-        w["wq"] = up(attn.wq.weight)
+        w["wq"] = up(attn.wq.weight).t()
     else:
-        w["wq_a"] = up(attn.wq_a.weight)
+        w["wq_a"] = up(attn.wq_a.weight).t()
         w["q_norm"] = _norm_weights(attn.q_norm, up)
-        w["wq_b"] = up(attn.wq_b.weight)
+        w["wq_b"] = up(attn.wq_b.weight).t()
     return w
 
 
 def _swiglu_weights(mlp: SwiGLU, up) -> dict:
+    """Matrices transposed (views): the fused path multiplies x @ W^T with torch.mm."""
     return {
-        "w13": up(mlp.w13.weight),
+        "w13": up(mlp.w13.weight).t(),
         "b13": None if mlp.w13.bias is None else up(mlp.w13.bias),
-        "w2": up(mlp.w2.weight),
+        "w2": up(mlp.w2.weight).t(),
         "b2": None if mlp.w2.bias is None else up(mlp.w2.bias),
     }
 
@@ -296,7 +367,7 @@ def _ffn_weights(ffn: nn.Module, up) -> dict:
         shared = None if ffn.shared_experts is None else _swiglu_weights(ffn.shared_experts, up)
         return {  # group-limited routing: the module
             "kind": "moe" if gate.n_groups <= 1 else "module",
-            "gate": gate.weight.detach().float(),
+            "gate": gate.weight.detach().float().t(),
             "bias": gate.bias,
             "topk": gate.topk,
             "sigmoid": gate.score_func == "sigmoid",
@@ -348,11 +419,11 @@ def _mla(w: dict, h, x, freqs, cache, layer_id, slots, bias) -> torch.Tensor:
     H, nope, rope, r = w["H"], w["nope"], w["rope"], w["r"]
     write, read, S = slots
     if "wq" in w:
-        q = F.linear(x, w["wq"])
+        q = torch.mm(x, w["wq"])
     else:
-        q = F.linear(_norm(w["q_norm"], F.linear(x, w["wq_a"])), w["wq_b"])
+        q = torch.mm(_norm(w["q_norm"], torch.mm(x, w["wq_a"])), w["wq_b"])
     q = q.view(B, H, nope + rope)
-    kv = F.linear(x, w["wkv_a"])  # (B, r + rope)
+    kv = torch.mm(x, w["wkv_a"])  # (B, r + rope)
     latent = _norm(w["kv_norm"], kv[:, :r])
     # the query's rope halves and the shared rope key rotate together: (B, H + 1, rope)
     pe = _rotate(torch.cat([q[:, :, nope:], kv[:, None, r:]], dim=1), freqs)
@@ -373,20 +444,18 @@ def _mla(w: dict, h, x, freqs, cache, layer_id, slots, bias) -> torch.Tensor:
         scores = scores + bias
     probs = scores.softmax(dim=-1).to(x.dtype)  # (B, H, S)
     out = torch.bmm(torch.bmm(probs, lat).transpose(0, 1), w["wv_t"])  # (H, B, v)
-    return torch.addmm(h, out.transpose(0, 1).reshape(B, H * w["v"]), w["wo"].t())
-
-
-def _swiglu(w: dict, x: torch.Tensor) -> torch.Tensor:
-    gate, up = F.linear(x, w["w13"], w["b13"]).chunk(2, dim=-1)
-    return F.linear(F.silu(gate) * up, w["w2"], w["b2"])
+    return torch.addmm(h, out.transpose(0, 1).reshape(B, H * w["v"]), w["wo"])
 
 
 def _swiglu_into(w: dict, h: torch.Tensor, x: torch.Tensor, alpha: float = 1.0):
     """h + alpha * swiglu(x), the down projection and the sum in one addmm."""
-    gate, up = F.linear(x, w["w13"], w["b13"]).chunk(2, dim=-1)
+    if w["b13"] is None:
+        gate, up = torch.mm(x, w["w13"]).chunk(2, dim=-1)
+    else:
+        gate, up = torch.addmm(w["b13"], x, w["w13"]).chunk(2, dim=-1)
     if w["b2"] is not None:
-        return h + F.linear(F.silu(gate) * up, w["w2"], w["b2"]) * alpha
-    return torch.addmm(h, F.silu(gate) * up, w["w2"].t(), alpha=alpha)
+        return h + torch.addmm(w["b2"], F.silu(gate) * up, w["w2"]) * alpha
+    return torch.addmm(h, F.silu(gate) * up, w["w2"], alpha=alpha)
 
 
 def _ffn(w: dict, module: nn.Module, h: torch.Tensor, x: torch.Tensor, dtype) -> torch.Tensor:
@@ -406,7 +475,7 @@ def _moe_one(w: dict, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     its combine weights (normalised over the top k, times route_scale) computed on the host
     from the k chosen scores, then the shared and the chosen experts, each added by its down
     projection's addmm. With one token no capacity limit can drop an assignment."""
-    logits = F.linear(x.float(), w["gate"])
+    logits = torch.mm(x.float(), w["gate"])
     scores = logits.sigmoid() if w["sigmoid"] else logits.softmax(dim=-1)
     indices = (scores + w["bias"]).topk(w["topk"], dim=-1).indices[0].tolist()
     host_scores = scores[0].tolist()
@@ -421,6 +490,7 @@ def _moe_one(w: dict, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return h
 
 
-def fast_decoder(model: nn.Module, upcast_bf16: bool | None = None) -> FastDecoder:
-    """The model wrapped for fast single-token decode steps (see the module docstring)."""
-    return FastDecoder(model, upcast_bf16=upcast_bf16)
+def fast_decoder(model: nn.Module, **options) -> FastDecoder:
+    """The model wrapped for fast single-token decode steps (see the module docstring);
+    options: upcast_bf16, layer_threads, head_threads (FastDecoder)."""
+    return FastDecoder(model, **options)
