@@ -218,7 +218,8 @@ class FastDecoder(nn.Module):
             freqs = torch.complex(cos, sin)
             rope = (cos, sin)
         slots = (write.reshape(-1), read.reshape(-1), read.shape[1])  # (B,), (B * S,), S
-        threads = torch.get_num_threads()
+        cpu = h.device.type == "cpu"  # torch threads only matter there
+        threads = torch.get_num_threads() if cpu else 1
         narrow = self.layer_threads is not None and threads > self.layer_threads
         if narrow:
             torch.set_num_threads(self.layer_threads)
