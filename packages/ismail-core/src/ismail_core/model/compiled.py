@@ -25,6 +25,12 @@ ismail-serve) run a hand-fused path:
   than 1). `head_threads="auto"` times the head on 1 and on all threads every 200 steps and
   keeps the faster (bf16 GEMV on 2 threads was 2.7x slower than on 1 under load).
 
+The LM head of a float32 model on a CPU is multiplied from a contiguous (dim, vocab) copy
+(`head_copy`, default on there; it costs the head's size in memory): MKL's GEMV over the
+(vocab, dim) parameter ran at ~8 GB/s on the AMD test machine, over the transposed copy 2-2.7x
+faster (tiny preset: 11.1 -> 9.2 ms a token). For bf16 the copy is far slower (44 ms a token)
+and is never made; for the small matrices the layout measured mixed and stays as it is.
+
 bfloat16: the fused path runs in the model's dtype. `upcast_bf16=True` instead decodes from
 float32 copies of the small matrices (the LM head and the embedding stay bf16) with a float32
 residual stream, for CPUs without native bf16 arithmetic (`native_bf16()` False), where bf16
@@ -78,7 +84,8 @@ class FastDecoder(nn.Module):
     `__getattr__`) its other attributes. Options: upcast_bf16 (float32 copies of a bf16
     model's small matrices), layer_threads (threads for everything but the LM head; None =
     leave torch's setting), head_threads ("auto": the faster of 1 and all, timed; an int; or
-    None = all).
+    None = all), head_copy (a (dim, vocab) copy of a float32 LM head; None = on for CPU
+    float32).
     """
 
     def __init__(
@@ -87,8 +94,13 @@ class FastDecoder(nn.Module):
         upcast_bf16: bool = False,
         layer_threads: int | None = 1,
         head_threads: int | str | None = "auto",
+        head_copy: bool | None = None,
     ):
         super().__init__()
+        head = model.head.weight
+        if head_copy is None:
+            head_copy = head.device.type == "cpu" and head.dtype == torch.float32
+        self.head_copy = head_copy
         self.layer_threads = layer_threads
         self.head_threads = head_threads
         self._head_choice = _ThreadChoice()
@@ -158,6 +170,7 @@ class FastDecoder(nn.Module):
         logits = self._fused(
             weights["layers"],
             weights["norm"],
+            weights["head"],
             input_ids,
             view.positions,
             view.write,
@@ -191,9 +204,12 @@ class FastDecoder(nn.Module):
                 }
             )
         params = [*self.model.parameters(), *self.model.buffers()]
+        head = self.model.head.weight.detach()
         self._weights = {
             "layers": layers,
             "norm": _norm_weights(self.model.norm, up),
+            # (dim, vocab): a contiguous copy with head_copy (see the module docstring)
+            "head": head.t().contiguous() if self.head_copy else head.t(),
             "params": params,
             "versions": self._versions(params),
         }
@@ -204,7 +220,7 @@ class FastDecoder(nn.Module):
     def _versions(params) -> list[int]:
         return [p._version for p in params]
 
-    def _fused(self, layers, final_norm, ids, positions, write, read, mask, bias, cache):
+    def _fused(self, layers, final_norm, head, ids, positions, write, read, mask, bias, cache):
         """(B, 1) ids at (B, 1) positions -> (B, vocab) logits in the model's dtype."""
         model = self.model
         dtype = model.embed.weight.dtype
@@ -238,13 +254,13 @@ class FastDecoder(nn.Module):
         finally:
             if narrow:
                 torch.set_num_threads(threads)
-        return self._head(h.to(dtype), model.head.weight, threads)
+        return self._head(h.to(dtype), head, threads)
 
     def _head(self, h: torch.Tensor, weight: torch.Tensor, threads: int) -> torch.Tensor:
-        """The LM head GEMV on `head_threads` threads; "auto" times it on 1 and on all
+        """h (B, dim) @ weight (dim, vocab), the LM head GEMV, on `head_threads` threads;
+        "auto" times it on 1 and on all
         `threads` now and then and uses whichever is faster (a second thread helps only when
         it has a core to itself)."""
-        weight = weight.t()
         if self.head_threads is None or threads == 1:
             return torch.mm(h, weight)
         if self.head_threads != "auto":
