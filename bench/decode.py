@@ -79,12 +79,12 @@ def decode_rate(model, prompt: list[int], new_tokens: int) -> tuple[float, float
     return (len(stamps) - 1) / (stamps[-1] - stamps[0]), stamps[0] - t0
 
 
-def _head_threads(model, threads: int) -> str:
-    """The LM head's thread count a fused decoder settled on last ("all" for the eager path)."""
-    choice = getattr(model, "_head_choice", None)
-    if choice is None or threads == 1:
-        return str(threads)
-    return str(choice.choice or "tuning")
+def _threads_chosen(model, threads: int) -> str:
+    """ "layers/head": the thread counts a fused decoder settled on last (all for eager)."""
+    if threads == 1 or not hasattr(model, "_head_choice"):
+        return f"{threads}/{threads}"
+    chosen = (model._layer_choice.choice, model._head_choice.choice)
+    return "/".join(str(c or "?") for c in chosen)
 
 
 def main() -> None:
@@ -113,7 +113,7 @@ def main() -> None:
         torch.manual_seed(opts.seed)
         model = Transformer(cfg).eval().to(dtype)
         weight_bytes[dtype_name] = bytes_per_token(model)
-        for threads in opts.threads:  # a decoder per thread count: each tunes its LM head
+        for threads in opts.threads:  # a decoder per thread count: each times its threads
             rows.append(("eager", dtype_name, threads, model))
             rows.append(("fused", dtype_name, threads, FastDecoder(model, upcast_bf16=False)))
             if dtype == torch.bfloat16:
@@ -148,7 +148,7 @@ def main() -> None:
     print()
     header = (
         f"| {'dtype':<8} | thr | {'path':<17} | decode tok/s | ms/token | first token ms "
-        f"| copy GB/s | MB/token | bound tok/s | of bound | head thr |"
+        f"| copy GB/s | MB/token | bound tok/s | of bound | threads |"
     )
     print(header)
     print("|" + "|".join("---" for _ in range(header.count("|") - 1)) + "|")
@@ -161,7 +161,7 @@ def main() -> None:
         print(
             f"| {dtype_name:<8} | {threads:>3} | {label:<17} | {rate:>12.1f} | "
             f"{1e3 / rate:>8.2f} | {first * 1e3:>14.1f} | {gbs:>9.1f} | {mb:>8.1f} | "
-            f"{bound:>11.0f} | {rate / bound:>7.0%} | {_head_threads(m, threads):>8} |"
+            f"{bound:>11.0f} | {rate / bound:>7.0%} | {_threads_chosen(m, threads):>7} |"
         )
     print("\nhead thr: the threads the fused path's LM head settled on (it times 1 and all).")
     print(

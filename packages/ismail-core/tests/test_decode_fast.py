@@ -177,12 +177,16 @@ def test_the_wrapper_has_the_models_interface() -> None:
 
 
 def test_two_threads_give_the_same_logits() -> None:
-    """The layers run on one thread and the LM head on all: the same numbers either way."""
+    """Layers and LM head on 1 thread or on all (timed, or fixed): the same numbers."""
     model = make_model()
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        ref, out = decode_both(model, fast_decoder(model), [[1, 5, 9, 2]], steps=4)
+        decoder = fast_decoder(model)
+        ref, out = decode_both(model, decoder, [[1, 5, 9, 2]], steps=12)
+        assert decoder._layer_choice.choice in (1, 2)  # 5 timed steps of each, then a choice
+        fixed = fast_decoder(model, layer_threads=2, head_threads=1)
+        torch.testing.assert_close(decode_both(model, fixed, [[1, 5, 9, 2]], 4)[1], ref[:4])
         assert torch.get_num_threads() == 2  # restored after each step
     finally:
         torch.set_num_threads(threads)

@@ -18,12 +18,12 @@ ismail-serve) run a hand-fused path:
 * residual additions ride on the output projections (`addmm`), a one-row RMSNorm is five
   small ops (x * rsqrt(x.x + dim * eps) * weight * sqrt(dim)), modules are read for their
   weights instead of being called;
-* with several torch threads the layers run on `layer_threads` (default 1) and only the LM
-  head, the one large GEMV, may use them all: dozens of tiny parallel regions per token cost
-  more in fork/join than they save, and when another process holds a core each of them can
-  wait for a time slice (measured under load: 2 threads ran the model's own step 25x slower
-  than 1). `head_threads="auto"` times the head on 1 and on all threads every 200 steps and
-  keeps the faster (bf16 GEMV on 2 threads was 2.7x slower than on 1 under load).
+* with several torch threads, the layers and the LM head each run on 1 thread or on all,
+  whichever `_ThreadChoice` timed faster (5 steps of each, again every 200 steps): dozens of
+  tiny parallel regions per token can cost more in fork/join than they save, and when
+  another process holds a core each of them waits for a time slice (measured under load:
+  2 threads ran the model's own step 10-26x slower than 1, the bf16 head GEMV 2.7x slower);
+  on an idle machine 2 threads paid off for bf16 and not for float32.
 
 The LM head of a float32 model on a CPU is multiplied from a contiguous (dim, vocab) copy
 (`head_copy`, default on there; it costs the head's size in memory): MKL's GEMV over the
@@ -82,9 +82,9 @@ class FastDecoder(nn.Module):
     Use it wherever the model is passed for inference (`ModelRunner(FastDecoder(model), ...)`,
     `generate_ids`): it has the model's `cfg`, `new_cache`, call signature and (through
     `__getattr__`) its other attributes. Options: upcast_bf16 (float32 copies of a bf16
-    model's small matrices), layer_threads (threads for everything but the LM head; None =
-    leave torch's setting), head_threads ("auto": the faster of 1 and all, timed; an int; or
-    None = all), head_copy (a (dim, vocab) copy of a float32 LM head; None = on for CPU
+    model's small matrices), layer_threads (threads for everything but the LM head: "auto"
+    = the faster of 1 and all, timed; an int; None = all), head_threads (the same for the
+    LM head), head_copy (a (dim, vocab) copy of a float32 LM head; None = on for CPU
     float32).
     """
 
@@ -92,7 +92,7 @@ class FastDecoder(nn.Module):
         self,
         model: nn.Module,
         upcast_bf16: bool = False,
-        layer_threads: int | None = 1,
+        layer_threads: int | str | None = "auto",
         head_threads: int | str | None = "auto",
         head_copy: bool | None = None,
     ):
@@ -104,6 +104,7 @@ class FastDecoder(nn.Module):
         self.layer_threads = layer_threads
         self.head_threads = head_threads
         self._head_choice = _ThreadChoice()
+        self._layer_choice = _ThreadChoice()
         self.model = model
         self.cfg = model.cfg
         self.supported = _supported(model)
@@ -236,9 +237,17 @@ class FastDecoder(nn.Module):
         slots = (write.reshape(-1), read.reshape(-1), read.shape[1])  # (B,), (B * S,), S
         cpu = h.device.type == "cpu"  # torch threads only matter there
         threads = torch.get_num_threads() if cpu else 1
-        narrow = self.layer_threads is not None and threads > self.layer_threads
+        auto = self.layer_threads == "auto" and threads > 1
+        if auto:
+            n = self._layer_choice.pick(threads)
+            t0 = time.perf_counter()
+        elif self.layer_threads in (None, "auto"):
+            n = threads
+        else:
+            n = min(int(self.layer_threads), threads)
+        narrow = n != threads
         if narrow:
-            torch.set_num_threads(self.layer_threads)
+            torch.set_num_threads(n)
         try:
             for layer_id, (block, w) in enumerate(zip(model.layers, layers)):
                 x = _norm(w["attn_norm"], h)
@@ -254,6 +263,8 @@ class FastDecoder(nn.Module):
         finally:
             if narrow:
                 torch.set_num_threads(threads)
+        if auto:
+            self._layer_choice.record(n, time.perf_counter() - t0)
         return self._head(h.to(dtype), head, threads)
 
     def _head(self, h: torch.Tensor, weight: torch.Tensor, threads: int) -> torch.Tensor:
