@@ -25,17 +25,20 @@ ismail-serve) run a hand-fused path:
   2 threads ran the model's own step 10-26x slower than 1, the bf16 head GEMV 2.7x slower);
   on an idle machine 2 threads paid off for bf16 and not for float32.
 
-The LM head of a float32 model on a CPU is multiplied from a contiguous (dim, vocab) copy
-(`head_copy`, default on there; it costs the head's size in memory): MKL's GEMV over the
-(vocab, dim) parameter ran at ~8 GB/s on the AMD test machine, over the transposed copy 2-2.7x
-faster (tiny preset: 11.1 -> 9.2 ms a token). For bf16 the copy is far slower (44 ms a token)
-and is never made; for the small matrices the layout measured mixed and stays as it is.
+The LM head on a CPU is multiplied from a contiguous float32 (dim, vocab) copy (`head_copy`,
+default on for float32 models and for bf16 ones without native bf16 arithmetic; it costs a
+float32 head's size in memory): MKL's GEMV over the (vocab, dim) parameter ran at ~8 GB/s on
+the AMD test machine, over the transposed copy 2-2.7x faster (tiny preset, float32: 11.1 ->
+9.2 ms a token), and faster than the emulated bf16 GEMV over half the bytes (2.9 ms against
+~1.5 ms). A bf16 (dim, vocab) copy would be far slower (44 ms a token); for the small
+matrices the layout measured mixed and stays as it is.
 
-bfloat16: the fused path runs in the model's dtype. `upcast_bf16=True` instead decodes from
-float32 copies of the small matrices (the LM head and the embedding stay bf16) with a float32
-residual stream, for CPUs without native bf16 arithmetic (`native_bf16()` False), where bf16
-GEMM is emulated; in the decode loop on the 2-core AVX2 test machine it was no faster
-(within noise, bench/RESULTS.md) while it costs memory, so it is off by default.
+bfloat16 on a CPU without native bf16 arithmetic (`native_bf16()` False, e.g. AVX2 only):
+by default (`upcast_bf16=None`) the fused path decodes from float32 copies of the matrices
+(the embedding stays bf16) with a float32 residual stream, since bf16 GEMM is emulated there:
+with bf16 matrices the tiny preset decoded ~15% slower than the float32 model, with the
+copies level with or faster than it. The copies cost memory (a float32 copy of every matrix
+but the embedding, made at the first decode step); `upcast_bf16=False` keeps bf16 matrices.
 
 Every other call (prefill chunks, training, gradient-enabled calls, learned positions) goes
 to the model unchanged, so training numerics are untouched; a batch of several rows uses
@@ -82,24 +85,26 @@ class FastDecoder(nn.Module):
     Use it wherever the model is passed for inference (`ModelRunner(FastDecoder(model), ...)`,
     `generate_ids`): it has the model's `cfg`, `new_cache`, call signature and (through
     `__getattr__`) its other attributes. Options: upcast_bf16 (float32 copies of a bf16
-    model's small matrices), layer_threads (threads for everything but the LM head: "auto"
-    = the faster of 1 and all, timed; an int; None = all), head_threads (the same for the
-    LM head), head_copy (a (dim, vocab) copy of a float32 LM head; None = on for CPU
-    float32).
+    model's matrices; None = on for CPUs without native bf16), layer_threads (threads for
+    everything but the LM head: "auto" = the faster of 1 and all, timed; an int; None =
+    all), head_threads (the same for the LM head), head_copy (a float32 (dim, vocab) copy
+    of the LM head; None = on for CPU float32, and CPU bf16 without native bf16).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        upcast_bf16: bool = False,
+        upcast_bf16: bool | None = None,
         layer_threads: int | str | None = "auto",
         head_threads: int | str | None = "auto",
         head_copy: bool | None = None,
     ):
         super().__init__()
         head = model.head.weight
-        if head_copy is None:
-            head_copy = head.device.type == "cpu" and head.dtype == torch.float32
+        if head_copy is None:  # float32 on CPU, and bf16 where bf16 arithmetic is emulated
+            head_copy = head.device.type == "cpu" and (
+                head.dtype == torch.float32 or (head.dtype == torch.bfloat16 and not native_bf16())
+            )
         self.head_copy = head_copy
         self.layer_threads = layer_threads
         self.head_threads = head_threads
@@ -108,6 +113,8 @@ class FastDecoder(nn.Module):
         self.model = model
         self.cfg = model.cfg
         self.supported = _supported(model)
+        if upcast_bf16 is None:
+            upcast_bf16 = head.device.type == "cpu" and not native_bf16()
         self.upcast = upcast_bf16 and model.embed.weight.dtype == torch.bfloat16
         self._weights: dict | None = None
         self._weights_key: list[int] = []
@@ -210,7 +217,7 @@ class FastDecoder(nn.Module):
             "layers": layers,
             "norm": _norm_weights(self.model.norm, up),
             # (dim, vocab): a contiguous copy with head_copy (see the module docstring)
-            "head": head.t().contiguous() if self.head_copy else head.t(),
+            "head": head.t().float().contiguous() if self.head_copy else head.t(),
             "params": params,
             "versions": self._versions(params),
         }
@@ -265,7 +272,7 @@ class FastDecoder(nn.Module):
                 torch.set_num_threads(threads)
         if auto:
             self._layer_choice.record(n, time.perf_counter() - t0)
-        return self._head(h.to(dtype), head, threads)
+        return self._head(h.to(head.dtype), head, threads).to(dtype)
 
     def _head(self, h: torch.Tensor, weight: torch.Tensor, threads: int) -> torch.Tensor:
         """h (B, dim) @ weight (dim, vocab), the LM head GEMV, on `head_threads` threads;
@@ -520,5 +527,5 @@ def _moe_one(w: dict, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def fast_decoder(model: nn.Module, **options) -> FastDecoder:
     """The model wrapped for fast single-token decode steps (see the module docstring);
-    options: upcast_bf16, layer_threads, head_threads (FastDecoder)."""
+    options: upcast_bf16, layer_threads, head_threads, head_copy (FastDecoder)."""
     return FastDecoder(model, **options)
