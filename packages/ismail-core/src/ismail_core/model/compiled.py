@@ -13,8 +13,8 @@ ismail-serve) run a hand-fused path:
   `index_select`, and the attention mask becomes one additive bias built once per step (none
   for a single row without a sliding window, which sees every cached position);
 * a one-token MoE layer runs only its top-k experts and the shared experts: the gate's
-  choice on the device, its k combine weights on the host (one `tolist`, which the batched
-  path's sort/scatter bookkeeping needed anyway), no sort, scatter or index_add;
+  choice on the device, its k combine weights on the host (two small `tolist`s; the
+  batched path reads its expert counts to the host too), no sort, scatter or index_add;
 * residual additions ride on the output projections (`addmm`), a one-row RMSNorm is five
   small ops (x * rsqrt(x.x + dim * eps) * weight * sqrt(dim)), modules are read for their
   weights instead of being called;
@@ -23,7 +23,7 @@ ismail-serve) run a hand-fused path:
   tiny parallel regions per token can cost more in fork/join than they save, and when
   another process holds a core each of them waits for a time slice (measured under load:
   2 threads ran the model's own step 10-26x slower than 1, the bf16 head GEMV 2.7x slower);
-  on an idle machine 2 threads paid off for bf16 and not for float32.
+  which wins depends on the dtype and the load (bench/RESULTS.md).
 
 The LM head on a CPU is multiplied from a contiguous float32 (dim, vocab) copy (`head_copy`,
 default on for float32 models and for bf16 ones without native bf16 arithmetic; it costs a
@@ -31,12 +31,14 @@ float32 head's size in memory): MKL's GEMV over the (vocab, dim) parameter ran a
 the AMD test machine, over the transposed copy 2-2.7x faster (tiny preset, float32: 11.1 ->
 9.2 ms a token), and faster than the emulated bf16 GEMV over half the bytes (2.9 ms against
 ~1.5 ms). A bf16 (dim, vocab) copy would be far slower (44 ms a token); for the small
-matrices the layout measured mixed and stays as it is.
+matrices the layout measured mixed and stays as it is. From 3 rows on (serving batches) a
+float32 head multiplies vocab-major instead (W @ h^T; MKL's small-M GEMM was slow in both
+row-major layouts: 4 rows ~10 ms against 4.7 ms).
 
 bfloat16 on a CPU without native bf16 arithmetic (`native_bf16()` False, e.g. AVX2 only):
 by default (`upcast_bf16=None`) the fused path decodes from float32 copies of the matrices
 (the embedding stays bf16) with a float32 residual stream, since bf16 GEMM is emulated there:
-with bf16 matrices the tiny preset decoded ~15% slower than the float32 model, with the
+with bf16 matrices the tiny preset decoded 8-15% slower than the float32 model, with the
 copies level with or faster than it. The copies cost memory (a float32 copy of every matrix
 but the embedding, made at the first decode step); `upcast_bf16=False` keeps bf16 matrices.
 
