@@ -249,9 +249,7 @@ class Transformer(nn.Module):
         if cache is not None:
             if doc_ids is not None:
                 raise ValueError("doc_ids (packed training sequences) cannot be used with a cache")
-            view = make_view(
-                cache, B, T, start_pos, block_tables, self.cfg.sliding_window, device
-            )
+            view = make_view(cache, B, T, start_pos, block_tables, self.cfg.sliding_window, device)
             return view.positions, None, view
         if not isinstance(start_pos, int) or start_pos != 0 or block_tables is not None:
             raise ValueError(
