@@ -68,13 +68,18 @@ def bytes_per_token(model) -> int:
 
 
 def decode_rate(model, prompt: list[int], new_tokens: int) -> tuple[float, float]:
-    """(decode tokens/s after the first token, seconds to the first token)."""
-    from ismail_core.generate import generate_ids
+    """(decode tokens/s after the first token, seconds to the first token); a plain model
+    decodes eagerly, a FastDecoder through its fused step."""
+    from ismail_core.generate import BatchGeneration
+    from ismail_core.model.compiled import FastDecoder
     from ismail_core.sampling import SamplingParams
 
     t0 = time.perf_counter()
     stamps = []
-    for _ in generate_ids(model, prompt, new_tokens, SamplingParams(temperature=0)):
+    greedy = [SamplingParams(temperature=0)]
+    fused = isinstance(model, FastDecoder)
+    batch = BatchGeneration(model, [prompt], new_tokens, greedy, fused_decode=fused)
+    while batch.step():
         stamps.append(time.perf_counter())
     return (len(stamps) - 1) / (stamps[-1] - stamps[0]), stamps[0] - t0
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from ismail_core import ModelConfig, Transformer
-from ismail_core.generate import generate_ids
-from ismail_core.model.compiled import FastDecoder, fast_decoder
+from ismail_core.generate import BatchGeneration, generate_ids
+from ismail_core.model.compiled import FastDecoder, fast_decoder, fused_decode_supported
 from ismail_core.model.runner import ModelRunner
 from ismail_core.sampling import SamplingParams
 
@@ -71,7 +71,10 @@ def decode_both(model, fast, prompts, steps):
     """Prefill each prompt, then decode `steps` greedy tokens for all rows together through a
     runner on `model` and one on `fast`, feeding both the reference's tokens; returns the
     per-step logits of both, (steps, B, vocab) each."""
-    runners = [ModelRunner(m, num_blocks=32, block_size=4) for m in (model, fast)]
+    runners = [
+        ModelRunner(model, num_blocks=32, block_size=4, fused_decode=False),
+        ModelRunner(fast, num_blocks=32, block_size=4),
+    ]
     history = [list(p) for p in prompts]
     logits = [[], []]
     last = None
@@ -111,12 +114,14 @@ def test_fused_decode_equals_model(variant: str, batch: int) -> None:
 
 
 def test_greedy_generation_is_unchanged() -> None:
+    """generate_ids (fused on a CPU, the default) against the model's own decode steps."""
     model = make_model()
     params = SamplingParams(temperature=0)
     ids = [1, 2, 3, 4]
-    assert list(generate_ids(fast_decoder(model), ids, 20, params)) == list(
-        generate_ids(model, ids, 20, params)
-    )
+    eager = BatchGeneration(model, [ids], 20, [params], fused_decode=False)
+    assert isinstance(eager.runner.decoder, Transformer)
+    want = [step[0] for step in iter(eager.step, {})]
+    assert list(generate_ids(model, ids, 20, params)) == want
 
 
 @pytest.mark.parametrize("upcast", [True, False])
@@ -207,3 +212,19 @@ def test_thread_choice_takes_the_faster_and_measures_again() -> None:
     assert choice.pick(2) in (1, 2) and choice.choice is None  # period over: measure again
     choice.pick(4)  # a new thread count starts afresh
     assert choice.times == {1: [], 4: []}
+
+
+def test_layers_it_cannot_read_keep_the_models_own_decode() -> None:
+    """A layer that computes something else from its weights (FP8, LoRA) must not be read as
+    a plain matrix: such models decode through their own forward."""
+
+    class Doubled(torch.nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    model = make_model()
+    assert fused_decode_supported(model)
+    wo = model.layers[0].attn.wo
+    model.layers[0].attn.wo = Doubled(wo.in_features, wo.out_features, bias=False)
+    assert not fused_decode_supported(model)
+    assert ModelRunner(model, num_blocks=4, block_size=4).decoder is model

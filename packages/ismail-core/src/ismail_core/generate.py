@@ -106,7 +106,8 @@ class BatchGeneration:
     prefix with an earlier one (a system prompt, few-shot examples) reuses its cached blocks
     and prefills only the rest. Then every `step()` samples one token for each running row,
     each with its own sampling parameters and generator, and runs the running rows through the
-    model at once. A row ends after `stop_id` (an id, or a collection of ids: a chat turn has
+    model at once (on a CPU through the fused decode step, `fused_decode=False` turns it off:
+    see `ModelRunner`). A row ends after `stop_id` (an id, or a collection of ids: a chat turn has
     two ends), after `max_new_tokens`, or when the caller calls `end(row)` (a stop string found
     in its text).
     """
@@ -120,6 +121,7 @@ class BatchGeneration:
         params: Sequence[SamplingParams],
         stop_id: int | Collection[int] | None = None,
         block_size: int = 16,
+        fused_decode: bool | None = None,
     ) -> None:
         context = model.cfg.max_seq_len
         for ids in prompts:
@@ -136,7 +138,7 @@ class BatchGeneration:
         self.params = list(params)
         # room for every row at full length, as if nothing were shared
         num_blocks = sum(blocks_for(len(ids) + max_new_tokens, block_size) for ids in prompts)
-        self.runner = ModelRunner(model, num_blocks, block_size)
+        self.runner = ModelRunner(model, num_blocks, block_size, fused_decode=fused_decode)
         self.generators = [p.make_generator(self.runner.device) for p in self.params]
         self.history = [list(ids) for ids in prompts]
         self.new_tokens = [0] * len(prompts)

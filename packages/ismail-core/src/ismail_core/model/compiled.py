@@ -84,13 +84,14 @@ def native_bf16() -> bool:
 class FastDecoder(nn.Module):
     """Wraps a Transformer; single-token cached calls take the fused path (see module doc).
 
-    Use it wherever the model is passed for inference (`ModelRunner(FastDecoder(model), ...)`,
-    `generate_ids`): it has the model's `cfg`, `new_cache`, call signature and (through
-    `__getattr__`) its other attributes. Options: upcast_bf16 (float32 copies of a bf16
-    model's matrices; None = on for CPUs without native bf16), layer_threads (threads for
-    everything but the LM head: "auto" = the faster of 1 and all, timed; an int; None =
-    all), head_threads (the same for the LM head), head_copy (a float32 (dim, vocab) copy
-    of the LM head; None = on for CPU float32, and CPU bf16 without native bf16).
+    `ModelRunner` (so `ismail_core.generate` and ismail-serve) wraps its model in one on a
+    CPU; pass one as the model for other options: it has the model's `cfg`, `new_cache`, call
+    signature and (through `__getattr__`) its other attributes. Options: upcast_bf16 (float32
+    copies of a bf16 model's matrices; None = on for CPUs without native bf16), layer_threads
+    (threads for everything but the LM head: "auto" = the faster of 1 and all, timed; an
+    int; None = all), head_threads (the same for the LM head), head_copy (a float32
+    (dim, vocab) copy of the LM head; None = on for CPU float32, and CPU bf16 without native
+    bf16).
     """
 
     def __init__(
@@ -114,7 +115,7 @@ class FastDecoder(nn.Module):
         self._layer_choice = _ThreadChoice()
         self.model = model
         self.cfg = model.cfg
-        self.supported = _supported(model)
+        self.supported = fused_decode_supported(model)
         if upcast_bf16 is None:
             upcast_bf16 = head.device.type == "cpu" and not native_bf16()
         self.upcast = upcast_bf16 and model.embed.weight.dtype == torch.bfloat16
@@ -428,11 +429,23 @@ def _ffn_weights(ffn: nn.Module, up) -> dict:
     return {"kind": "module"}
 
 
-def _supported(model: nn.Module) -> bool:
-    """Whether the fused path covers this model (else every call goes to the model)."""
+# torch modules the fused path reads as they are; every other module must be ismail's own
+_PLAIN_TORCH = (nn.Linear, nn.Embedding, nn.ModuleList, nn.LayerNorm)
+
+
+def fused_decode_supported(model: nn.Module) -> bool:
+    """Whether the fused path covers this model (else every call goes to the model): a
+    Transformer of plain modules. Anything that changes what a layer computes from its
+    weights (FP8 layers from ismail-kernels, peft's LoRA layers, a test double) is left to
+    the model's own forward, since the fused path reads the weights directly."""
     cfg = getattr(model, "cfg", None)
+    plain = all(
+        type(m) in _PLAIN_TORCH or type(m).__module__.startswith("ismail_core.model.")
+        for m in model.modules()
+    )
     return (
-        cfg is not None
+        plain
+        and cfg is not None
         and getattr(model, "pos_embed", None) is None
         and hasattr(model, "layers")
         and hasattr(model, "head")

@@ -14,10 +14,17 @@ import torch
 
 from .block_manager import BlockManager
 from .cache import blocks_for
+from .compiled import FastDecoder, fused_decode_supported
 
 
 class ModelRunner:
-    """Runs forward passes of `model` against one paged cache of `num_blocks` blocks."""
+    """Runs forward passes of `model` against one paged cache of `num_blocks` blocks.
+
+    fused_decode: one-token steps (decoding) take `compiled.FastDecoder`'s hand-fused path,
+    where per-op overhead, not arithmetic, bounds a small model (None: on a CPU; models it
+    does not cover, such as FP8 or LoRA layers, always run their own forward). Passing a
+    FastDecoder as the model uses it as given.
+    """
 
     def __init__(
         self,
@@ -27,6 +34,7 @@ class ModelRunner:
         enable_prefix_caching: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        fused_decode: bool | None = None,
     ) -> None:
         self.model = model.eval()
         if device is None:
@@ -36,6 +44,10 @@ class ModelRunner:
         self.cache = model.new_cache(num_blocks, block_size, device=self.device, dtype=dtype)
         self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching)
         self.block_size = block_size
+        if fused_decode is None:
+            fused_decode = self.device.type == "cpu"
+        wrap = fused_decode and not isinstance(model, FastDecoder) and fused_decode_supported(model)
+        self.decoder = FastDecoder(self.model) if wrap else self.model
 
     @property
     def num_blocks(self) -> int:
@@ -70,7 +82,8 @@ class ModelRunner:
         """
         width = max(len(r) for r in rows)
         ids = torch.tensor([list(row) + [0] * (width - len(row)) for row in rows], dtype=torch.long)
-        logits = self.model(
+        model = self.decoder if width == 1 else self.model
+        logits = model(
             ids.to(self.device),
             cache=self.cache,
             start_pos=torch.tensor(list(starts), dtype=torch.long, device=self.device),
