@@ -106,7 +106,10 @@ def kv_bytes_per_token(checkpoint: Path) -> tuple[str, int, int]:
     from ismail_core.model.cache import new_cache
 
     cfg = load_config(checkpoint)
-    mha_cfg = type(cfg).from_dict({**cfg.to_dict(), "attention": "mha", "n_kv_heads": None})
+    # standard MHA: every head caches a key and a value of the model's head size
+    head_dim = cfg.dim // cfg.n_heads if cfg.dim % cfg.n_heads == 0 else cfg.qk_head_dim
+    mha = {"attention": "mha", "n_kv_heads": None, "head_dim": head_dim}
+    mha_cfg = type(cfg).from_dict({**cfg.to_dict(), **mha})
     own = new_cache(cfg, 1, 1, dtype=torch.float32).bytes_per_token()
     return cfg.attention, own, new_cache(mha_cfg, 1, 1, dtype=torch.float32).bytes_per_token()
 
