@@ -299,9 +299,12 @@ def run_throughput(ctx: tuple, args: argparse.Namespace) -> list[LevelResult]:
     """Continuous batching vs one at a time (and the baseline server at 1 and 16)."""
 
     def levels(concurrencies: list[int]) -> list[tuple[int, list[dict]]]:
-        n = lambda c: args.requests or max(8, 2 * c)  # noqa: E731
-        make = lambda i: completion_body_for(i, args)  # noqa: E731
-        return [(c, _bodies(n(c), make)) for c in concurrencies]
+        """(concurrency, requests) per level: --requests, or twice the concurrency (>= 8)."""
+        out = []
+        for c in concurrencies:
+            n = args.requests or max(8, 2 * c)
+            out.append((c, [completion_body_for(i, args) for i in range(n)]))
+        return out
 
     checkpoint, work = ctx
     plans = [("batched", max(args.concurrency), args.concurrency, None)]
