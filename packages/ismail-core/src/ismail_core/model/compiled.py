@@ -179,16 +179,7 @@ class FastDecoder(nn.Module):
         weights = self._layer_weights()
         self.fused_steps += 1
         logits = self._fused(
-            weights["layers"],
-            weights["norm"],
-            weights["head"],
-            input_ids,
-            view.positions,
-            view.write,
-            view.read,
-            view.mask,
-            bias,
-            cache,
+            weights["layers"], weights["norm"], weights["head"], input_ids, view, bias, cache
         )
         return logits if logits_at is not None else logits[:, None]
 
@@ -231,8 +222,9 @@ class FastDecoder(nn.Module):
     def _versions(params) -> list[int]:
         return [p._version for p in params]
 
-    def _fused(self, layers, final_norm, head, ids, positions, write, read, mask, bias, cache):
-        """(B, 1) ids at (B, 1) positions -> (B, vocab) logits in the model's dtype."""
+    def _fused(self, layers, final_norm, head, ids, view, bias, cache):
+        """(B, 1) ids at the view's (B, 1) positions -> (B, vocab) logits in the model's
+        dtype."""
         model = self.model
         dtype = model.embed.weight.dtype
         h = F.embedding(ids[:, 0], model.embed.weight)  # (B, dim)
@@ -241,10 +233,10 @@ class FastDecoder(nn.Module):
         freqs = None
         rope = None
         if model.rotary is not None:
-            cos, sin = model.rotary(positions)  # (B, 1, rot / 2)
+            cos, sin = model.rotary(view.positions)  # (B, 1, rot / 2)
             freqs = torch.complex(cos, sin)
             rope = (cos, sin)
-        slots = (write.reshape(-1), read.reshape(-1), read.shape[1])  # (B,), (B * S,), S
+        slots = (view.write.reshape(-1), view.read.reshape(-1), view.read.shape[1])  # (B,) (B*S,) S
         cpu = h.device.type == "cpu"  # torch threads only matter there
         threads = torch.get_num_threads() if cpu else 1
         auto = self.layer_threads == "auto" and threads > 1
@@ -264,7 +256,6 @@ class FastDecoder(nn.Module):
                 if w["attn"] is not None:
                     h = _mla(w["attn"], h, x, freqs, cache, layer_id, slots, bias)
                 else:  # standard attention: the module itself
-                    view = _View(write, read, mask)
                     out = block.attn(x[:, None].to(dtype), rope, None, cache, view)
                     h = h + out[:, 0].to(h.dtype)
                 x = _norm(w["ffn_norm"], h)
@@ -346,13 +337,6 @@ class _ThreadChoice:
         if all(len(v) >= self.samples for v in self.times.values()):
             self.choice = min(self.times, key=lambda k: statistics.median(self.times[k]))
             self.left = self.period
-
-
-class _View:
-    """The parts of a CacheView standard attention reads in a decode step."""
-
-    def __init__(self, write, read, mask):
-        self.write, self.read, self.mask = write, read, mask
 
 
 # ------------------------------------------------------------------------- weights
