@@ -43,7 +43,6 @@ class ModelRunner:
         self.device = torch.device(device)
         self.cache = model.new_cache(num_blocks, block_size, device=self.device, dtype=dtype)
         self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching)
-        self.block_size = block_size
         if fused_decode is None:
             fused_decode = self.device.type == "cpu"
         wrap = fused_decode and not isinstance(model, FastDecoder) and fused_decode_supported(model)
@@ -52,6 +51,10 @@ class ModelRunner:
     @property
     def num_blocks(self) -> int:
         return self.cache.num_blocks
+
+    @property
+    def block_size(self) -> int:
+        return self.cache.block_size
 
     def cache_bytes_per_token(self) -> int:
         """Bytes of cache one token occupies (all layers)."""
