@@ -15,6 +15,7 @@ SIGINT inside the window.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -277,6 +278,15 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+def freeze_loaded_objects() -> None:
+    """Moves everything alive after loading (modules, the tokenizer's tables, the model's
+    Python objects: some 250,000 objects) out of the garbage collector's view. Without this
+    every full collection re-scans them, a 150-250 ms pause of every stream on a small CPU;
+    with it a collection scans only what requests allocated."""
+    gc.collect()
+    gc.freeze()
+
+
 def serve(config: ServeConfig) -> int:
     """Run the service until it is stopped; returns the process exit status."""
     from ismail_core.checkpoint import is_classifier
@@ -303,6 +313,7 @@ def serve(config: ServeConfig) -> int:
             log.debug("model loading failed", exc_info=True)
             server.fail(f"could not load {config.checkpoint}: {type(exc).__name__}: {exc}")
             return
+        freeze_loaded_objects()
         if isinstance(loaded, ClassifierRunner):
             start_classifier(loaded)
         else:
