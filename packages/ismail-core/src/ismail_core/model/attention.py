@@ -94,8 +94,10 @@ class MLA(nn.Module):
             # store only the normed latent and the rotated shared key, then read the rows back
             latent = _store_and_read(cache.latent[self.layer_id], latent, view).to(x.dtype)
             k_pe = _store_and_read(cache.rope_key[self.layer_id], k_pe, view).to(x.dtype)
-            attend = self._absorbed if self._absorbing_is_cheaper(T) else self._dense
-            out = attend(q_nope, q_pe, latent, k_pe, view.mask)
+            if self._absorbing_is_cheaper(T):
+                out = self._absorbed(q_nope, q_pe, latent, k_pe, view)
+            else:
+                out = self._dense(q_nope, q_pe, latent, k_pe, view.mask)
         return self.wo(out.reshape(B, T, H * self.v_head_dim))
 
     def _absorbing_is_cheaper(self, T: int) -> bool:
@@ -116,19 +118,23 @@ class MLA(nn.Module):
         k = torch.cat([k_nope, k_pe.unsqueeze(2).expand(-1, -1, H, -1)], dim=-1)
         return _sdpa(q, k, v, mask, self.softmax_scale)  # (B, T, H, v_head_dim)
 
-    def _absorbed(self, q_nope, q_pe, lat, pe, mask) -> torch.Tensor:
+    def _absorbed(self, q_nope, q_pe, lat, pe, view: CacheView) -> torch.Tensor:
         """Attend over cached latents lat (B, S, r) and rope keys pe (B, S, rope) with wkv_b's
         key half folded into the query and its value half applied after attention, so keys
-        and values are never decompressed."""
-        wkv_b = self.wkv_b.weight.view(self.n_heads, -1, self.kv_lora_rank)
-        q_lat = torch.einsum("bthd,hdc->bthc", q_nope, wkv_b[:, : self.qk_nope_head_dim])
-        scores = torch.einsum("bthc,bsc->bhts", q_lat, lat) + torch.einsum(
-            "bthr,bsr->bhts", q_pe, pe
-        )
-        scores = (scores.float() * self.softmax_scale).masked_fill(~mask, float("-inf"))
-        probs = scores.softmax(dim=-1).to(q_nope.dtype)
-        out = torch.einsum("bhts,bsc->bthc", probs, lat)
-        return torch.einsum("bthc,hdc->bthd", out, wkv_b[:, self.qk_nope_head_dim :])
+        and values are never decompressed. All heads share the one latent key [lat, pe], so
+        the heads fold into the query rows: scores are one (H T, r + rope) x (r + rope, S)
+        GEMM per row with the scale and mask fused in (baddbmm), half the passes over the
+        (H, T, S) scores of separate products, add, scale and mask."""
+        B, T, H, _ = q_nope.shape
+        wkv_b = self.wkv_b.weight.view(H, -1, self.kv_lora_rank)
+        q_lat = torch.einsum("bthd,hdc->bhtc", q_nope, wkv_b[:, : self.qk_nope_head_dim])
+        q = torch.cat([q_lat, q_pe.transpose(1, 2)], dim=-1).reshape(B, H * T, -1)
+        keys = torch.cat([lat, pe], dim=-1).transpose(1, 2)  # (B, r + rope, S)
+        bias = view.head_folded_bias(H, q.dtype)
+        scores = torch.baddbmm(bias, q, keys, alpha=self.softmax_scale)  # (B, H T, S)
+        probs = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+        out = torch.bmm(probs, lat).view(B, H, T, self.kv_lora_rank)
+        return torch.einsum("bhtc,hdc->bthd", out, wkv_b[:, self.qk_nope_head_dim :])
 
 
 class Attention(nn.Module):

@@ -12,7 +12,7 @@ rope key, and it stays latent: decoding attends in the latent space (MLA._absorb
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -33,6 +33,20 @@ class CacheView:
     read: torch.Tensor
     kv_len: int
     mask: torch.Tensor
+    _biases: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def head_folded_bias(self, heads: int, dtype: torch.dtype) -> torch.Tensor:
+        """The mask as an additive bias (0 where a query may attend, -inf elsewhere) of shape
+        (B, heads * T, S), query rows head-major (row h * T + t): for attention whose keys
+        all heads share (MLA in the latent space), where folding the heads into the query
+        rows makes one GEMM per row. Built on first use and shared by every layer."""
+        key = (heads, dtype)
+        if key not in self._biases:
+            B, _, T, S = self.mask.shape
+            bias = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device)
+            bias.masked_fill_(~self.mask, float("-inf"))
+            self._biases[key] = bias.expand(B, heads, T, S).reshape(B, heads * T, S)
+        return self._biases[key]
 
 
 class PagedCache:

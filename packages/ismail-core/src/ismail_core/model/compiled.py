@@ -174,8 +174,7 @@ class FastDecoder(nn.Module):
         bias = None
         if B > 1 or self.cfg.sliding_window:
             # (B, 1, S): 0 where a row may attend, -inf elsewhere; shared by every layer
-            mask = view.mask[:, 0]
-            bias = torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))
+            bias = view.head_folded_bias(1, torch.float32)
         weights = self._layer_weights()
         self.fused_steps += 1
         logits = self._fused(
