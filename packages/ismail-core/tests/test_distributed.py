@@ -22,11 +22,13 @@ def _torchrun(flags: dict, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize(
+    ("strategy", "optimizer"), [("ddp", "adamw"), ("fsdp", "adamw"), ("ddp", "muon")]
+)
 def test_two_process_gloo_training_and_resume(
-    strategy: str, tmp_path: Path, tiny_train_layer, tiny_data: Path
+    strategy: str, optimizer: str, tmp_path: Path, tiny_train_layer, tiny_data: Path
 ) -> None:
-    flags = tiny_train_layer(tmp_path / "run", tiny_data)
+    flags = tiny_train_layer(tmp_path / "run", tiny_data, **{"optim.name": optimizer})
     flags.update({"train.steps": 4, "dist.strategy": strategy, "train.device": "cpu"})
     flags.update({"train.threads": 1, "eval.interval": 2, "checkpoint.interval": 2})
     flags["log.sample_tokens"] = 0

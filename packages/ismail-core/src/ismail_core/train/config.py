@@ -85,8 +85,12 @@ class TrainSection:
 
 @dataclass
 class OptimSection:
-    name: str = doc_field("adamw or adamw8bit (bitsandbytes, CUDA only)", default="adamw")
-    lr: float = doc_field("peak learning rate", default=3e-3)
+    name: str = doc_field(
+        "adamw; muon (Muon for the blocks' matrices, AdamW for the rest); galore_adamw "
+        "(needs ismail-core[galore]); adamw8bit (bitsandbytes, CUDA only)",
+        default="adamw",
+    )
+    lr: float = doc_field("peak learning rate (AdamW's; all of it but optim.muon_lr)", default=3e-3)
     min_lr: float = doc_field("learning-rate floor reached at the end of the cosine", default=3e-4)
     warmup_steps: int = doc_field("linear warm-up steps", default=20)
     schedule: str = doc_field("cosine or constant (after warm-up)", default="cosine")
@@ -95,6 +99,17 @@ class OptimSection:
     beta2: float = doc_field("AdamW beta2", default=0.95)
     eps: float = doc_field("AdamW epsilon", default=1e-8)
     grad_clip: float = doc_field("clip the global gradient norm (0 = off)", default=1.0)
+    muon_lr: float = doc_field(
+        "Muon's peak learning rate (RMS-matched to AdamW's update size; the schedule scales "
+        "it with optim.lr)",
+        default=3e-3,
+    )
+    muon_momentum: float = doc_field("Muon's Nesterov momentum", default=0.95)
+    galore_rank: int = doc_field("GaLore's projection rank", default=128)
+    galore_update_interval: int = doc_field(
+        "optimizer steps between GaLore's projection updates (an SVD per matrix)", default=200
+    )
+    galore_scale: float = doc_field("GaLore's update scale", default=0.25)
 
 
 @dataclass
@@ -185,6 +200,9 @@ def check_sections(cfg: Any) -> None:
         (o.schedule in ("cosine", "constant"), "optim.schedule must be cosine or constant"),
         (o.lr > 0 and 0 <= o.min_lr <= o.lr, "need optim.lr > 0 and 0 <= optim.min_lr <= lr"),
         (o.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+        (o.muon_lr > 0 and 0 <= o.muon_momentum < 1, "need optim.muon_lr > 0, momentum in [0, 1)"),
+        (o.galore_rank > 0, "optim.galore_rank must be positive"),
+        (o.galore_update_interval > 0, "optim.galore_update_interval must be positive"),
         (cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last must be >= 1"),
         (cfg.dist.strategy in ("ddp", "fsdp"), "dist.strategy must be ddp or fsdp"),
         (cfg.log.interval > 0, "log.interval must be positive"),
@@ -197,7 +215,7 @@ def check_sections(cfg: Any) -> None:
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp8")
-OPTIMIZERS = ("adamw", "adamw8bit")
+OPTIMIZERS = ("adamw", "muon", "galore_adamw", "adamw8bit")
 
 
 def option_fields(config_cls: type = TrainConfig) -> dict[str, tuple[type, str, Any]]:

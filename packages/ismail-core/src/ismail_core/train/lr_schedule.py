@@ -21,10 +21,11 @@ def lr_at(step: int, total_steps: int, cfg: OptimSection) -> float:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every parameter group's learning rate.
+    """Set every parameter group's learning rate: `lr` times the group's `lr_scale` (its
+    peak over optim.lr; 1 unless the optimizer set one, as Muon's group does).
 
     The schedule is a pure function of the step, so resuming needs only the step number: no
     scheduler object has to be saved or kept in sync.
     """
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -44,7 +44,7 @@ from ismail_core.train.checkpointing import (
 from ismail_core.train.config import ConfigError, TrainConfig
 from ismail_core.train.lr_schedule import lr_at, set_lr
 from ismail_core.train.metrics import MetricsLogger, peak_flops
-from ismail_core.train.optimizer import build_optimizer
+from ismail_core.train.optimizer import OptimizerError, build_optimizer
 from ismail_core.train.precision import build_precision, fp8_converter
 
 CONFIG_FILE = "train_config.json"
@@ -229,8 +229,16 @@ class Trainer:
         self._ddp = isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
         if cfg.train.compile:
             self.model = torch.compile(self.model)
-        self.optimizer = build_optimizer(self.raw_model, cfg.optim, self.device)
+        self.optimizer = build_optimizer(
+            self.raw_model, cfg.optim, self.device, sharded=distributed.is_fsdp(self.raw_model)
+        )
         if state is not None:
+            saved = state.get("optimizer_name")  # absent in checkpoints from before Muon
+            if saved is not None and saved != cfg.optim.name:
+                raise OptimizerError(
+                    f"{self.resume_from} was trained with --optim.name {saved}; resume it with "
+                    f"--optim.name {saved} (its optimizer state does not fit {cfg.optim.name})"
+                )
             distributed.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
             if self.precision.scaler is not None and state.get("scaler"):
                 self.precision.scaler.load_state_dict(state["scaler"])
@@ -368,6 +376,7 @@ class Trainer:
             trainer_state = {
                 "step": step,
                 "optimizer": optim_state,
+                "optimizer_name": self.cfg.optim.name,
                 "scaler": self.precision.scaler.state_dict() if self.precision.scaler else None,
                 "rng": rngs,
                 "best_val_loss": self.best_val,
