@@ -111,6 +111,19 @@ def test_generate_eval_report_export(trained_run: Path, tiny_data: Path, tmp_pat
     assert code == 0 and (tmp_path / "hf" / "config.json").is_file()
 
 
+def test_report_overlays_several_runs(trained_run: Path, tmp_path, capsys) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "metrics.jsonl").write_text((trained_run / "metrics.jsonl").read_text())
+    out = tmp_path / "compared"
+    code, printed, _ = _run(capsys, "report", str(trained_run), str(other), "--out", str(out))
+    assert code == 0 and str(out / "index.html") in printed
+    html = (out / "index.html").read_text()
+    assert "<li>run:" in html and "<li>other:" in html  # each run's final bits per byte
+    for png in ("compare_bits_per_byte.png", "compare_val_loss.png", "compare_train_loss.png"):
+        assert (out / png).stat().st_size > 1000 and png in html
+
+
 def test_export_fp8_checkpoint_loads_and_generates(trained_run: Path, tmp_path, capsys) -> None:
     """`ismail export --format fp8` writes weight_scale_inv scales that load_model rebuilds."""
     from ismail_core.checkpoint import load_model, load_weights

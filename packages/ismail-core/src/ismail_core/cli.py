@@ -447,17 +447,23 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         "report",
         help="plots (PNG + HTML page) of a run's metrics",
         description="Plot training/validation loss, learning rate, tokens/s and per-layer "
-        "expert load of RUN into RUN/report (PNG files and index.html).",
+        "expert load of RUN into RUN/report (PNG files and index.html). With several RUNs, "
+        "overlay their validation bits per byte and losses instead (default --out: report).",
     )
-    p.add_argument("run", metavar="RUN")
-    p.add_argument("--out", default=None, help="output directory (default RUN/report)")
+    p.add_argument("runs", nargs="+", metavar="RUN")
+    p.add_argument(
+        "--out", default=None, help="output directory (default RUN/report; several runs: report)"
+    )
     p.set_defaults(func=_run_report)
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from ismail_core.report import write_report
+    from ismail_core.report import write_comparison, write_report
 
-    page = write_report(args.run, args.out)
+    if len(args.runs) == 1:
+        page = write_report(args.runs[0], args.out)
+    else:
+        page = write_comparison(args.runs, args.out or "report")
     print(f"wrote {page}")
     return 0
 

@@ -1,4 +1,5 @@
-"""`ismail report RUN`: PNG plots of a run's metrics and an HTML page that embeds them.
+"""`ismail report RUN`: PNG plots of a run's metrics and an HTML page that embeds them;
+`ismail report RUN RUN ...` overlays several runs' curves (an optimizer comparison, say).
 
 A classifier's run (`ismail finetune --task classify`) also gets its held-out accuracy and
 macro-F1 over the steps and a heatmap of the last evaluation's confusion matrix; a preference
@@ -195,5 +196,62 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
         "<style>body{font-family:sans-serif;max-width:760px;margin:2em auto}"
         "img{max-width:100%}</style></head><body>"
         f"<h1>Run {html.escape(str(run_dir))}</h1>{summary}\n{figures}\n</body></html>\n",
+    )
+    return page
+
+
+def _run_labels(run_dirs: list[Path]) -> list[str]:
+    """Directory names, or whole paths where two runs share a name."""
+    names = [p.name for p in run_dirs]
+    return names if len(set(names)) == len(names) else [str(p) for p in run_dirs]
+
+
+def write_comparison(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
+    """Overlay the validation bits per byte, validation loss and training loss of several runs
+    (one line per run) into `out_dir`; returns its index.html."""
+    runs = [Path(r) for r in run_dirs]
+    rows = [read_metrics(r) for r in runs]
+    labels = _run_labels(runs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    charts = {
+        "compare_bits_per_byte.png": (
+            "Validation bits per byte",
+            "bits/byte",
+            "eval",
+            "bits_per_byte",
+        ),
+        "compare_val_loss.png": ("Validation loss", "cross-entropy (nats/token)", "eval", "loss"),
+        "compare_train_loss.png": ("Training loss", "cross-entropy (nats/token)", "train", "loss"),
+    }
+    written = [
+        (name, title)
+        for name, (title, ylabel, kind, key) in charts.items()
+        if _plot(
+            out / name,
+            title,
+            ylabel,
+            [(label, *_series(r, kind, key)) for label, r in zip(labels, rows)],
+        )
+    ]
+    finals = "".join(
+        f"<li>{html.escape(label)}: {evals[-1]['bits_per_byte']:.4f} bits/byte at step "
+        f"{evals[-1]['step']}</li>"
+        for label, r in zip(labels, rows)
+        if (evals := [e for e in r if e["kind"] == "eval" and "bits_per_byte" in e])
+    )
+    figures = "\n".join(
+        f'<figure><img src="{name}" alt="{html.escape(title)}">'
+        f"<figcaption>{html.escape(title)}</figcaption></figure>"
+        for name, title in written
+    )
+    page = out / "index.html"
+    atomic_write_text(
+        page,
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        "<title>ismail runs compared</title>"
+        "<style>body{font-family:sans-serif;max-width:760px;margin:2em auto}"
+        "img{max-width:100%}</style></head><body>"
+        f"<h1>{len(runs)} runs</h1><ul>{finals}</ul>\n{figures}\n</body></html>\n",
     )
     return page
