@@ -15,6 +15,7 @@ from ismail_core.train import build_config, train
 from ismail_core.train.config import OptimSection
 from ismail_core.train.lr_schedule import set_lr
 from ismail_core.train.metrics import read_metrics
+from ismail_core.train.muon import Muon, orthogonalize
 from ismail_core.train.optimizer import (
     OptimizerChain,
     OptimizerError,
@@ -57,7 +58,7 @@ def test_the_schedule_keeps_muons_own_peak(model) -> None:
 
 
 def test_a_chain_step_is_the_step_of_its_parts(model, tiny_model_config) -> None:
-    """The chain steps torch's own Muon and AdamW: the same update as using them directly."""
+    """The chain steps Muon and AdamW: the same update as using them directly."""
     torch.manual_seed(0)
     twin = Transformer(ModelConfig(vocab_size=384, **tiny_model_config))
     twin.load_state_dict(model.state_dict())
@@ -65,8 +66,12 @@ def test_a_chain_step_is_the_step_of_its_parts(model, tiny_model_config) -> None
     chain = build_optimizer(model, cfg, CPU)
     hidden = [p for n, p in twin.named_parameters() if is_hidden_matrix(n, p)]
     rest = [p for n, p in twin.named_parameters() if not is_hidden_matrix(n, p)]
-    muon = torch.optim.Muon(
-        hidden, lr=0.02, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"
+    muon = Muon(
+        hidden,
+        float32_iteration=True,  # as on this CPU (no native bfloat16)
+        lr=0.02,
+        weight_decay=cfg.weight_decay,
+        adjust_lr_fn="match_rms_adamw",
     )
     matrices = [p for p in rest if p.ndim >= 2]
     vectors = [p for p in rest if p.ndim < 2]
@@ -85,6 +90,47 @@ def test_a_chain_step_is_the_step_of_its_parts(model, tiny_model_config) -> None
                 opt.zero_grad()
     for (name, a), b in zip(model.named_parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_float32_muon_steps_like_torchs_muon(monkeypatch) -> None:
+    """Momentum, Nesterov, weight decay and the per-matrix learning rate are torch's: with
+    torch's bfloat16 iteration swapped for ours, the two optimizers agree to float rounding."""
+    import torch.optim._muon as torch_muon
+
+    def iteration(grad, ns_coefficients, ns_steps, eps):
+        group = {"ns_coefficients": ns_coefficients, "ns_steps": ns_steps, "eps": eps}
+        return orthogonalize(grad, group)
+
+    monkeypatch.setattr(torch_muon, "_zeropower_via_newtonschulz", iteration)
+    torch.manual_seed(0)
+    shapes = [(48, 32), (32, 80), (64, 64)]
+    ours = [torch.nn.Parameter(torch.randn(s) * 0.1) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    start = [p.detach().clone() for p in ours]
+    kw = dict(lr=0.01, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    opts = [Muon(ours, float32_iteration=True, **kw), torch.optim.Muon(theirs, **kw)]
+    for _ in range(3):
+        grads = [torch.randn(s) for s in shapes]
+        for params, opt in zip([ours, theirs], opts):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+    for a, b, a0 in zip(ours, theirs, start):
+        torch.testing.assert_close(a.detach(), b.detach(), atol=1e-6, rtol=1e-5)
+        assert not torch.allclose(a.detach(), a0, atol=1e-3)  # it did move
+
+
+def test_float32_iteration_is_torchs_up_to_bfloat16_rounding() -> None:
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    torch.manual_seed(0)
+    group = {"ns_coefficients": (3.4445, -4.775, 2.0315), "ns_steps": 5, "eps": 1e-7}
+    for shape in [(96, 32), (32, 96)]:
+        grad = torch.randn(shape)
+        want = _zeropower_via_newtonschulz(grad, group["ns_coefficients"], 5, 1e-7).float()
+        got = orthogonalize(grad, group)
+        assert got.shape == shape
+        assert (got - want).norm() < 0.05 * want.norm()
 
 
 @pytest.mark.parametrize("name", ["muon", "galore_adamw"])

@@ -1,7 +1,8 @@
 """The optimizers `--optim.name` chooses: AdamW, Muon + AdamW, GaLore-AdamW, 8-bit AdamW.
 
 - adamw: torch's AdamW with weight decay on matrices only.
-- muon: torch's Muon for the hidden matrices (the 2-D weights inside the blocks: attention
+- muon: torch's Muon (train/muon.py: float32 orthogonalisation where bfloat16 is emulated)
+  for the hidden matrices (the 2-D weights inside the blocks: attention
   projections, including MLA's low-rank pairs wq_a/wq_b and wkv_a/wkv_b, each orthogonalised
   on its own as Moonlight does; dense and expert feed-forward weights, each expert separately
   since each is its own matrix; w13 holds gate and up stacked and is orthogonalised as one
@@ -23,7 +24,9 @@ from collections.abc import Iterator
 
 import torch
 
+from ismail_core.runtime import native_bf16
 from ismail_core.train.config import OptimSection
+from ismail_core.train.muon import Muon
 
 
 class OptimizerError(RuntimeError):
@@ -97,8 +100,9 @@ def _muon_and_adamw(model: torch.nn.Module, cfg: OptimSection, device) -> torch.
             "optim.name=muon found no trainable matrix inside the blocks to orthogonalise; "
             "use --optim.name adamw"
         )
-    muon = torch.optim.Muon(
+    muon = Muon(
         [{"params": hidden, "lr_scale": cfg.muon_lr / cfg.lr}],
+        float32_iteration=not native_bf16(device),
         lr=cfg.muon_lr,
         weight_decay=cfg.weight_decay,
         momentum=cfg.muon_momentum,
