@@ -152,6 +152,14 @@ def test_galore_without_its_package_names_the_extra(model, monkeypatch) -> None:
         build_optimizer(model, OptimSection(name="galore_adamw"), CPU)
 
 
+def test_galore_refuses_lora_adapters(model) -> None:
+    from ismail_core.finetune.lora import LoraSettings, add_lora
+
+    add_lora(model, LoraSettings(rank=4))
+    with pytest.raises(OptimizerError, match="LoRA.*low-rank already.*--optim.name adamw"):
+        build_optimizer(model, OptimSection(name="galore_adamw"), CPU)
+
+
 def test_galore_keeps_low_rank_moments_for_the_block_matrices(model) -> None:
     cfg = OptimSection(name="galore_adamw", galore_rank=4, galore_update_interval=2)
     optimizer = build_optimizer(model, cfg, CPU)

@@ -128,6 +128,11 @@ def _galore(model: torch.nn.Module, cfg: OptimSection) -> torch.optim.Optimizer:
         ) from exc
     projected, decay, no_decay = [], [], []
     for name, param in _trainable(model):
+        if ".lora_" in name:
+            raise OptimizerError(
+                "optim.name=galore_adamw with LoRA: the adapters are low-rank already, so "
+                "there is nothing to project; use --optim.name adamw (or drop --lora)"
+            )
         if is_hidden_matrix(name, param):
             projected.append(param)
         else:
