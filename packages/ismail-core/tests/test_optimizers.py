@@ -179,7 +179,8 @@ def test_galore_keeps_low_rank_moments_for_the_block_matrices(model) -> None:
 
 @pytest.mark.parametrize(
     "optim",
-    [  # AdamW's: test_train.py
+    [
+        {"optim.name": "adamw"},
         {"optim.name": "muon", "optim.muon_lr": 0.02},
         # the projection is refreshed every 2 steps: on both sides of the interruption
         {"optim.name": "galore_adamw", "optim.galore_rank": 4, "optim.galore_update_interval": 2},
@@ -203,8 +204,11 @@ def test_interrupted_run_resumes_exactly(
             raise KeyboardInterrupt
 
     resumed = make(tmp_path / "b")
-    assert train(resumed, on_step=stop_at_3).step == 3
-    assert train(resumed).step == 8
+    first = train(resumed, on_step=stop_at_3)
+    assert first.interrupted and first.step == 3
+    assert resolve_checkpoint(tmp_path / "b" / "run").name == "step_00000003"
+    second = train(resumed)
+    assert second.step == 8 and not second.interrupted
 
     a = load_weights(resolve_checkpoint(tmp_path / "a" / "run") / WEIGHTS_FILE)
     b = load_weights(resolve_checkpoint(tmp_path / "b" / "run") / WEIGHTS_FILE)

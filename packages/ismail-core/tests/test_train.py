@@ -60,34 +60,6 @@ def test_training_lowers_validation_loss_and_keeps_checkpoints(tmp_path: Path, m
     assert tok.vocab_size == model.cfg.vocab_size == 384
 
 
-def test_interrupted_run_resumes_exactly(tmp_path: Path, make_cfg) -> None:
-    overrides = {"train.grad_accum": 2, "checkpoint.interval": 0, "model.router_noise": 0.1}
-    straight = make_cfg(tmp_path / "a", **overrides)
-    train(straight)
-
-    def stop_at_3(step: int, trainer) -> None:
-        if step == 3:
-            raise KeyboardInterrupt
-
-    resumed = make_cfg(tmp_path / "b", **overrides)
-    first = train(resumed, on_step=stop_at_3)
-    assert first.interrupted and first.step == 3
-    assert resolve_checkpoint(tmp_path / "b" / "run").name == "step_00000003"
-    second = train(resumed)
-    assert second.step == 8 and not second.interrupted
-
-    a = load_weights(resolve_checkpoint(tmp_path / "a" / "run") / WEIGHTS_FILE)
-    b = load_weights(resolve_checkpoint(tmp_path / "b" / "run") / WEIGHTS_FILE)
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
-    losses = [
-        {r["step"]: r["loss"] for r in read_metrics(tmp_path / run / "run") if r["kind"] == "train"}
-        for run in ("a", "b")
-    ]
-    assert losses[0] == losses[1]
-
-
 def test_resume_refuses_data_from_another_tokenizer(
     tmp_path: Path, make_cfg, tiny_data: Path, hf_tokenizer_file: Path
 ) -> None:
