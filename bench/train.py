@@ -15,6 +15,7 @@ model's flops_per_token (nanoGPT count, active parameters).
 
     uv run python bench/train.py                  # tiny on CPU
     uv run python bench/train.py --device cuda    # tiny and ismail-512 on a GPU
+    uv run python bench/train.py --rows transformers "ismail MoE"   # skip the dense row
 """
 
 from __future__ import annotations
@@ -142,6 +143,9 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", help="auto, fp32, bf16, fp16")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="measurements per row")
+    parser.add_argument(
+        "--rows", nargs="+", choices=VARIANTS, default=VARIANTS, help="rows to measure"
+    )
     parser.add_argument("--worker", nargs=2, metavar=("PRESET", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -164,10 +168,11 @@ def main() -> None:
     )
     print(header)
     print("-" * len(header))
+    variants = [v for v in VARIANTS if v in args.rows]  # in VARIANTS' order: the peer first
     for preset in presets:
-        runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+        runs: dict[str, list[dict]] = {v: [] for v in variants}
         for _ in range(args.rounds):
-            for variant in VARIANTS:
+            for variant in variants:
                 cmd = [sys.executable, __file__, "--worker", preset, variant]
                 cmd += ["--device", args.device, "--precision", args.precision]
                 cmd += ["--steps", str(args.steps)]

@@ -251,3 +251,74 @@ def test_torch_compile_matches_eager():
     model(ids, labels=ids).loss.backward()
     for name, p in model.named_parameters():
         torch.testing.assert_close(grads[name], p.grad, atol=1e-6, rtol=1e-5)
+
+
+def run_with_grads(moe: MoE, x: torch.Tensor, grouped: bool):
+    """Output, router stats and every gradient (None where none arrived) of one forward and
+    backward with the grouped path on or forced off."""
+    moe.grouped_mm = grouped
+    moe.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    out, stats = moe(x)
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    grads = {n: p.grad for n, p in moe.named_parameters()}
+    return out.detach(), stats, x.grad, grads
+
+
+@pytest.mark.parametrize("score_func", ["sigmoid", "softmax"])
+@pytest.mark.parametrize("capacity_factor", [0.0, 0.75])
+def test_grouped_experts_match_per_expert_loop(monkeypatch, score_func, capacity_factor):
+    calls = []
+    grouped_mm = torch._grouped_mm
+    monkeypatch.setattr(
+        torch, "_grouped_mm", lambda *a, **k: calls.append(1) or grouped_mm(*a, **k)
+    )
+    moe = make_moe(
+        score_func=score_func, capacity_factor=capacity_factor, norm_topk_prob=False
+    ).train()
+    with torch.no_grad():
+        moe.gate.bias.copy_(torch.tensor([0.0, 0.0, 0.0, -50.0]))  # expert 3 is never chosen
+    x = torch.randn(96, SMALL["dim"], generator=torch.Generator().manual_seed(3))
+    out, stats, x_grad, grads = run_with_grads(moe, x, grouped=True)
+    assert len(calls) == 2  # both projections ran grouped
+    ref_out, ref_stats, ref_x_grad, ref_grads = run_with_grads(moe, x, grouped=False)
+    assert len(calls) == 2  # the reference did not
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x_grad, ref_x_grad, atol=1e-5, rtol=1e-5)
+    for name, ref in ref_grads.items():
+        assert (grads[name] is None) == (ref is None), name
+        if ref is not None:
+            torch.testing.assert_close(grads[name], ref, atol=1e-5, rtol=1e-5)
+    assert grads["experts.3.w13.weight"] is None  # an expert without rows gets no gradient
+    assert torch.equal(stats.load, ref_stats.load) and torch.equal(stats.dropped, ref_stats.dropped)
+    assert (int(stats.dropped) > 0) == (capacity_factor > 0)
+
+
+def test_grouped_experts_under_bf16_autocast():
+    moe = make_moe().train()
+    x = torch.randn(96, SMALL["dim"], generator=torch.Generator().manual_seed(4))
+    results = []
+    for grouped in (True, False):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            results.append(run_with_grads(moe, x, grouped))
+    (out, _, x_grad, grads), (ref_out, _, ref_x_grad, ref_grads) = results
+    assert out.dtype == ref_out.dtype
+    torch.testing.assert_close(out, ref_out, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(x_grad, ref_x_grad, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(grads["experts.0.w2.weight"], ref_grads["experts.0.w2.weight"])
+
+
+def test_wrapped_expert_layers_keep_the_per_expert_loop(monkeypatch):
+    """A layer that computes more than its .weight (LoRA, FP8) must be called, not read."""
+
+    class Doubled(torch.nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    monkeypatch.setattr(torch, "_grouped_mm", None)  # would fail if called
+    moe = make_moe().eval()
+    old = moe.experts[1].w2
+    moe.experts[1].w2 = Doubled(old.in_features, old.out_features, bias=False)
+    moe.experts[1].w2.weight = old.weight
+    x = torch.randn(96, SMALL["dim"])
+    torch.testing.assert_close(moe(x)[0], reference_moe(moe, x), atol=1e-5, rtol=1e-5)

@@ -3,6 +3,7 @@ softmax gate with router noise and a capacity factor; SwiGLU routed and shared e
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -81,12 +82,20 @@ class Gate(nn.Module):
 class MoE(nn.Module):
     """Routed SwiGLU experts (top-k of n_routed_experts) plus always-active shared experts.
 
-    Tokens are sorted by expert and each expert runs one batched matmul over its slice (a loop
-    over experts, never over tokens). With capacity_factor > 0 each expert takes at most
-    ceil(capacity_factor * tokens * k / experts) assignments, first choices before second
-    choices, earlier tokens first; the rest are dropped (the token keeps its residual and the
-    shared experts) and counted.
+    Tokens are sorted by expert and the experts run over their slices of the sorted rows: one
+    torch._grouped_mm per projection where the device supports it (the expert weights stacked
+    inside forward, so autograd still reaches each expert's own w13/w2), else one batched
+    matmul per expert (a loop over experts, never over tokens). With capacity_factor > 0 each
+    expert takes at most ceil(capacity_factor * tokens * k / experts) assignments, first
+    choices before second choices, earlier tokens first; the rest are dropped (the token keeps
+    its residual and the shared experts) and counted. Set `grouped_mm = False` to force the
+    per-expert loop (the reference the grouped path is tested against).
     """
+
+    # Stacking copies every used expert's weights on each call, which only pays off when the
+    # matmuls are much larger than that copy: calls with fewer assignments than this per
+    # expert (decode steps of a few rows) keep the per-expert loop.
+    GROUPED_MIN_ROWS_PER_EXPERT = 16
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -94,6 +103,7 @@ class MoE(nn.Module):
         self.topk = cfg.n_activated_experts
         self.capacity_factor = cfg.capacity_factor
         self.aux_loss_coeff = cfg.aux_loss_coeff
+        self.grouped_mm = True
         self.gate = Gate(cfg)
         self.experts = nn.ModuleList(
             SwiGLU(cfg.dim, cfg.moe_inter_dim) for _ in range(cfg.n_routed_experts)
@@ -127,34 +137,71 @@ class MoE(nn.Module):
         with torch.no_grad():
             load = torch.bincount(flat_experts, minlength=self.n_experts)
         dropped = torch.zeros((), dtype=torch.long, device=x.device)
+        counts = load  # nothing dropped: the per-expert counts are the load
         if self.capacity_factor > 0:
             keep = self._keep_within_capacity(indices).reshape(-1)
             dropped = (~keep).sum()
             # dropped assignments sort after every real expert and are never computed
             flat_experts = flat_experts.masked_fill(~keep, self.n_experts)
-        order = flat_experts.argsort(stable=True)
-        if self.capacity_factor > 0:
             counts = torch.bincount(flat_experts, minlength=self.n_experts + 1)[: self.n_experts]
-        else:
-            counts = load  # nothing dropped: the per-expert counts are the load
+        order = flat_experts.argsort(stable=True)
         host_counts = counts.tolist()  # one device sync per forward
-        n_kept = sum(host_counts)
-        order = order[:n_kept]
+        order = order[: sum(host_counts)]
         token_ids = order // self.topk
-        routed_in = x[token_ids]
-        outputs, start = [], 0
-        for expert, n in zip(self.experts, host_counts):
-            if n:
-                outputs.append(expert(routed_in[start : start + n]))
-            start += n
         y = torch.zeros_like(x)
-        if outputs:
-            routed_out = torch.cat(outputs) * weights.reshape(-1)[order, None]
+        if token_ids.numel():
+            # index_select, not x[token_ids]: its backward is an index_add, cheaper than the
+            # accumulating index_put that advanced indexing needs
+            routed_out = self._run_experts(x.index_select(0, token_ids), host_counts)
+            routed_out = routed_out * weights.reshape(-1)[order, None]
             y = y.index_add(0, token_ids, routed_out)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)
         aux = self._aux_loss(scores, load, x.shape[0])
         return y.view(shape), RouterStats(load=load, dropped=dropped, aux_loss=aux)
+
+    def _run_experts(self, routed_in: torch.Tensor, host_counts: list[int]) -> torch.Tensor:
+        """Expert outputs for rows sorted by expert (host_counts[e] rows for expert e); experts
+        without rows are not called, so their weights get no gradient (None, as before)."""
+        used = [(e, n) for e, n in zip(self.experts, host_counts) if n]
+        dtype = self._grouped_dtype(routed_in, len(used))
+        if dtype is None:
+            parts = routed_in.split([n for _, n in used])
+            return torch.cat([expert(part) for (expert, _), part in zip(used, parts)])
+        w13 = torch.stack([e.w13.weight for e, _ in used]).to(dtype)  # (E', 2I, dim)
+        w2 = torch.stack([e.w2.weight for e, _ in used]).to(dtype)  # (E', dim, I)
+        ends = list(itertools.accumulate(n for _, n in used))  # group ends in the sorted rows
+        offs = torch.tensor(ends, dtype=torch.int32).to(routed_in.device)
+        h = torch._grouped_mm(routed_in.to(dtype), w13.transpose(1, 2), offs=offs)
+        gate, up = h.chunk(2, dim=-1)
+        return torch._grouped_mm(F.silu(gate) * up, w2.transpose(1, 2), offs=offs)
+
+    def _grouped_dtype(self, routed_in: torch.Tensor, n_used: int) -> torch.dtype | None:
+        """The dtype the grouped path computes in (autocast's where it is on, as nn.Linear
+        would), or None when it cannot run or would not pay off: no torch._grouped_mm on this
+        device, experts that are not plain bias-free nn.Linear pairs (LoRA or FP8 layers
+        compute more than their .weight), rows not 16-byte aligned, or too few rows."""
+        device = routed_in.device.type
+        if not (self.grouped_mm and hasattr(torch, "_grouped_mm") and device in ("cpu", "cuda")):
+            return None
+        if routed_in.shape[0] < self.GROUPED_MIN_ROWS_PER_EXPERT * n_used:
+            return None
+        plain = all(
+            type(layer) is nn.Linear and layer.bias is None
+            for expert in self.experts
+            for layer in (expert.w13, expert.w2)
+        )
+        autocast = torch.is_autocast_enabled(device)
+        dtype = torch.get_autocast_dtype(device) if autocast else routed_in.dtype
+        weight = self.experts[0].w2.weight  # (dim, I): both sizes a row stride must align
+        if not plain or not (autocast or dtype == weight.dtype):
+            return None  # outside autocast, mixed dtypes are left to nn.Linear to reject
+        # CPU: measured here in float32 and bfloat16; CUDA: bf16 only, the case its grouped
+        # GEMM kernels are built for (not measured in this repository yet)
+        supported = (torch.bfloat16,) if device == "cuda" else (torch.float32, torch.bfloat16)
+        if dtype not in supported:
+            return None
+        return dtype if all(d * dtype.itemsize % 16 == 0 for d in weight.shape) else None
 
     def _aux_loss(self, scores: torch.Tensor, load: torch.Tensor, n_tokens: int) -> torch.Tensor:
         """Switch-style balance loss coeff * E * sum_i f_i * P_i (f: share of assignments,
