@@ -196,8 +196,11 @@ class MoE(nn.Module):
         weight = self.experts[0].w2.weight  # (dim, I): both sizes a row stride must align
         if not plain or not (autocast or dtype == weight.dtype):
             return None  # outside autocast, mixed dtypes are left to nn.Linear to reject
-        # CPU: measured here in float32 and bfloat16; CUDA: bf16 only, the case its grouped
-        # GEMM kernels are built for (not measured in this repository yet)
+        # CPU: measured here in float32 and bfloat16; CUDA: bf16 on Hopper (sm90) and newer
+        # only, the case its grouped GEMM kernels are built for (as torchtitan uses it; not
+        # measured in this repository yet): older GPUs keep the loop
+        if device == "cuda" and torch.cuda.get_device_capability(routed_in.device) < (9, 0):
+            return None
         supported = (torch.bfloat16,) if device == "cuda" else (torch.float32, torch.bfloat16)
         if dtype not in supported:
             return None
