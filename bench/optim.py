@@ -5,7 +5,8 @@ quality  `ismail train` as the README runs it (tiny preset, built-in corpus, 200
          validation bits per byte at every evaluation, the steps each needs to reach AdamW's
          final figure (linear between evaluations), and seconds per step (from the logged
          tokens/s; the runs go one after another). `ismail report` overlays the curves
-         into --plot-dir.
+         into --plot-dir. A run already complete in --work is read, not trained again
+         (`ismail train` resumes it at its last step).
 memory   ismail-512 for --memory-steps steps (batch 2 x 256 tokens) per optimizer, each in
          its own process: optimizer-state bytes (every tensor in its state dict) and the
          process's peak RSS. adamw8bit needs CUDA and is marked so on a CPU.
