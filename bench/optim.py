@@ -2,16 +2,18 @@
 
 quality  `ismail train` as the README runs it (tiny preset, built-in corpus, 200 steps, seed
          0) once per optimizer, evaluating every --eval-interval steps: each optimizer's
-         validation bits per byte at every evaluation, the steps each needs to reach AdamW's
-         final figure (linear between evaluations), and seconds per step (from the logged
-         tokens/s; the runs go one after another). `ismail report` overlays the curves
-         into --plot-dir. A run already complete in --work is read, not trained again
-         (`ismail train` resumes it at its last step).
+         validation bits per byte at every evaluation and the steps each needs to reach the
+         first one's final figure (linear between evaluations). `ismail report` overlays the
+         curves into --plot-dir. A run already complete in --work is read, not trained again
+         (`ismail train` resumes it at its last step), so the runs may be made in parallel.
+speed    seconds per step of the same job: --speed-steps steps of each optimizer in turn,
+         --speed-rounds times (fresh runs, no evaluation), the median of the logged
+         intervals after the first.
 memory   ismail-512 for --memory-steps steps (batch 2 x 256 tokens) per optimizer, each in
          its own process: optimizer-state bytes (every tensor in its state dict) and the
          process's peak RSS. adamw8bit needs CUDA and is marked so on a CPU.
 
-    uv run python bench/optim.py                           # both parts
+    uv run python bench/optim.py                           # all parts
     uv run python bench/optim.py --part memory
     uv run python bench/optim.py --part quality --runs adamw muon muon:muon_lr=0.01
 """
@@ -37,12 +39,13 @@ def parse_run(spec: str) -> tuple[str, str, dict[str, str]]:
     return spec, name, options
 
 
-def train_run(spec: str, out: Path, args: argparse.Namespace) -> Path:
-    """One main-job run with the optimizer `spec`; returns its run directory."""
+def train_run(spec: str, out: Path, args: argparse.Namespace, steps: int, evals: int) -> Path:
+    """A main-job run of `steps` steps (evaluating every `evals`; 0: only at the ends) with
+    the optimizer `spec`; returns its run directory."""
     label, name, options = parse_run(spec)
     run_dir = out / label.replace(":", "_").replace("=", "").replace(",", "_")
     argv = [sys.executable, "-m", "ismail_core", "train", "--run.out_dir", str(run_dir)]
-    argv += ["--train.steps", str(args.steps), "--eval.interval", str(args.eval_interval)]
+    argv += ["--train.steps", str(steps), "--eval.interval", str(evals)]
     argv += ["--train.threads", str(args.threads), "--log.progress", "false"]
     argv += ["--optim.name", name]
     for key, value in options.items():
@@ -52,16 +55,20 @@ def train_run(spec: str, out: Path, args: argparse.Namespace) -> Path:
     return run_dir
 
 
-def evals_and_step_time(run_dir: Path) -> tuple[dict[int, float], float]:
-    """{step: validation bits per byte} and the median seconds per training step."""
+def validation_curve(run_dir: Path) -> dict[int, float]:
+    """{step: validation bits per byte} of a run."""
     from ismail_core.train.metrics import read_metrics
 
-    rows = read_metrics(run_dir)
-    evals = {r["step"]: r["bits_per_byte"] for r in rows if r["kind"] == "eval"}
-    train = [r for r in rows if r["kind"] == "train"]
+    return {r["step"]: r["bits_per_byte"] for r in read_metrics(run_dir) if r["kind"] == "eval"}
+
+
+def step_seconds(run_dir: Path) -> list[float]:
+    """Seconds per step over each logged interval but the first (start-up, warm-up)."""
+    from ismail_core.train.metrics import read_metrics
+
+    train = [r for r in read_metrics(run_dir) if r["kind"] == "train"]
     step_tokens = train[-1]["tokens"] / train[-1]["step"]
-    seconds = statistics.median(step_tokens / r["tokens_per_s"] for r in train)
-    return evals, seconds
+    return [step_tokens / r["tokens_per_s"] for r in train[1:]]
 
 
 def steps_to_reach(evals: dict[int, float], target: float) -> float | None:
@@ -76,32 +83,42 @@ def steps_to_reach(evals: dict[int, float], target: float) -> float | None:
 
 def run_quality(args: argparse.Namespace) -> None:
     out = Path(args.work or tempfile.mkdtemp(prefix="bench-optim-"))
-    runs = {spec: train_run(spec, out, args) for spec in args.runs}
-    results = {spec: evals_and_step_time(d) for spec, d in runs.items()}
+    runs = {spec: train_run(spec, out, args, args.steps, args.eval_interval) for spec in args.runs}
+    curves = {spec: validation_curve(d) for spec, d in runs.items()}
     reference = args.runs[0]
-    ref_evals, ref_seconds = results[reference]
-    final_step = max(ref_evals)
-    target = ref_evals[final_step]
-    steps = sorted(set().union(*(e for e, _ in results.values())))
+    final_step = max(curves[reference])
+    target = curves[reference][final_step]
     print(f"\nvalidation bits per byte (main job, {args.steps} steps)")
     print("step  " + "".join(f"{spec:>24}" for spec in args.runs))
-    for step in steps:
-        cells = "".join(f"{results[s][0].get(step, float('nan')):24.4f}" for s in args.runs)
+    for step in sorted(set().union(*curves.values())):
+        cells = "".join(f"{curves[s].get(step, float('nan')):24.4f}" for s in args.runs)
         print(f"{step:>4}  {cells}")
-    print(f"\n{'optimizer':<24} {'final bpb':>10} {'steps to ' + reference:>20} "
-          f"{'x ' + reference:>10} {'s/step':>8} {'x ' + reference:>10}")  # fmt: skip
-    for spec in args.runs:
-        evals, seconds = results[spec]
-        reach = steps_to_reach(evals, target)
+    print(f"\n{'optimizer':<24} {'final bpb':>10} {'steps to ' + reference + ' final':>22} "
+          f"{'x steps':>8}")  # fmt: skip
+    for spec, curve in curves.items():
+        reach = steps_to_reach(curve, target)
         reach_text = f"{reach:.0f}" if reach is not None else "never"
         ratio = f"{reach / final_step:.2f}" if reach is not None else "-"
-        print(f"{spec:<24} {evals[max(evals)]:>10.4f} {reach_text:>20} {ratio:>10} "
-              f"{seconds:>8.2f} {seconds / ref_seconds:>10.2f}")  # fmt: skip
+        print(f"{spec:<24} {curve[max(curve)]:>10.4f} {reach_text:>22} {ratio:>8}")
     if args.plot_dir:
         from ismail_core.report import write_comparison
 
         page = write_comparison(list(runs.values()), args.plot_dir)
         print(f"\nplots: {page.parent}")
+
+
+def run_speed(args: argparse.Namespace) -> None:
+    times: dict[str, list[float]] = {spec: [] for spec in args.runs}
+    for round_ in range(args.speed_rounds):
+        work = Path(tempfile.mkdtemp(prefix=f"bench-optim-speed{round_}-"))
+        for spec in args.runs:
+            times[spec] += step_seconds(train_run(spec, work, args, args.speed_steps, 0))
+    reference = statistics.median(times[args.runs[0]])
+    print(f"\nseconds per step (main job, {args.threads} thread(s), {args.speed_rounds} rounds "
+          f"of {args.speed_steps} steps)")  # fmt: skip
+    for spec, seconds in times.items():
+        median = statistics.median(seconds)
+        print(f"{spec:<24} {median:>8.2f} s {median / reference:>6.2f}x")
 
 
 def state_bytes(value) -> int:
@@ -172,13 +189,15 @@ def main() -> None:
     )
     p.add_argument(
         "--runs", nargs="+", default=["adamw", "muon"],
-        help="optimizers for the quality part, the first the reference: name[:field=value,...]",
+        help="optimizers to train, the first the reference: name[:field=value,...]",
     )  # fmt: skip
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--eval-interval", type=int, default=20)
     p.add_argument("--threads", type=int, default=1, help="torch threads per training run")
     p.add_argument("--work", help="directory for the runs (default: a new temporary one)")
     p.add_argument("--plot-dir", help="write the overlaid validation curves here")
+    p.add_argument("--speed-steps", type=int, default=15)
+    p.add_argument("--speed-rounds", type=int, default=2)
     p.add_argument("--memory-steps", type=int, default=3)
     p.add_argument("--memory-preset", default="ismail-512")
     p.add_argument("--measure-memory", help=argparse.SUPPRESS)
@@ -190,6 +209,8 @@ def main() -> None:
         return
     if "quality" in args.part:
         run_quality(args)
+    if "speed" in args.part:
+        run_speed(args)
     if "memory" in args.part:
         run_memory(args)
 
