@@ -184,9 +184,8 @@ def run_memory(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument(
-        "--part", nargs="+", choices=("quality", "memory"), default=["quality", "memory"]
-    )
+    parts = ("quality", "speed", "memory")
+    p.add_argument("--part", nargs="+", choices=parts, default=list(parts))
     p.add_argument(
         "--runs", nargs="+", default=["adamw", "muon"],
         help="optimizers to train, the first the reference: name[:field=value,...]",
