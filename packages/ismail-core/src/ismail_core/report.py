@@ -102,6 +102,28 @@ def _expert_load_lines(rows: list[dict[str, Any]]) -> list[tuple[str, list, list
     return lines
 
 
+def _figures_html(charts) -> str:
+    """<figure> elements for (PNG file name, title) pairs."""
+    return "\n".join(
+        f'<figure><img src="{name}" alt="{html.escape(title)}">'
+        f"<figcaption>{html.escape(title)}</figcaption></figure>"
+        for name, title in charts
+    )
+
+
+def _write_page(path: Path, title: str, body: str) -> Path:
+    """An HTML page of the report's style, written atomically; returns its path."""
+    atomic_write_text(
+        path,
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;max-width:760px;margin:2em auto}"
+        "img{max-width:100%}</style></head><body>"
+        f"{body}\n</body></html>\n",
+    )
+    return path
+
+
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Write the plots and index.html into `out_dir` (default RUN/report); returns the page."""
     run_dir = Path(run_dir)
@@ -159,11 +181,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     if evals and _confusion_plot(out / "confusion.png", evals[-1]):
         charts["confusion.png"] = ("Confusion matrix of the last evaluation", "", [])
         written.append("confusion.png")
-    figures = "\n".join(
-        f'<figure><img src="{name}" alt="{html.escape(charts[name][0])}">'
-        f"<figcaption>{html.escape(charts[name][0])}</figcaption></figure>"
-        for name in written
-    )
+    figures = _figures_html((name, charts[name][0]) for name in written)
     summary = ""
     if evals and "macro_f1" in evals[-1]:
         first, last = evals[0], evals[-1]
@@ -188,16 +206,11 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
             f"<p>Validation bits/byte {first['bits_per_byte']:.3f} at step {first['step']} &rarr; "
             f"{last['bits_per_byte']:.3f} at step {last['step']}.</p>"
         )
-    page = out / "index.html"
-    atomic_write_text(
-        page,
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>ismail run {html.escape(run_dir.name)}</title>"
-        "<style>body{font-family:sans-serif;max-width:760px;margin:2em auto}"
-        "img{max-width:100%}</style></head><body>"
-        f"<h1>Run {html.escape(str(run_dir))}</h1>{summary}\n{figures}\n</body></html>\n",
+    return _write_page(
+        out / "index.html",
+        f"ismail run {run_dir.name}",
+        f"<h1>Run {html.escape(str(run_dir))}</h1>{summary}\n{figures}",
     )
-    return page
 
 
 def _run_labels(run_dirs: list[Path]) -> list[str]:
@@ -240,18 +253,8 @@ def write_comparison(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
         for label, r in zip(labels, rows)
         if (evals := [e for e in r if e["kind"] == "eval" and "bits_per_byte" in e])
     )
-    figures = "\n".join(
-        f'<figure><img src="{name}" alt="{html.escape(title)}">'
-        f"<figcaption>{html.escape(title)}</figcaption></figure>"
-        for name, title in written
+    return _write_page(
+        out / "index.html",
+        "ismail runs compared",
+        f"<h1>{len(runs)} runs</h1><ul>{finals}</ul>\n{_figures_html(written)}",
     )
-    page = out / "index.html"
-    atomic_write_text(
-        page,
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        "<title>ismail runs compared</title>"
-        "<style>body{font-family:sans-serif;max-width:760px;margin:2em auto}"
-        "img{max-width:100%}</style></head><body>"
-        f"<h1>{len(runs)} runs</h1><ul>{finals}</ul>\n{figures}\n</body></html>\n",
-    )
-    return page

@@ -88,13 +88,19 @@ def _groups(decay: list, no_decay: list, weight_decay: float, **extra) -> list[d
     return [g for g in groups if g["params"]]
 
 
-def _muon_and_adamw(model: torch.nn.Module, cfg: OptimSection, device) -> torch.optim.Optimizer:
+def _split_hidden(model: torch.nn.Module) -> tuple[list, list, list]:
+    """Trainable parameters as (hidden matrices, other matrices, vectors)."""
     hidden, decay, no_decay = [], [], []
     for name, param in _trainable(model):
         if is_hidden_matrix(name, param):
             hidden.append(param)
         else:
             (decay if param.ndim >= 2 else no_decay).append(param)
+    return hidden, decay, no_decay
+
+
+def _muon_and_adamw(model: torch.nn.Module, cfg: OptimSection, device) -> torch.optim.Optimizer:
+    hidden, decay, no_decay = _split_hidden(model)
     if not hidden:
         raise OptimizerError(
             "optim.name=muon found no trainable matrix inside the blocks to orthogonalise; "
@@ -126,17 +132,12 @@ def _galore(model: torch.nn.Module, cfg: OptimSection) -> torch.optim.Optimizer:
             "optim.name=galore_adamw needs pytorch-optimizer: install ismail-core[galore] "
             "(`uv pip install 'ismail-core[galore]'`) or use --optim.name adamw"
         ) from exc
-    projected, decay, no_decay = [], [], []
-    for name, param in _trainable(model):
-        if ".lora_" in name:
-            raise OptimizerError(
-                "optim.name=galore_adamw with LoRA: the adapters are low-rank already, so "
-                "there is nothing to project; use --optim.name adamw (or drop --lora)"
-            )
-        if is_hidden_matrix(name, param):
-            projected.append(param)
-        else:
-            (decay if param.ndim >= 2 else no_decay).append(param)
+    if any(".lora_" in name for name, _ in _trainable(model)):
+        raise OptimizerError(
+            "optim.name=galore_adamw with LoRA: the adapters are low-rank already, so "
+            "there is nothing to project; use --optim.name adamw (or drop --lora)"
+        )
+    projected, decay, no_decay = _split_hidden(model)
     low_rank = {
         "rank": cfg.galore_rank,
         "update_proj_gap": cfg.galore_update_interval,
