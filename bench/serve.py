@@ -303,7 +303,7 @@ def run_throughput(ctx: tuple, args: argparse.Namespace) -> list[LevelResult]:
         out = []
         for c in concurrencies:
             n = args.requests or max(8, 2 * c)
-            out.append((c, [completion_body_for(i, args) for i in range(n)]))
+            out.append((c, _bodies(n, lambda i: completion_body_for(i, args))))
         return out
 
     checkpoint, work = ctx
