@@ -16,6 +16,8 @@ memory   ismail-512 for --memory-steps steps (batch 2 x 256 tokens) per optimize
     uv run python bench/optim.py                           # all parts
     uv run python bench/optim.py --part memory
     uv run python bench/optim.py --part quality --runs adamw muon muon:muon_lr=0.01
+    uv run python bench/optim.py --part quality --preset ismail-512 --steps 100 \
+        --train-flags=--train.seq_len=256 --train-flags=--train.batch_size=4
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def train_run(spec: str, out: Path, args: argparse.Namespace, steps: int, evals:
     label, name, options = parse_run(spec)
     run_dir = out / label.replace(":", "_").replace("=", "").replace(",", "_")
     argv = [sys.executable, "-m", "ismail_core", "train", "--run.out_dir", str(run_dir)]
+    argv += ["--preset", args.preset, *args.train_flags]
     argv += ["--train.steps", str(steps), "--eval.interval", str(evals)]
     argv += ["--train.threads", str(args.threads), "--log.progress", "false"]
     argv += ["--optim.name", name]
@@ -88,7 +91,7 @@ def run_quality(args: argparse.Namespace) -> None:
     reference = args.runs[0]
     final_step = max(curves[reference])
     target = curves[reference][final_step]
-    print(f"\nvalidation bits per byte (main job, {args.steps} steps)")
+    print(f"\nvalidation bits per byte ({args.preset}, {args.steps} steps)")
     print("step  " + "".join(f"{spec:>24}" for spec in args.runs))
     for step in sorted(set().union(*curves.values())):
         cells = "".join(f"{curves[s].get(step, float('nan')):24.4f}" for s in args.runs)
@@ -191,6 +194,11 @@ def main() -> None:
         help="optimizers to train, the first the reference: name[:field=value,...]",
     )  # fmt: skip
     p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--preset", default="tiny", help="model preset of the quality and speed runs")
+    p.add_argument(
+        "--train-flags", action="append", default=[],
+        help="an extra `ismail train` flag for every run, as --train-flags=--train.seq_len=256",
+    )  # fmt: skip
     p.add_argument("--eval-interval", type=int, default=20)
     p.add_argument("--threads", type=int, default=1, help="torch threads per training run")
     p.add_argument("--work", help="directory for the runs (default: a new temporary one)")
