@@ -3,11 +3,16 @@
 
 A classifier's run (`ismail finetune --task classify`) also gets its held-out accuracy and
 macro-F1 over the steps and a heatmap of the last evaluation's confusion matrix; a preference
-run (`--task dpo`) its implicit rewards and held-out preference accuracy."""
+run (`--task dpo`) its implicit rewards and held-out preference accuracy. A mixture-of-experts
+run gets a routing section: per MoE layer an expert x step heatmap of the load, and the load
+imbalance (max/mean - 1) and router entropy of every layer over the steps; the numbers behind
+those plots are written to routing.json beside them."""
 
 from __future__ import annotations
 
 import html
+import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +25,30 @@ def _series(rows: list[dict[str, Any]], kind: str, key: str) -> tuple[list[int],
     return [r["step"] for r in picked], [float(r[key]) for r in picked]
 
 
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    """Write a figure to `path` atomically (a reader never sees half a PNG) and close it."""
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    _pyplot().close(fig)
+    tmp.replace(path)
+
+
 def _plot(path: Path, title: str, ylabel: str, lines: list[tuple[str, list, list]]) -> bool:
     """One line chart; returns False (and writes nothing) when there is nothing to plot."""
     lines = [line for line in lines if line[1]]
     if not lines:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _pyplot().subplots(figsize=(7, 4))
     for label, xs, ys in lines:
         ax.plot(xs, ys, label=label, marker="o" if len(xs) < 30 else None)
     ax.set_title(title)
@@ -40,10 +58,7 @@ def _plot(path: Path, title: str, ylabel: str, lines: list[tuple[str, list, list
     if len(lines) > 1:
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    _save(fig, path)
     return True
 
 
@@ -53,13 +68,8 @@ def _confusion_plot(path: Path, row: dict[str, Any]) -> bool:
     confusion, labels = row.get("confusion"), row.get("labels")
     if not confusion or not labels:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     size = 2.5 + 0.6 * len(labels)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    fig, ax = _pyplot().subplots(figsize=(size + 1, size))
     image = ax.imshow(confusion, cmap="Blues")
     fig.colorbar(image, ax=ax)
     ticks = range(len(labels))
@@ -74,32 +84,121 @@ def _confusion_plot(path: Path, row: dict[str, Any]) -> bool:
             color = "white" if count > top / 2 else "black"
             ax.text(j, i, str(count), ha="center", va="center", color=color)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    _save(fig, path)
     return True
 
 
-def _expert_load_lines(rows: list[dict[str, Any]]) -> list[tuple[str, list, list]]:
-    """Per MoE layer: max/mean expert load (1.0 = perfectly balanced) over time."""
-    loads = [
-        (r["step"], r["expert_load"]) for r in rows if r["kind"] == "train" and r.get("expert_load")
-    ]
+def routing_series(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the routing section plots, per MoE layer (in the order the metrics list them):
+    `steps` (logged training steps with loads), `load_share` (experts x steps: each expert's
+    share of the layer's assignments in that logged step, so 1/E everywhere is balanced),
+    `imbalance` (max/mean - 1 of the loads: 0 balanced, E - 1 everything on one expert) and
+    `entropy` ((step, mean router entropy in nats) pairs; runs logged before router entropy
+    was recorded have none). Empty for a dense model."""
+    loads = [r for r in rows if r["kind"] == "train" and r.get("expert_load")]
     if not loads:
         return []
-    n_layers = len(loads[0][1])
-    lines = []
-    for layer in range(n_layers):
-        xs, ys = [], []
-        for step, per_layer in loads:
-            counts = per_layer[layer]
-            mean = sum(counts) / len(counts)
-            if mean > 0:
-                xs.append(step)
-                ys.append(max(counts) / mean)
-        lines.append((f"MoE layer {layer}", xs, ys))
-    return lines
+    layers = []
+    for layer in range(len(loads[0]["expert_load"])):
+        picked = [(r["step"], r["expert_load"][layer]) for r in loads]
+        picked = [(step, counts) for step, counts in picked if sum(counts) > 0]
+        totals = [sum(counts) for _, counts in picked]
+        n_experts = len(loads[0]["expert_load"][layer])
+        layers.append(
+            {
+                "layer": layer,
+                "n_experts": n_experts,
+                "steps": [step for step, _ in picked],
+                "load_share": [
+                    [counts[e] / total for (_, counts), total in zip(picked, totals)]
+                    for e in range(n_experts)
+                ],
+                "imbalance": [
+                    max(counts) * n_experts / total - 1
+                    for (_, counts), total in zip(picked, totals)
+                ],
+                "entropy": [
+                    [r["step"], r["router_entropy"][layer]]
+                    for r in rows
+                    if r["kind"] == "train" and len(r.get("router_entropy") or []) > layer
+                ],
+            }
+        )
+    return layers
+
+
+def _load_heatmap(path: Path, series: dict[str, Any]) -> None:
+    """An expert x step heatmap of one layer's load shares (see routing_series)."""
+    steps, n_experts = series["steps"], series["n_experts"]
+    fig, ax = _pyplot().subplots(figsize=(7, 1.5 + 0.25 * n_experts))
+    # extent centres each column on its step (the log interval apart; width 1 for one step)
+    half = (steps[-1] - steps[0]) / (len(steps) - 1) / 2 if len(steps) > 1 else 0.5
+    image = ax.imshow(
+        series["load_share"],
+        aspect="auto",
+        interpolation="nearest",
+        cmap="viridis",
+        extent=(steps[0] - half, steps[-1] + half, n_experts - 0.5, -0.5),
+        vmin=0,
+    )
+    fig.colorbar(image, ax=ax, label="share of assignments")
+    ax.set_title(
+        f"MoE layer {series['layer']}: expert load per step (balanced = {1 / n_experts:.3g})"
+    )
+    ax.set_xlabel("step")
+    ax.set_ylabel("expert")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _routing_section(rows: list[dict[str, Any]], out: Path) -> str:
+    """Write the routing plots and routing.json of a MoE run into `out`; returns the page's
+    routing section ("" for a dense model)."""
+    layers = routing_series(rows)
+    if not any(s["steps"] for s in layers):
+        return ""
+    charts = []
+    for s in layers:
+        if s["steps"]:
+            name = f"expert_load_layer{s['layer']}.png"
+            _load_heatmap(out / name, s)
+            charts.append((name, f"MoE layer {s['layer']}: expert load per step"))
+    label = "MoE layer {}".format
+    if _plot(
+        out / "expert_load.png",
+        "Expert load imbalance (max/mean - 1 per layer; 0 = balanced)",
+        "max/mean - 1",
+        [(label(s["layer"]), s["steps"], s["imbalance"]) for s in layers],
+    ):
+        charts.append(("expert_load.png", "Expert load imbalance (max/mean - 1)"))
+    entropy = [(label(s["layer"]), *map(list, zip(*s["entropy"]))) for s in layers if s["entropy"]]
+    if entropy:
+        steps = entropy[0][1]
+        uniform = ("uniform router (ln E)", steps, [math.log(layers[0]["n_experts"])] * len(steps))
+        _plot(out / "router_entropy.png", "Router entropy", "nats", [*entropy, uniform])
+        charts.append(("router_entropy.png", "Router entropy (mean over the logging interval)"))
+    atomic_write_text(out / "routing.json", json.dumps({"layers": layers}) + "\n")
+    return f"<h2>Routing</h2>{_routing_table(layers)}\n{_figures_html(charts)}"
+
+
+def _routing_table(layers: list[dict[str, Any]]) -> str:
+    """An HTML table of each MoE layer's last logged imbalance and router entropy."""
+    cells = []
+    for s in layers:
+        if not s["steps"]:
+            continue
+        entropy = (
+            f"{s['entropy'][-1][1]:.3f} of {math.log(s['n_experts']):.3f}" if s["entropy"] else "-"
+        )
+        cells.append(
+            f"<tr><td>{s['layer']}</td><td>{s['n_experts']}</td><td>{s['steps'][-1]}</td>"
+            f"<td>{s['imbalance'][-1]:.3f}</td><td>{entropy}</td></tr>"
+        )
+    return (
+        '<table class="routing"><tr><th>MoE layer</th><th>experts</th><th>last step</th>'
+        "<th>imbalance (max/mean - 1)</th><th>router entropy (nats)</th></tr>"
+        f"{''.join(cells)}</table>"
+    )
 
 
 def _figures_html(charts) -> str:
@@ -149,11 +248,6 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
             "Throughput",
             "tokens/s",
             [("tokens/s", *_series(rows, "train", "tokens_per_s"))],
-        ),
-        "expert_load.png": (
-            "Expert load imbalance (max / mean per layer)",
-            "max/mean",
-            _expert_load_lines(rows),
         ),
         "classification.png": (
             "Held-out classification",
@@ -209,7 +303,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     return _write_page(
         out / "index.html",
         f"ismail run {run_dir.name}",
-        f"<h1>Run {html.escape(str(run_dir))}</h1>{summary}\n{figures}",
+        f"<h1>Run {html.escape(str(run_dir))}</h1>{summary}\n{figures}\n"
+        + _routing_section(rows, out),
     )
 
 

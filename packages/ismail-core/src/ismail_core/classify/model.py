@@ -105,6 +105,7 @@ class TransformerClassifier(Transformer):
             aux_loss=aux,
             expert_load=[s.load for s in stats],
             dropped_tokens=sum((s.dropped for s in stats), zero.long()),
+            router_entropy=[s.entropy for s in stats if s.entropy is not None],
         )
         if labels is not None:
             out.lm_loss = F.cross_entropy(logits.float(), labels)

@@ -16,16 +16,49 @@ from .mlp import SwiGLU
 
 
 @dataclass
+class Routing:
+    """The routing decision of one MoE layer for a (B, T) input (Transformer.forward with
+    return_routing=True).
+
+    layer: index of the block in model.layers; expert_ids: (B, T, k) int64 routed experts of
+    each token, best first; weights: (B, T, k) their combine weights (route_scale included,
+    the bias that steers selection excluded), detached; kept: (B, T, k) bool, False where the
+    capacity factor dropped the assignment (None without a capacity factor).
+    """
+
+    layer: int
+    expert_ids: torch.Tensor
+    weights: torch.Tensor
+    kept: torch.Tensor | None = None
+
+
+@dataclass
 class RouterStats:
     """Per-layer routing statistics of one forward call.
 
     load: (n_routed_experts,) int64 token-to-expert assignments before capacity dropping;
-    dropped: int64 scalar, assignments dropped by the capacity factor; aux_loss: float scalar.
+    dropped: int64 scalar, assignments dropped by the capacity factor; aux_loss: float scalar;
+    entropy: float32 scalar, mean entropy (nats) of the tokens' routing distributions, in
+    training mode only (None otherwise); layer: the block's index in model.layers.
+    indices, weights (N, k) and keep (N, k) or None are the gate's decision, kept by reference
+    (they exist anyway, so holding them costs nothing) for `routing`.
     """
 
     load: torch.Tensor
     dropped: torch.Tensor
     aux_loss: torch.Tensor
+    entropy: torch.Tensor | None = None
+    layer: int = -1
+    indices: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+    keep: torch.Tensor | None = None
+
+    def routing(self, batch_shape: tuple[int, int]) -> Routing:
+        """This layer's decision as a Routing for an input of shape batch_shape (B, T)."""
+        shape = (*batch_shape, self.indices.shape[-1])
+        keep = None if self.keep is None else self.keep.view(shape)
+        weights = self.weights.detach().view(shape)
+        return Routing(self.layer, self.indices.view(shape), weights, keep)
 
 
 class Gate(nn.Module):
@@ -97,8 +130,9 @@ class MoE(nn.Module):
     # expert (decode steps of a few rows) keep the per-expert loop.
     GROUPED_MIN_ROWS_PER_EXPERT = 16
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer_id: int = -1):
         super().__init__()
+        self.layer_id = layer_id  # reported with the routing decision
         self.n_experts = cfg.n_routed_experts
         self.topk = cfg.n_activated_experts
         self.capacity_factor = cfg.capacity_factor
@@ -138,6 +172,7 @@ class MoE(nn.Module):
             load = torch.bincount(flat_experts, minlength=self.n_experts)
         dropped = torch.zeros((), dtype=torch.long, device=x.device)
         counts = load  # nothing dropped: the per-expert counts are the load
+        keep = None
         if self.capacity_factor > 0:
             keep = self._keep_within_capacity(indices).reshape(-1)
             dropped = (~keep).sum()
@@ -158,7 +193,20 @@ class MoE(nn.Module):
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)
         aux = self._aux_loss(scores, load, x.shape[0])
-        return y.view(shape), RouterStats(load=load, dropped=dropped, aux_loss=aux)
+        stats = RouterStats(load, dropped, aux, self._entropy(scores), self.layer_id)
+        stats.indices, stats.weights, stats.keep = indices, weights, keep
+        return y.view(shape), stats
+
+    def _entropy(self, scores: torch.Tensor) -> torch.Tensor | None:
+        """Mean entropy (nats) of the tokens' routing distributions, the gate's scores
+        normalised per token (softmax scores already are; sigmoid ones are made so, as the
+        aux loss does): ln(E) for a router that cannot tell experts apart, 0 for one that
+        is certain. Training only, where the trainer logs it; a device scalar, no sync."""
+        if not self.training:
+            return None
+        with torch.no_grad():
+            probs = scores / scores.sum(dim=-1, keepdim=True)
+            return -(probs * probs.clamp_min(1e-20).log()).sum(dim=-1).mean()
 
     def _run_experts(self, routed_in: torch.Tensor, host_counts: list[int]) -> torch.Tensor:
         """Expert outputs for rows sorted by expert (host_counts[e] rows for expert e); experts

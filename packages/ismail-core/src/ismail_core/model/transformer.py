@@ -16,7 +16,7 @@ from .attention import make_attention
 from .cache import CacheView, make_view, new_cache
 from .loss import lm_cross_entropy
 from .mlp import GeluMLP, SwiGLU
-from .moe import MoE, RouterStats
+from .moe import MoE, RouterStats, Routing
 from .norm import make_norm
 from .rope import RotaryEmbedding
 
@@ -28,7 +28,9 @@ class ModelOutput:
     loss: lm_loss + aux_loss (None without labels); logits: (B, T, vocab), or (N, vocab) for
     the N positions with a target under loss_only;
     aux_loss: summed MoE balance loss; expert_load: per-MoE-layer (n_routed_experts,) int64 counts
-    of token-to-expert assignments; dropped_tokens: assignments dropped by the capacity factor.
+    of token-to-expert assignments; dropped_tokens: assignments dropped by the capacity factor;
+    router_entropy: per-MoE-layer mean routing entropy (training mode only); routing: each MoE
+    layer's Routing (expert ids and combine weights per token), only with return_routing=True.
     """
 
     logits: torch.Tensor
@@ -37,6 +39,8 @@ class ModelOutput:
     aux_loss: torch.Tensor | None = None
     expert_load: list[torch.Tensor] = field(default_factory=list)
     dropped_tokens: torch.Tensor | None = None
+    router_entropy: list[torch.Tensor] = field(default_factory=list)
+    routing: list[Routing] | None = None
 
 
 class Block(nn.Module):
@@ -52,7 +56,7 @@ class Block(nn.Module):
         self.attn = make_attention(cfg, layer_id)
         self.ffn_norm = make_norm(cfg)
         if cfg.is_moe_layer(layer_id):
-            self.ffn = MoE(cfg)
+            self.ffn = MoE(cfg, layer_id)
         elif cfg.mlp == "gelu":
             self.ffn = GeluMLP(cfg.dim, cfg.inter_dim, bias=cfg.bias)
         else:
@@ -138,6 +142,7 @@ class Transformer(nn.Module):
         return_output: bool = False,
         loss_only: bool = False,
         logits_at: torch.Tensor | None = None,
+        return_routing: bool = False,
     ) -> torch.Tensor | ModelOutput:
         """input_ids (B, T) -> logits (B, T, vocab), or ModelOutput when labels are given or
         return_output is True.
@@ -153,7 +158,11 @@ class Transformer(nn.Module):
 
         logits_at (B,), without labels: the LM head runs only at that position of each row and
         the logits are (B, vocab); generation, which samples after a prompt's last token, skips
-        the head for the rest of the prompt."""
+        the head for the rest of the prompt.
+
+        return_routing: return a ModelOutput whose `routing` holds each MoE layer's decision
+        for every input token (moe.Routing), taken from this same pass; off, nothing extra is
+        kept or computed."""
         h, stats = self.hidden_states(
             input_ids, cache=cache, start_pos=start_pos, block_tables=block_tables, doc_ids=doc_ids
         )
@@ -169,7 +178,7 @@ class Transformer(nn.Module):
             h, targets = h[keep], targets[keep]
         logits = self.head(h)
 
-        if labels is None and not return_output:
+        if labels is None and not return_output and not return_routing:
             return logits
         aux = sum((s.aux_loss for s in stats), torch.zeros((), device=device))
         out = ModelOutput(
@@ -177,7 +186,10 @@ class Transformer(nn.Module):
             aux_loss=aux,
             expert_load=[s.load for s in stats],
             dropped_tokens=sum((s.dropped for s in stats), torch.zeros((), device=device).long()),
+            router_entropy=[s.entropy for s in stats if s.entropy is not None],
         )
+        if return_routing:
+            out.routing = [s.routing(tuple(input_ids.shape)) for s in stats]
         if targets is not None:
             # shift the labels, not the logits: slicing (B, T, vocab) logits would copy them
             out.lm_loss = lm_cross_entropy(

@@ -117,6 +117,9 @@ class Trainer:
         self._setup_model()
         self.manager = CheckpointManager(self.run_dir, cfg.checkpoint.keep_last)
         self.metrics: MetricsLogger | None = None  # opened by run(), under the run lock
+        # per-MoE-layer router entropy summed over the micro-batches since the last log line
+        self._entropy_sum: torch.Tensor | None = None
+        self._entropy_count = 0
 
     # ------------------------------------------------------------------ set-up
     def _setup_data(self) -> None:
@@ -310,8 +313,28 @@ class Trainer:
                 loss.backward()
             total += shown.detach() / accum
             loads = [a + b for a, b in zip(loads, out.expert_load)] if loads else out.expert_load
+            self._add_router_entropy(getattr(out, "router_entropy", None))
         distributed.all_reduce_sum(total, info)
         return float(total) / info.world_size, loads
+
+    def _add_router_entropy(self, entropy: list[torch.Tensor] | None) -> None:
+        """Add one micro-batch's per-layer router entropy to the interval's sums. They stay
+        device tensors, so this costs no host sync; the log line reads them once."""
+        if not entropy:
+            return
+        stacked = torch.stack(entropy).detach()
+        self._entropy_sum = stacked if self._entropy_sum is None else self._entropy_sum + stacked
+        self._entropy_count += 1
+
+    def _router_entropy_metrics(self) -> dict[str, Any]:
+        """{"router_entropy": per-MoE-layer mean entropy (nats) of the routing distributions
+        over the micro-batches since the last log line (this rank's)}, then start a new
+        interval; {} for a dense model."""
+        if self._entropy_sum is None:
+            return {}
+        mean = (self._entropy_sum / self._entropy_count).tolist()
+        self._entropy_sum, self._entropy_count = None, 0
+        return {"router_entropy": mean}
 
     def _loss(self, out: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """(the loss to minimise, the loss to show and log) of one micro-batch's output."""
@@ -475,6 +498,7 @@ class Trainer:
                             "mfu": self.flops_per_token * step_tok_s / info.world_size / peak,
                             "tokens": self.tokens_seen,
                             "expert_load": [x.tolist() for x in loads],
+                            **self._router_entropy_metrics(),
                             **self._train_metrics(),
                         },
                     )
