@@ -1,5 +1,6 @@
 """The FastAPI application: /v1 routes (generation in openai_api.py, /v1/classify in
-classify_api.py), /health, /metrics, error handling, OpenAPI schema."""
+classify_api.py, /v1/routing in routing_api.py), /health, /metrics, error handling, OpenAPI
+schema."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ismail_serve.limits import BodySizeLimit
 from ismail_serve.metrics import CONTENT_TYPE
 from ismail_serve.openai_api import get_state, require_operator_key, root_router, router
 from ismail_serve.protocol import HealthResponse
+from ismail_serve.routing_api import routing_router
 from ismail_serve.state import STATUS_OK, ServerState
 from ismail_serve.web import find_apps_dir, mount_apps
 
@@ -54,6 +56,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(classify_router)
+    app.include_router(routing_router)
     app.include_router(root_router)
 
     @app.get(

@@ -213,6 +213,16 @@ class TokenizeRequest(BaseModel):
     add_generation_prompt: bool = True
 
 
+class RoutingRequest(BaseModel):
+    """POST /v1/routing: either `prompt` (read as a completion prompt is) or `messages`."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_generation_prompt: bool = True
+
+
 class RootTokenizeRequest(BaseModel):
     """POST /tokenize (vLLM's): `prompt` (special-token names read as such) or `messages`."""
 
@@ -404,6 +414,42 @@ class TokenizeResponse(Tokenization):
     comparison: ComparisonTokenization | None = Field(
         None, description="The prompt under the server's comparison tokenizer, if it has one."
     )
+
+
+class LayerRouting(BaseModel):
+    """One MoE layer's decision for every token of the text."""
+
+    layer: int = Field(description="Index of the transformer block (dense blocks have none).")
+    experts: list[list[int]] = Field(
+        description="Per token, the routed experts' ids, highest selection score first."
+    )
+    weights: list[list[float]] = Field(
+        description="Per token, the combine weights of those experts (route_scale included)."
+    )
+    load: list[int] = Field(description="Per expert, the tokens of this text routed to it.")
+    kept: list[list[bool]] | None = Field(
+        None,
+        description="Per token and expert, False where the capacity factor dropped the "
+        "assignment (None for a model without a capacity factor).",
+    )
+
+
+class RoutingResponse(BaseModel):
+    """The experts each token of a text goes to, from one forward pass of the served model."""
+
+    object: Literal["routing"] = "routing"
+    model: str
+    moe: bool = Field(description="False for a dense model: it has no experts to show.")
+    message: str | None = Field(None, description="Why `layers` is empty, for a dense model.")
+    n_layers: int
+    n_experts: int = Field(description="Routed experts per MoE layer (0 for a dense model).")
+    top_k: int = Field(description="Routed experts per token (0 for a dense model).")
+    tokens: list[int]
+    token_texts: list[str] = Field(
+        description="What each token adds to the text, decoded in context; they join to it."
+    )
+    kinds: list[str]
+    layers: list[LayerRouting]
 
 
 class RootTokenizeResponse(BaseModel):

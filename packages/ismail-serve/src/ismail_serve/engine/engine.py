@@ -5,7 +5,9 @@ One thread owns the model. Each step it (1) takes newly submitted sequences and 
 step's prefill chunks and decode batch (admitting and preempting by free blocks), (4) runs
 them, (5) samples one token per finished prompt and per decoding sequence, each with its own
 generator, and (6) pushes new text to each sequence's sink. The API side talks to it only
-through `submit` and `abort`, which are thread-safe and never block on the model.
+through `submit` and `abort`, which are thread-safe and never block on the model, and through
+`run_between_steps` for model calls that are not generation (POST /v1/routing): they run on
+the engine thread before a step, so they never race the batched forward passes.
 
 A failure is confined to the sequences it concerns: when a batched forward pass or sampling
 call raises, the rows are retried one by one and only the rows that fail again are ended with
@@ -18,6 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -111,6 +114,7 @@ class LLMEngine:
         self._lock = threading.Lock()
         self._new: list[Seq] = []
         self._aborted: set[str] = set()
+        self._jobs: list[tuple[Callable[[], Any], Future]] = []  # run_between_steps
         self._wakeup = threading.Event()
         self._stop = threading.Event()
         self._accepting = True
@@ -151,6 +155,33 @@ class LLMEngine:
         with self._lock:
             self._aborted.add(request_id)
         self._wakeup.set()
+
+    def run_between_steps(self, fn: Callable[[], T]) -> Future[T]:
+        """Run `fn()` on the engine thread before its next step and return a Future of its
+        result (or exception). For model work that is not generation: the engine thread owns
+        the model, so such a call never runs beside a batched step, and the running sequences
+        wait for it once, as they would for a prompt's prefill. Raises EngineStoppedError when
+        draining or stopped."""
+        future: Future[T] = Future()
+        with self._lock:
+            if not self._accepting:
+                raise EngineStoppedError("the server is shutting down")
+            self._jobs.append((fn, future))
+        self._wakeup.set()
+        return future
+
+    def _run_jobs(self) -> bool:
+        """Run the calls queued by run_between_steps; returns whether there were any."""
+        with self._lock:
+            jobs, self._jobs = self._jobs, []
+        for fn, future in jobs:
+            if not future.set_running_or_notify_cancel():
+                continue  # the caller gave up on it
+            try:
+                future.set_result(fn())
+            except Exception as exc:  # the caller gets it; the engine keeps serving
+                future.set_exception(exc)
+        return bool(jobs)
 
     @property
     def num_unfinished(self) -> int:
@@ -193,6 +224,11 @@ class LLMEngine:
         self._wakeup.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        with self._lock:
+            jobs, self._jobs = self._jobs, []
+        for _, future in jobs:  # queued after the last step: never run
+            if future.set_running_or_notify_cancel():
+                future.set_exception(EngineStoppedError("the server is shutting down"))
 
     # ---- engine thread ----
 
@@ -213,6 +249,7 @@ class LLMEngine:
 
     def step(self) -> bool:
         """One engine iteration; returns whether any model work was done."""
+        jobs = self._run_jobs()
         self._take_new_and_aborted()
         self._expire()
         plan = self.scheduler.schedule()
@@ -227,7 +264,7 @@ class LLMEngine:
             if not seq.is_finished:
                 self._append_token(seq, token, entry)
         self._update_gauges()
-        return not plan.is_empty
+        return jobs or not plan.is_empty
 
     def _guarded(self, seqs: list[Seq], fn: Callable[[list[Seq]], T]) -> T | None:
         """Run `fn(seqs)`; on failure end those sequences with an error and return None."""

@@ -59,6 +59,18 @@ def alternative_texts(tokenizer: Any, context: Sequence[int], entry: TokenLogpro
     entry.top_texts = [decode_continuation(tokenizer, window, [i]) for i, _ in entry.top]
 
 
+def token_texts(tokenizer: Any, ids: Sequence[int], skip_special: bool = False) -> list[str]:
+    """What each token of `ids` adds to their decoded text, decoded in context (a suffix's
+    surface form depends on the text before it): the texts join to the decode of `ids`. A
+    token whose text is held back until the next one (the last letter of an alternating
+    root) gets "" and the next token both."""
+    stream = tokenizer.decode_stream(skip_special_tokens=skip_special)
+    texts = [stream.step(i) for i in ids]
+    if texts:
+        texts[-1] += stream.flush()
+    return texts
+
+
 def with_prompt_texts(
     tokenizer: Any, prompt: Sequence[int], scores: list[TokenLogprob], skip_special: bool
 ) -> list[TokenLogprob]:
@@ -66,9 +78,7 @@ def with_prompt_texts(
 
     `scores` are the entries of prompt[1:] (nothing predicts the first token).
     """
-    stream = tokenizer.decode_stream(skip_special_tokens=skip_special)
-    texts = [stream.step(i) for i in prompt]
-    texts[-1] += stream.flush()
+    texts = token_texts(tokenizer, prompt, skip_special)
     entries = [TokenLogprob(prompt[0], None, []), *scores]
     for i, (entry, text) in enumerate(zip(entries, texts)):
         entry.text = text

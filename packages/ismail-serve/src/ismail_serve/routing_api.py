@@ -1,0 +1,133 @@
+"""POST /v1/routing: which experts each token of a text goes to (the /router page's data).
+
+    curl http://127.0.0.1:8000/v1/routing -H 'Content-Type: application/json' \\
+        -d '{"prompt": "Kitaplarımızdan birini okudunuz mu?"}'
+
+answers
+
+    {"object": "routing", "model": NAME, "moe": true, "n_layers": 4, "n_experts": 8,
+     "top_k": 2, "tokens": [0, 812, ...], "token_texts": ["<|endoftext|>", "Kitap", ...],
+     "kinds": ["special", "root", ...],
+     "layers": [{"layer": 1, "experts": [[3, 5], ...], "weights": [[0.61, 0.39], ...],
+                 "load": [4, 0, ...], "kept": null}, ...]}
+
+The text is read as the generation routes read it: `prompt` starts with the document separator
+(as a /v1/completions prompt does), `messages` are rendered with the chat template. Each token's
+text is decoded in context (a suffix's surface form depends on the text before it), so the
+texts join to the decoded text. A dense model answers 200 with `"moe": false`, a `message`
+saying it has no experts, and the tokens; a classifier checkpoint answers 400.
+
+The forward pass (Transformer.forward with return_routing=True, no KV cache) runs on the engine
+thread between two steps (LLMEngine.run_between_steps): it never runs beside a batched step,
+and running sequences wait for it once, as for a prompt's prefill of the same length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import torch
+from fastapi import APIRouter, Depends, Request
+
+from ismail_serve.engine import EngineStoppedError, LLMEngine
+from ismail_serve.engine.logprobs import token_texts
+from ismail_serve.errors import APIError, bad_request, draining_error, error_responses
+from ismail_serve.openai_api import (
+    _check_prompt_chars,
+    _max_tokens,
+    _token_kinds,
+    check_model,
+    get_state,
+    require_api_key,
+)
+from ismail_serve.prompts import chat_prompt_ids, encode_prompt
+from ismail_serve.protocol import LayerRouting, RoutingRequest, RoutingResponse
+from ismail_serve.state import ServerState
+
+routing_router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+
+@routing_router.post(
+    "/routing", response_model=RoutingResponse, responses=error_responses(400, 401, 500, 503)
+)
+async def routing(body: RoutingRequest, request: Request) -> RoutingResponse:
+    """The routed experts and combine weights of every token of a text in every MoE layer,
+    and each layer's per-expert token counts; `moe: false` for a dense model."""
+    state = get_state(request)
+    engine = state.ready_engine()
+    if body.model is not None:
+        check_model(state, body.model)
+    if (body.prompt is None) == (body.messages is None):
+        raise bad_request("Send exactly one of 'prompt' (text) or 'messages' (a chat).", "prompt")
+    chat = body.messages is not None
+    if body.prompt is not None:
+        _check_prompt_chars(state, [len(body.prompt)], chat=False)
+    ids = await asyncio.to_thread(_prompt_ids, state, body)  # CPU work: off the event loop
+    if not ids:
+        raise bad_request("The prompt is empty: send some text to route.", "prompt")
+    _max_tokens(state, len(ids), 0, chat)  # the 400 for a text longer than the context
+    cfg = engine.runner.model.cfg
+    texts = await asyncio.to_thread(token_texts, state.tokenizer, ids)
+    response = RoutingResponse(
+        model=state.model_name,
+        moe=cfg.n_routed_experts > 0,
+        n_layers=cfg.n_layers,
+        n_experts=cfg.n_routed_experts,
+        top_k=cfg.n_activated_experts if cfg.n_routed_experts > 0 else 0,
+        tokens=ids,
+        token_texts=texts,
+        kinds=_token_kinds(state.tokenizer, ids),
+        layers=[],
+    )
+    if not response.moe:
+        response.message = (
+            f"'{state.model_name}' is a dense model: every token goes through the same "
+            "feed-forward layers, so there is no routing to show."
+        )
+        return response
+    response.layers = await _routed(engine, ids)
+    return response
+
+
+def _prompt_ids(state: ServerState, body: RoutingRequest) -> list[int]:
+    """Token ids of the request's text, as the generation routes would read it."""
+    if body.prompt is not None:
+        return encode_prompt(state.tokenizer, body.prompt)
+    return chat_prompt_ids(state.tokenizer, body.messages, body.add_generation_prompt)
+
+
+async def _routed(engine: LLMEngine, ids: list[int]) -> list[LayerRouting]:
+    """Each MoE layer's routing of `ids`, computed on the engine thread between two steps."""
+    try:
+        future = engine.run_between_steps(lambda: route_ids(engine.runner.model, ids))
+        return await asyncio.wrap_future(future)
+    except EngineStoppedError as exc:
+        raise draining_error(exc) from exc
+    except Exception as exc:  # a device failure (out of memory, ...) for this request only
+        raise APIError(
+            500,
+            f"The routing pass failed: {type(exc).__name__}: {exc}",
+            type="server_error",
+            code="engine_error",
+        ) from exc
+
+
+@torch.inference_mode()
+def route_ids(model: Any, ids: list[int]) -> list[LayerRouting]:
+    """One uncached forward pass of `ids` that keeps the routing (the LM head runs at the last
+    position only); the per-layer decisions and per-expert token counts as plain lists."""
+    device = next(model.parameters()).device
+    x = torch.tensor([ids], dtype=torch.long, device=device)
+    out = model(x, logits_at=torch.tensor([len(ids) - 1], device=device), return_routing=True)
+    layers = []
+    for r, load in zip(out.routing, out.expert_load):
+        weights = [[round(w, 5) for w in row] for row in r.weights[0].float().tolist()]
+        kept = None if r.kept is None else r.kept[0].tolist()
+        experts = r.expert_ids[0].tolist()
+        layers.append(
+            LayerRouting(
+                layer=r.layer, experts=experts, weights=weights, load=load.tolist(), kept=kept
+            )
+        )
+    return layers
