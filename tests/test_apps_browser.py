@@ -1,4 +1,5 @@
-"""The chat page and tokenizer playground in headless Chromium against a real ismail-serve.
+"""The chat page, tokenizer playground and router view in headless Chromium against a real
+ismail-serve.
 
 A tiny randomly initialised model is saved as a checkpoint and served by the `ismail-serve`
 command with an API key; Playwright drives Debian's `chromium` (never a downloaded browser).
@@ -418,12 +419,14 @@ def test_playground_shows_tokens_by_kind_with_ids_and_counts(open_page, server) 
     _check_column(page, "#main-column", _tokenize(server, "Güzel bir gün"), "Güzel bir gün")
 
 
-@pytest.mark.parametrize("path", ["/", "/tokenizer"])
+@pytest.mark.parametrize("path", ["/", "/tokenizer", "/router"])
 def test_pages_fit_a_phone_screen(open_page, path: str) -> None:
     page = open_page(path, viewport=PHONE)
     _wait_for_model(page)
     if path == "/tokenizer":
         page.wait_for_selector("#main-column .tok")
+    elif path == "/router":
+        page.wait_for_selector("#grid .cell")  # the grid scrolls inside its card
     else:
         page.click("#settings-toggle")
         assert page.is_visible("#temperature")
@@ -434,4 +437,107 @@ def test_pages_fit_a_phone_screen(open_page, path: str) -> None:
         assert not page.is_visible("#temperature")
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"{path} scrolls sideways on a phone by {overflow}px"
-    _screenshot(page, {"/": "phone-chat", "/tokenizer": "phone-tokenizer"}[path])
+    names = {"/": "phone-chat", "/tokenizer": "phone-tokenizer", "/router": "phone-router"}
+    _screenshot(page, names[path])
+
+
+# ---------------------------------------------------------------- router view
+
+
+def _routing(server: dict, text: str) -> dict:
+    response = httpx.post(
+        f"{server['base']}/v1/routing",
+        json={"model": server["model"], "prompt": text},
+        headers=_auth(),
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _check_grid(page, result: dict) -> list:
+    """The grid shows the server's experts for every token and MoE layer, and its load bars."""
+    n_tokens, layers = len(result["tokens"]), result["layers"]
+    page.wait_for_function(
+        "n => document.querySelectorAll('#grid .cell').length === n", arg=n_tokens * len(layers)
+    )
+    heads = page.query_selector_all("#grid .tok-head")
+    assert len(heads) == n_tokens
+    cells = page.query_selector_all("#grid .cell")
+    for i, cell in enumerate(cells):
+        layer, token = layers[i // n_tokens], i % n_tokens
+        assert cell.get_attribute("data-layer") == str(layer["layer"])
+        assert cell.get_attribute("data-experts") == ",".join(map(str, layer["experts"][token]))
+    for layer in layers:
+        counts = page.query_selector_all(f"#loads [data-layer='{layer['layer']}'] .load-count")
+        assert [int(c.text_content()) for c in counts] == layer["load"]
+    return cells
+
+
+def test_router_shows_each_tokens_experts_per_layer(open_page, server) -> None:
+    page = open_page("/tokenizer")
+    page.click("nav a[href='router']")  # linked from the other pages
+    page.wait_for_url("**/router")
+    _wait_for_model(page)
+    page.fill("#text", SAMPLE)
+    result = _routing(server, SAMPLE)
+    assert result["moe"] and result["layers"], result
+    cells = _check_grid(page, result)
+
+    # Each cell holds one bar per routed expert, coloured by expert (the same expert has the
+    # same colour everywhere), tallest for the largest combine weight.
+    colours: dict[str, set[str]] = {}
+    for bar in page.query_selector_all("#grid .cell .bar"):
+        colour = bar.evaluate("el => getComputedStyle(el).backgroundColor")
+        colours.setdefault(bar.text_content(), set()).add(colour)
+    assert all(len(c) == 1 for c in colours.values()) and len(colours) > 1, colours
+    layer, token = result["layers"][0], 3
+    heights = cells[token].evaluate(
+        "el => [...el.querySelectorAll('.bar')].map(b => b.getBoundingClientRect().height)"
+    )
+    weights = layer["weights"][token]
+    assert heights.index(max(heights)) == weights.index(max(weights))
+
+    # Hover: the token's experts with their weights.
+    cells[token].hover()
+    shown = page.text_content("#inspector")
+    for expert, weight in zip(layer["experts"][token], weights):
+        assert f"expert {expert}: {weight:.3f}" in shown
+    # Column heads: each token's text decoded in context (a suffix as it is spelled here).
+    texts = [h.text_content() for h in page.query_selector_all("#grid .tok-head")]
+    for head, text in zip(texts, result["token_texts"], strict=True):
+        if text.strip():
+            assert head == text.strip()
+    _screenshot(page, "router-desktop")
+
+    # Generate: the model continues the text and the grid follows the longer text.
+    page.click("#generate")
+    page.wait_for_function(
+        "n => document.querySelectorAll('#grid .tok-head').length > n", arg=len(texts)
+    )
+    longer = page.input_value("#text")
+    assert longer.startswith(SAMPLE) and len(longer) > len(SAMPLE)
+    _check_grid(page, _routing(server, longer))
+
+
+def test_router_tells_a_dense_model_apart(open_page) -> None:
+    # A dense model's answer, as ismail-serve gives it (tested in packages/ismail-serve/tests).
+    dense = {
+        "object": "routing", "model": "dense", "moe": False, "n_layers": 2, "n_experts": 0,
+        "top_k": 0, "tokens": [1, 2], "token_texts": ["Merhaba", "!"], "kinds": ["bpe", "bpe"],
+        "layers": [],
+        "message": "'dense' is a dense model: every token goes through the same feed-forward "
+        "layers, so there is no routing to show.",
+    }  # fmt: skip
+    page = open_page("/router")
+    page.route(
+        "**/v1/routing",
+        lambda route: route.fulfill(
+            status=200, content_type="application/json", body=json.dumps(dense)
+        ),
+    )
+    page.fill("#text", "Merhaba!")
+    page.wait_for_selector("#dense-message:has-text('dense model')")
+    assert not page.is_visible("#routing-card") and not page.is_visible("#load-card")
+    assert page.query_selector_all("#grid .cell") == []
+    _screenshot(page, "router-dense")

@@ -46,6 +46,14 @@ def test_every_asset_a_page_links_is_served() -> None:
             assert response.content == (APPS_WEB / link.removeprefix("assets/")).read_bytes()
 
 
+def test_every_page_links_the_others() -> None:
+    client = _client()
+    for route in PAGES:
+        html = client.get(route).text
+        for other in ("./", "tokenizer", "router"):
+            assert f'href="{other}"' in html, (route, other)
+
+
 def test_pages_need_no_internet() -> None:
     # No CDN, web font or remote script: the pages must work on an offline machine.
     for path in APPS_WEB.rglob("*"):
@@ -70,6 +78,7 @@ def test_page_urls_for_the_startup_message() -> None:
     assert page_urls("http://127.0.0.1:8000/") == {
         "chat": "http://127.0.0.1:8000/",
         "tokenizer": "http://127.0.0.1:8000/tokenizer",
+        "router": "http://127.0.0.1:8000/router",
     }
 
 

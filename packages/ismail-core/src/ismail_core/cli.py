@@ -446,8 +446,10 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
         help="plots (PNG + HTML page) of a run's metrics",
-        description="Plot training/validation loss, learning rate, tokens/s and per-layer "
-        "expert load of RUN into RUN/report (PNG files and index.html). With several RUNs, "
+        description="Plot training/validation loss, learning rate and tokens/s of RUN into "
+        "RUN/report (PNG files and index.html); a mixture-of-experts run also gets a routing "
+        "section: per MoE layer an expert x step load heatmap, load imbalance (max/mean - 1) "
+        "and router entropy, with the numbers in routing.json. With several RUNs, "
         "overlay their validation bits per byte and losses instead (default --out: report).",
     )
     p.add_argument("runs", nargs="+", metavar="RUN")

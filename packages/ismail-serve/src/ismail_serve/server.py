@@ -225,7 +225,12 @@ def describe_engine(engine: LLMEngine, config: ServeConfig, pages: bool) -> str:
         f"prefix caching {'on' if runner.blocks.enable_prefix_caching else 'off'}; up to "
         f"{engine.config.max_batch} sequences of up to {engine.config.max_model_len} tokens\n"
         f"  OpenAI API: {base}/v1  (health {base}/health, metrics {base}/metrics)"
-        + (f"\n  chat: {urls['chat']}  tokenizer playground: {urls['tokenizer']}" if pages else "")
+        + (
+            f"\n  chat: {urls['chat']}  tokenizer playground: {urls['tokenizer']}  "
+            f"router: {urls['router']}"
+            if pages
+            else ""
+        )
     )
 
 

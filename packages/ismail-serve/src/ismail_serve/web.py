@@ -1,4 +1,5 @@
-"""The web pages of apps/web: chat at `/` and the tokenizer playground at `/tokenizer`.
+"""The web pages of apps/web: chat at `/`, the tokenizer playground at `/tokenizer` and the
+router view (which experts each token goes to) at `/router`.
 
 The pages are static files (HTML, CSS, JavaScript; no build step) that talk to the /v1 API from
 the browser. An installed wheel carries them as `ismail_serve/web_static` (a hatch
@@ -16,7 +17,11 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 # URL path -> HTML file in the apps directory.
-PAGES: dict[str, str] = {"/": "index.html", "/tokenizer": "tokenizer.html"}
+PAGES: dict[str, str] = {
+    "/": "index.html",
+    "/tokenizer": "tokenizer.html",
+    "/router": "router.html",
+}
 # Where the pages' CSS and JavaScript live; the HTML refers to them relatively as "assets/...".
 ASSETS_PATH = "/assets"
 
@@ -36,11 +41,12 @@ def find_apps_dir() -> Path | None:
 def page_urls(base_url: str) -> dict[str, str]:
     """Full URLs of the pages for a server at `base_url`, e.g. for the start-up message."""
     base = base_url.rstrip("/")
-    return {"chat": f"{base}/", "tokenizer": f"{base}/tokenizer"}
+    return {"chat": f"{base}/", "tokenizer": f"{base}/tokenizer", "router": f"{base}/router"}
 
 
 def mount_apps(app: FastAPI, apps_dir: Path | None = None) -> None:
-    """Serve the chat page at `/`, the tokenizer playground at `/tokenizer` and their assets.
+    """Serve the chat page at `/`, the tokenizer playground at `/tokenizer`, the router view at
+    `/router` and their assets.
 
     `apps_dir` defaults to `find_apps_dir()`. Raises FileNotFoundError naming the directory when
     the pages are missing, rather than serving 404s later.
