@@ -14,7 +14,7 @@ from typing import Any
 
 from .atomic import atomic_write_json
 
-ATTENTION_KINDS = ("mla", "mha", "gqa")
+ATTENTION_KINDS = ("mla", "mha", "gqa", "latent")
 POSITION_KINDS = ("rope", "learned")
 MLP_KINDS = ("swiglu", "gelu")
 NORM_KINDS = ("rmsnorm", "layernorm")
@@ -27,6 +27,8 @@ class ModelConfig:
 
     Attention is Multi-Head Latent Attention ("mla", DeepSeek-V3), standard multi-head ("mha") or
     grouped-query ("gqa", n_kv_heads shared key/value heads); any of them may use a sliding window.
+    "latent" is a sliding window of exact attention (sliding_window > 0 required) plus n_latents
+    causal, prefix-normalised latent memory entries per key/value head (model/latent.py).
     Feed-forward layers are dense for the first n_dense_layers and mixture-of-experts afterwards
     when n_routed_experts > 0.
     """
@@ -38,8 +40,9 @@ class ModelConfig:
     n_heads: int = 12
     # attention
     attention: str = "mla"
-    n_kv_heads: int | None = None  # gqa only; mha uses n_heads
-    head_dim: int | None = None  # mha/gqa; default dim // n_heads
+    n_kv_heads: int | None = None  # gqa and latent; mha uses n_heads
+    head_dim: int | None = None  # mha/gqa/latent; default dim // n_heads
+    n_latents: int = 16  # latent only: memory entries per key/value head
     q_lora_rank: int = 0  # mla query compression, 0 = off
     kv_lora_rank: int = 256
     qk_nope_head_dim: int = 64
@@ -86,7 +89,7 @@ class ModelConfig:
     @property
     def kv_heads(self) -> int:
         """Number of key/value heads of standard attention (mha: n_heads)."""
-        if self.attention == "gqa":
+        if self.attention in ("gqa", "latent"):
             return self.n_kv_heads or self.n_heads
         return self.n_heads
 
@@ -138,7 +141,14 @@ class ModelConfig:
                 f"qk_rope_head_dim must be a positive even number, got {self.qk_rope_head_dim}",
             )
             need(self.pos_emb == "rope", "mla needs pos_emb='rope' (its decoupled key is rotary)")
-        else:
+        elif self.attention == "latent":
+            need(
+                self.sliding_window > 0,
+                "attention='latent' attends exactly within a sliding window: set sliding_window "
+                "> 0 (e.g. 64; --model.sliding_window 64)",
+            )
+            need(self.n_latents > 0, f"n_latents must be positive, got {self.n_latents}")
+        if self.attention != "mla":
             if self.head_dim is None:
                 need(
                     self.dim % self.n_heads == 0,

@@ -38,6 +38,13 @@ class HFFormatError(ValueError):
 # ---------------------------------------------------------------------------- architecture
 def hf_architecture(cfg: ModelConfig) -> str:
     """The transformers model_type a config exports to: deepseek_v3, llama or gpt2."""
+    if cfg.attention == "latent":
+        raise HFFormatError(
+            "attention='latent' (a sliding window plus a causal latent memory) has no "
+            "transformers equivalent, so it cannot export to a Hugging Face folder; serve the "
+            "checkpoint with ismail-serve or `ismail generate`, or train with attention='mla', "
+            "'mha' or 'gqa' (sliding_window=0) to export"
+        )
     if cfg.sliding_window:
         raise HFFormatError("sliding-window attention has no exporter; set sliding_window=0")
     if cfg.attention == "mla":

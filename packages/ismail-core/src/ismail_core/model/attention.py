@@ -1,4 +1,5 @@
-"""Attention layers: Multi-Head Latent Attention (DeepSeek-V3) and standard MHA/GQA.
+"""Attention layers: Multi-Head Latent Attention (DeepSeek-V3), standard MHA/GQA and latent-vector
+attention (a sliding window plus a causal latent memory, model/latent.py).
 
 Both take x (B, T, dim), the rope cos/sin of the tokens' positions, and either a training-time
 mask (None = plain causal) or a cache plus CacheView for incremental decoding.
@@ -12,8 +13,9 @@ from torch import nn
 
 from ..config import ModelConfig
 from .cache import CacheView, PagedCache
+from .latent import memory_all, memory_at, window_attention
 from .norm import RMSNorm
-from .rope import apply_rope, yarn_mscale
+from .rope import RotaryEmbedding, apply_rope, yarn_mscale
 
 Rope = tuple[torch.Tensor, torch.Tensor] | None
 
@@ -29,12 +31,17 @@ def _sdpa(q, k, v, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
     return out.transpose(1, 2)
 
 
-def _store_and_read(blocks: torch.Tensor, new: torch.Tensor, view: CacheView) -> torch.Tensor:
+def _store(blocks: torch.Tensor, new: torch.Tensor, view: CacheView) -> torch.Tensor:
     """Write `new` (B, T, ...) at the view's slots of one layer's cache blocks
-    (num_blocks + 1, block_size, ...) and return the rows' positions [0, kv_len), (B, S, ...)."""
+    (num_blocks + 1, block_size, ...); return the blocks flattened to slots (slots, ...)."""
     flat = blocks.view(-1, *blocks.shape[2:])
     flat[view.write] = new.to(flat.dtype)
-    return flat[view.read]
+    return flat
+
+
+def _store_and_read(blocks: torch.Tensor, new: torch.Tensor, view: CacheView) -> torch.Tensor:
+    """_store, then return the rows' positions [0, kv_len), (B, S, ...)."""
+    return _store(blocks, new, view)[view.read]
 
 
 class MLA(nn.Module):
@@ -181,5 +188,97 @@ class Attention(nn.Module):
         return self.wo(out.reshape(B, T, -1))
 
 
+class LatentAttention(Attention):
+    """Causal latent-vector attention: exact attention over a sliding window of W keys plus
+    n_latents memory entries per key/value head, in one softmax (design: model/latent.py).
+
+    Projections and heads are those of Attention (n_kv_heads key/value heads, as gqa).
+    latent_queries (G, L, D) summarise the unrotated keys/values so far into the memory;
+    latent_keys (G, L, D) are the memory entries' keys, scored against the unrotated query.
+    The paged cache holds the unrotated keys and the values of every position (as gqa's, one
+    block table) and each block's end memory state (PagedCache.memory_lse/memory_mean).
+    """
+
+    def __init__(self, cfg: ModelConfig, layer_id: int):
+        super().__init__(cfg, layer_id)
+        self.window = cfg.sliding_window
+        shape = (self.n_kv_heads, cfg.n_latents, self.head_dim)
+        # unit-norm-ish rows: distinct latents from the start, scores of order one
+        self.latent_queries = nn.Parameter(torch.randn(shape) * self.head_dim**-0.5)
+        self.latent_keys = nn.Parameter(torch.randn(shape) * self.head_dim**-0.5)
+        # cached calls rotate window keys read back from the cache at their own positions
+        self.rotary = RotaryEmbedding(cfg, self.head_dim) if cfg.pos_emb == "rope" else None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: Rope,
+        mask: torch.Tensor | None = None,
+        cache: PagedCache | None = None,
+        view: CacheView | None = None,
+    ) -> torch.Tensor:
+        if mask is not None and mask.ndim != 2:  # 2-D: Transformer's plain sliding window
+            raise ValueError(
+                "attention='latent' cannot keep packed documents apart (doc_ids): its memory "
+                "sums over the whole row; train or fine-tune without packing"
+            )
+        B, T, _ = x.shape
+        G, D = self.n_kv_heads, self.head_dim
+        q = self.wq(x).view(B, T, G, self.n_heads // G, D)
+        k = self.wk(x).view(B, T, G, D)
+        v = self.wv(x).view(B, T, G, D)
+        mem_scores = torch.einsum("btgrd,gld->bgrtl", q.float(), self.latent_keys.float())
+        mem_scores = mem_scores * self.softmax_scale
+        q_rot = self._rotate(q.view(B, T, -1, D), rope).view_as(q)
+        if cache is None:
+            memory, _ = memory_all(self._latent_scores(k), v.float())
+            pad = (0, 0, 0, 0, self.window - 1, 0)  # window keys of query i: i .. i + W - 1
+            k_win = F.pad(self._rotate(k, rope), pad)
+            v_win = F.pad(v, pad)
+            valid = torch.arange(T + self.window - 1, device=x.device) >= self.window - 1
+            valid = valid.expand(B, -1)
+        else:
+            memory, k_win, v_win, valid = self._cached(k, v, cache, view)
+        out = window_attention(q_rot, k_win, v_win, valid, mem_scores, memory, self.window)
+        return self.wo(out.reshape(B, T, -1))
+
+    def _rotate(self, t: torch.Tensor, rope: Rope) -> torch.Tensor:
+        return t if rope is None else apply_rope(t, *rope)
+
+    def _latent_scores(self, k: torch.Tensor) -> torch.Tensor:
+        """Scaled scores (B, G, L, S) of the latent queries against unrotated keys (B, S, G, D)."""
+        a = torch.einsum("gld,bsgd->bgls", self.latent_queries.float(), k.float())
+        return a * self.softmax_scale
+
+    def _cached(self, k, v, cache: PagedCache, view: CacheView):
+        """Store the new keys/values; return the new tokens' memory (B, G, L, T, D) and their
+        window keys (rotated), values and reality (B, T + W - 1[, G, D]), and write the end
+        state of every block this call completes."""
+        lv, layer = view.latent, self.layer_id
+        keys = _store(cache.keys[layer], k, view)
+        values = _store(cache.values[layer], v, view)
+        k_mem, v_mem = keys[lv.memory_slots], values[lv.memory_slots]  # (B, M, G, D)
+        lse_blocks, mean_blocks = cache.memory_lse[layer], cache.memory_mean[layer]
+        has = lv.has_init[:, None, None]
+        init = (
+            lse_blocks[lv.init_block].masked_fill(~has, float("-inf")),
+            mean_blocks[lv.init_block].masked_fill(~has[..., None], 0.0),
+        )
+        memory, (lse, mean) = memory_at(
+            self._latent_scores(k_mem), v_mem.float(), cache.block_size, lv.out_index, init
+        )
+        lse_blocks[lv.state_blocks] = lse.permute(0, 3, 1, 2)  # (B, chunks, G, L)
+        mean_blocks[lv.state_blocks] = mean.permute(0, 3, 1, 2, 4)
+        k_win = keys[lv.window_slots].to(k.dtype)
+        if self.rotary is not None:
+            k_win = apply_rope(k_win, *self.rotary(lv.window_positions))
+        return memory, k_win, values[lv.window_slots].to(v.dtype), lv.window_valid
+
+
 def make_attention(cfg: ModelConfig, layer_id: int) -> nn.Module:
-    return MLA(cfg, layer_id) if cfg.attention == "mla" else Attention(cfg, layer_id)
+    """The attention layer cfg.attention names."""
+    if cfg.attention == "mla":
+        return MLA(cfg, layer_id)
+    if cfg.attention == "latent":
+        return LatentAttention(cfg, layer_id)
+    return Attention(cfg, layer_id)

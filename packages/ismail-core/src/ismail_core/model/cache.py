@@ -8,6 +8,12 @@ common prefix can share its blocks (the bookkeeping is `block_manager.BlockManag
 
 For multi-head latent attention a block holds only the normed latent and the rotated shared
 rope key, and it stays latent: decoding attends in the latent space (MLA._absorbed).
+
+For latent-vector attention (attention="latent") a block holds the unrotated keys and the
+values of its positions, and the cache also keeps, per block rather than per position, the
+latent memory state at the block's last position (memory_lse, memory_mean): a call rebuilds
+the memory from the previous block's end state plus its own block's keys/values. The state is
+a function of the prefix alone, so blocks shared by prefix caching share it too.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config import ModelConfig
+from .latent import LatentView, latent_view
 
 
 @dataclass
@@ -33,6 +40,7 @@ class CacheView:
     read: torch.Tensor
     kv_len: int
     mask: torch.Tensor
+    latent: LatentView | None = None  # latent-vector attention's reads and writes
     _biases: dict = field(default_factory=dict, repr=False, compare=False)
 
     def head_folded_bias(self, heads: int, dtype: torch.dtype) -> torch.Tensor:
@@ -53,7 +61,10 @@ class PagedCache:
     """Cache tensors of shape (n_layers, num_blocks + 1, block_size, ...), one per kind:
 
     MLA: latent (kv_lora_rank) and rope_key (qk_rope_head_dim, already rotated);
-    other attention: keys and values (n_kv_heads, head_dim; keys already rotated).
+    other attention: keys and values (n_kv_heads, head_dim; keys already rotated, except for
+    latent-vector attention, whose memory reads them unrotated). Latent-vector attention also
+    has per-block memory states (n_layers, num_blocks + 1, n_kv_heads, n_latents[, head_dim])
+    in float32: memory_lse (log of the softmax denominators) and memory_mean (the memory).
     """
 
     def __init__(self, cfg: ModelConfig, num_blocks: int, block_size: int, device, dtype):
@@ -67,6 +78,14 @@ class PagedCache:
             kv = (*shape, cfg.kv_heads, cfg.attn_head_dim)
             self.keys = torch.zeros(kv, device=device, dtype=dtype)
             self.values = torch.zeros(kv, device=device, dtype=dtype)
+        self.window = cfg.sliding_window
+        self.has_memory = cfg.attention == "latent"
+        if self.has_memory:
+            state = (cfg.n_layers, num_blocks + 1, cfg.kv_heads, cfg.n_latents)
+            self.memory_lse = torch.zeros(state, device=device, dtype=torch.float32)
+            self.memory_mean = torch.zeros(
+                *state, cfg.attn_head_dim, device=device, dtype=torch.float32
+            )
 
     @property
     def scratch_block(self) -> int:
@@ -76,13 +95,26 @@ class PagedCache:
     def tensors(self) -> list[torch.Tensor]:
         return [self.latent, self.rope_key] if self.is_latent else [self.keys, self.values]
 
-    def bytes_per_token(self) -> int:
-        """Bytes of cache one token occupies, summed over layers."""
+    def _token_bytes(self) -> int:
+        """Bytes of the per-position tensors one token occupies, summed over layers."""
         return sum(t.element_size() * t[0, 0, 0].numel() * t.shape[0] for t in self.tensors())
+
+    def state_bytes_per_block(self) -> int:
+        """Bytes of per-block memory state (latent-vector attention; 0 otherwise), all layers."""
+        if not self.has_memory:
+            return 0
+        states = (self.memory_lse, self.memory_mean)
+        return sum(t.element_size() * t[0, 0].numel() * t.shape[0] for t in states)
+
+    def bytes_per_token(self) -> int:
+        """Bytes of cache one token occupies, summed over layers (with latent-vector attention
+        including its share of the per-block memory state, rounded up)."""
+        return self._token_bytes() + -(-self.state_bytes_per_block() // self.block_size)
 
     def nbytes(self) -> int:
         """Bytes of the blocks sequences can use (the scratch block not counted)."""
-        return self.bytes_per_token() * self.num_blocks * self.block_size
+        per_block = self._token_bytes() * self.block_size + self.state_bytes_per_block()
+        return per_block * self.num_blocks
 
 
 def new_cache(
@@ -150,7 +182,17 @@ def make_view(
     mask = key_pos[None, None, :] <= positions[:, :, None]  # (B, T, S) causal per row
     if sliding_window:
         mask &= key_pos[None, None, :] > positions[:, :, None] - sliding_window
-    return CacheView(positions=positions, write=write, read=read, kv_len=kv_len, mask=mask[:, None])
+    latent = None
+    if cache.has_memory:
+        latent = latent_view(tables, start, seq_len, size, cache.window, cache.scratch_block)
+    return CacheView(
+        positions=positions,
+        write=write,
+        read=read,
+        kv_len=kv_len,
+        mask=mask[:, None],
+        latent=latent,
+    )
 
 
 def _start_positions(start_pos: int | torch.Tensor, batch: int, device) -> torch.Tensor:

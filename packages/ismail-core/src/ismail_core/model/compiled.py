@@ -420,7 +420,8 @@ def fused_decode_supported(model: nn.Module) -> bool:
     """Whether the fused path covers this model (else every call goes to the model): a
     Transformer of plain modules. Anything that changes what a layer computes from its
     weights (FP8 layers from ismail-kernels, peft's LoRA layers, a test double) is left to
-    the model's own forward, since the fused path reads the weights directly."""
+    the model's own forward, since the fused path reads the weights directly; so is
+    latent-vector attention (attention="latent"), which the fused path does not implement."""
     cfg = getattr(model, "cfg", None)
     plain = all(
         type(m) in _PLAIN_TORCH or type(m).__module__.startswith("ismail_core.model.")
@@ -429,6 +430,8 @@ def fused_decode_supported(model: nn.Module) -> bool:
     return (
         plain
         and cfg is not None
+        # latent-vector attention's memory is not in the fused path: the model's own forward
+        and getattr(cfg, "attention", None) != "latent"
         and getattr(model, "pos_embed", None) is None
         and hasattr(model, "layers")
         and hasattr(model, "head")
