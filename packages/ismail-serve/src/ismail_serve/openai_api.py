@@ -189,7 +189,7 @@ def _check_token_ids(state: ServerState, ids: list[int], param: str) -> None:
         )
 
 
-def _check_prompt_chars(state: ServerState, lengths: list[int], chat: bool) -> None:
+def check_prompt_chars(state: ServerState, lengths: list[int], chat: bool) -> None:
     """400 for a text too long to fit the context however it tokenizes, before tokenizing it
     (see prompts.longest_token_chars): a 10 MB word would otherwise keep a CPU busy for many
     seconds only to be refused."""
@@ -206,7 +206,7 @@ def _check_prompt_chars(state: ServerState, lengths: list[int], chat: bool) -> N
         )
 
 
-def _max_tokens(state: ServerState, prompt_len: int, requested: int | None, chat: bool) -> int:
+def max_new_tokens(state: ServerState, prompt_len: int, requested: int | None, chat: bool) -> int:
     """Tokens to generate; 400 worded like vLLM's when prompt + output exceed the context.
     `requested` 0 scores the prompt only, which may then fill the whole context."""
     limit = state.max_model_len
@@ -271,7 +271,7 @@ def _prepare(
     stop_ids = frozenset() if body.ignore_eos else _stop_ids(state.tokenizer, chat)
     sequences = []
     for p, prompt in enumerate(prompts):
-        budget = _max_tokens(state, len(prompt), max_tokens, chat)
+        budget = max_new_tokens(state, len(prompt), max_tokens, chat)
         for j in range(body.n):
             params = SamplingParams(
                 temperature=body.temperature,
@@ -616,7 +616,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     body.reject_unsupported()
     check_model(state, body.model)
     texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    _check_prompt_chars(state, [len(t) for t in texts if isinstance(t, str)], chat=False)
+    check_prompt_chars(state, [len(t) for t in texts if isinstance(t, str)], chat=False)
     # Off the event loop, so streams and /health keep answering while a long prompt encodes.
     prompts = await asyncio.to_thread(_completion_prompts, state, body.prompt)
     return await _run(state, body, prompts, body.max_tokens, chat=False, request=request)
@@ -633,7 +633,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     state.ready_engine()
     body.reject_unsupported()
     check_model(state, body.model)
-    _check_prompt_chars(state, [sum(len(m.text()) for m in body.messages)], chat=True)
+    check_prompt_chars(state, [sum(len(m.text()) for m in body.messages)], chat=True)
     prompt = await asyncio.to_thread(chat_prompt_ids, state.tokenizer, body.messages)
     max_tokens = body.max_completion_tokens or body.max_tokens
     return await _run(state, body, [prompt], max_tokens, chat=True, request=request)
@@ -647,7 +647,7 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=[card])
 
 
-def _token_kinds(tok: Any, ids: list[int]) -> list[str]:
+def token_kinds(tok: Any, ids: list[int]) -> list[str]:
     """Kind of each token: tr-tokenizer's own (root, suffix, case, ...), else "special" or
     "bpe"."""
     if getattr(tok, "kind", None) == "tr" and hasattr(tok, "token_kind"):
@@ -665,7 +665,7 @@ def _tokenization(tok: Any, text: str) -> dict[str, Any]:
         "tokens": ids,
         "token_strs": [tok.id_to_token(i) or "" for i in ids],
         "offsets": [tuple(o) for o in enc.offsets],
-        "kinds": _token_kinds(tok, ids),
+        "kinds": token_kinds(tok, ids),
     }
 
 

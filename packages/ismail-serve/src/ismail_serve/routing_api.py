@@ -34,12 +34,12 @@ from ismail_serve.engine import EngineStoppedError, LLMEngine
 from ismail_serve.engine.logprobs import token_texts
 from ismail_serve.errors import APIError, bad_request, draining_error, error_responses
 from ismail_serve.openai_api import (
-    _check_prompt_chars,
-    _max_tokens,
-    _token_kinds,
     check_model,
+    check_prompt_chars,
     get_state,
+    max_new_tokens,
     require_api_key,
+    token_kinds,
 )
 from ismail_serve.prompts import chat_prompt_ids, encode_prompt
 from ismail_serve.protocol import LayerRouting, RoutingRequest, RoutingResponse
@@ -61,12 +61,15 @@ async def routing(body: RoutingRequest, request: Request) -> RoutingResponse:
     if (body.prompt is None) == (body.messages is None):
         raise bad_request("Send exactly one of 'prompt' (text) or 'messages' (a chat).", "prompt")
     chat = body.messages is not None
+    # the context-length 400 before tokenizing a text too long to fit however it tokenizes
     if body.prompt is not None:
-        _check_prompt_chars(state, [len(body.prompt)], chat=False)
+        check_prompt_chars(state, [len(body.prompt)], chat=False)
+    else:
+        check_prompt_chars(state, [sum(len(m.text()) for m in body.messages)], chat=True)
     ids = await asyncio.to_thread(_prompt_ids, state, body)  # CPU work: off the event loop
     if not ids:
         raise bad_request("The prompt is empty: send some text to route.", "prompt")
-    _max_tokens(state, len(ids), 0, chat)  # the 400 for a text longer than the context
+    max_new_tokens(state, len(ids), 0, chat)  # the 400 for a text longer than the context
     cfg = engine.runner.model.cfg
     texts = await asyncio.to_thread(token_texts, state.tokenizer, ids)
     response = RoutingResponse(
@@ -77,7 +80,7 @@ async def routing(body: RoutingRequest, request: Request) -> RoutingResponse:
         top_k=cfg.n_activated_experts if cfg.n_routed_experts > 0 else 0,
         tokens=ids,
         token_texts=texts,
-        kinds=_token_kinds(state.tokenizer, ids),
+        kinds=token_kinds(state.tokenizer, ids),
         layers=[],
     )
     if not response.moe:
