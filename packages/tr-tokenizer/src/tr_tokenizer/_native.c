@@ -294,6 +294,7 @@ typedef struct {
     Py_ssize_t n_ids;
     double *costs;
     double byte_cost;       /* 1.0 + _TIE * _BYTE_PENALTY, computed by Python */
+    double one_letter_cost; /* encoder.ONE_LETTER_START */
     uint8_t *kind;          /* decoder kind code per id */
     uint8_t *letters_only;
     uint8_t *spaced_word;
@@ -352,11 +353,12 @@ static int Segmenter_init(Segmenter *self, PyObject *args, PyObject *kwds)
 {
     PyObject *root_scan, *text_scan, *raw_scan, *tables, *costs, *kinds, *texts, *elements;
     PyObject *voiced, *letters_only, *spaced_word;
-    double byte_cost;
+    double byte_cost, one_letter_cost;
     int cap_id, upper_id, byte0;
-    if (!PyArg_ParseTuple(args, "O!O!O!O!O!dO!O!O!O!O!O!iii", &PyDict_Type, &root_scan,
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!ddO!O!O!O!O!O!iii", &PyDict_Type, &root_scan,
                           &PyDict_Type, &text_scan, &PyDict_Type, &raw_scan, &PyList_Type,
-                          &tables, &PyList_Type, &costs, &byte_cost, &PyList_Type, &kinds,
+                          &tables, &PyList_Type, &costs, &byte_cost, &one_letter_cost,
+                          &PyList_Type, &kinds,
                           &PyList_Type, &texts, &PyList_Type, &elements, &PyList_Type, &voiced,
                           &PyList_Type, &letters_only, &PyList_Type, &spaced_word, &cap_id,
                           &upper_id, &byte0))
@@ -382,6 +384,7 @@ static int Segmenter_init(Segmenter *self, PyObject *args, PyObject *kwds)
     }
     self->n_ids = n;
     self->byte_cost = byte_cost;
+    self->one_letter_cost = one_letter_cost;
     self->cap_id = cap_id;
     self->upper_id = upper_id;
     self->byte0 = byte0;
@@ -524,9 +527,18 @@ static int path_push(Path *p, int32_t id, int32_t len)
 
 #define INF HUGE_VAL
 
-/* Relax the edges from i over every piece of trie t that spells s[i:j]. */
+/* encoder._one_letter_start: the end of the word's first letter when more of it follows. */
+static Py_ssize_t one_letter_start(const Py_UCS4 *s, Py_ssize_t n)
+{
+    Py_ssize_t end = s[0] == ' ' ? 2 : 1;
+    return n > end && !is_apostrophe(s[end - 1]) ? end : 0;
+}
+
+/* Relax the edges from i over every piece of trie t that spells s[i:j]; an edge ending at
+ * `penalized` costs `penalty` more. */
 static void relax_edges(const Trie *t, const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t i,
-                         double *cost, int32_t *back_i, int32_t *back_id)
+                         double *cost, int32_t *back_i, int32_t *back_id,
+                         Py_ssize_t penalized, double penalty)
 {
     double c0 = cost[i];
     int32_t node = 0;
@@ -535,8 +547,9 @@ static void relax_edges(const Trie *t, const Py_UCS4 *s, Py_ssize_t n, Py_ssize_
         if (node < 0)
             break;
         const Node *hit = &t->nodes[node];
-        if (hit->id != NO_ID && c0 + hit->cost < cost[j]) {
-            cost[j] = c0 + hit->cost;
+        double c = c0 + hit->cost + (j == penalized ? penalty : 0.0);
+        if (hit->id != NO_ID && c < cost[j]) {
+            cost[j] = c;
             back_i[j] = (int32_t)i;
             back_id[j] = hit->id;
         }
@@ -551,6 +564,7 @@ static int morph(const Segmenter *sg, const Py_UCS4 *s, Py_ssize_t n, Path *out)
     int32_t back_i[MAX_CHARS + 1], back_id[MAX_CHARS + 1];
     int classes[MAX_CHARS + 1];
     int32_t node = 0;
+    Py_ssize_t first_letter = s[0] == ' ' ? 2 : 1; /* a root this long is one letter */
     for (Py_ssize_t j = 0; j <= MAX_CHARS; j++)
         cost[j] = INF;
     for (Py_ssize_t j = 1; j <= n; j++) {
@@ -561,6 +575,8 @@ static int morph(const Segmenter *sg, const Py_UCS4 *s, Py_ssize_t n, Path *out)
         if (hit->id != NO_ID) {
             if (j == n) /* the whole word is one root: one token beats two or more */
                 return path_push(out, hit->id, (int32_t)n) < 0 ? -1 : 1;
+            if (j <= first_letter)
+                continue; /* no one-letter root before suffixes (encoder.ONE_LETTER_START) */
             cost[j] = hit->cost;
             back_i[j] = 0;
             back_id[j] = hit->id;
@@ -570,7 +586,7 @@ static int morph(const Segmenter *sg, const Py_UCS4 *s, Py_ssize_t n, Path *out)
     for (Py_ssize_t i = 1; i < n; i++) {
         if (cost[i] == INF)
             continue;
-        relax_edges(&sg->suffix[classes[i]], s, n, i, cost, back_i, back_id);
+        relax_edges(&sg->suffix[classes[i]], s, n, i, cost, back_i, back_id, 0, 0.0);
     }
     if (!(cost[n] < INF))
         return 0;
@@ -626,15 +642,17 @@ static int cheapest(const Segmenter *sg, const Py_UCS4 *s, Py_ssize_t n, int sha
     for (Py_ssize_t j = 0; j <= MAX_CHARS; j++)
         cost[j] = INF;
     cost[start] = 0.0;
+    Py_ssize_t one_letter = shared ? one_letter_start(s, n) : 0;
     if (shared)
         context_classes(s, n, classes);
     for (Py_ssize_t i = start; i < n; i++) {
         double c0 = cost[i];
         if (c0 == INF)
             continue;
-        relax_edges(scan, s, n, i, cost, back_i, back_id);
+        relax_edges(scan, s, n, i, cost, back_i, back_id, i == 0 ? one_letter : 0,
+                    sg->one_letter_cost);
         if (shared && i > 0)
-            relax_edges(&sg->suffix[classes[i]], s, n, i, cost, back_i, back_id);
+            relax_edges(&sg->suffix[classes[i]], s, n, i, cost, back_i, back_id, 0, 0.0);
         uint8_t b[4];
         int nbytes = utf8_bytes(s[i], b);
         double c = c0 + nbytes * sg->byte_cost;

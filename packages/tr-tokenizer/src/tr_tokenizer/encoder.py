@@ -39,6 +39,10 @@ _INF = float("inf")
 # scores are log-probabilities, scaled so that they never outweigh a whole token.
 _TIE = 1e-3
 _BYTE_PENALTY = 40.0
+# A word that starts with a one-letter piece followed by more pieces (ç + ı + kan, s + izin)
+# is almost never morphology: the parse never takes a one-letter root unless it is the whole
+# word, and the fallback segmentation pays this much more than a whole token for one.
+ONE_LETTER_START = 1.5
 _APOSTROPHE_SPLIT = regex.compile("(['’])")
 _PREFIX = -1  # scan-table value of a text that only starts some piece
 
@@ -111,6 +115,7 @@ class ChunkEncoder:
             [self._suffix_table(key) for key in HARMONY_KEYS],
             self.cost,
             1.0 + _TIE * _BYTE_PENALTY,
+            ONE_LETTER_START,
             t.kind,
             t.text,
             t.elements,
@@ -223,11 +228,12 @@ class ChunkEncoder:
         n = len(s)
         cost = [_INF] * (n + 1)
         back: list[tuple[int, int] | None] = [None] * (n + 1)
+        first_letter = 2 if s[0] == " " else 1  # a root this long is one letter
         for j in range(1, n + 1):
             tid = root_scan.get(s[:j])
             if tid is None:
                 break
-            if tid != _PREFIX:
+            if tid != _PREFIX and j > first_letter:
                 cost[j] = costs[tid]
                 back[j] = (0, tid)
         keys = None
@@ -306,6 +312,7 @@ class ChunkEncoder:
         scan = self.text_scan if shared else self.raw_scan
         costs = self.cost
         keys = context_keys(s) if shared else None
+        one_letter = _one_letter_start(s) if shared else 0
         for i in range(start, n):
             c0 = cost[i]
             if c0 == _INF:
@@ -314,8 +321,9 @@ class ChunkEncoder:
                 tid = scan.get(s[i:j])
                 if tid is None:
                     break
-                if tid != _PREFIX and c0 + costs[tid] < cost[j]:
-                    cost[j] = c0 + costs[tid]
+                c = c0 + costs[tid] + (ONE_LETTER_START if j == one_letter and i == 0 else 0.0)
+                if tid != _PREFIX and c < cost[j]:
+                    cost[j] = c
                     back[j] = (i, tid)
             if shared and i > 0:
                 # suffix tokens spelled from the left context (literal ones are text pieces too)
@@ -375,6 +383,13 @@ def native_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _one_letter_start(word: str) -> int:
+    """The end of the word's first letter (after its leading space, if any) when more of the
+    word follows it; 0 otherwise. A first piece ending there pays ONE_LETTER_START."""
+    end = 2 if word.startswith(" ") else 1
+    return end if len(word) > end and word[end - 1] not in APOSTROPHES else 0
 
 
 def _with_prefixes(ids: dict[str, int]) -> dict[str, int]:

@@ -44,6 +44,7 @@ class TrainConfig:
     share_allomorphs: bool = True  # one id per suffix chain across its allomorphs
     suffix_chains: int = 2000  # suffix tokens beyond the single-morpheme inventory
     root_fraction: float = 0.62  # share of the remaining vocabulary given to roots
+    word_fraction: float = 0.0  # share given to frequent inflected words as whole pieces
     unspaced_ratio: float = 0.1  # assumed share of a root's uses without a leading space
     max_parse_words: int = 300_000  # most frequent word types parsed for statistics
     min_root_count: float = 2.0
@@ -374,6 +375,8 @@ def build_vocabulary(
         for r, c in variant_counts.most_common()
         if c >= cfg.min_root_count and r not in singles
     ][:n_roots]
+    n_words = int(cfg.word_fraction * (budget - suffix_total - cfg.alphabet_size))
+    roots += _whole_words(words, parses, {r for r, _ in roots}, n_words)
 
     pieces: list[tuple[str, str, float]] = list(fixed)
     seen = {p[0] for p in pieces}
@@ -418,6 +421,21 @@ def build_vocabulary(
     for rank, piece in enumerate(learned[:wanted]):
         add(piece, "bpe", -math.log(rank + 2))
     return Vocabulary(pieces, config=asdict(cfg), voicing=voicing)
+
+
+def _whole_words(
+    words: Counter, parses: dict, taken: set[str], n: int
+) -> list[tuple[str, float]]:
+    """The n most frequent words (with their leading space, if any) that parse as a root plus
+    suffixes: one piece each saves a token on every use, and keeps the root whole."""
+    chosen: list[tuple[str, float]] = []
+    for w, c in words.most_common():
+        if len(chosen) >= n:
+            break
+        p = parses.get(w.lstrip(" "))
+        if p is not None and p[1] and w not in taken:
+            chosen.append((w, c))
+    return chosen
 
 
 def _logp(count: float, total: float) -> float:
