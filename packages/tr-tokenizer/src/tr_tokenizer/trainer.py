@@ -423,9 +423,7 @@ def build_vocabulary(
     return Vocabulary(pieces, config=asdict(cfg), voicing=voicing)
 
 
-def _whole_words(
-    words: Counter, parses: dict, taken: set[str], n: int
-) -> list[tuple[str, float]]:
+def _whole_words(words: Counter, parses: dict, taken: set[str], n: int) -> list[tuple[str, float]]:
     """The n most frequent words (with their leading space, if any) that parse as a root plus
     suffixes: one piece each saves a token on every use, and keeps the root whole."""
     chosen: list[tuple[str, float]] = []
