@@ -238,3 +238,25 @@ def test_hf_export_is_refused_with_the_problem_and_the_fix(tmp_path: Path, hf_to
     save_checkpoint(tmp_path / "ckpt", model, load_tokenizer(hf_tokenizer_file))
     assert main(["export", str(tmp_path / "ckpt"), str(tmp_path / "out")]) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_ismail_generate_continues_a_latent_checkpoint_greedily(
+    tmp_path: Path, hf_tokenizer_file, capsys
+):
+    from ismail_core.checkpoint import save_checkpoint
+    from ismail_core.cli import main
+    from ismail_core.generate import prompt_ids
+    from ismail_core.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(hf_tokenizer_file)
+    model = make_model(vocab_size=tok.vocab_size)
+    save_checkpoint(tmp_path / "ckpt", model, tok)
+    ids = prompt_ids(tok, "Yurtta sulh")
+    history = list(ids)
+    with torch.no_grad():  # greedy by recomputing everything: no cache involved
+        for _ in range(12):
+            history.append(int(model(torch.tensor([history]))[0, -1].argmax()))
+    args = ["generate", str(tmp_path / "ckpt"), "--prompt", "Yurtta sulh", "--no-stream"]
+    assert main([*args, "--max-new-tokens", "12", "--temperature", "0"]) == 0
+    want = tok.decode(history[len(ids) :], skip_special_tokens=True)
+    assert capsys.readouterr().out == f"Yurtta sulh{want}\n"
