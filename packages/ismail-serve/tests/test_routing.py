@@ -67,11 +67,14 @@ def test_routing_of_messages_follows_the_chat_template(serve, tokenizer):
     assert len(body["layers"][0]["experts"]) == len(body["tokens"])
 
 
-def test_a_dense_model_gets_a_plain_answer(make_engine, make_config, tokenizer):
+@pytest.mark.parametrize("dense", [{"n_routed_experts": 0}, {"n_dense_layers": 2}])
+def test_a_dense_model_gets_a_plain_answer(make_engine, make_config, tokenizer, dense):
     torch.manual_seed(0)
     cfg = make_config(tokenizer.vocab_size)
-    cfg.n_routed_experts = 0
+    for key, value in dense.items():
+        setattr(cfg, key, value)
     dense = Transformer(cfg).eval()
+    assert dense.moe_layers() == []
     state = ServerState(model_name=MODEL)
     state.attach(make_engine(model_override=dense, max_model_len=64))
     with TestClient(create_app(state)) as client:

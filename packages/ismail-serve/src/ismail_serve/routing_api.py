@@ -71,13 +71,15 @@ async def routing(body: RoutingRequest, request: Request) -> RoutingResponse:
         raise bad_request("The prompt is empty: send some text to route.", "prompt")
     max_new_tokens(state, len(ids), 0, chat)  # the 400 for a text longer than the context
     cfg = engine.runner.model.cfg
+    # no MoE layer at all (n_routed_experts 0, or every layer among the first n_dense_layers)
+    moe = any(cfg.is_moe_layer(i) for i in range(cfg.n_layers))
     texts = await asyncio.to_thread(token_texts, state.tokenizer, ids)
     response = RoutingResponse(
         model=state.model_name,
-        moe=cfg.n_routed_experts > 0,
+        moe=moe,
         n_layers=cfg.n_layers,
-        n_experts=cfg.n_routed_experts,
-        top_k=cfg.n_activated_experts if cfg.n_routed_experts > 0 else 0,
+        n_experts=cfg.n_routed_experts if moe else 0,
+        top_k=cfg.n_activated_experts if moe else 0,
         tokens=ids,
         token_texts=texts,
         kinds=token_kinds(state.tokenizer, ids),
