@@ -125,13 +125,17 @@ def measure(args) -> dict[str, dict[str, float]]:
 def table(res: dict, args, runs: dict[str, Path]) -> str:
     ctx = args.contexts
     head = ["attention", "train tok/s (cpu-s)"]
-    head += [f"decode@{c} tok/s runner (model fwd)" for c in ctx]
+    head += [f"decode@{c} tok/s runner (cpu-s); model fwd (cpu-s)" for c in ctx]
     head += [f"cache@{c} need / paged holds" for c in args.cache_contexts]
     head += ["val bpb after 200 steps"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in res.items():
         cells = [name, f"{r['train']:.0f} ({r['train_cpu']:.0f})"]
-        cells += [f"{r[f'decode{c}']:.1f} ({r[f'decode{c}_model']:.1f})" for c in ctx]
+        for c in ctx:
+            pairs = [
+                f"{r[k]:.1f} ({r[k + '_cpu']:.1f})" for k in (f"decode{c}", f"decode{c}_model")
+            ]
+            cells.append("; ".join(pairs))
         for c in args.cache_contexts:
             need, held = cache_bytes(name, c)
             cells.append(f"{need / 2**20:.2f} / {held / 2**20:.2f} MiB")

@@ -52,5 +52,12 @@ def test_checkpoint_loads_with_its_memory_state_in_the_cache_size(tmp_path, make
     assert runner.decoder is runner.model  # no fused path for latent attention
     cache = runner.cache
     assert cache.has_memory and cache.state_bytes_per_block() > 0
-    per_block = (runner.cache_bytes_per_token() * cache.block_size) - cache.state_bytes_per_block()
-    assert runner.cache_bytes() >= per_block * runner.num_blocks
+    state, size = cache.state_bytes_per_block(), cache.block_size
+    per_token = runner.cache_bytes_per_token()  # the state's share, rounded up, included
+    assert per_token * size - size < runner.cache_bytes() / runner.num_blocks <= per_token * size
+    # a memory budget buys blocks at that price (a block of one position would charge the
+    # whole state to every token and buy a fraction of them)
+    budget_mib = 9 * per_token * size / 2**20
+    config = ServeConfig(str(checkpoint), max_model_len=32, kv_cache_memory_mib=budget_mib)
+    assert load_engine(config, ServeMetrics()).runner.num_blocks == 9
+    assert state > per_token  # the state is more than a token's keys and values here

@@ -144,7 +144,9 @@ def load_engine(config: ServeConfig, metrics: ServeMetrics) -> LLMEngine:
         raise ValueError(
             f"--max-model-len {max_len} exceeds the model's max_seq_len {model_max}; lower it"
         )
-    per_token = model.new_cache(1, 1, dtype=dtype).bytes_per_token()
+    # one block of the real size: latent attention's per-block memory state is then counted
+    # at its share per token, not once per token as a block of one position would count it
+    per_token = model.new_cache(1, max(config.block_size, 1), dtype=dtype).bytes_per_token()
     runner = ModelRunner(
         model,
         num_blocks=cache_blocks(config, per_token, max_len),
