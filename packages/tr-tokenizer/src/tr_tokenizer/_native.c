@@ -689,61 +689,298 @@ static int cheapest(const Segmenter *sg, const Py_UCS4 *s, Py_ssize_t n, int sha
     return 0;
 }
 
-/* ---- decoding check (decoder.DecodeState on a fresh state, compared as it goes) ------ */
+/* ---- decoding (decoder.DecodeState): Tokenizer.decode and the encoder's round-trip check -- */
+
+/* One state machine serves both uses. To decode, it writes the text into a growing buffer. To
+ * check (encoder._encode_word: does this path decode to the chunk?), it compares the text with
+ * the chunk as it is written and stops at the first difference. The buffer is also the left
+ * context that shared suffixes are spelled from (DecodeState.tail is its end). */
+
+#define D_LEFT 1 /* a case this module leaves to Python (the caller runs decoder.py instead) */
+#define D_DIFF 2 /* check: the text differs from the chunk */
+#define CHECK_CHARS (2 * MAX_CHARS + 16)
 
 typedef struct {
-    const Py_UCS4 *want;   /* the chunk the path must decode to */
+    const Segmenter *sg;
+    Py_UCS4 *buf;          /* the text written so far */
+    Py_ssize_t len, cap;
+    Py_UCS4 inline_buf[CHECK_CHARS];
+    const Py_UCS4 *want;   /* check: the text the ids must decode to; NULL to decode */
     Py_ssize_t want_len;
-    Py_ssize_t pos;        /* chars of `want` matched so far */
-    Py_UCS4 tail[2 * MAX_CHARS + 16];
-    Py_ssize_t tail_len;
-    int bad;               /* mismatch (1) or a case this module leaves to Python (2) */
-} Check;
+    int skip_special;
+    int state;             /* case state (S_NONE ...) */
+    int holding;           /* buf[held_at] is the plain last letter of an alternating root, to
+                              be voiced if a vowel follows (DecodeState.held) */
+    Py_ssize_t held_at;
+    Py_UCS4 held_voiced;
+    uint8_t utf8[4];       /* bytes of an incomplete UTF-8 character (DecodeState.utf8) */
+    int n_utf8;
+} Decoder;
 
-static void emit(Check *ck, const Py_UCS4 *text, Py_ssize_t n, int to_tail)
+static void decoder_init(Decoder *d, const Segmenter *sg, const Py_UCS4 *want, Py_ssize_t n,
+                         int skip_special)
 {
-    for (Py_ssize_t k = 0; k < n && !ck->bad; k++) {
-        if (ck->pos >= ck->want_len || ck->want[ck->pos] != text[k]) {
-            ck->bad = 1;
-            return;
-        }
-        ck->pos++;
-    }
-    if (to_tail) {
-        if (ck->tail_len + n > (Py_ssize_t)(sizeof(ck->tail) / sizeof(Py_UCS4))) {
-            ck->bad = 1;
-            return;
-        }
-        memcpy(ck->tail + ck->tail_len, text, n * sizeof(Py_UCS4));
-        ck->tail_len += n;
-    }
+    d->sg = sg;
+    d->buf = d->inline_buf;
+    d->len = 0;
+    d->cap = CHECK_CHARS;
+    d->want = want;
+    d->want_len = n;
+    d->skip_special = skip_special;
+    d->state = S_NONE;
+    d->holding = 0;
+    d->held_at = 0;
+    d->held_voiced = 0;
+    d->n_utf8 = 0;
 }
 
-/* suffixes.left_context over the tail: (last letter, last vowel), lowercased; 0 for None.
- * Returns -1 for a letter this module does not handle. */
-static int left_context(const Check *ck, Py_UCS4 *last, Py_UCS4 *vowel)
+static void decoder_free(Decoder *d)
+{
+    if (d->buf != d->inline_buf)
+        PyMem_Free(d->buf);
+    d->buf = d->inline_buf;
+}
+
+/* Room for `extra` more chars. A check never needs more than CHECK_CHARS: longer text differs
+ * from the chunk anyway. Returns 0, D_DIFF or -1 (MemoryError). */
+static int reserve(Decoder *d, Py_ssize_t extra)
+{
+    if (d->len + extra <= d->cap)
+        return 0;
+    if (d->want != NULL)
+        return D_DIFF;
+    Py_ssize_t cap = d->cap;
+    while (cap < d->len + extra)
+        cap *= 2;
+    Py_UCS4 *buf = PyMem_Malloc(cap * sizeof(Py_UCS4));
+    if (buf == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(buf, d->buf, d->len * sizeof(Py_UCS4));
+    decoder_free(d);
+    d->buf = buf;
+    d->cap = cap;
+    return 0;
+}
+
+/* The text in buf[a:b) is final: a check compares it with the chunk. */
+static int commit(const Decoder *d, Py_ssize_t a, Py_ssize_t b)
+{
+    if (d->want == NULL)
+        return 0;
+    if (b > d->want_len)
+        return D_DIFF;
+    return memcmp(d->buf + a, d->want + a, (b - a) * sizeof(Py_UCS4)) == 0 ? 0 : D_DIFF;
+}
+
+static int put(Decoder *d, const Py_UCS4 *text, Py_ssize_t n)
+{
+    int r = reserve(d, n);
+    if (r != 0)
+        return r;
+    memcpy(d->buf + d->len, text, n * sizeof(Py_UCS4));
+    d->len += n;
+    return commit(d, d->len - n, d->len);
+}
+
+/* DecodeState._release: write the held letter, voiced before a vowel. */
+static int release(Decoder *d, int voiced)
+{
+    d->holding = 0;
+    if (voiced)
+        d->buf[d->held_at] = d->held_voiced;
+    return commit(d, d->held_at, d->held_at + 1);
+}
+
+/* ---- UTF-8 byte tokens (the "tr_tokenizer" error handler of decoder.py) ----------------- */
+
+/* The incremental decoder gets one byte at a time. A valid character is written once it is
+ * complete, and so is a lone surrogate (ED A0..BF 80..BF): CPython waits for the third byte
+ * of ED A0..BF, then the "surrogatepass" handler takes all three. Every other byte that does
+ * not belong to a complete character becomes U+FFFD: the handler resumes one byte later. */
+
+static int utf8_length(uint8_t lead) /* bytes of a character with this first byte, 0 if invalid */
+{
+    if (lead < 0x80)
+        return 1;
+    if (lead >= 0xC2 && lead <= 0xDF)
+        return 2;
+    if (lead >= 0xE0 && lead <= 0xEF)
+        return 3;
+    if (lead >= 0xF0 && lead <= 0xF4)
+        return 4;
+    return 0;
+}
+
+/* Whether b may follow seq[0:k] (k >= 1) in a valid character (no overlong forms or code
+ * points above U+10FFFF) or a lone surrogate, as CPython's UTF-8 decoder checks it. */
+static int utf8_continues(const uint8_t *seq, int k, uint8_t b)
+{
+    if (b < 0x80 || b > 0xBF)
+        return 0;
+    if (k > 1)
+        return 1;
+    switch (seq[0]) {
+    case 0xE0: return b >= 0xA0;
+    case 0xF0: return b >= 0x90;
+    case 0xF4: return b <= 0x8F;
+    }
+    return 1;
+}
+
+static int put_replacements(Decoder *d, int n)
+{
+    static const Py_UCS4 fffd = 0xFFFD;
+    for (int k = 0; k < n; k++) {
+        int r = put(d, &fffd, 1);
+        if (r != 0)
+            return r;
+    }
+    return 0;
+}
+
+static int put_byte(Decoder *d, uint8_t b)
+{
+    if (d->n_utf8 > 0) {
+        if (utf8_continues(d->utf8, d->n_utf8, b)) {
+            d->utf8[d->n_utf8++] = b;
+            int n = utf8_length(d->utf8[0]);
+            if (d->n_utf8 < n)
+                return 0;
+            Py_UCS4 c = d->utf8[0] & (0xFF >> (n + 1));
+            for (int k = 1; k < n; k++)
+                c = c << 6 | (d->utf8[k] & 0x3F);
+            d->n_utf8 = 0;
+            return put(d, &c, 1);
+        }
+        int r = put_replacements(d, d->n_utf8); /* the handler resumes one byte later */
+        d->n_utf8 = 0;
+        if (r != 0)
+            return r;
+    }
+    int n = utf8_length(b);
+    if (n == 0)
+        return put_replacements(d, 1);
+    if (n > 1) {
+        d->utf8[0] = b;
+        d->n_utf8 = 1;
+        return 0;
+    }
+    Py_UCS4 c = b;
+    return put(d, &c, 1);
+}
+
+static int flush_bytes(Decoder *d) /* the end of a run of byte tokens: incomplete bytes */
+{
+    int n = d->n_utf8;
+    d->n_utf8 = 0;
+    return put_replacements(d, n);
+}
+
+/* The byte of a token named "<0xAB>", or -1. */
+static int byte_value(const Segmenter *sg, int32_t id)
+{
+    const Py_UCS4 *t = sg->text_buf + sg->text_start[id];
+    if (sg->text_start[id + 1] - sg->text_start[id] != 6)
+        return -1;
+    int v = 0;
+    for (int k = 3; k < 5; k++) {
+        Py_UCS4 c = t[k];
+        int digit = (c >= '0' && c <= '9') ? (int)(c - '0')
+                    : (c >= 'A' && c <= 'F') ? (int)(c - 'A' + 10)
+                    : (c >= 'a' && c <= 'f') ? (int)(c - 'a' + 10) : -1;
+        if (digit < 0)
+            return -1;
+        v = v * 16 + digit;
+    }
+    return v;
+}
+
+/* ---- letters and case in decoded text ---------------------------------------------------- */
+
+/* suffixes.left_context over the text written so far: (last letter, last vowel), lowercased;
+ * 0 for None. Letters outside the table are lowercased by Py_UNICODE_TOLOWER, which agrees
+ * with str.lower() on whether the result is a Turkish vowel or voiceless consonant. */
+static void left_context(const Decoder *d, Py_UCS4 *last, Py_UCS4 *vowel)
 {
     *last = 0;
     *vowel = 0;
-    Py_ssize_t stop = ck->tail_len > MAX_CHARS ? ck->tail_len - MAX_CHARS : 0;
-    for (Py_ssize_t k = ck->tail_len - 1; k >= stop; k--) {
-        Py_UCS4 c = ck->tail[k], low, up;
+    Py_ssize_t stop = d->len > MAX_CHARS ? d->len - MAX_CHARS : 0;
+    for (Py_ssize_t k = d->len - 1; k >= stop; k--) {
+        Py_UCS4 c = d->buf[k], low, up;
         int is_up;
         if (is_apostrophe(c))
             continue;
         if (!letter_info(c, &low, &up, &is_up)) {
-            if (c == ' ')
-                return 0;
-            return -1;
+            if (c < 0x80 || !(Py_UNICODE_ISALPHA(c) || (c >= 0x300 && c <= 0x36F)))
+                return; /* suffixes._is_letter: no letter, the word ends here */
+            low = Py_UNICODE_TOLOWER(c);
         }
         if (*last == 0)
             *last = low;
         if (is_vowel(low)) {
             *vowel = low;
-            return 0;
+            return;
         }
     }
+}
+
+/* casing.tr_upper of buf[a:b): table letters in place, other chars (outside ASCII) through
+ * str.upper, which may lengthen them; the text after b moves along. A check leaves those to
+ * Python. Returns 0, D_LEFT or -1. */
+static int upper_range(Decoder *d, Py_ssize_t a, Py_ssize_t b)
+{
+    int simple = 1;
+    for (Py_ssize_t k = a; k < b; k++) {
+        Py_UCS4 c = d->buf[k];
+        if (c < TABLE_CHARS && LOW_OF[c] != 0)
+            d->buf[k] = UP_OF[c];
+        else if (c >= 0x80)
+            simple = 0;
+    }
+    if (simple)
+        return 0;
+    if (d->want != NULL)
+        return D_LEFT;
+    PyObject *s = PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, d->buf + a, b - a);
+    PyObject *up = s ? PyObject_CallMethod(s, "upper", NULL) : NULL;
+    Py_XDECREF(s);
+    if (up == NULL)
+        return -1;
+    Py_ssize_t m = PyUnicode_GET_LENGTH(up), grow = m - (b - a);
+    int r = grow > 0 ? reserve(d, grow) : 0;
+    if (r == 0) {
+        memmove(d->buf + b + grow, d->buf + b, (d->len - b) * sizeof(Py_UCS4));
+        for (Py_ssize_t k = 0; k < m; k++)
+            d->buf[a + k] = PyUnicode_READ_CHAR(up, k);
+        d->len += grow;
+    }
+    Py_DECREF(up);
+    return r;
+}
+
+/* The case markers' effect on the piece just written at buf[start:] (DecodeState.step). */
+static int apply_case(Decoder *d, int32_t id, Py_ssize_t start)
+{
+    const Segmenter *sg = d->sg;
+    if (d->state == S_CAP_PENDING) { /* casing.tr_capitalize */
+        d->state = S_NONE;
+        Py_ssize_t j = (d->len > start && d->buf[start] == ' ') ? start + 1 : start;
+        return j < d->len ? upper_range(d, j, j + 1) : 0;
+    }
+    if (sg->letters_only[id] || (d->state == S_UPPER_START && sg->spaced_word[id])) {
+        d->state = S_UPPER_CONT;
+        return upper_range(d, start, d->len);
+    }
+    d->state = S_NONE;
     return 0;
+}
+
+/* Whether tr_lower(c)[:1] is a vowel: no char outside the table lowercases to one. */
+static int lowers_to_vowel(Py_UCS4 c)
+{
+    return c < TABLE_CHARS && LOW_OF[c] != 0 && is_vowel(LOW_OF[c]);
 }
 
 static Py_UCS4 harmony(int kind, Py_UCS4 vowel)
@@ -799,121 +1036,113 @@ static Py_ssize_t realize(const Element *el, Py_ssize_t n_el, Py_UCS4 last, Py_U
     return n;
 }
 
-/* decode(path) == want, simulating DecodeState.step for every id and flush at the end.
- * Returns 1 (equal), 0 (differs) or -1 (a case left to Python, such as a byte token). Text is
- * compared as it is written, so a difference ends the check early, as the result would differ. */
+/* Append the piece of a text or shared-suffix id, uncased and not yet committed. */
+static int write_piece(Decoder *d, int32_t id, int kind)
+{
+    const Segmenter *sg = d->sg;
+    if (kind == K_SHARED) {
+        const Element *el = sg->elem_buf + sg->elem_start[id];
+        Py_ssize_t n_el = sg->elem_start[id + 1] - sg->elem_start[id];
+        Py_UCS4 last, vowel;
+        int r = reserve(d, n_el);
+        if (r != 0)
+            return r;
+        left_context(d, &last, &vowel);
+        Py_ssize_t len = realize(el, n_el, last, vowel, d->buf + d->len);
+        if (len < 0) /* no word to the left (only for ids not made by encode) */
+            len = realize(el, n_el, 'a', 'a', d->buf + d->len);
+        d->len += len > 0 ? len : 0;
+        return 0;
+    }
+    Py_ssize_t len = sg->text_start[id + 1] - sg->text_start[id];
+    int r = reserve(d, len);
+    if (r != 0)
+        return r;
+    memcpy(d->buf + d->len, sg->text_buf + sg->text_start[id], len * sizeof(Py_UCS4));
+    d->len += len;
+    return 0;
+}
+
+/* DecodeState.step for a text or shared-suffix id. */
+static int put_piece(Decoder *d, int32_t id, int kind)
+{
+    const Segmenter *sg = d->sg;
+    Py_ssize_t start = d->len;
+    int r = write_piece(d, id, kind);
+    if (r == 0 && d->state != S_NONE)
+        r = apply_case(d, id, start);
+    if (r == 0 && d->holding)
+        r = release(d, d->len > start && lowers_to_vowel(d->buf[start]));
+    if (r != 0)
+        return r;
+    Py_UCS4 voiced = sg->voiced[id];
+    if (voiced == 0 || d->len - start <= 1)
+        return commit(d, start, d->len);
+    Py_UCS4 plain = d->buf[d->len - 1], low, up, v_low, v_up;
+    int is_up, v_is_up;
+    if (!letter_info(plain, &low, &up, &is_up) || !letter_info(voiced, &v_low, &v_up, &v_is_up))
+        return D_LEFT;
+    d->held_voiced = is_up ? v_up : voiced;
+    d->holding = 1;
+    d->held_at = d->len - 1;
+    return commit(d, start, d->len - 1);
+}
+
+/* DecodeState.step. Returns 0, D_LEFT, D_DIFF or -1 (a Python error). */
+static int decode_step(Decoder *d, int32_t id)
+{
+    const Segmenter *sg = d->sg;
+    int kind = sg->kind[id], r;
+    if (d->holding && kind != K_TEXT && kind != K_SHARED && (r = release(d, 0)) != 0)
+        return r;
+    if (kind == K_BYTE) {
+        int b = byte_value(sg, id);
+        d->state = S_NONE;
+        return b < 0 ? D_LEFT : put_byte(d, (uint8_t)b);
+    }
+    if (d->n_utf8 > 0 && (r = flush_bytes(d)) != 0)
+        return r;
+    switch (kind) {
+    case K_CAP:
+        d->state = S_CAP_PENDING;
+        return 0;
+    case K_UPPER:
+        d->state = S_UPPER_START;
+        return 0;
+    case K_SPECIAL:
+        d->state = S_NONE;
+        if (d->skip_special)
+            return 0;
+        return put(d, sg->text_buf + sg->text_start[id], sg->text_start[id + 1] - sg->text_start[id]);
+    }
+    return put_piece(d, id, kind);
+}
+
+/* DecodeState.flush. */
+static int decode_flush(Decoder *d)
+{
+    int r = d->holding ? release(d, 0) : 0;
+    if (r == 0 && d->n_utf8 > 0)
+        r = flush_bytes(d);
+    return r;
+}
+
+/* decode(path) == want, as encoder._decode(path) == chunk. Returns 1 (equal), 0 (differs) or
+ * -1 (a case left to Python). Text is compared as it is written, so a difference ends the
+ * check early. */
 static int decodes_to(const Segmenter *sg, const Path *p, const Py_UCS4 *want, Py_ssize_t n)
 {
-    Check ck;
-    ck.want = want;
-    ck.want_len = n;
-    ck.pos = 0;
-    ck.tail_len = 0;
-    ck.bad = 0;
-    int state = S_NONE;
-    int holding = 0;
-    Py_UCS4 held_plain = 0, held_voiced = 0;
-    Py_UCS4 piece[2 * MAX_CHARS + 16];
-    for (int t = 0; t < p->n && !ck.bad; t++) {
-        int32_t id = p->id[t];
-        int kind = sg->kind[id];
-        if (holding && kind != K_TEXT && kind != K_SHARED) {
-            ck.tail[ck.tail_len - 1] = held_plain;
-            emit(&ck, &held_plain, 1, 0);
-            holding = 0;
-        }
-        if (kind == K_CAP) {
-            state = S_CAP_PENDING;
-            continue;
-        }
-        if (kind == K_UPPER) {
-            state = S_UPPER_START;
-            continue;
-        }
-        if (kind != K_TEXT && kind != K_SHARED)
-            return -1; /* bytes and special tokens: left to Python */
-        Py_ssize_t len;
-        if (kind == K_SHARED) {
-            Py_UCS4 last, vowel;
-            if (left_context(&ck, &last, &vowel) < 0)
-                return -1;
-            const Element *el = sg->elem_buf + sg->elem_start[id];
-            Py_ssize_t n_el = sg->elem_start[id + 1] - sg->elem_start[id];
-            if (n_el > MAX_CHARS)
-                return -1;
-            len = realize(el, n_el, last, vowel, piece);
-            if (len < 0) {
-                len = realize(el, n_el, 'a', 'a', piece);
-                if (len < 0)
-                    len = 0;
-            }
-        } else {
-            len = sg->text_start[id + 1] - sg->text_start[id];
-            if (len > (Py_ssize_t)(sizeof(piece) / sizeof(Py_UCS4)))
-                return 0; /* longer than any chunk handled here */
-            memcpy(piece, sg->text_buf + sg->text_start[id], len * sizeof(Py_UCS4));
-        }
-        if (state != S_NONE) {
-            Py_UCS4 low, up;
-            int is_up;
-            if (state == S_CAP_PENDING) {
-                Py_ssize_t j = (len > 0 && piece[0] == ' ') ? 1 : 0;
-                if (j < len) {
-                    if (!letter_info(piece[j], &low, &up, &is_up))
-                        return -1;
-                    piece[j] = up;
-                }
-                state = S_NONE;
-            } else if (sg->letters_only[id] || (state == S_UPPER_START && sg->spaced_word[id])) {
-                for (Py_ssize_t j = 0; j < len; j++) {
-                    if (letter_info(piece[j], &low, &up, &is_up))
-                        piece[j] = up;
-                    else if (piece[j] != ' ' && !is_apostrophe(piece[j]))
-                        return -1;
-                }
-                state = S_UPPER_CONT;
-            } else {
-                state = S_NONE;
-            }
-        }
-        if (holding) {
-            int vowel_next = 0;
-            if (len > 0) {
-                Py_UCS4 low, up;
-                int is_up;
-                if (letter_info(piece[0], &low, &up, &is_up))
-                    vowel_next = is_vowel(low);
-                else if (piece[0] != ' ' && !is_apostrophe(piece[0]))
-                    return -1;
-            }
-            Py_UCS4 letter = vowel_next ? held_voiced : held_plain;
-            ck.tail[ck.tail_len - 1] = letter;
-            emit(&ck, &letter, 1, 0);
-            holding = 0;
-        }
-        Py_UCS4 voiced = sg->voiced[id];
-        if (voiced != 0 && len > 1) {
-            Py_UCS4 plain = piece[len - 1], low, up, vlow, vup;
-            int is_up, v_is_up;
-            if (!letter_info(plain, &low, &up, &is_up) || !letter_info(voiced, &vlow, &vup, &v_is_up))
-                return -1;
-            held_plain = plain;
-            held_voiced = is_up ? vup : voiced;
-            holding = 1;
-            emit(&ck, piece, len - 1, 0);
-            if (ck.tail_len + len > (Py_ssize_t)(sizeof(ck.tail) / sizeof(Py_UCS4)))
-                return 0;
-            memcpy(ck.tail + ck.tail_len, piece, len * sizeof(Py_UCS4));
-            ck.tail_len += len;
-            continue;
-        }
-        emit(&ck, piece, len, 1);
-    }
-    if (holding && !ck.bad)
-        emit(&ck, &held_plain, 1, 0);
-    if (ck.bad)
-        return 0;
-    return ck.pos == n;
+    Decoder d;
+    decoder_init(&d, sg, want, n, 0);
+    int r = 0;
+    for (int t = 0; t < p->n && r == 0; t++)
+        r = decode_step(&d, p->id[t]);
+    if (r == 0)
+        r = decode_flush(&d);
+    decoder_free(&d);
+    if (r == D_LEFT || r < 0) /* a check sets no Python error (reserve never allocates) */
+        return -1;
+    return r == 0 && d.len == n;
 }
 
 /* ---- chunks (encoder.ChunkEncoder.encode_chunk) -------------------------------------- */
@@ -1197,6 +1426,47 @@ fail:
     return NULL;
 }
 
+/* decode(ids, skip_special_tokens) -> str, or None when decoder.py must decode them (an id that
+ * is no int, or text this module leaves to Python). An id out of range raises ValueError, as
+ * Tokenizer.decode does. */
+static PyObject *Segmenter_decode(Segmenter *self, PyObject *args)
+{
+    PyObject *ids;
+    int skip_special = 0;
+    if (!PyArg_ParseTuple(args, "O!|p", &PyList_Type, &ids, &skip_special))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(ids);
+    for (Py_ssize_t k = 0; k < n; k++)
+        if (!PyLong_Check(PyList_GET_ITEM(ids, k)))
+            Py_RETURN_NONE; /* Tokenizer.decode converts them with int() first */
+    Decoder d;
+    decoder_init(&d, self, NULL, 0, skip_special);
+    int r = reserve(&d, 4 * n);
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(ids) && r == 0; k++) {
+        PyObject *item = PyList_GET_ITEM(ids, k);
+        int overflow;
+        long id = PyLong_AsLongAndOverflow(item, &overflow);
+        if (id == -1 && PyErr_Occurred()) {
+            r = -1;
+        } else if (overflow || id < 0 || id >= self->n_ids) {
+            PyErr_Format(PyExc_ValueError, "unknown token id %S: this vocabulary has ids 0..%zd",
+                         item, self->n_ids - 1);
+            r = -1;
+        } else {
+            r = decode_step(&d, (int32_t)id);
+        }
+    }
+    if (r == 0)
+        r = decode_flush(&d);
+    PyObject *text = NULL;
+    if (r == 0)
+        text = PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, d.buf, d.len);
+    else if (r == D_LEFT)
+        text = Py_NewRef(Py_None);
+    decoder_free(&d);
+    return text;
+}
+
 /* offsets(chunks, lens, lens_of, pos, out) -> end position.
  * Appends (start, end) for every token of every chunk to `out`, the first starting at `pos`;
  * a chunk's token lengths come from the lens dict, or from lens_of(chunk) when it has none. */
@@ -1255,6 +1525,8 @@ static PyMethodDef Segmenter_methods[] = {
      "encode_chunk(chunk) -> (ids, lens), or None for a chunk left to the Python encoder."},
     {"encode", (PyCFunction)Segmenter_encode, METH_VARARGS,
      "encode(chunks, cache, lens, fallback, limit) -> ids of all chunks, through the cache."},
+    {"decode", (PyCFunction)Segmenter_decode, METH_VARARGS,
+     "decode(ids, skip_special_tokens=False) -> text, or None where decoder.py must decode."},
     {"offsets", (PyCFunction)Segmenter_offsets, METH_VARARGS,
      "offsets(chunks, lens, lens_of, pos, out) -> end; appends each token's (start, end)."},
     {NULL, NULL, 0, NULL},

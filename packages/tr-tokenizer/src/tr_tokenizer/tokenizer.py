@@ -293,6 +293,22 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         """Text for ids; decode(encode(s).ids) == s for every string s."""
+        ids = ids if type(ids) is list else list(ids)
+        native = self._encoder.native
+        if native is not None:
+            # the compiled decoder (the same text as DecodeState); None for ids that are no
+            # ints (such as NumPy integers: converted, then decoded there after all) and for
+            # the rare text that it leaves to the Python decoder
+            text = native.decode(ids, skip_special_tokens)
+            if text is None and not all(isinstance(i, int) for i in ids):
+                ids = [int(i) if not isinstance(i, int) else i for i in ids]
+                text = native.decode(ids, skip_special_tokens)
+            if text is not None:
+                return text
+        return self._decode_python(ids, skip_special_tokens)
+
+    def _decode_python(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        """decode with decoder.DecodeState: the reference for the compiled decoder."""
         ids = [int(i) if not isinstance(i, int) else i for i in ids]
         n = len(self._names)
         for i in ids:
