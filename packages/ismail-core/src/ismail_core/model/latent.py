@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 TRAIN_CHUNK = 32  # positions per chunk of the training-time memory (any size gives the same m)
 
@@ -95,8 +96,8 @@ def memory_all(
     B, G, L, T = a.shape
     pad = -T % chunk
     if pad:
-        a = torch.nn.functional.pad(a, (0, pad))
-        v = torch.nn.functional.pad(v, (0, 0, 0, 0, 0, pad))
+        a = F.pad(a, (0, pad))
+        v = F.pad(v, (0, 0, 0, 0, 0, pad))
     a_c, v_c = _chunks(a, v, chunk)
     # inside a chunk: position t's share of its chunk is a softmax over chunk positions <= t
     later = torch.ones(chunk, chunk, dtype=torch.bool, device=a.device).triu(1)
@@ -157,26 +158,28 @@ def window_attention(
     q (B, T, G, R, D) rotated queries (R query heads per key/value head); k, v (B, T + W - 1,
     G, D): query i's window is keys i .. i + W - 1 (the last is its own position), of which
     key_valid (B, T + W - 1) marks the real ones; mem_scores (B, G, R, T, L) already scaled;
-    memory (B, G, L, T, D). Returns (B, T, G, R, D). Queries go in blocks of W, each against
-    2 W keys, so the cost is linear in T (banded attention)."""
+    memory (B, G, L, T, D). Returns (B, T, G, R, D). Queries go in blocks of Q = min(W, T),
+    each against its Q + W - 1 keys, so the cost is linear in T (banded attention) and a
+    decode step (T = 1) scores exactly its W keys."""
     B, T, G, R, D = q.shape
-    W = window
-    n = -(-T // W)
-    q = torch.nn.functional.pad(q, (0, 0, 0, 0, 0, 0, 0, n * W - T)).view(B, n, W, G, R, D)
-    key_pad = (n + 1) * W - k.shape[1]  # room for the last block's 2 W keys
-    k_win = torch.nn.functional.pad(k, (0, 0, 0, 0, 0, key_pad)).unfold(1, 2 * W, W)
-    v_win = torch.nn.functional.pad(v, (0, 0, 0, 0, 0, key_pad)).unfold(1, 2 * W, W)
-    valid = torch.nn.functional.pad(key_valid, (0, key_pad)).unfold(1, 2 * W, W)  # (B, n, 2W)
-    i, c = torch.arange(W, device=q.device)[:, None], torch.arange(2 * W, device=q.device)
-    band = (c >= i) & (c < i + W)  # (W, 2W): query i of a block sees keys i .. i + W - 1
-    allowed = band & valid[:, :, None, :]  # (B, n, W, 2W)
+    W, Q = window, min(window, T)
+    n, K = -(-T // Q), Q + window - 1
+    pad = F.pad
+    q = pad(q, (0, 0, 0, 0, 0, 0, 0, n * Q - T)).view(B, n, Q, G, R, D)
+    key_pad = n * Q + W - 1 - k.shape[1]  # room for the last block's keys
+    k_win = pad(k, (0, 0, 0, 0, 0, key_pad)).unfold(1, K, Q)  # (B, n, G, D, K)
+    v_win = pad(v, (0, 0, 0, 0, 0, key_pad)).unfold(1, K, Q)
+    valid = pad(key_valid, (0, key_pad)).unfold(1, K, Q)  # (B, n, K)
+    i, c = torch.arange(Q, device=q.device)[:, None], torch.arange(K, device=q.device)
+    band = (c >= i) & (c < i + W)  # (Q, K): query i of a block sees keys i .. i + W - 1
+    allowed = band & valid[:, :, None, :]  # (B, n, Q, K)
     scores = torch.einsum("bnigrd,bngdc->bgrnic", q.float(), k_win.float())
     scores = scores.masked_fill(~allowed[:, None, None], float("-inf"))
-    scores = scores.reshape(B, G, R, n * W, 2 * W)[:, :, :, :T]
+    scores = scores.reshape(B, G, R, n * Q, K)[:, :, :, :T]
     probs = torch.cat([scores, mem_scores.float()], dim=-1).softmax(-1)
-    p_win, p_mem = probs.split([2 * W, mem_scores.shape[-1]], dim=-1)
-    p_win = torch.nn.functional.pad(p_win, (0, 0, 0, n * W - T)).view(B, G, R, n, W, 2 * W)
-    out = torch.einsum("bgrnic,bngdc->bnigrd", p_win, v_win.float()).reshape(B, n * W, G, R, D)
+    p_win, p_mem = probs.split([K, mem_scores.shape[-1]], dim=-1)
+    p_win = pad(p_win, (0, 0, 0, n * Q - T)).reshape(B, G, R, n, Q, K)
+    out = torch.einsum("bgrnic,bngdc->bnigrd", p_win, v_win.float()).reshape(B, n * Q, G, R, D)
     out = out[:, :T] + torch.einsum("bgrtl,bgltd->btgrd", p_mem, memory)
     return out.to(q.dtype)
 
