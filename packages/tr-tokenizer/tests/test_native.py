@@ -161,3 +161,29 @@ def test_fallback_must_return_ids_and_lengths() -> None:
     tok = native_tokenizer()
     with pytest.raises(TypeError, match="fallback must return"):
         tok._encoder.native.encode(["😀"], {}, {}, lambda chunk: [1, 2], 10)
+
+
+# every kind of char PATTERN tells apart: Turkish and other letters, digits of several scripts,
+# other numerics, marks, "_", apostrophes, punctuation and symbols, spaces of several kinds
+SPLIT_CHARS = (
+    WORD_CHARS + "éßΩж中ـ٣²½\u0301_'’.,!?«»-/😀0123456789" + " \t\n\r\x0b\x0c\x1c\xa0\u2003\u3000"
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(st.text(alphabet=SPLIT_CHARS, max_size=60), st.text(max_size=60)))
+def test_split_is_the_pretokenizer(text: str) -> None:
+    from tr_tokenizer import _native
+
+    native_tokenizer()  # skips if the module is not built
+    assert _native.split(text) == PATTERN.findall(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=SPLIT_CHARS, max_size=200))
+def test_same_ids_and_offsets_on_mixed_text(text: str) -> None:
+    fast, pure = native_tokenizer(), pure_tokenizer()
+    got, want = fast.encode(text), pure.encode(text)
+    assert got.ids == want.ids
+    assert got.offsets == want.offsets
+    assert fast.decode(got.ids) == text

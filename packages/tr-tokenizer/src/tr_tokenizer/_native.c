@@ -112,10 +112,14 @@ static int vowel_rep(Py_UCS4 v)
 /* ---- tries -------------------------------------------------------------------------- */
 
 typedef struct {
-    int32_t id;   /* NO_ID: only a proper prefix of some key */
+    int32_t id;    /* NO_ID: only a proper prefix of some key */
+    int32_t first; /* its children: edge_char[first : first + count] (sorted), edge_node likewise */
+    int32_t count;
     double cost;
 } Node;
 
+/* Built with a hash table from (node, char) to child (trie_insert), then frozen: each node's
+ * children side by side, sorted by char, and the root's in a table by char (trie_child). */
 typedef struct {
     Node *nodes;
     Py_ssize_t n_nodes, cap_nodes;
@@ -123,6 +127,9 @@ typedef struct {
     int32_t *children;
     size_t mask;
     size_t used;
+    Py_UCS4 *edge_char; /* after trie_freeze */
+    int32_t *edge_node;
+    int32_t root_child[TABLE_CHARS];
 } Trie;
 
 static size_t slot_of(uint64_t key, size_t mask)
@@ -133,7 +140,8 @@ static size_t slot_of(uint64_t key, size_t mask)
     return (size_t)key & mask;
 }
 
-static inline int32_t trie_child(const Trie *t, int32_t node, Py_UCS4 c)
+/* The child of `node` by char c while the trie is built, or -1. */
+static int32_t trie_find(const Trie *t, int32_t node, Py_UCS4 c)
 {
     uint64_t key = ((uint64_t)node << 21 | c) | (1ULL << 63);
     size_t s = slot_of(key, t->mask);
@@ -188,6 +196,7 @@ static int32_t trie_new_node(Trie *t)
         t->cap_nodes = cap;
     }
     t->nodes[t->n_nodes].id = NO_ID;
+    t->nodes[t->n_nodes].first = t->nodes[t->n_nodes].count = 0;
     t->nodes[t->n_nodes].cost = 0.0;
     return (int32_t)t->n_nodes++;
 }
@@ -210,7 +219,71 @@ static void trie_free(Trie *t)
     PyMem_Free(t->nodes);
     PyMem_Free(t->keys);
     PyMem_Free(t->children);
+    PyMem_Free(t->edge_char);
+    PyMem_Free(t->edge_node);
     memset(t, 0, sizeof(*t));
+}
+
+/* Lay out every node's children side by side, sorted by char, and drop the hash table. */
+static int trie_freeze(Trie *t)
+{
+    Py_ssize_t n_edges = (Py_ssize_t)t->used;
+    t->edge_char = PyMem_Malloc((n_edges + 1) * sizeof(Py_UCS4));
+    t->edge_node = PyMem_Malloc((n_edges + 1) * sizeof(int32_t));
+    if (!t->edge_char || !t->edge_node) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t s = 0; s <= t->mask; s++)
+        if (t->keys[s])
+            t->nodes[(t->keys[s] & ~(1ULL << 63)) >> 21].count++;
+    int32_t first = 0;
+    for (Py_ssize_t i = 0; i < t->n_nodes; i++) {
+        t->nodes[i].first = first;
+        first += t->nodes[i].count;
+        t->nodes[i].count = 0; /* counts again while filling */
+    }
+    for (size_t s = 0; s <= t->mask; s++) {
+        if (!t->keys[s])
+            continue;
+        Node *parent = &t->nodes[(t->keys[s] & ~(1ULL << 63)) >> 21];
+        Py_UCS4 c = (Py_UCS4)(t->keys[s] & 0x1FFFFF);
+        int32_t k = parent->first + parent->count++;
+        for (; k > parent->first && t->edge_char[k - 1] > c; k--) { /* insertion sort */
+            t->edge_char[k] = t->edge_char[k - 1];
+            t->edge_node[k] = t->edge_node[k - 1];
+        }
+        t->edge_char[k] = c;
+        t->edge_node[k] = t->children[s];
+    }
+    for (Py_UCS4 c = 0; c < TABLE_CHARS; c++)
+        t->root_child[c] = -1;
+    for (int32_t k = t->nodes[0].first; k < t->nodes[0].first + t->nodes[0].count; k++)
+        if (t->edge_char[k] < TABLE_CHARS)
+            t->root_child[t->edge_char[k]] = t->edge_node[k];
+    PyMem_Free(t->keys);
+    PyMem_Free(t->children);
+    t->keys = NULL;
+    t->children = NULL;
+    return 0;
+}
+
+/* The child of `node` by char c in a frozen trie, or -1. */
+static inline int32_t trie_child(const Trie *t, int32_t node, Py_UCS4 c)
+{
+    if (node == 0 && c < TABLE_CHARS)
+        return t->root_child[c];
+    const Node *nd = &t->nodes[node];
+    const Py_UCS4 *chars = t->edge_char + nd->first;
+    int32_t lo = 0, hi = nd->count;
+    while (lo < hi) {
+        int32_t mid = (lo + hi) / 2;
+        if (chars[mid] < c)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < nd->count && chars[lo] == c ? t->edge_node[nd->first + lo] : -1;
 }
 
 /* Node for `text`, created along the way. */
@@ -222,7 +295,7 @@ static int32_t trie_insert(Trie *t, PyObject *text)
     int32_t node = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_UCS4 c = PyUnicode_READ(kind, data, i);
-        int32_t child = trie_child(t, node, c);
+        int32_t child = trie_find(t, node, c);
         if (child < 0) {
             if ((t->used + 1) * 2 > t->mask + 1 && trie_grow_table(t) < 0)
                 return -1;
@@ -277,7 +350,7 @@ static int trie_from_dict(Trie *t, PyObject *dict, const double *costs, Py_ssize
             t->nodes[node].cost = cost;
         }
     }
-    return 0;
+    return trie_freeze(t);
 }
 
 /* ---- the segmenter object ----------------------------------------------------------- */
@@ -304,6 +377,7 @@ typedef struct {
     Py_ssize_t *elem_start; /* elements of a shared suffix id, likewise */
     Element *elem_buf;
     int32_t cap_id, upper_id, byte0;
+    PyObject **id_objects;  /* the int object of each id, made on first use (id_object) */
 } Segmenter;
 
 static void Segmenter_dealloc(Segmenter *self)
@@ -322,6 +396,11 @@ static void Segmenter_dealloc(Segmenter *self)
     PyMem_Free(self->text_buf);
     PyMem_Free(self->elem_start);
     PyMem_Free(self->elem_buf);
+    if (self->id_objects != NULL) {
+        for (Py_ssize_t i = 0; i < self->n_ids; i++)
+            Py_XDECREF(self->id_objects[i]);
+        PyMem_Free(self->id_objects);
+    }
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -395,8 +474,9 @@ static int Segmenter_init(Segmenter *self, PyObject *args, PyObject *kwds)
     self->voiced = PyMem_Malloc(n * sizeof(Py_UCS4));
     self->text_start = PyMem_Malloc((n + 1) * sizeof(Py_ssize_t));
     self->elem_start = PyMem_Malloc((n + 1) * sizeof(Py_ssize_t));
+    self->id_objects = PyMem_Calloc(n, sizeof(PyObject *));
     if (!self->costs || !self->kind || !self->letters_only || !self->spaced_word ||
-        !self->voiced || !self->text_start || !self->elem_start) {
+        !self->voiced || !self->text_start || !self->elem_start || !self->id_objects) {
         PyErr_NoMemory();
         return -1;
     }
@@ -1314,33 +1394,132 @@ static int encode_chunk(const Segmenter *sg, PyObject *chunk, Path *out)
     return cheapest(sg, w, n, 0, 0, out) < 0 ? 0 : 1;
 }
 
-/* A tuple of ints, untracked by the garbage collector as CPython itself would untrack it at
- * its first collection (it holds no containers), so new cache entries cost no GC passes. */
-static PyObject *int_tuple(const int32_t *values, int n)
+/* ---- pre-tokenization (pretokenize.PATTERN) ------------------------------------------ */
+
+/* PATTERN's classes as `re` defines them for str patterns: \s is Py_UNICODE_ISSPACE, \d
+ * Py_UNICODE_ISDECIMAL, \w alphanumeric or "_"; a letter ([^\W\d_]) is alphanumeric and no
+ * decimal digit. */
+static inline int re_letter(Py_UCS4 c)
 {
-    PyObject *t = PyTuple_New(n);
-    if (!t)
-        return NULL;
-    for (int k = 0; k < n; k++) {
-        PyObject *v = PyLong_FromLong(values[k]);
-        if (!v) {
-            Py_DECREF(t);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(t, k, v);
-    }
-    if (PyObject_GC_IsTracked(t))
-        PyObject_GC_UnTrack(t);
-    return t;
+    if (c < TABLE_CHARS && LOW_OF[c] != 0)
+        return 1;
+    return c >= 0x80 && Py_UNICODE_ISALNUM(c) && !Py_UNICODE_ISDECIMAL(c);
 }
 
-static PyObject *path_tuples(const Path *p)
+static inline int re_digit(Py_UCS4 c) { return c < 0x80 ? (c >= '0' && c <= '9') : Py_UNICODE_ISDECIMAL(c); }
+
+static inline int re_symbol(Py_UCS4 c) /* [^\s\w]|_ */
 {
-    PyObject *ids = int_tuple(p->id, p->n), *lens = ids ? int_tuple(p->len, p->n) : NULL;
-    PyObject *pair = lens ? PyTuple_Pack(2, ids, lens) : NULL;
-    Py_XDECREF(ids);
-    Py_XDECREF(lens);
-    return pair;
+    return c == '_' || !(Py_UNICODE_ISALNUM(c) || Py_UNICODE_ISSPACE(c));
+}
+
+/* The end of the chunk of s[:n] that starts at i: the alternatives of PATTERN in order. */
+static Py_ssize_t chunk_end(const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t i)
+{
+    int space = s[i] == ' ' && i + 1 < n; /* " ?": the space joins what follows it */
+    Py_ssize_t j = space && re_letter(s[i + 1]) ? i + 1 : i;
+    if (re_letter(s[j])) { /* a word with its apostrophe suffixes */
+        for (;;) {
+            while (j < n && re_letter(s[j]))
+                j++;
+            if (!(j + 1 < n && is_apostrophe(s[j]) && re_letter(s[j + 1])))
+                return j;
+            j++;
+        }
+    }
+    j = space && re_digit(s[i + 1]) ? i + 1 : i;
+    if (re_digit(s[j])) { /* up to three digits */
+        Py_ssize_t k = j + 1;
+        while (k < n && k < j + 3 && re_digit(s[k]))
+            k++;
+        return k;
+    }
+    if (is_apostrophe(s[i]) && i + 1 < n && re_letter(s[i + 1])) { /* a suffix after no word */
+        j = i + 1;
+        while (j < n && re_letter(s[j]))
+            j++;
+        return j;
+    }
+    j = space && re_symbol(s[i + 1]) ? i + 1 : i;
+    if (re_symbol(s[j])) {
+        while (j < n && re_symbol(s[j]))
+            j++;
+        return j;
+    }
+    for (j = i; j < n && Py_UNICODE_ISSPACE(s[j]);) /* whitespace: s[i] is some */
+        j++;
+    if (j == n || j - i == 1)
+        return j;
+    return j - 1; /* leaving one space for the next word */
+}
+
+/* The text's chars as UCS4: a borrowed pointer for UCS4 text, else a copy in *owned (freed by
+ * the caller). NULL with MemoryError. */
+static const Py_UCS4 *text_chars(PyObject *text, Py_UCS4 **owned)
+{
+    *owned = NULL;
+    if (PyUnicode_KIND(text) == PyUnicode_4BYTE_KIND)
+        return PyUnicode_4BYTE_DATA(text);
+    *owned = PyUnicode_AsUCS4Copy(text);
+    return *owned;
+}
+
+/* split(text) -> list of chunks, as pretokenize.PATTERN.findall(text). */
+static PyObject *native_split(PyObject *module, PyObject *text)
+{
+    if (!PyUnicode_Check(text)) {
+        PyErr_Format(PyExc_TypeError, "split expects str, got %s", Py_TYPE(text)->tp_name);
+        return NULL;
+    }
+    Py_UCS4 *owned;
+    const Py_UCS4 *s = text_chars(text, &owned);
+    PyObject *chunks = s ? PyList_New(0) : NULL;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    for (Py_ssize_t i = 0, j; chunks != NULL && i < n; i = j) {
+        j = chunk_end(s, n, i);
+        PyObject *chunk = PyUnicode_Substring(text, i, j);
+        if (chunk == NULL || PyList_Append(chunks, chunk) < 0)
+            Py_CLEAR(chunks);
+        Py_XDECREF(chunk);
+    }
+    PyMem_Free(owned);
+    return chunks;
+}
+
+/* ---- encoding through the chunk cache (Tokenizer.encode_ids) -------------------------- */
+
+/* The int object of an id, made once per Segmenter (borrowed). */
+static PyObject *id_object(Segmenter *self, int32_t id)
+{
+    if (self->id_objects[id] == NULL)
+        self->id_objects[id] = PyLong_FromLong(id);
+    return self->id_objects[id];
+}
+
+/* The path's ids and lengths as tuples, untracked by the garbage collector as CPython itself
+ * would untrack them at its first collection (they hold no containers). */
+static int path_to_tuples(Segmenter *self, const Path *p, PyObject **ids, PyObject **lens)
+{
+    *ids = PyTuple_New(p->n);
+    *lens = *ids ? PyTuple_New(p->n) : NULL;
+    if (*lens == NULL)
+        goto fail;
+    for (int k = 0; k < p->n; k++) {
+        PyObject *id = id_object(self, p->id[k]), *len = PyLong_FromLong(p->len[k]);
+        if (id == NULL || len == NULL) {
+            Py_XDECREF(len);
+            goto fail;
+        }
+        PyTuple_SET_ITEM(*ids, k, Py_NewRef(id));
+        PyTuple_SET_ITEM(*lens, k, len);
+    }
+    PyObject_GC_UnTrack(*ids);
+    PyObject_GC_UnTrack(*lens);
+    return 0;
+fail:
+    Py_CLEAR(*ids);
+    Py_CLEAR(*lens);
+    return -1;
 }
 
 /* ---- Python methods ----------------------------------------------------------------- */
@@ -1352,9 +1531,73 @@ static PyObject *Segmenter_encode_chunk(Segmenter *self, PyObject *chunk)
         return NULL;
     }
     Path p;
+    PyObject *ids, *lens;
     if (encode_chunk(self, chunk, &p) != 1)
         Py_RETURN_NONE;
-    return path_tuples(&p);
+    if (path_to_tuples(self, &p, &ids, &lens) < 0)
+        return NULL;
+    PyObject *pair = PyTuple_Pack(2, ids, lens);
+    Py_DECREF(ids);
+    Py_DECREF(lens);
+    return pair;
+}
+
+typedef struct {
+    PyObject *cache, *lens, *fallback; /* chunk -> ids tuple, chunk -> lengths, chunk -> both */
+    Py_ssize_t limit;                  /* cached chunks before both caches are cleared */
+    PyObject *result;                  /* list of ids */
+} Encoding;
+
+/* Append the ids of one chunk to e->result, encoding and caching it on a miss. */
+static int encode_cached(Segmenter *self, Encoding *e, PyObject *chunk)
+{
+    PyObject *ids = PyDict_GetItemWithError(e->cache, chunk); /* borrowed */
+    PyObject *new_ids = NULL, *new_lens = NULL;               /* owned, on a miss */
+    if (ids == NULL) {
+        if (PyErr_Occurred())
+            return -1;
+        Path p;
+        if (PyUnicode_Check(chunk) && encode_chunk(self, chunk, &p) == 1) {
+            if (path_to_tuples(self, &p, &new_ids, &new_lens) < 0)
+                return -1;
+        } else {
+            PyObject *pair = PyObject_CallOneArg(e->fallback, chunk);
+            if (pair == NULL)
+                return -1;
+            if (PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2 &&
+                PyTuple_Check(PyTuple_GET_ITEM(pair, 0))) {
+                new_ids = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
+                new_lens = Py_NewRef(PyTuple_GET_ITEM(pair, 1));
+            } else {
+                PyErr_SetString(PyExc_TypeError, "fallback must return (ids tuple, lens tuple)");
+            }
+            Py_DECREF(pair);
+            if (new_lens == NULL)
+                return -1;
+        }
+        if (PyDict_GET_SIZE(e->cache) >= e->limit) {
+            PyDict_Clear(e->cache);
+            PyDict_Clear(e->lens);
+        }
+        if (PyDict_SetItem(e->cache, chunk, new_ids) < 0 ||
+            PyDict_SetItem(e->lens, chunk, new_lens) < 0)
+            goto fail;
+        ids = new_ids;
+    }
+    if (!PyTuple_Check(ids)) {
+        PyErr_SetString(PyExc_TypeError, "cached ids must be tuples");
+        goto fail;
+    }
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(ids); k++)
+        if (PyList_Append(e->result, PyTuple_GET_ITEM(ids, k)) < 0)
+            goto fail;
+    Py_XDECREF(new_ids);
+    Py_XDECREF(new_lens);
+    return 0;
+fail:
+    Py_XDECREF(new_ids);
+    Py_XDECREF(new_lens);
+    return -1;
 }
 
 /* encode(chunks, cache, lens, fallback, limit) -> list of ids.
@@ -1363,67 +1606,40 @@ static PyObject *Segmenter_encode_chunk(Segmenter *self, PyObject *chunk)
  * which returns (ids, lens) like encode_chunk. */
 static PyObject *Segmenter_encode(Segmenter *self, PyObject *args)
 {
-    PyObject *chunks, *cache, *lens, *fallback;
-    Py_ssize_t limit;
-    if (!PyArg_ParseTuple(args, "O!O!O!On", &PyList_Type, &chunks, &PyDict_Type, &cache,
-                          &PyDict_Type, &lens, &fallback, &limit))
+    PyObject *chunks;
+    Encoding e;
+    if (!PyArg_ParseTuple(args, "O!O!O!On", &PyList_Type, &chunks, &PyDict_Type, &e.cache,
+                          &PyDict_Type, &e.lens, &e.fallback, &e.limit))
         return NULL;
-    PyObject *result = PyList_New(0);
-    if (!result)
+    e.result = PyList_New(0);
+    for (Py_ssize_t c = 0; e.result != NULL && c < PyList_GET_SIZE(chunks); c++)
+        if (encode_cached(self, &e, PyList_GET_ITEM(chunks, c)) < 0)
+            Py_CLEAR(e.result);
+    return e.result;
+}
+
+/* encode_text(text, cache, lens, fallback, limit) -> list of ids: encode() of the chunks of
+ * split(text), without making the list of chunks. */
+static PyObject *Segmenter_encode_text(Segmenter *self, PyObject *args)
+{
+    PyObject *text;
+    Encoding e;
+    if (!PyArg_ParseTuple(args, "UO!O!On", &text, &PyDict_Type, &e.cache, &PyDict_Type, &e.lens,
+                          &e.fallback, &e.limit))
         return NULL;
-    for (Py_ssize_t c = 0; c < PyList_GET_SIZE(chunks); c++) {
-        PyObject *chunk = PyList_GET_ITEM(chunks, c);
-        PyObject *ids = PyDict_GetItemWithError(cache, chunk); /* borrowed */
-        PyObject *new_ids = NULL, *new_lens = NULL;                 /* owned, on a miss */
-        if (ids == NULL) {
-            if (PyErr_Occurred())
-                goto fail;
-            Path p;
-            if (PyUnicode_Check(chunk) && encode_chunk(self, chunk, &p) == 1) {
-                new_ids = int_tuple(p.id, p.n);
-                new_lens = new_ids ? int_tuple(p.len, p.n) : NULL;
-            } else {
-                PyObject *pair = PyObject_CallOneArg(fallback, chunk);
-                if (pair == NULL)
-                    goto fail;
-                if (PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2 &&
-                    PyTuple_Check(PyTuple_GET_ITEM(pair, 0))) {
-                    new_ids = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
-                    new_lens = Py_NewRef(PyTuple_GET_ITEM(pair, 1));
-                } else {
-                    PyErr_SetString(PyExc_TypeError, "fallback must return (ids tuple, lens tuple)");
-                }
-                Py_DECREF(pair);
-            }
-            if (new_lens == NULL)
-                goto miss_fail;
-            if (PyDict_GET_SIZE(cache) >= limit) {
-                PyDict_Clear(cache);
-                PyDict_Clear(lens);
-            }
-            if (PyDict_SetItem(cache, chunk, new_ids) < 0 || PyDict_SetItem(lens, chunk, new_lens) < 0)
-                goto miss_fail;
-            ids = new_ids;
-        }
-        if (!PyTuple_Check(ids)) {
-            PyErr_SetString(PyExc_TypeError, "cached ids must be tuples");
-            goto miss_fail;
-        }
-        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(ids); k++)
-            if (PyList_Append(result, PyTuple_GET_ITEM(ids, k)) < 0)
-                goto miss_fail;
-        Py_XDECREF(new_ids);
-        Py_XDECREF(new_lens);
-        continue;
-    miss_fail:
-        Py_XDECREF(new_ids);
-        Py_XDECREF(new_lens);
-        goto fail;
+    Py_UCS4 *owned;
+    const Py_UCS4 *s = text_chars(text, &owned);
+    e.result = s ? PyList_New(0) : NULL;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    for (Py_ssize_t i = 0, j; e.result != NULL && i < n; i = j) {
+        j = chunk_end(s, n, i);
+        PyObject *chunk = PyUnicode_Substring(text, i, j);
+        if (chunk == NULL || encode_cached(self, &e, chunk) < 0)
+            Py_CLEAR(e.result);
+        Py_XDECREF(chunk);
     }
-    return result;
-fail:
-    Py_DECREF(result);
-    return NULL;
+    PyMem_Free(owned);
+    return e.result;
 }
 
 /* decode(ids, skip_special_tokens) -> str, or None when decoder.py must decode them (an id that
@@ -1506,7 +1722,7 @@ static PyObject *Segmenter_offsets(Segmenter *self, PyObject *args)
             }
             PyTuple_SET_ITEM(span, 0, a);
             PyTuple_SET_ITEM(span, 1, b);
-            PyObject_GC_UnTrack(span); /* two ints: no cycle possible (see int_tuple) */
+            PyObject_GC_UnTrack(span); /* two ints: no cycle possible (see path_to_tuples) */
             int failed = PyList_Append(out, span);
             Py_DECREF(span);
             if (failed < 0) {
@@ -1525,6 +1741,8 @@ static PyMethodDef Segmenter_methods[] = {
      "encode_chunk(chunk) -> (ids, lens), or None for a chunk left to the Python encoder."},
     {"encode", (PyCFunction)Segmenter_encode, METH_VARARGS,
      "encode(chunks, cache, lens, fallback, limit) -> ids of all chunks, through the cache."},
+    {"encode_text", (PyCFunction)Segmenter_encode_text, METH_VARARGS,
+     "encode_text(text, cache, lens, fallback, limit) -> encode() of the chunks of split(text)."},
     {"decode", (PyCFunction)Segmenter_decode, METH_VARARGS,
      "decode(ids, skip_special_tokens=False) -> text, or None where decoder.py must decode."},
     {"offsets", (PyCFunction)Segmenter_offsets, METH_VARARGS,
@@ -1544,11 +1762,18 @@ static PyTypeObject SegmenterType = {
     .tp_new = PyType_GenericNew,
 };
 
+static PyMethodDef native_functions[] = {
+    {"split", (PyCFunction)native_split, METH_O,
+     "split(text) -> chunks, as pretokenize.PATTERN.findall(text)."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "tr_tokenizer._native",
     .m_doc = "Compiled word segmenter for tr_tokenizer (same ids as the Python encoder).",
     .m_size = -1,
+    .m_methods = native_functions,
 };
 
 PyMODINIT_FUNC PyInit__native(void)

@@ -185,9 +185,9 @@ class Tokenizer:
             raise TypeError(f"encode() expects str, got {type(text).__name__}; decode bytes first")
         native = self._encoder.native
         if native is not None and not (allow_special and "<|" in text):
-            # the whole per-chunk loop, cache included, in the compiled segmenter
-            return native.encode(
-                PATTERN.findall(text),
+            # pre-tokenization and the per-chunk loop, cache included, in the compiled segmenter
+            return native.encode_text(
+                text,
                 self._cache,
                 self._lens,
                 self._encoder.encode_chunk_python,
