@@ -112,14 +112,16 @@ static int vowel_rep(Py_UCS4 v)
 /* ---- tries -------------------------------------------------------------------------- */
 
 typedef struct {
+    Py_UCS4 c;     /* the char that leads to this node from its parent */
     int32_t id;    /* NO_ID: only a proper prefix of some key */
-    int32_t first; /* its children: edge_char[first : first + count] (sorted), edge_node likewise */
+    int32_t first; /* its children: nodes[first : first + count], sorted by char */
     int32_t count;
     double cost;
 } Node;
 
-/* Built with a hash table from (node, char) to child (trie_insert), then frozen: each node's
- * children side by side, sorted by char, and the root's in a table by char (trie_child). */
+/* Built with a hash table from (node, char) to child (trie_insert), then frozen (trie_freeze):
+ * the nodes renumbered depth first, each node's children side by side and sorted by char, so
+ * that a word's walk touches few cache lines, and the root's children in a table by char. */
 typedef struct {
     Node *nodes;
     Py_ssize_t n_nodes, cap_nodes;
@@ -127,9 +129,7 @@ typedef struct {
     int32_t *children;
     size_t mask;
     size_t used;
-    Py_UCS4 *edge_char; /* after trie_freeze */
-    int32_t *edge_node;
-    int32_t root_child[TABLE_CHARS];
+    int32_t root_child[TABLE_CHARS]; /* after trie_freeze */
 } Trie;
 
 static size_t slot_of(uint64_t key, size_t mask)
@@ -195,6 +195,7 @@ static int32_t trie_new_node(Trie *t)
         t->nodes = nodes;
         t->cap_nodes = cap;
     }
+    t->nodes[t->n_nodes].c = 0;
     t->nodes[t->n_nodes].id = NO_ID;
     t->nodes[t->n_nodes].first = t->nodes[t->n_nodes].count = 0;
     t->nodes[t->n_nodes].cost = 0.0;
@@ -219,53 +220,83 @@ static void trie_free(Trie *t)
     PyMem_Free(t->nodes);
     PyMem_Free(t->keys);
     PyMem_Free(t->children);
-    PyMem_Free(t->edge_char);
-    PyMem_Free(t->edge_node);
     memset(t, 0, sizeof(*t));
 }
 
-/* Lay out every node's children side by side, sorted by char, and drop the hash table. */
+/* Renumber the nodes depth first with each node's children side by side, sorted by char, and
+ * drop the hash table. */
 static int trie_freeze(Trie *t)
 {
-    Py_ssize_t n_edges = (Py_ssize_t)t->used;
-    t->edge_char = PyMem_Malloc((n_edges + 1) * sizeof(Py_UCS4));
-    t->edge_node = PyMem_Malloc((n_edges + 1) * sizeof(int32_t));
-    if (!t->edge_char || !t->edge_node) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    for (size_t s = 0; s <= t->mask; s++)
-        if (t->keys[s])
-            t->nodes[(t->keys[s] & ~(1ULL << 63)) >> 21].count++;
-    int32_t first = 0;
-    for (Py_ssize_t i = 0; i < t->n_nodes; i++) {
-        t->nodes[i].first = first;
-        first += t->nodes[i].count;
-        t->nodes[i].count = 0; /* counts again while filling */
-    }
-    for (size_t s = 0; s <= t->mask; s++) {
-        if (!t->keys[s])
-            continue;
-        Node *parent = &t->nodes[(t->keys[s] & ~(1ULL << 63)) >> 21];
-        Py_UCS4 c = (Py_UCS4)(t->keys[s] & 0x1FFFFF);
-        int32_t k = parent->first + parent->count++;
-        for (; k > parent->first && t->edge_char[k - 1] > c; k--) { /* insertion sort */
-            t->edge_char[k] = t->edge_char[k - 1];
-            t->edge_node[k] = t->edge_node[k - 1];
+    Py_ssize_t n = t->n_nodes;
+    int32_t *first = PyMem_Calloc(n + 1, sizeof(int32_t)); /* children by old number */
+    Py_UCS4 *edge_char = PyMem_Malloc((n + 1) * sizeof(Py_UCS4));
+    int32_t *edge_node = PyMem_Malloc((n + 1) * sizeof(int32_t));
+    int32_t *stack = PyMem_Malloc((n + 1) * 2 * sizeof(int32_t)); /* (old, new) pairs */
+    Node *nodes = PyMem_Malloc((n + 1) * sizeof(Node));
+    int ok = first && edge_char && edge_node && stack && nodes;
+    if (ok) {
+        for (size_t s = 0; s <= t->mask; s++) /* count, then sum up, the children per node */
+            if (t->keys[s])
+                first[((t->keys[s] & ~(1ULL << 63)) >> 21) + 1]++;
+        for (Py_ssize_t i = 0; i < n; i++)
+            first[i + 1] += first[i];
+        for (Py_ssize_t i = 0; i < n; i++)
+            t->nodes[i].count = 0; /* children placed so far */
+        for (size_t s = 0; s <= t->mask; s++) {
+            if (!t->keys[s])
+                continue;
+            int32_t parent = (int32_t)((t->keys[s] & ~(1ULL << 63)) >> 21);
+            Py_UCS4 c = (Py_UCS4)(t->keys[s] & 0x1FFFFF);
+            int32_t k = first[parent] + t->nodes[parent].count++;
+            for (; k > first[parent] && edge_char[k - 1] > c; k--) { /* insertion sort */
+                edge_char[k] = edge_char[k - 1];
+                edge_node[k] = edge_node[k - 1];
+            }
+            edge_char[k] = c;
+            edge_node[k] = t->children[s];
         }
-        t->edge_char[k] = c;
-        t->edge_node[k] = t->children[s];
+        /* depth first: a node's children get the next free numbers when it is reached */
+        nodes[0] = t->nodes[0];
+        nodes[0].c = 0;
+        int32_t next = 1, top = 0;
+        stack[top++] = 0;
+        stack[top++] = 0;
+        while (top > 0) {
+            int32_t new = stack[--top], old = stack[--top];
+            int32_t count = t->nodes[old].count;
+            nodes[new].first = next;
+            nodes[new].count = count;
+            for (int32_t k = count - 1; k >= 0; k--) { /* the first child is reached first */
+                int32_t child = edge_node[first[old] + k];
+                nodes[next + k] = t->nodes[child];
+                nodes[next + k].c = edge_char[first[old] + k];
+                stack[top++] = child;
+                stack[top++] = next + k;
+            }
+            next += count;
+        }
+        for (Py_UCS4 c = 0; c < TABLE_CHARS; c++)
+            t->root_child[c] = -1;
+        for (int32_t k = nodes[0].first; k < nodes[0].first + nodes[0].count; k++)
+            if (nodes[k].c < TABLE_CHARS)
+                t->root_child[nodes[k].c] = k;
+        PyMem_Free(t->nodes);
+        t->nodes = nodes;
+        t->cap_nodes = n + 1;
+        nodes = NULL;
     }
-    for (Py_UCS4 c = 0; c < TABLE_CHARS; c++)
-        t->root_child[c] = -1;
-    for (int32_t k = t->nodes[0].first; k < t->nodes[0].first + t->nodes[0].count; k++)
-        if (t->edge_char[k] < TABLE_CHARS)
-            t->root_child[t->edge_char[k]] = t->edge_node[k];
+    PyMem_Free(first);
+    PyMem_Free(edge_char);
+    PyMem_Free(edge_node);
+    PyMem_Free(stack);
+    PyMem_Free(nodes);
     PyMem_Free(t->keys);
     PyMem_Free(t->children);
     t->keys = NULL;
     t->children = NULL;
-    return 0;
+    if (!ok)
+        PyErr_NoMemory();
+    return ok ? 0 : -1;
 }
 
 /* The child of `node` by char c in a frozen trie, or -1. */
@@ -273,17 +304,19 @@ static inline int32_t trie_child(const Trie *t, int32_t node, Py_UCS4 c)
 {
     if (node == 0 && c < TABLE_CHARS)
         return t->root_child[c];
-    const Node *nd = &t->nodes[node];
-    const Py_UCS4 *chars = t->edge_char + nd->first;
-    int32_t lo = 0, hi = nd->count;
-    while (lo < hi) {
+    const Node *nodes = t->nodes;
+    int32_t lo = nodes[node].first, end = lo + nodes[node].count, hi = end;
+    while (hi - lo > 8) { /* the first child with a char >= c is in [lo, hi] */
         int32_t mid = (lo + hi) / 2;
-        if (chars[mid] < c)
+        if (nodes[mid].c < c)
             lo = mid + 1;
         else
             hi = mid;
     }
-    return lo < nd->count && chars[lo] == c ? t->edge_node[nd->first + lo] : -1;
+    for (; lo < end; lo++)
+        if (nodes[lo].c >= c)
+            return nodes[lo].c == c ? lo : -1;
+    return -1;
 }
 
 /* Node for `text`, created along the way. */
