@@ -61,8 +61,13 @@ class NativeExtensionBuildHook(BuildHookInterface):
         build_data["pure_python"] = False
         build_data["infer_tag"] = True
         if version == "editable":
-            # the editable wheel points at src/: put the extension there (it is git-ignored)
-            shutil.copy2(built, root / "src" / "tr_tokenizer" / built.name)
+            # the editable wheel points at src/: put the extension there (it is git-ignored).
+            # Copied beside it and renamed over it: running processes have the old file
+            # mapped, and overwriting it in place crashes them.
+            target = root / "src" / "tr_tokenizer" / built.name
+            staged = target.with_name(f".{built.name}.tmp")
+            shutil.copy2(built, staged)
+            os.replace(staged, target)
         else:
             build_data["force_include"][str(built)] = f"tr_tokenizer/{built.name}"
 
