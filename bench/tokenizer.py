@@ -1,17 +1,19 @@
 """tr-tokenizer against a byte-level BPE of the same size, on Turkish prose it was not trained on.
 
-Rows: the shipped tr-tokenizer (allomorph sharing on), also with its compiled segmenter switched
-off (pure Python: same ids); the same training run with sharing off; a byte-level BPE trained
-with `tokenizers` on the same corpus and vocabulary size; tiktoken running that same BPE (speed
-only: same tokens). Evaluation text: the UD Turkish treebank sentences in
-../shared/data/ud-turkish (evaluation only; nothing is trained or tuned on them).
+Rows: the shipped tr-tokenizer (allomorph sharing on), also with its compiled paths switched
+off (pure Python: same ids); the previous shipped vocabulary (v1); the same training run as the
+default with sharing off; a byte-level BPE trained with `tokenizers` on the same corpus and
+vocabulary size; tiktoken running that same BPE (speed only: same tokens). Evaluation text:
+the UD Turkish treebank sentences in ../shared/data/ud-turkish, modern news, web and fiction
+(evaluation only; nothing is trained or tuned on them).
 
     uv run python bench/tokenizer.py            # trains the comparison tokenizers once (~3 min)
 
 Columns: tokens per word (whitespace words), UTF-8 bytes per token, exact round trip (share of
-sentences), morphology alignment (see tr_tokenizer.evaluate), single-thread encode MB/s on the
-whole text as one string (cold: a fresh per-word cache; warm: second pass), and batch encode MB/s
-over 2 cores on the sentences repeated 8 times.
+sentences), morphology alignment, roots intact and one-letter starts (see tr_tokenizer.evaluate),
+single-thread encode MB/s on the whole text as one string (cold: a fresh per-word cache; warm:
+second pass), batch encode MB/s over 2 cores on the sentences repeated 8 times, and
+single-thread decode MB/s of the whole text's ids.
 """
 
 from __future__ import annotations
@@ -32,7 +34,12 @@ UD = ROOT / ".." / "shared" / "data" / "ud-turkish"
 sys.path.insert(0, str(ROOT / "packages" / "tr-tokenizer" / "scripts"))
 
 import tr_tokenizer  # noqa: E402
-from tr_tokenizer.evaluate import morphology_alignment, read_conllu  # noqa: E402
+from tr_tokenizer.evaluate import (  # noqa: E402
+    morphology_alignment,
+    one_letter_starts,
+    read_conllu,
+    roots_intact,
+)
 
 
 def train_comparisons(cache: Path, default, retrain: bool) -> tuple[Path, Path]:
@@ -169,10 +176,13 @@ class Row:
     tokens: int  # over the sentences encoded one by one
     exact: float | None
     align: float | None
+    intact: float | None
+    one_letter: float | None
     cold: float
     warm: float
     batch1: float
     batch: float
+    decode: float
 
 
 def load_pure_python() -> tr_tokenizer.Tokenizer:
@@ -201,9 +211,21 @@ def measure_tr(name, load, sentences, text, batch) -> Row:
                  f"give at most {2 * cpu[1] / cpu[2]:.2f}x")  # fmt: skip
     ids = [tok.encode_ids(t) for t in texts]
     exact = sum(tok.decode(i) == t for i, t in zip(ids, texts)) / len(texts)
-    good, total = morphology_alignment(sentences, lambda t: tok.encode(t).offsets)
+    offsets = {t: tok.encode(t).offsets for t in texts}
+    align, intact, one_letter = _morphology(sentences, offsets.__getitem__)
     tokens = sum(map(len, ids))
-    return Row(name, tok.vocab_size, tokens, exact, good / total, cold, warm, batch1, batch_rate)
+    all_ids = tok.encode_ids(text)
+    decode = mb / cpu_time(lambda: tok.decode(all_ids))
+    return Row(name, tok.vocab_size, tokens, exact, align, intact, one_letter, cold, warm,
+               batch1, batch_rate, decode)  # fmt: skip
+
+
+def _morphology(sentences, offsets_of) -> tuple[float, float, float]:
+    """Morphology alignment, roots intact and one-letter starts, as shares."""
+    good, total = morphology_alignment(sentences, offsets_of)
+    whole, eligible = roots_intact(sentences, offsets_of)
+    bad, words = one_letter_starts([s.text for s in sentences], offsets_of)
+    return good / total, whole / eligible, bad / words
 
 
 def measure_bpe(hf, sentences, text, batch) -> Row:
@@ -215,12 +237,13 @@ def measure_bpe(hf, sentences, text, batch) -> Row:
     )
     encs = hf.encode_batch(texts)
     exact = sum(hf.decode(e.ids) == t for e, t in zip(encs, texts)) / len(texts)
-    good, total = morphology_alignment(sentences, lambda t: hf.encode(t).offsets)
+    align, intact, one_letter = _morphology(sentences, lambda t: hf.encode(t).offsets)
     tokens = sum(len(e.ids) for e in encs)
+    all_ids = hf.encode(text).ids
+    decode = mb / cpu_time(lambda: hf.decode(all_ids))
     name = "byte-level BPE (tokenizers)"
-    return Row(
-        name, hf.get_vocab_size(), tokens, exact, good / total, rate, rate, batch1, batch_rate
-    )
+    return Row(name, hf.get_vocab_size(), tokens, exact, align, intact, one_letter, rate, rate,
+               batch1, batch_rate, decode)  # fmt: skip
 
 
 def measure_tiktoken(tk, hf, sentences, text, batch) -> Row:
@@ -234,16 +257,19 @@ def measure_tiktoken(tk, hf, sentences, text, batch) -> Row:
     )
     ids = tk.encode_ordinary_batch(texts)
     same = sum(a == hf.encode(t).ids for a, t in zip(ids, texts)) / len(texts)
+    all_ids = tk.encode_ordinary(text)
+    decode = mb / cpu_time(lambda: tk.decode(all_ids))
     name = f"same BPE in tiktoken ({same:.0%} same ids)"
-    return Row(name, tk.n_vocab, sum(map(len, ids)), None, None, rate, rate, batch1, batch_rate)
+    return Row(name, tk.n_vocab, sum(map(len, ids)), None, None, None, None, rate, rate, batch1,
+               batch_rate, decode)  # fmt: skip
 
 
 def _mb(text: str) -> float:
     return len(text.encode("utf-8")) / 1e6
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{100 * x:.{digits}f}%"
 
 
 def main() -> int:
@@ -271,6 +297,13 @@ def main() -> int:
         measure_tr("tr-tokenizer (sharing, shipped)", tr_tokenizer.load, sentences, text, batch),
         measure_tr("tr-tokenizer (shipped, pure Python)", load_pure_python, sentences, text, batch),
         measure_tr(
+            "tr-tokenizer v1 (previous default)",
+            lambda: tr_tokenizer.load(version="v1"),
+            sentences,
+            text,
+            batch,
+        ),
+        measure_tr(
             "tr-tokenizer (no sharing)",
             lambda: tr_tokenizer.load(no_share_dir),
             sentences,
@@ -288,15 +321,17 @@ def main() -> int:
         " process/thread vs two, MB per wall-clock second (best of 3, run alternately).\n"
     )
     head = ["tokenizer", "vocab", "tok/word", "bytes/tok", "round trip", "morph align",
-            "MB/s cold", "MB/s warm", "batch x1", "batch x2"]  # fmt: skip
-    widths = [40, 6, 8, 9, 10, 11, 9, 9, 8, 8]
+            "roots intact", "1-letter starts", "MB/s cold", "MB/s warm", "batch x1", "batch x2",
+            "decode MB/s"]  # fmt: skip
+    widths = [40, 6, 8, 9, 10, 11, 12, 15, 9, 9, 8, 8, 11]
     print("| " + " | ".join(h.ljust(w) if i == 0 else h.rjust(w)
                             for i, (h, w) in enumerate(zip(head, widths))) + " |")  # fmt: skip
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
         cells = [r.name, str(r.vocab), f"{r.tokens / n_words:.3f}", f"{n_bytes / r.tokens:.2f}",
-                 _pct(r.exact), _pct(r.align), f"{r.cold:.2f}", f"{r.warm:.2f}",
-                 f"{r.batch1:.2f}", f"{r.batch:.2f}"]  # fmt: skip
+                 _pct(r.exact), _pct(r.align), _pct(r.intact), _pct(r.one_letter, 2),
+                 f"{r.cold:.2f}", f"{r.warm:.2f}", f"{r.batch1:.2f}", f"{r.batch:.2f}",
+                 f"{r.decode:.2f}"]  # fmt: skip
         print("| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |")  # fmt: skip
     print()

@@ -14,10 +14,11 @@
   const apiKeyEl = $("api-key");
 
   // Kinds the page colours (tr-tokenizer's names; "space" is drawn as whitespace).
-  const KINDS = ["root", "suffix", "bpe", "byte", "special", "case", "whitespace"];
+  const KINDS = ["root", "word", "suffix", "bpe", "byte", "special", "case", "whitespace"];
   const KIND_ALIASES = { space: "whitespace" };
   const KIND_LABELS = {
     root: "root",
+    word: "whole word",
     suffix: "suffix",
     bpe: "BPE",
     byte: "byte",

@@ -33,7 +33,7 @@ from ismail_core.atomic import atomic_dir
 from ismail_core.corpus.shards import tokenizer_info
 from ismail_core.fp8 import FP8UnavailableError, is_fp8_state_dict, load_fp8_weights
 from ismail_core.runtime import resolve_device
-from ismail_core.tokenizer import Tokenizer, TokenizerError, load_tokenizer
+from ismail_core.tokenizer import Tokenizer, TokenizerError, describe_fingerprint, load_tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -245,8 +245,9 @@ def check_tokenizer(
         )
     if recorded and recorded.get("fingerprint") != tokenizer.fingerprint:
         raise CheckpointError(
-            f"{tok_dir} is tokenizer {tokenizer.fingerprint} but the weights in {directory} were "
-            f"saved with tokenizer {recorded.get('fingerprint')}: the ids would mean other "
+            f"{tok_dir} is tokenizer {describe_fingerprint(tokenizer.fingerprint)} but the "
+            f"weights in {directory} were saved with tokenizer "
+            f"{describe_fingerprint(str(recorded.get('fingerprint')))}: the ids would mean other "
             f"tokens; {fix}"
         )
 

@@ -376,6 +376,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from ismail_core.checkpoint import TOKENIZER_DIR, load_model, resolve_checkpoint
     from ismail_core.corpus import DataError, DataSpec, ShardedSplit, load_metadata, prepare_data
     from ismail_core.evaluate import evaluate
+    from ismail_core.tokenizer import describe_fingerprint
 
     model, tokenizer = load_model(args.checkpoint, device=args.device)
     seq_len = args.seq_len or model.cfg.max_seq_len
@@ -392,8 +393,9 @@ def _run_eval(args: argparse.Namespace) -> int:
         meta = load_metadata(data_dir)
         if meta["tokenizer"]["fingerprint"] != tokenizer.fingerprint:
             raise DataError(
-                f"{data_dir} was tokenized with tokenizer {meta['tokenizer']['fingerprint']}, "
-                f"the checkpoint uses {tokenizer.fingerprint}; pass the raw text instead or "
+                f"{data_dir} was tokenized with tokenizer "
+                f"{describe_fingerprint(meta['tokenizer']['fingerprint'])}, the checkpoint uses "
+                f"{describe_fingerprint(tokenizer.fingerprint)}; pass the raw text instead or "
                 "re-tokenize with the checkpoint's tokenizer"
             )
         result = evaluate(

@@ -4,7 +4,8 @@
 decode_stream, encode_batch, vocab_size, eos_id, bos_id, pad_id, special_tokens, save(dir),
 fingerprint) plus `kind` ("tr" or "hf"), whatever the tokenizer behind it:
 
-- None or "tr": the tr-tokenizer shipped with the `tr_tokenizer` package;
+- None or "tr": the newest vocabulary shipped with the `tr_tokenizer` package; "tr:v1" (any
+  name in `tr_tokenizer.tokenizer.SHIPPED_VOCABULARIES`) an older shipped one;
 - a directory written by `save` (ours, tr_tokenizer's, or one holding a `tokenizer.json`);
 - a Hugging Face `tokenizer.json` file (for example Mistral's).
 """
@@ -249,14 +250,14 @@ def _with_chat_template(tokenizer: Tokenizer, directory: Path) -> Tokenizer:
     return tokenizer
 
 
-def _load_tr(path: str | Path | None) -> TrTokenizer:
+def _load_tr(path: str | Path | None, version: str | None = None) -> TrTokenizer:
     try:
         import tr_tokenizer
     except ImportError as exc:  # pragma: no cover - tr-tokenizer is a hard dependency
         raise TokenizerError("tr-tokenizer is not installed: `uv sync --all-packages`") from exc
     try:
-        return TrTokenizer(tr_tokenizer.load(None if path is None else Path(path)))
-    except tr_tokenizer.VocabularyError as exc:  # its message names the corrupt file
+        return TrTokenizer(tr_tokenizer.load(None if path is None else Path(path), version=version))
+    except (tr_tokenizer.VocabularyError, ValueError) as exc:  # its message names the problem
         raise TokenizerError(str(exc)) from exc
 
 
@@ -275,10 +276,13 @@ def load_tokenizer(spec: str | Path | None = None) -> Tokenizer:
         return spec
     if spec is None or str(spec) in ("tr", "tr-tokenizer"):
         return _load_tr(None)
+    if str(spec).startswith("tr:"):
+        return _load_tr(None, version=str(spec)[3:])
     path = Path(spec).expanduser()
     if not path.exists():
         raise TokenizerError(
-            f"tokenizer {spec!r} not found: give 'tr' for the shipped Turkish tokenizer, a "
+            f"tokenizer {spec!r} not found: give 'tr' for the shipped Turkish tokenizer ('tr:v1' "
+            "for its first vocabulary), a "
             "directory saved by tr-tokenizer or ismail, or a Hugging Face tokenizer.json"
         )
     if path.is_file():
@@ -306,6 +310,15 @@ def _load_directory(path: Path) -> Tokenizer:
         raise TokenizerError(
             f"{path} holds neither a tr-tokenizer nor a Hugging Face {HF_FILE} ({tr_error})"
         ) from tr_error
+
+
+def describe_fingerprint(fingerprint: str) -> str:
+    """A tokenizer fingerprint for messages, naming the shipped tr-tokenizer vocabulary it is
+    (a model and data made with different shipped vocabularies is the common mismatch)."""
+    from tr_tokenizer.tokenizer import shipped_version
+
+    version = shipped_version(fingerprint)
+    return f"{fingerprint} (tr-tokenizer's vocabulary {version})" if version else fingerprint
 
 
 def save_tokenizer(tokenizer: Tokenizer, directory: str | Path) -> Path:

@@ -14,6 +14,7 @@ from tr_tokenizer.vocab import VocabularyError
 
 _COLORS = {
     "root": "\033[1;34m",
+    "word": "\033[1;36m",
     "suffix": "\033[32m",
     "bpe": "\033[33m",
     "byte": "\033[31m",

@@ -65,9 +65,9 @@ class ChunkEncoder:
             self.cost.append(1.0 + _TIE * min(-score, 30.0))
             if kind == "suffix" and text.startswith("+"):
                 self.shared.append((i, parse_form(text[1:])))
-            elif kind in ("root", "suffix", "bpe", "space"):
+            elif kind in ("root", "word", "suffix", "bpe", "space"):
                 self.text_ids[text] = i
-                if kind == "root":
+                if kind in ("root", "word"):
                     self.root_ids[text] = i
                 elif kind == "suffix":
                     self.suffix_ids[text] = i

@@ -1,8 +1,12 @@
 """Quality measures: tokens per word, bytes per token, round trip, morphology alignment.
 
-Morphology alignment (as in the project's issue): over the words whose lemma is a proper prefix
-of the word (compared in Turkish lowercase), the share where a token boundary falls exactly at
-the lemma's end and no token boundary falls strictly inside the lemma.
+Morphology alignment: over the words whose lemma is a proper prefix of the word (compared in
+Turkish lowercase), the share where a token boundary falls exactly at the lemma's end and no
+token boundary falls strictly inside the lemma.
+Roots intact: over the words whose lemma (letters only, two or more) is a prefix of the word or
+the word itself, the share with no token boundary strictly inside the lemma.
+One-letter starts: over lowercase words of four or more letters, the share whose first token
+covers only the first letter (ç + ı + kan, s + izin): a cut no linguist would make.
 """
 
 from __future__ import annotations
@@ -11,9 +15,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import regex
+
 from tr_tokenizer.casing import tr_lower
 
 Offsets = Sequence[tuple[int, int]]
+_LOWER_WORD = regex.compile(r"(?<!\p{L})\p{Ll}{4,}(?!\p{L})")
 
 
 @dataclass
@@ -104,3 +111,35 @@ def morphology_alignment(
             near = [(a, b) for a, b in offsets if a < end and b > start]
             good += aligned(start, end, len(lem), near)
     return good, total
+
+
+def roots_intact(
+    sentences: Iterable[Sentence], offsets_of: Callable[[str], Offsets]
+) -> tuple[int, int]:
+    """(words with no boundary inside their lemma, eligible words) over sentences."""
+    good = total = 0
+    for s in sentences:
+        offsets = [o for o in offsets_of(s.text) if o[0] != o[1]]
+        for start, end, lemma in s.words:
+            form, lem = tr_lower(s.text[start:end]), tr_lower(lemma)
+            if len(lem) < 2 or not lem.isalpha() or not form.startswith(lem):
+                continue
+            total += 1
+            cut = start + len(lem)
+            good += not any(start < x < cut for a, b in offsets for x in (a, b))
+    return good, total
+
+
+def one_letter_starts(
+    texts: Iterable[str], offsets_of: Callable[[str], Offsets]
+) -> tuple[int, int]:
+    """(lowercase words of 4+ letters whose first token covers only their first letter, such
+    words) over texts."""
+    bad = total = 0
+    for text in texts:
+        offsets = [o for o in offsets_of(text) if o[0] != o[1]]
+        for m in _LOWER_WORD.finditer(text):
+            inside = [(a, b) for a, b in offsets if a < m.end() and b > m.start()]
+            total += 1
+            bad += len(inside) > 1 and inside[0][1] == m.start() + 1
+    return bad, total

@@ -6,7 +6,7 @@ import gc
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from importlib import resources
 from itertools import chain
 from pathlib import Path
@@ -17,7 +17,7 @@ from tr_tokenizer.decoder import DecodeState, DecodeTables
 from tr_tokenizer.encoder import ChunkEncoder
 from tr_tokenizer.parallel import WorkerPool, fork_available
 from tr_tokenizer.pretokenize import PATTERN
-from tr_tokenizer.vocab import BOS, EOS, PAD, SPECIAL_TOKENS, Vocabulary
+from tr_tokenizer.vocab import BOS, EOS, FILE_NAME, PAD, SPECIAL_TOKENS, Vocabulary
 
 _CACHE_LIMIT = 500_000  # cached chunks before the cache is cleared (bounds memory)
 _PARALLEL_MIN_CHARS = 1_000_000  # below this, a batch is encoded in this process
@@ -339,11 +339,23 @@ class Tokenizer:
         return f"Tokenizer(vocab_size={self.vocab_size}, fingerprint={self.fingerprint!r})"
 
 
-DEFAULT_VOCAB = "default"
+# The vocabularies this package ships (src/tr_tokenizer/vocabs/NAME), oldest first; the last
+# is the default. An old one stays so that data and models made with it keep their meaning;
+# they also carry a copy of their vocabulary, which `load(path)` reads.
+SHIPPED_VOCABULARIES = ("v1",)
+DEFAULT_VOCAB = SHIPPED_VOCABULARIES[-1]
 
 
-def load(path: str | os.PathLike | None = None) -> Tokenizer:
-    """Load a tokenizer: None for the shipped default vocabulary, else a saved directory."""
+def load(path: str | os.PathLike | None = None, *, version: str | None = None) -> Tokenizer:
+    """Load a tokenizer: a directory saved by `Tokenizer.save`, or with no path the shipped
+    vocabulary `version` (one of SHIPPED_VOCABULARIES; None: the newest, DEFAULT_VOCAB)."""
+    if path is not None and version is not None:
+        raise ValueError("pass a saved directory or a shipped version, not both")
+    if version is not None and version not in SHIPPED_VOCABULARIES:
+        raise ValueError(
+            f"no shipped vocabulary {version!r}; this tr-tokenizer ships "
+            f"{', '.join(SHIPPED_VOCABULARIES)}"
+        )
     # Loading allocates ~100k containers (JSON lists, table tuples) that form no cycles. With
     # the collector running they survive into its oldest generation and trigger a full
     # collection soon after, typically in the middle of the first encode. So it is paused
@@ -353,11 +365,26 @@ def load(path: str | os.PathLike | None = None) -> Tokenizer:
     gc.disable()
     try:
         if path is None:
-            root = resources.files("tr_tokenizer") / "vocabs" / DEFAULT_VOCAB
-            with resources.as_file(root) as p:
+            with resources.as_file(shipped_vocabulary_file(version or DEFAULT_VOCAB)) as p:
                 return Tokenizer(Vocabulary.load(p))
         return Tokenizer(Vocabulary.load(path))
     finally:
         if enabled:
             gc.enable()
             gc.collect(1)
+
+
+def shipped_vocabulary_file(version: str = DEFAULT_VOCAB):
+    """The package resource holding the shipped vocabulary `version` (plain JSON)."""
+    return resources.files("tr_tokenizer") / "vocabs" / version / FILE_NAME
+
+
+@cache
+def shipped_version(fingerprint: str) -> str | None:
+    """The shipped vocabulary with this fingerprint (for messages about mismatched data), or
+    None if it is none of them."""
+    for version in SHIPPED_VOCABULARIES:
+        with resources.as_file(shipped_vocabulary_file(version)) as p:
+            if Vocabulary.load(p).fingerprint() == fingerprint:
+                return version
+    return None

@@ -204,19 +204,21 @@ class _MorphParser:
 
     def parse(self, word: str) -> tuple[str, list[str]] | None:
         """Best (root, [morpheme forms and apostrophes]) for a word, or None."""
-        best: tuple[float, str, list[str]] | None = None
+        best = min(self.parses(word), default=None)
+        return None if best is None else (best[1], best[2])
+
+    def parses(self, word: str) -> list[tuple[float, str, list[str]]]:
+        """(cost, root, forms) of the best parse of the word with each root it can start with."""
+        found = []
         for L in range(min(len(word), self.max_root), 0, -1):
             root = word[:L]
             if root not in self.roots:
                 continue
-            rc = self.root_cost.get(root, self.default_root_cost) - 1e-3 * L
             rest = self._suffixes(word, L)
-            if rest is None:
-                continue
-            cost, forms = rest
-            if best is None or rc + cost < best[0]:
-                best = (rc + cost, root, forms)
-        return None if best is None else (best[1], best[2])
+            if rest is not None:
+                rc = self.root_cost.get(root, self.default_root_cost) - 1e-3 * L
+                found.append((rc + rest[0], root, rest[1]))
+        return found
 
     def _suffixes(self, word: str, start: int) -> tuple[float, list[str]] | None:
         n = len(word)
@@ -256,6 +258,24 @@ class _MorphParser:
         self.morph_cost = {m: -math.log(c / mt) for m, c in morph_counts.items()}
         self.default_root_cost = -math.log(0.5 / rt)
         self.default_morph_cost = -math.log(0.5 / mt)
+
+
+def _uniform_counts(
+    parser: _MorphParser, words: list[str], bare: Counter
+) -> tuple[Counter, Counter]:
+    """Root and morpheme counts with each word's count shared evenly among its roots: the
+    first estimate for hard EM. Starting from equal costs instead lets the longest root win
+    every tie (aras+ında, yaşın+a, bun+u), and the passes after it only reinforce that."""
+    roots: Counter = Counter()
+    morphs: Counter = Counter()
+    for w in words:
+        found = parser.parses(w)
+        for _, root, forms in found:
+            share = bare[w] / len(found)
+            roots[root] += share
+            for f in forms:
+                morphs[f] += share
+    return roots, morphs
 
 
 def _chains(forms: list[str]) -> list[list[str]]:
@@ -324,6 +344,7 @@ def build_vocabulary(
         bare[w.lstrip(" ")] += c
     frequent = [w for w, _ in bare.most_common(cfg.max_parse_words)]
     parser = _MorphParser(lexicon | set(voiced))
+    parser.set_costs(*_uniform_counts(parser, frequent, bare))
     parses: dict[str, tuple[str, list[str]] | None] = {}
     for _ in range(2):
         root_counts: Counter = Counter()
@@ -376,7 +397,7 @@ def build_vocabulary(
         if c >= cfg.min_root_count and r not in singles
     ][:n_roots]
     n_words = int(cfg.word_fraction * (budget - suffix_total - cfg.alphabet_size))
-    roots += _whole_words(words, parses, {r for r, _ in roots}, n_words)
+    whole_words = _whole_words(words, parses, {r for r, _ in roots}, n_words)
 
     pieces: list[tuple[str, str, float]] = list(fixed)
     seen = {p[0] for p in pieces}
@@ -396,6 +417,9 @@ def build_vocabulary(
     root_total = sum(c for _, c in roots) or 1.0
     for r, c in roots:
         add(r, "root", _logp(c, root_total))
+    word_total = sum(c for _, c in whole_words) or 1.0
+    for w, c in whole_words:
+        add(w, "word", _logp(c, word_total))
     # printable ASCII and the Turkish letters always get a piece (code, URLs, rare capitals);
     # the rest of the alphabet is the corpus's most frequent characters
     alphabet = list(dict.fromkeys(_BASE_ALPHABET))

@@ -9,6 +9,8 @@ with `tokenizer.json`, still load). Kinds:
   byte     "<0x00>" ... "<0xFF>" (UTF-8 byte fallback)
   space    whitespace runs (" ", "   ", "\\n", "\\t", ...)
   root     lexicon roots, with or without a leading space (" kitap", "kitap")
+  word     frequent inflected words as one piece (" olarak", " arasında"): a root and its
+           suffixes that would otherwise take two or more tokens; encoded like a root
   suffix   "+lArI" (shared: spelled out by rule from the left context) or a literal surface "ları"
   bpe      pieces learned by BPE for what the morphology does not cover
 """
@@ -27,7 +29,7 @@ FORMAT_VERSION = 1
 FILE_NAME = "tr_tokenizer.json"
 # The name vocabularies were saved under before the rename: read when FILE_NAME is absent.
 LEGACY_FILE_NAME = "tokenizer.json"
-KINDS = ("special", "case", "byte", "space", "root", "suffix", "bpe")
+KINDS = ("special", "case", "byte", "space", "root", "word", "suffix", "bpe")
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 CHAT_MARKERS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")

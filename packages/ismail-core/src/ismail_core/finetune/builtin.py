@@ -34,7 +34,6 @@ must see to spell it.
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import json
 import re
 from collections import Counter
@@ -42,6 +41,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from tr_tokenizer.casing import tr_lower, tr_upper
+from tr_tokenizer.tokenizer import shipped_vocabulary_file
 
 from ismail_core.corpus.builtin import builtin_texts
 
@@ -286,8 +286,9 @@ def _root_lexicon() -> frozenset[str]:
     """The roots of tr-tokenizer's shipped vocabulary, without their leading space."""
     # Read as plain JSON (the format vocab.py documents): Vocabulary.load would also validate
     # all 32k pieces, which takes about as long as building the whole task set.
-    path = importlib.resources.files("tr_tokenizer").joinpath("vocabs/default/tr_tokenizer.json")
-    pieces = json.loads(path.read_text(encoding="utf-8"))["pieces"]
+    # v1, whatever the default: the tasks stay the same when a newer vocabulary trades roots
+    # for whole words.
+    pieces = json.loads(shipped_vocabulary_file("v1").read_text(encoding="utf-8"))["pieces"]
     return frozenset(text.strip() for text, kind, _ in pieces if kind == "root")
 
 

@@ -30,7 +30,7 @@ from ismail_core.corpus import DataError, ShardedSplit, load_metadata
 from ismail_core.corpus.shards import TOKENIZER_DIR, tokenizer_info
 from ismail_core.evaluate import EvalResult, evaluate
 from ismail_core.model import Transformer
-from ismail_core.tokenizer import load_tokenizer
+from ismail_core.tokenizer import describe_fingerprint, load_tokenizer
 from ismail_core.train import distributed
 from ismail_core.train.batches import training_batch
 from ismail_core.train.checkpointing import (
@@ -139,8 +139,9 @@ class Trainer:
             ckpt_tok = load_checkpoint_tokenizer(self.resume_from)
             if ckpt_tok.fingerprint != self.tokenizer.fingerprint:
                 raise CheckpointError(
-                    f"{self.resume_from} was trained with tokenizer {ckpt_tok.fingerprint} but "
-                    f"{data_dir} was made with {self.tokenizer.fingerprint}: the token ids mean "
+                    f"{self.resume_from} was trained with tokenizer "
+                    f"{describe_fingerprint(ckpt_tok.fingerprint)} but {data_dir} was made with "
+                    f"{describe_fingerprint(self.tokenizer.fingerprint)}: the token ids mean "
                     "different things. Re-tokenize the data with the checkpoint's tokenizer "
                     f"(`ismail data SOURCE --tokenizer {self.resume_from / 'tokenizer'}`) or "
                     "start a new run directory"
