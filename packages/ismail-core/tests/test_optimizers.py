@@ -229,3 +229,11 @@ def test_resuming_with_another_optimizer_is_refused(
     flags.update({"train.steps": 4, "optim.name": "muon"})
     with pytest.raises(OptimizerError, match="--optim.name adamw.*does not fit muon"):
         train(build_config(flags))
+
+
+def test_pre_training_defaults_to_muon_and_fine_tuning_to_adamw() -> None:
+    from ismail_core.finetune.config import FinetuneConfig
+    from ismail_core.train.config import TrainConfig
+
+    assert TrainConfig().optim.name == "muon"
+    assert FinetuneConfig().optim.name == "adamw"

@@ -142,8 +142,10 @@ class FinetuneConfig:
     # accuracy was still climbing steeply at 250 steps (36-45% over three seeds/settings).
     train: TrainSection = field(default_factory=lambda: TrainSection(steps=320, batch_size=8))
     optim: OptimSection = field(
+        # AdamW, not pre-training's Muon: these defaults were tuned with it, and LoRA's
+        # low-rank factors are not the full matrices Muon orthogonalises.
         default_factory=lambda: OptimSection(
-            lr=3e-3, min_lr=3e-4, warmup_steps=20, weight_decay=0.0
+            name="adamw", lr=3e-3, min_lr=3e-4, warmup_steps=20, weight_decay=0.0
         )
     )
     eval: EvalSection = field(default_factory=lambda: EvalSection(interval=160, batch_size=16))

@@ -85,10 +85,12 @@ class TrainSection:
 
 @dataclass
 class OptimSection:
+    # Muon by default: on the main job it reached AdamW's final validation bits per byte in
+    # 0.61x the steps, and on ismail-512 it was ahead at every evaluation (bench/RESULTS.md).
     name: str = doc_field(
-        "adamw; muon (Muon for the blocks' matrices, AdamW for the rest); galore_adamw "
-        "(needs ismail-core[galore]); adamw8bit (bitsandbytes, CUDA only)",
-        default="adamw",
+        "muon (Muon for the blocks' matrices, AdamW for the rest; not with FSDP); adamw; "
+        "galore_adamw (needs ismail-core[galore]); adamw8bit (bitsandbytes, CUDA only)",
+        default="muon",
     )
     lr: float = doc_field("peak learning rate (AdamW's; all of it but optim.muon_lr)", default=3e-3)
     min_lr: float = doc_field("learning-rate floor reached at the end of the cosine", default=3e-4)
