@@ -313,10 +313,12 @@ static inline int32_t trie_child(const Trie *t, int32_t node, Py_UCS4 c)
         else
             hi = mid;
     }
-    for (; lo < end; lo++)
-        if (nodes[lo].c >= c)
-            return nodes[lo].c == c ? lo : -1;
-    return -1;
+    if (hi < end)
+        hi++; /* [lo, hi] may hold it */
+    int32_t found = -1;
+    for (; lo < hi; lo++) /* no early exit: a branch on each char is hard to predict */
+        found = nodes[lo].c == c ? lo : found;
+    return found;
 }
 
 /* Node for `text`, created along the way. */
