@@ -85,3 +85,22 @@ def test_context_keys_in_one_harmony_class_spell_every_suffix_alike() -> None:
         same = _harmony_class(key)
         for elements in forms:
             assert realize(elements, *key) == realize(elements, *same), (key, elements)
+
+
+def test_nominal_morphotactics() -> None:
+    from tr_tokenizer.suffixes import may_follow
+
+    assert may_follow(None, "lArI") and may_follow("lAr", "(I)mIz") and may_follow("DA", "ki")
+    assert may_follow("DA", "lAr")  # copula: evdeler
+    assert not may_follow("(y)A", "lArI")  # not + a + ları
+    assert not may_follow("(s)I", "(I)m") and not may_follow("(I)m", "lAr")
+    assert not may_follow("DAn", "DA") and not may_follow("DA", "lIk")
+
+
+def test_training_parser_keeps_to_morphotactics() -> None:
+    from tr_tokenizer.trainer import _MorphParser
+
+    parser = _MorphParser({"not", "nota", "ev"})
+    assert parser.parses("notaları") == [(pytest.approx(1.996), "nota", ["lArI"])]
+    assert parser.parse("evdekileri") == ("ev", ["DA", "ki", "lArI"])
+    assert parser.parse("evdeler") == ("ev", ["DA", "lAr"])

@@ -20,7 +20,8 @@ LEXICON = ["kitap", "kitab", "ev", "defter", "okul", "öğrenci", "öğretmen", 
            "oku", "git", "gel", "göz", "gözlük", "yol", "araba", "deniz", "gemi", "liman",
            "ayrıl", "çocuk", "bahçe", "oyna", "kedi", "ağaç", "alt", "uyu", "saat", "geç",
            "yorul", "unut", "bir", "var", "çok", "kal", "yaşa", "ara", "kur", "yıl"]  # fmt: skip
-SMALL = TrainConfig(suffix_chains=200, alphabet_size=120)
+# no whole words: these tests are about the morphology layer
+SMALL = TrainConfig(suffix_chains=200, alphabet_size=120, word_fraction=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ VOICING_LEXICON = ["kitap\tkitab", "oku", "var", "resim", "kapak\tkapağ", "güz
 def voicing() -> tr_tokenizer.Tokenizer:
     return tr_tokenizer.train(
         [VOICING_CORPUS], vocab_size=900, lexicon=VOICING_LEXICON,
-        config=TrainConfig(suffix_chains=100, alphabet_size=120),
+        config=TrainConfig(suffix_chains=100, alphabet_size=120, word_fraction=0.0),
     )  # fmt: skip
 
 
@@ -130,6 +131,20 @@ def test_word_counts_add_frequency(tmp_path) -> None:
         [CORPUS], vocab_size=1000, lexicon=LEXICON + ["kalem"], word_counts=counts, config=SMALL
     )
     assert tok.encode(" kalemlerimizden").tokens[0] == " kalem"
+
+
+def test_frequent_inflected_words_become_whole_pieces(tmp_path) -> None:
+    counts = {"kalemlerimizden": 500.0, "kalem": 300.0, "kalemler": 5.0}
+    config = TrainConfig(suffix_chains=200, alphabet_size=120, word_fraction=0.02)
+    tok = tr_tokenizer.train(
+        [CORPUS], vocab_size=1000, lexicon=LEXICON + ["kalem"], word_counts=counts, config=config
+    )
+    whole = tok.token_to_id(" kalemlerimizden")
+    assert whole is not None and tok.kind(whole) == "word"
+    assert tok.encode(" kalemlerimizden").ids == [whole]
+    assert tok.token_to_id("kalemlerimizden") is not None  # its unspaced use (sentence starts)
+    assert tok.encode(" kalemlerimizden").ids != tok.encode(" kalemler").ids
+    assert tok.decode(tok.encode(" Kalemlerimizden kalemler").ids) == " Kalemlerimizden kalemler"
 
 
 def test_training_errors(tmp_path) -> None:

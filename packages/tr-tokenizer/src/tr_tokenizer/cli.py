@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from tr_tokenizer.tokenizer import Tokenizer, load
+from tr_tokenizer.trainer import TrainConfig
 from tr_tokenizer.vocab import VocabularyError
 
 _COLORS = {
@@ -73,13 +74,17 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tr_tokenizer.trainer import TrainConfig, train
+    from tr_tokenizer.trainer import train
 
     for f in args.input:
         if not Path(f).is_file():
             print(f"error: input file {f} does not exist", file=sys.stderr)
             return 2
-    cfg = TrainConfig(suffix_chains=args.suffix_chains, root_fraction=args.root_fraction)
+    cfg = TrainConfig(
+        suffix_chains=args.suffix_chains,
+        root_fraction=args.root_fraction,
+        word_fraction=args.word_fraction,
+    )
     t0 = time.perf_counter()
     tok = train(
         args.input,
@@ -207,8 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="give each suffix allomorph its own id (for comparison)",
     )
-    t.add_argument("--suffix-chains", type=int, default=2000, help="suffix chain tokens")
-    t.add_argument("--root-fraction", type=float, default=0.62, help="vocabulary share of roots")
+    defaults = TrainConfig()
+    t.add_argument(
+        "--suffix-chains", type=int, default=defaults.suffix_chains, help="suffix chain tokens"
+    )
+    t.add_argument(
+        "--root-fraction", type=float, default=defaults.root_fraction,
+        help="vocabulary share of roots",
+    )  # fmt: skip
+    t.add_argument(
+        "--word-fraction", type=float, default=defaults.word_fraction,
+        help="vocabulary share of inflected words kept whole",
+    )  # fmt: skip
     t.set_defaults(fn=cmd_train)
 
     s = with_vocab(sub.add_parser("stats", help="tokens/word, bytes/token, kinds, round trip"))

@@ -119,6 +119,25 @@ DERIVATIONAL = [
 ]
 INVENTORY: tuple[str, ...] = tuple(dict.fromkeys(NOMINAL + COPULA + VERBAL + DERIVATIONAL))
 
+# Nominal morphotactics the trainer's parser keeps to: a noun takes plural, then possessive,
+# then case (then ki, or copula and person endings). So a possessive is never followed by a
+# possessive or the plural, and a case by a possessive, another case or a derivation; parses
+# such as not + a + ları (for notaları) or yaşın + a are not made from impossible chains.
+CASES = frozenset(["(y)I", "(n)In", "(y)A", "DA", "DAn", "(y)lA", "nI", "nA", "nDA", "nDAn", "nIn"])
+POSSESSIVES = frozenset(["(I)m", "(I)mIz", "(I)n", "(I)nIz", "(s)I", "lArI"])
+_NOT_AFTER_POSSESSIVE = POSSESSIVES | {"lAr"}
+_NOT_AFTER_CASE = CASES | POSSESSIVES | frozenset(DERIVATIONAL)
+
+
+def may_follow(previous: str | None, form: str) -> bool:
+    """Whether suffix `form` may follow suffix `previous` (None: the root) in a word."""
+    if previous in CASES:
+        return form not in _NOT_AFTER_CASE
+    if previous in POSSESSIVES:
+        return form not in _NOT_AFTER_POSSESSIVE
+    return True
+
+
 # One element of a form: (kind, letter). Kinds: "lit" literal letter, "A"/"I" harmonic vowel,
 # "D"/"C" voicing consonant, "buf" consonant present after a vowel, "opt" vowel after a consonant.
 Element = tuple[str, str]

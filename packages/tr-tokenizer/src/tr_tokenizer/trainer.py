@@ -3,9 +3,10 @@
 Steps (each a function below):
 1. count pre-tokenized chunks in the corpus (plus optional word counts, e.g. a frequency list);
 2. parse every frequent lowercase word as lexicon root + inventory suffixes (two passes of hard
-   EM: the second pass scores parses with root and suffix frequencies from the first);
-3. keep the most frequent roots (with and without a leading space) and suffix chains (whole
-   sequences such as "+lArIndAn" shared across allomorphs, or literal "larından" without sharing);
+   EM, started from counts that share each word evenly among its roots);
+3. keep the most frequent roots (with and without a leading space), suffix chains (whole
+   sequences such as "+lArIndAn" shared across allomorphs, or literal "larından" without sharing)
+   and inflected words as whole pieces ("word": " olarak", " arasında");
 4. train BPE with `tokenizers` on what the morphology does not cover (unparsed words, names,
    numbers, punctuation) to fill the rest of the vocabulary.
 """
@@ -23,9 +24,12 @@ from tr_tokenizer.casing import MIXED, case_class, tr_lower
 from tr_tokenizer.pretokenize import MAX_CHUNK, PATTERN, WORD
 from tr_tokenizer.suffixes import (
     APOSTROPHES,
+    CASES,
     INVENTORY,
+    POSSESSIVES,
     canonical_chain,
     left_context,
+    may_follow,
     parse_form,
     realize,
     surfaces,
@@ -43,8 +47,8 @@ class TrainConfig:
     vocab_size: int = 32768
     share_allomorphs: bool = True  # one id per suffix chain across its allomorphs
     suffix_chains: int = 2000  # suffix tokens beyond the single-morpheme inventory
-    root_fraction: float = 0.62  # share of the remaining vocabulary given to roots
-    word_fraction: float = 0.0  # share given to frequent inflected words as whole pieces
+    root_fraction: float = 0.46  # share of the remaining vocabulary given to roots
+    word_fraction: float = 0.32  # share given to frequent inflected words as whole pieces
     unspaced_ratio: float = 0.1  # assumed share of a root's uses without a leading space
     max_parse_words: int = 300_000  # most frequent word types parsed for statistics
     min_root_count: float = 2.0
@@ -221,34 +225,48 @@ class _MorphParser:
         return found
 
     def _suffixes(self, word: str, start: int) -> tuple[float, list[str]] | None:
+        """Cheapest morpheme sequence spelling word[start:], keeping to `may_follow`: the
+        search state is (position, class of the last morpheme), classes as in _CLASS."""
         n = len(word)
-        cost = [math.inf] * (n + 1)
-        back: list[tuple[int, str] | None] = [None] * (n + 1)
-        cost[start] = 0.0
+        cost = [[math.inf] * 3 for _ in range(n + 1)]
+        back: list[list[tuple[int, int, str] | None]] = [[None] * 3 for _ in range(n + 1)]
+        cost[start][0] = 0.0
         for i in range(start, n):
-            if cost[i] == math.inf:
-                continue
-            if word[i] in APOSTROPHES and cost[i] < cost[i + 1]:
-                cost[i + 1] = cost[i]
-                back[i + 1] = (i, word[i])
             last, vowel = left_context(word[:i])
-            for j in range(i + 1, min(n, i + self.max_surface) + 1):
-                sub = word[i:j]
-                for form in self.by_surface.get(sub, ()):
-                    c = cost[i] + self.morph_cost.get(form, self.default_morph_cost)
-                    if c < cost[j] and realize(parse_form(form), last, vowel) == sub:
-                        cost[j] = c
-                        back[j] = (i, form)
-        if cost[n] == math.inf:
+            for k in range(3):
+                c0 = cost[i][k]
+                if c0 == math.inf:
+                    continue
+                if word[i] in APOSTROPHES and c0 < cost[i + 1][k]:
+                    cost[i + 1][k] = c0
+                    back[i + 1][k] = (i, k, word[i])
+                self._relax(word, i, k, c0, last, vowel, cost, back)
+        k = min(range(3), key=lambda k: cost[n][k])
+        if cost[n][k] == math.inf:
             return None
-        forms = []
-        j = n
+        total, forms, j = cost[n][k], [], n
         while j > start:
-            i, form = back[j]
+            i, k, form = back[j][k]
             forms.append(form)
             j = i
         forms.reverse()
-        return cost[n], forms
+        return total, forms
+
+    def _relax(self, word, i, k, c0, last, vowel, cost, back) -> None:
+        """Edges from state (i, k) over every morpheme spelled word[i:j] that may follow."""
+        previous = _CLASS_EXAMPLE[k]
+        for j in range(i + 1, min(len(word), i + self.max_surface) + 1):
+            sub = word[i:j]
+            for form in self.by_surface.get(sub, ()):
+                if not may_follow(previous, form):
+                    continue
+                c = c0 + self.morph_cost.get(form, self.default_morph_cost)
+                # after a case only ki starts a new noun; copula and person endings keep the
+                # word closed to possessives and cases (not + a + lar + ı is no word)
+                to = 2 if k == 2 and form != "ki" else _class_of(form)
+                if c < cost[j][to] and realize(parse_form(form), last, vowel) == sub:
+                    cost[j][to] = c
+                    back[j][to] = (i, k, form)
 
     def set_costs(self, root_counts: Counter, morph_counts: Counter) -> None:
         """Switch to unigram costs (-log p) estimated from a previous pass."""
@@ -258,6 +276,15 @@ class _MorphParser:
         self.morph_cost = {m: -math.log(c / mt) for m, c in morph_counts.items()}
         self.default_root_cost = -math.log(0.5 / rt)
         self.default_morph_cost = -math.log(0.5 / mt)
+
+
+# Classes of the last morpheme for the parser's search: 0 root or other, 1 possessive, 2 case;
+# `may_follow` depends on nothing else, so a member of each class stands for it.
+_CLASS_EXAMPLE = (None, "(s)I", "DA")
+
+
+def _class_of(form: str) -> int:
+    return 2 if form in CASES else 1 if form in POSSESSIVES else 0
 
 
 def _uniform_counts(
@@ -397,7 +424,7 @@ def build_vocabulary(
         if c >= cfg.min_root_count and r not in singles
     ][:n_roots]
     n_words = int(cfg.word_fraction * (budget - suffix_total - cfg.alphabet_size))
-    whole_words = _whole_words(words, parses, {r for r, _ in roots}, n_words)
+    whole_words = _whole_words(words, parses, {r for r, _ in roots}, n_words, cfg.unspaced_ratio)
 
     pieces: list[tuple[str, str, float]] = list(fixed)
     seen = {p[0] for p in pieces}
@@ -447,17 +474,20 @@ def build_vocabulary(
     return Vocabulary(pieces, config=asdict(cfg), voicing=voicing)
 
 
-def _whole_words(words: Counter, parses: dict, taken: set[str], n: int) -> list[tuple[str, float]]:
-    """The n most frequent words (with their leading space, if any) that parse as a root plus
-    suffixes: one piece each saves a token on every use, and keeps the root whole."""
-    chosen: list[tuple[str, float]] = []
-    for w, c in words.most_common():
-        if len(chosen) >= n:
-            break
+def _whole_words(
+    words: Counter, parses: dict, taken: set[str], n: int, unspaced_ratio: float
+) -> list[tuple[str, float]]:
+    """The n most frequent words that parse as a root plus suffixes, with and without a leading
+    space (counted like roots: a word list has only spaced uses): one piece each saves a token
+    on every use and keeps the root whole."""
+    counts: Counter = Counter()
+    for w, c in words.items():
         p = parses.get(w.lstrip(" "))
-        if p is not None and p[1] and w not in taken:
-            chosen.append((w, c))
-    return chosen
+        if p is not None and p[1]:
+            counts[w] += c
+            if w.startswith(" "):
+                counts[w[1:]] += unspaced_ratio * c
+    return [(w, c) for w, c in counts.most_common() if w not in taken][:n]
 
 
 def _logp(count: float, total: float) -> float:

@@ -1,0 +1,35 @@
+"""Shipped vocabulary versions: the old one keeps its meaning, the new one is the default."""
+
+from __future__ import annotations
+
+import pytest
+import tr_tokenizer
+from tr_tokenizer.tokenizer import DEFAULT_VOCAB, SHIPPED_VOCABULARIES, shipped_version
+
+V1_FINGERPRINT = "5b34758e5c813cf0"  # what every checkpoint and data set made before v2 records
+
+
+def test_v1_is_still_shipped_unchanged() -> None:
+    v1 = tr_tokenizer.load(version="v1")
+    assert v1.fingerprint == V1_FINGERPRINT
+    assert shipped_version(V1_FINGERPRINT) == "v1"
+
+
+def test_default_is_the_newest_and_differs(tok) -> None:
+    assert DEFAULT_VOCAB == SHIPPED_VOCABULARIES[-1] != "v1"
+    assert tok.fingerprint != V1_FINGERPRINT
+    assert shipped_version(tok.fingerprint) == DEFAULT_VOCAB
+    assert tr_tokenizer.load(version=DEFAULT_VOCAB).fingerprint == tok.fingerprint
+    assert shipped_version("0" * 16) is None
+
+
+def test_saved_copy_loads_as_the_version_it_is(tmp_path) -> None:
+    tr_tokenizer.load(version="v1").save(tmp_path / "tok")
+    assert tr_tokenizer.load(tmp_path / "tok").fingerprint == V1_FINGERPRINT
+
+
+def test_bad_version_arguments(tmp_path) -> None:
+    with pytest.raises(ValueError, match="no shipped vocabulary 'v9'; this tr-tokenizer ships v1"):
+        tr_tokenizer.load(version="v9")
+    with pytest.raises(ValueError, match="not both"):
+        tr_tokenizer.load(tmp_path, version="v1")
