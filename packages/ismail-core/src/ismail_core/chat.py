@@ -28,6 +28,8 @@ from typing import Any
 
 from tr_tokenizer.vocab import CHAT_MARKERS
 
+from ismail_core.errors import IsmailError
+
 SYSTEM, USER, ASSISTANT, END_TOKEN = CHAT_MARKERS
 ROLES = ("system", "developer", "user", "assistant")
 
@@ -44,7 +46,7 @@ _SENTINEL = "\ue000{}\ue001"
 _SENTINEL_RE = re.compile("\ue000(\\d+)\ue001")
 
 
-class ChatTemplateError(ValueError):
+class ChatTemplateError(IsmailError, ValueError):
     """A conversation or tokenizer the chat template cannot render; says what to change."""
 
 

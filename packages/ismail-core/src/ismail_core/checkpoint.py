@@ -31,6 +31,7 @@ import torch
 
 from ismail_core.atomic import atomic_dir
 from ismail_core.corpus.shards import tokenizer_info
+from ismail_core.errors import IsmailError
 from ismail_core.fp8 import FP8UnavailableError, is_fp8_state_dict, load_fp8_weights
 from ismail_core.runtime import resolve_device
 from ismail_core.tokenizer import Tokenizer, TokenizerError, describe_fingerprint, load_tokenizer
@@ -53,7 +54,7 @@ _ALIASES_KEY = "ismail.aliases"
 _TOKENIZER_KEY = "ismail.tokenizer"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(IsmailError, RuntimeError):
     """A checkpoint that is missing, incomplete or corrupt; the message names the file."""
 
 

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ismail_core.errors import IsmailError
+
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 # generate and eval run where ismail-serve and training do unless told otherwise.
@@ -560,7 +562,7 @@ def _run_import(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- entry point
-class UsageError(ValueError):
+class UsageError(IsmailError, ValueError):
     """A bad command-line value."""
 
 
@@ -590,45 +592,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_finetune(sub)
     add_classify(sub)
     return parser
-
-
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    """Errors that are the user's to fix: reported in one line, without a traceback."""
-    from ismail_core.chat import ChatTemplateError
-    from ismail_core.checkpoint import CheckpointError
-    from ismail_core.corpus import DataError
-    from ismail_core.finetune.data import FinetuneError
-    from ismail_core.finetune.formats import FinetuneDataError
-    from ismail_core.finetune.lora import LoraError
-    from ismail_core.fp8 import FP8UnavailableError
-    from ismail_core.generate import GenerationError
-    from ismail_core.hf import HFFormatError
-    from ismail_core.runtime import DeviceError
-    from ismail_core.tokenizer import TokenizerError
-    from ismail_core.train.config import ConfigError
-    from ismail_core.train.optimizer import OptimizerError
-    from ismail_core.train.precision import PrecisionError
-    from ismail_core.train.trainer import TrainError
-
-    return (
-        UsageError,
-        ChatTemplateError,
-        CheckpointError,
-        DataError,
-        DeviceError,
-        FinetuneError,
-        FinetuneDataError,
-        LoraError,
-        FP8UnavailableError,
-        GenerationError,
-        HFFormatError,
-        TokenizerError,
-        ConfigError,
-        OptimizerError,
-        PrecisionError,
-        TrainError,
-        FileNotFoundError,
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -663,12 +626,13 @@ def _main_train(argv: list[str]) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    errors = _expected_errors()
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except errors as exc:
+    # The user's to fix, so one line without a traceback: every ismail-core error, and a path
+    # that does not exist.
+    except (IsmailError, FileNotFoundError) as exc:
         print(f"ismail {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, UsageError) else 1

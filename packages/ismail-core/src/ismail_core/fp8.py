@@ -12,10 +12,12 @@ from types import ModuleType
 
 import torch
 
+from ismail_core.errors import IsmailError
+
 SCALE_SUFFIX = ".weight_scale_inv"
 
 
-class FP8UnavailableError(RuntimeError):
+class FP8UnavailableError(IsmailError, RuntimeError):
     """FP8 was asked for but ismail-kernels is not installed."""
 
 

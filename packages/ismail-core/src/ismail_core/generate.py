@@ -22,13 +22,14 @@ from typing import Any
 import torch
 
 from ismail_core.chat import end_of_turn_ids, render_chat
+from ismail_core.errors import IsmailError
 from ismail_core.model.cache import blocks_for
 from ismail_core.model.runner import ModelRunner
 from ismail_core.sampling import SamplingParams, StopMatcher, sample_next
 from ismail_core.tokenizer import Tokenizer
 
 
-class GenerationError(ValueError):
+class GenerationError(IsmailError, ValueError):
     """A request the model cannot serve (too long for its context)."""
 
 

@@ -36,6 +36,7 @@ from lm_eval.utils import (
 from tqdm import tqdm
 
 from ismail_core.checkpoint import load_model, require_language_model
+from ismail_core.errors import IsmailError
 from ismail_core.generate import BatchGeneration, ContinuationText
 from ismail_core.runtime import resolve_device
 from ismail_core.sampling import SamplingParams
@@ -52,7 +53,7 @@ _SAMPLING_KEYS = ("temperature", "top_k", "top_p", "repetition_penalty")
 Request = tuple[tuple[str, str] | None, list[int], list[int]]
 
 
-class HarnessError(ValueError):
+class HarnessError(IsmailError, ValueError):
     """A model argument or task request this adapter cannot serve; the message says why."""
 
 

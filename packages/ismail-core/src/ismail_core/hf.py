@@ -21,6 +21,7 @@ import torch
 
 from .atomic import atomic_dir, atomic_write_json
 from .config import ModelConfig
+from .errors import IsmailError
 from .model import Transformer
 from .model.rope import yarn_mscale
 
@@ -31,7 +32,7 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
 
 
-class HFFormatError(ValueError):
+class HFFormatError(IsmailError, ValueError):
     """A model that has no Hugging Face equivalent, or a folder this module cannot read."""
 
 

@@ -29,6 +29,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from ismail_core.errors import IsmailError
+
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _KEEP_BYTES = 1 << 30
@@ -49,11 +51,11 @@ def tune_process() -> None:
     libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES)
 
 
-class DeviceError(ValueError):
+class DeviceError(IsmailError, ValueError):
     """A device name that is unknown or not available on this machine."""
 
 
-class PrecisionError(RuntimeError):
+class PrecisionError(IsmailError, RuntimeError):
     """The requested precision cannot run on the device."""
 
 

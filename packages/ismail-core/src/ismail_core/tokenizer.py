@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ismail_core.atomic import atomic_dir
+from ismail_core.errors import IsmailError
 
 # Written next to the tokenizer files by `save` so a saved directory loads back as the same kind.
 MARKER_FILE = "ismail_tokenizer.json"
@@ -38,7 +39,7 @@ SPECIAL_ROLES = ("eos", "bos", "pad", "start")
 _CONTEXT_WINDOW = 6
 
 
-class TokenizerError(ValueError):
+class TokenizerError(IsmailError, ValueError):
     """A tokenizer spec that cannot be loaded (missing path, unknown format)."""
 
 

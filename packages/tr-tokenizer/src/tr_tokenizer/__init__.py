@@ -6,6 +6,7 @@ enc = tok.encode("Kitaplarımızdan birini okudunuz mu?")
 tok.decode(enc.ids)                       # exactly the input
 """
 
+from tr_tokenizer.errors import TrTokenizerError
 from tr_tokenizer.tokenizer import DecodeStream, Encoding, Piece, Tokenizer, load
 from tr_tokenizer.trainer import TrainConfig, train
 from tr_tokenizer.vocab import Vocabulary, VocabularyError
@@ -18,6 +19,7 @@ __all__ = [
     "Piece",
     "Tokenizer",
     "TrainConfig",
+    "TrTokenizerError",
     "Vocabulary",
     "VocabularyError",
     "load",

@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+from tr_tokenizer.errors import TrTokenizerError
 from tr_tokenizer.tokenizer import Tokenizer, load
 from tr_tokenizer.trainer import TrainConfig
-from tr_tokenizer.vocab import VocabularyError
 
 _COLORS = {
     "root": "\033[1;34m",
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (VocabularyError, FileNotFoundError, ValueError, TypeError) as e:
+    except (TrTokenizerError, FileNotFoundError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -24,6 +24,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tr_tokenizer.errors import TrTokenizerError
+
 FORMAT = "tr-tokenizer"
 FORMAT_VERSION = 1
 FILE_NAME = "tr_tokenizer.json"
@@ -53,7 +55,7 @@ def fixed_pieces() -> list[tuple[str, str, float]]:
     return pieces
 
 
-class VocabularyError(ValueError):
+class VocabularyError(TrTokenizerError, ValueError):
     """A vocabulary file is missing or malformed."""
 
 

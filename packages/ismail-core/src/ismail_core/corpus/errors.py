@@ -1,5 +1,7 @@
 """The data pipeline's error type."""
 
+from ismail_core.errors import IsmailError
 
-class DataError(ValueError):
+
+class DataError(IsmailError, ValueError):
     """Bad data input (missing files, empty corpus, mismatched tokenizer); says how to fix it."""

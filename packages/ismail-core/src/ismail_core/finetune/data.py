@@ -19,11 +19,12 @@ import numpy as np
 import torch
 
 from ismail_core.chat import render_chat
+from ismail_core.errors import IsmailError
 
 IGNORE = -100
 
 
-class FinetuneError(ValueError):
+class FinetuneError(IsmailError, ValueError):
     """Fine-tuning cannot start; the message says what to change."""
 
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ismail_core.errors import IsmailError
+
 Role = Literal["system", "user", "assistant"]
 Message = dict[str, str]  # {"role": Role, "content": str}
 Turn = tuple[Role, str]
@@ -50,7 +52,7 @@ SHAREGPT_ROLES: dict[str, Role] = {
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
 
 
-class FinetuneDataError(ValueError):
+class FinetuneDataError(IsmailError, ValueError):
     """Bad fine-tuning data; the message names the file and line and says what to change."""
 
 

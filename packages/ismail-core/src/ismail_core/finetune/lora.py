@@ -22,13 +22,14 @@ import torch
 from torch import nn
 
 from ismail_core.atomic import atomic_write_json
+from ismail_core.errors import IsmailError
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 INFO_FILE = "ismail_adapter.json"
 
 
-class LoraError(ValueError):
+class LoraError(IsmailError, ValueError):
     """A LoRA setting or adapter that cannot be used; the message says what to change."""
 
 

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ismail_core.config import ModelConfig
+from ismail_core.errors import IsmailError
 
 
-class ConfigError(ValueError):
+class ConfigError(IsmailError, ValueError):
     """A bad training configuration (unknown key, wrong type, impossible value)."""
 
 

@@ -24,12 +24,13 @@ from collections.abc import Iterator
 
 import torch
 
+from ismail_core.errors import IsmailError
 from ismail_core.runtime import native_bf16
 from ismail_core.train.config import OptimSection
 from ismail_core.train.muon import Muon
 
 
-class OptimizerError(RuntimeError):
+class OptimizerError(IsmailError, RuntimeError):
     """The requested optimizer cannot run here (missing package, no CUDA, FSDP)."""
 
 

@@ -28,6 +28,7 @@ from ismail_core.checkpoint import (
 )
 from ismail_core.corpus import DataError, ShardedSplit, load_metadata
 from ismail_core.corpus.shards import TOKENIZER_DIR, tokenizer_info
+from ismail_core.errors import IsmailError
 from ismail_core.evaluate import EvalResult, evaluate
 from ismail_core.model import Transformer
 from ismail_core.tokenizer import describe_fingerprint, load_tokenizer
@@ -57,7 +58,7 @@ MEMORY_KNOBS = (
 )
 
 
-class TrainError(RuntimeError):
+class TrainError(IsmailError, RuntimeError):
     """Training cannot start or continue; the message says what to change."""
 
 
