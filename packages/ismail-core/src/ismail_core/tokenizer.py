@@ -1,8 +1,9 @@
-"""One tokenizer interface for the data pipeline, trainer, checkpoints and server.
+"""One tokenizer contract for the data pipeline, trainer, checkpoints and server.
 
-`load_tokenizer(spec)` returns an object with tr_tokenizer's surface (encode(text).ids, decode,
-decode_stream, encode_batch, vocab_size, eos_id, bos_id, pad_id, special_tokens, save(dir),
-fingerprint) plus `kind` ("tr" or "hf"), whatever the tokenizer behind it:
+`TokenizerProtocol` is the surface ismail uses (ids, tokens and offsets of an encoding,
+decode, a streaming decoder seeded with context, special ids, chat template, fingerprint,
+save). It has two implementations: `TrTokenizer` (tr_tokenizer's `Tokenizer`) and
+`HFTokenizer` (a Hugging Face `tokenizers` tokenizer.json). `load_tokenizer(spec)` returns one:
 
 - None or "tr": the newest vocabulary shipped with the `tr_tokenizer` package; "tr:v1" (any
   name in `tr_tokenizer.tokenizer.SHIPPED_VOCABULARIES`) an older shipped one;
@@ -14,12 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ismail_core.atomic import atomic_dir
 from ismail_core.errors import IsmailError
+
+if TYPE_CHECKING:
+    import tokenizers
+    import tr_tokenizer
+    from tr_tokenizer.tokenizer import DecodeStream
+    from tr_tokenizer.tokenizer import Encoding as TrEncoding
 
 # Written next to the tokenizer files by `save` so a saved directory loads back as the same kind.
 MARKER_FILE = "ismail_tokenizer.json"
@@ -43,8 +50,92 @@ class TokenizerError(IsmailError, ValueError):
     """A tokenizer spec that cannot be loaded (missing path, unknown format)."""
 
 
+@runtime_checkable
+class EncodingProtocol(Protocol):
+    """What `encode` returns: the token ids, their vocabulary names and the (start, end)
+    character span of each token in the encoded text."""
+
+    @property
+    def ids(self) -> list[int]: ...
+
+    @property
+    def tokens(self) -> list[str]: ...
+
+    @property
+    def offsets(self) -> list[tuple[int, int]]: ...
+
+
+@runtime_checkable
+class StreamDecoderProtocol(Protocol):
+    """What `decode_stream` returns: text emitted as ids arrive, whole characters only."""
+
+    def step(self, token_id: int) -> str:
+        """Add one id; return the text it completes (possibly "")."""
+        ...
+
+    def flush(self) -> str:
+        """End of stream: return whatever is still held back."""
+        ...
+
+
+@runtime_checkable
+class TokenizerProtocol(Protocol):
+    """The tokenizer surface ismail uses; `TrTokenizer` and `HFTokenizer` implement it.
+
+    `encode` never adds special tokens: ismail puts `document_start_id` (the id documents,
+    and so prompts, start with) and `eos_id` itself. The special ids are None where the
+    tokenizer has no such token. `chat_template` (Jinja) is the template a fine-tuned model
+    was trained with, saved beside the tokenizer; `fingerprint` hashes the vocabulary, so data,
+    checkpoints and tokenizers made with different ones are told apart.
+    """
+
+    kind: str  # "tr" or "hf": which implementation, recorded by `save`
+    chat_template: str | None
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def eos_id(self) -> int | None: ...
+
+    @property
+    def bos_id(self) -> int | None: ...
+
+    @property
+    def pad_id(self) -> int | None: ...
+
+    @property
+    def document_start_id(self) -> int | None: ...
+
+    @property
+    def special_tokens(self) -> Mapping[str, int]: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    def encode(self, text: str) -> EncodingProtocol: ...
+
+    def encode_batch(self, texts: Sequence[str]) -> Sequence[EncodingProtocol]: ...
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str: ...
+
+    def decode_stream(
+        self, skip_special_tokens: bool = False, context: Iterable[int] = ()
+    ) -> StreamDecoderProtocol: ...
+
+    def token_to_id(self, token: str) -> int | None: ...
+
+    def id_to_token(self, token_id: int) -> str | None: ...
+
+    def save(self, directory: str | Path) -> None: ...
+
+
+# The name ismail's modules annotate tokenizers with: anything that satisfies the contract.
+Tokenizer = TokenizerProtocol
+
+
 class HFTokenizer:
-    """A Hugging Face `tokenizers.Tokenizer` (tokenizer.json) behind tr_tokenizer's surface.
+    """A Hugging Face `tokenizers.Tokenizer` (tokenizer.json) behind the tokenizer contract.
 
     The eos/bos/pad ids are found by their common names, unless `special_ids` ({"eos": id,
     "bos": id, "pad": id, "start": id}, any subset) gives them, as an imported folder's
@@ -56,7 +147,9 @@ class HFTokenizer:
 
     kind = "hf"
 
-    def __init__(self, tokenizer: Any, special_ids: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, tokenizer: tokenizers.Tokenizer, special_ids: dict[str, int] | None = None
+    ) -> None:
         self._tok = tokenizer
         self.chat_template: str | None = None
         self.set_special_ids(special_ids or {})
@@ -99,6 +192,7 @@ class HFTokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """Number of ids, added tokens included."""
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     @property
@@ -107,23 +201,26 @@ class HFTokenizer:
         canonical = json.dumps(json.loads(self._tok.to_str()), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
-    def encode(self, text: str) -> Any:
+    def encode(self, text: str) -> tokenizers.Encoding:
         """Encode without template special tokens; an Encoding with ids, tokens, offsets."""
         return self._tok.encode(text, add_special_tokens=False)
 
-    def encode_batch(self, texts: list[str]) -> list[Any]:
-        return self._tok.encode_batch(texts, add_special_tokens=False)
+    def encode_batch(self, texts: Sequence[str]) -> list[tokenizers.Encoding]:
+        """Encode many texts (in parallel threads), as `encode` does each."""
+        return self._tok.encode_batch(list(texts), add_special_tokens=False)
 
-    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        """Text for ids; special tokens are kept unless `skip_special_tokens`."""
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def decode_stream(
-        self, skip_special_tokens: bool = False, context: Sequence[int] = ()
+        self, skip_special_tokens: bool = False, context: Iterable[int] = ()
     ) -> IncrementalDecoder:
         """A streaming decoder; with `context` (ids already shown), it emits only new text."""
         return IncrementalDecoder(self.decode, skip_special_tokens, context)
 
     def token_to_id(self, token: str) -> int | None:
+        """Id of a token, or None if the vocabulary has no such token."""
         return self._tok.token_to_id(token)
 
     def add_special_tokens(self, tokens: list[str]) -> None:
@@ -135,10 +232,12 @@ class HFTokenizer:
         )
         self._read_specials()
 
-    def id_to_token(self, idx: int) -> str | None:
-        return self._tok.id_to_token(idx)
+    def id_to_token(self, token_id: int) -> str | None:
+        """The token of an id, or None for an id outside the vocabulary."""
+        return self._tok.id_to_token(token_id)
 
     def save(self, directory: str | Path) -> None:
+        """Write tokenizer.json, the marker file and the chat template into `directory`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._tok.save(str(directory / HF_FILE))
@@ -154,7 +253,12 @@ class IncrementalDecoder:
     `context` ids count as emitted already: the window starts a few ids before their end.
     """
 
-    def __init__(self, decode: Any, skip_special_tokens: bool, context: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        decode: Callable[[list[int], bool], str],
+        skip_special_tokens: bool,
+        context: Iterable[int] = (),
+    ) -> None:
         self._decode = decode
         self._skip = skip_special_tokens
         # Only the context's last ids are ever decoded again, so only they are kept.
@@ -181,21 +285,34 @@ class IncrementalDecoder:
 
 
 class TrTokenizer:
-    """tr_tokenizer's Tokenizer with `kind` and a `save` that records the kind."""
+    """tr_tokenizer's Tokenizer behind the contract: `kind`, a chat template, the document
+    start id and a `save` that records the kind; everything else is tr_tokenizer's own."""
 
     kind = "tr"
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: tr_tokenizer.Tokenizer) -> None:
         self._tok = tokenizer
         self.chat_template: str | None = None
 
-    def __getattr__(self, name: str) -> Any:
-        # Everything else (encode, decode, decode_stream, vocab_size, ids, fingerprint) is
-        # tr_tokenizer's own implementation of the shared contract. Dunder and private names
-        # are not forwarded: unpickling (datasets.map workers) looks them up before _tok exists.
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._tok, name)
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids (ids are 0..vocab_size-1)."""
+        return self._tok.vocab_size
+
+    @property
+    def eos_id(self) -> int:
+        """Id of "<|eos|>", which separates documents."""
+        return self._tok.eos_id
+
+    @property
+    def bos_id(self) -> int:
+        """Id of "<|bos|>"."""
+        return self._tok.bos_id
+
+    @property
+    def pad_id(self) -> int:
+        """Id of "<|pad|>"."""
+        return self._tok.pad_id
 
     @property
     def document_start_id(self) -> int:
@@ -203,19 +320,57 @@ class TrTokenizer:
         the documents of the data ismail trains on."""
         return self._tok.eos_id
 
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        """Special-token names and their ids."""
+        return self._tok.special_tokens
+
+    @property
+    def fingerprint(self) -> str:
+        """Stable hash of the vocabulary (16 hex characters)."""
+        return self._tok.fingerprint
+
+    def encode(self, text: str, allow_special: bool = False) -> TrEncoding:
+        """Encode text; with `allow_special`, special-token names in it become their ids
+        (ismail_core.chat renders templates so)."""
+        return self._tok.encode(text, allow_special)
+
+    def encode_batch(
+        self, texts: Sequence[str], num_workers: int | None = None
+    ) -> list[TrEncoding]:
+        """Encode many texts, large batches over worker processes (see tr_tokenizer)."""
+        return self._tok.encode_batch(texts, num_workers)
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        """Text for ids; decode(encode(s).ids) == s for every string s."""
+        return self._tok.decode(ids, skip_special_tokens)
+
+    def decode_stream(
+        self, skip_special_tokens: bool = False, context: Iterable[int] = ()
+    ) -> DecodeStream:
+        """A streaming decoder; with `context` (ids already shown), it emits only the text
+        that follows them, its suffixes spelled to fit the context's last word."""
+        return self._tok.decode_stream(skip_special_tokens, context)
+
+    def token_to_id(self, token: str) -> int | None:
+        """Id of a vocabulary name, or None if there is no such token."""
+        return self._tok.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str:
+        """Vocabulary name of an id (ValueError for an id outside the vocabulary)."""
+        return self._tok.id_to_token(token_id)
+
     def token_kind(self, token_id: int) -> str:
         """Kind of a token (special, case, byte, space, root, suffix or bpe): tr_tokenizer's
-        `kind(token_id)`, which the class attribute `kind` ("tr") hides from forwarding."""
+        `kind(token_id)`, renamed because `kind` here names the implementation ("tr")."""
         return self._tok.kind(token_id)
 
     def save(self, directory: str | Path) -> None:
+        """Write the vocabulary, the marker file and the chat template into `directory`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._tok.save(directory)
         _write_marker(directory, self.kind, self.chat_template)
-
-
-Tokenizer = HFTokenizer | TrTokenizer
 
 
 def _checked_special_ids(special_ids: dict[str, int], vocab_size: int) -> dict[str, int]:
@@ -240,7 +395,9 @@ def _write_marker(
         (directory / CHAT_TEMPLATE_FILE).write_text(chat_template, encoding="utf-8")
 
 
-def _with_chat_template(tokenizer: Tokenizer, directory: Path) -> Tokenizer:
+def _with_chat_template(
+    tokenizer: HFTokenizer | TrTokenizer, directory: Path
+) -> HFTokenizer | TrTokenizer:
     """Attach the chat template saved in `directory`, if any."""
     file = directory / CHAT_TEMPLATE_FILE
     if file.is_file():
@@ -271,7 +428,7 @@ def _read_marker(marker: Path) -> dict[str, Any]:
         raise TokenizerError(f"{marker} is corrupt ({exc}); save the tokenizer again") from exc
 
 
-def load_tokenizer(spec: str | Path | None = None) -> Tokenizer:
+def load_tokenizer(spec: str | Path | None = None) -> HFTokenizer | TrTokenizer:
     """Load a tokenizer from a spec (see the module docstring); raises TokenizerError."""
     if isinstance(spec, HFTokenizer | TrTokenizer):
         return spec
@@ -291,7 +448,7 @@ def load_tokenizer(spec: str | Path | None = None) -> Tokenizer:
     return _with_chat_template(_load_directory(path), path)
 
 
-def _load_directory(path: Path) -> Tokenizer:
+def _load_directory(path: Path) -> HFTokenizer | TrTokenizer:
     """The tokenizer saved in a directory (see load_tokenizer)."""
     marker = path / MARKER_FILE
     if marker.is_file():
