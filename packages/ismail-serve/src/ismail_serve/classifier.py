@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from ismail_core.classify.data import encode_texts
 from ismail_core.classify.predict import Prediction, TextClassifier
 
+from ismail_serve.config import ServeConfig
 from ismail_serve.metrics import ServeMetrics
 
 
@@ -44,8 +45,8 @@ class ClassifierRunner:
     def __init__(
         self,
         classifier: TextClassifier,
-        batch_size: int = 16,
-        max_waiting: int = 256,
+        batch_size: int = ServeConfig.max_batch,
+        max_waiting: int = ServeConfig.max_waiting,
         metrics: ServeMetrics | None = None,
     ) -> None:
         if batch_size < 1:

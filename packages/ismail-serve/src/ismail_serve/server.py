@@ -21,7 +21,6 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -34,8 +33,8 @@ from ismail_core.tokenizer import load_tokenizer
 
 from ismail_serve.app import create_app
 from ismail_serve.classifier import ClassifierRunner
+from ismail_serve.config import ServeConfig
 from ismail_serve.engine import EngineConfig, LLMEngine
-from ismail_serve.limits import DEFAULT_MAX_REQUEST_BYTES
 from ismail_serve.metrics import ServeMetrics
 from ismail_serve.state import STATUS_DRAINING, STATUS_FAILED, ServerState
 from ismail_serve.web import page_urls
@@ -49,37 +48,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # The precision of ismail_core's device policy (resolve_precision) each --dtype stands for
 DTYPE_PRECISIONS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 _DTYPE_NAMES = {precision: name for name, precision in DTYPE_PRECISIONS.items()}
-
-
-@dataclass
-class ServeConfig:
-    """Everything `ismail-serve` is configured with (see `ismail-serve --help`)."""
-
-    checkpoint: str
-    host: str = "127.0.0.1"
-    port: int = 8000
-    model_name: str | None = None
-    api_key: str | None = None
-    protect_metrics: bool = False  # the key also covers /metrics and the API schema
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # larger bodies get 413
-    device: str | None = None  # None: cuda when available, else mps, else cpu
-    dtype: str | None = None  # None: as "auto" (see resolve_dtype)
-    quantize: str | None = None  # "fp8": weights to FP8 through ismail-kernels
-    max_batch: int = 16  # sequences run at once (a classifier: texts per forward pass)
-    max_model_len: int | None = None  # None: the model's max_seq_len
-    kv_cache_memory_mib: float | None = None  # None: max_batch sequences of max_model_len
-    block_size: int = 16  # tokens per KV-cache block
-    enable_prefix_caching: bool = True
-    max_waiting: int = 256
-    prefill_chunk: int = 512
-    request_timeout: float | None = 600.0
-    drain_timeout: float = 30.0
-    compare_tokenizer: str | None = None  # a plain BPE shown next to the model's tokenizer
-    log_level: str = "info"
-
-    @property
-    def served_name(self) -> str:
-        return self.model_name or Path(self.checkpoint).resolve().name
 
 
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
@@ -100,7 +68,7 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
 def resolve_placement(config: ServeConfig) -> tuple[torch.device, torch.dtype]:
     """The device and dtype `config` asks for, checked before a model is loaded: an unknown or
     missing device, a dtype it cannot run, FP8 quantization on a device without float8."""
-    device = resolve_device(config.device or "auto")
+    device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     if config.quantize == "fp8":
         resolve_precision("fp8", device, flag="--quantize")

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from ismail_core.generate import ContinuationText
 from ismail_core.model.runner import ModelRunner
 
+from ismail_serve.config import ServeConfig
 from ismail_serve.engine.logprobs import TokenLogprob, alternative_texts, with_prompt_texts
 from ismail_serve.engine.runner import StepRunner
 from ismail_serve.engine.scheduler import Scheduler
@@ -67,13 +68,16 @@ class EngineConfig:
     max_waiting: sequences that may wait to run before new requests get 429.
     prefill_chunk: prompt tokens prefilled per step (all prefilling sequences together).
     request_timeout: seconds a sequence may take from arrival to its end (None: no limit).
+
+    The defaults are ismail-serve's (ServeConfig), except max_model_len, which the server
+    takes from the model.
     """
 
-    max_batch: int = 16
+    max_batch: int = ServeConfig.max_batch
     max_model_len: int = 2048
-    max_waiting: int = 256
-    prefill_chunk: int = 512
-    request_timeout: float | None = 600.0
+    max_waiting: int = ServeConfig.max_waiting
+    prefill_chunk: int = ServeConfig.prefill_chunk
+    request_timeout: float | None = ServeConfig.request_timeout
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_model_len", "prefill_chunk"):
