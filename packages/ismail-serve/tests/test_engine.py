@@ -100,12 +100,31 @@ def test_batched_greedy_matches_uncached_reference(make_engine, model, tokenizer
     assert engine.scheduler.num_running == 0
 
 
+def record_decode_batches(engine) -> list[list[str]]:
+    """From now on, the request ids of the rows of each batched decode forward pass."""
+    batches: list[list[str]] = []
+    forward = engine.runner.forward
+
+    def recording(seq_ids, rows, starts, **kw):
+        if all(len(row) == 1 for row in rows):
+            request_of = {s.seq_id: s.request_id for s in engine.scheduler.running}
+            batches.append([request_of[i] for i in seq_ids])
+        return forward(seq_ids, rows, starts, **kw)
+
+    engine.runner.forward = recording
+    return batches
+
+
 def test_seeded_sampling_is_independent_of_the_batch(make_engine, tokenizer):
     params = SamplingParams(temperature=1.0, top_p=0.9, seed=1234)
-    engine = make_engine()
+    engine = make_engine(start=False)  # stepped here: all four rows start in the same step
+    batches = record_decode_batches(engine)
     alone = Collector(1)
     engine.submit([seq_request(tokenizer, "a", PROMPTS[1], params=params, max_tokens=20)], alone)
+    while engine.step():
+        pass
     solo_text = alone.result()
+    assert all(rows == ["a"] for rows in batches)
 
     crowd = [Collector(1) for _ in range(3)]
     target = Collector(1)
@@ -113,6 +132,12 @@ def test_seeded_sampling_is_independent_of_the_batch(make_engine, tokenizer):
         unseeded = SamplingParams(temperature=1.2)
         engine.submit([seq_request(tokenizer, f"c{i}", PROMPTS[i], params=unseeded)], c)
     engine.submit([seq_request(tokenizer, "b", PROMPTS[1], params=params, max_tokens=20)], target)
+    batches.clear()
+    while engine.step():
+        pass
+    # the seeded row decoded in one batch with the unseeded ones (at other positions) ...
+    assert ["c0", "c1", "c2", "b"] in batches
+    # ... and still sampled exactly its solo tokens
     assert target.result() == solo_text
 
 
