@@ -17,7 +17,7 @@ from ismail_core.runtime import (
     resolve_device,
     resolve_precision,
 )
-from ismail_core.train import checkpointing, metrics
+from ismail_core.train import metrics, resume
 from ismail_core.train.config import ConfigError, DistSection
 from ismail_core.train.distributed import init_distributed
 from ismail_core.train.precision import build_precision
@@ -285,7 +285,7 @@ def test_resume_state_keeps_the_mps_generator(machine, monkeypatch) -> None:
     restored: list[torch.Tensor] = []
     monkeypatch.setattr(torch.mps, "get_rng_state", lambda: torch.tensor([7], dtype=torch.uint8))
     monkeypatch.setattr(torch.mps, "set_rng_state", restored.append)
-    state = checkpointing.rng_state()
+    state = resume.rng_state()
     assert state["mps"].tolist() == [7]
-    checkpointing.set_rng_state(state)
+    resume.set_rng_state(state)
     assert [t.tolist() for t in restored] == [[7]]

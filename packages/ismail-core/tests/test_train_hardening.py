@@ -63,7 +63,7 @@ def test_unfinished_checkpoint_writes_are_removed_on_resume(
 
 
 def test_a_live_writer_keeps_its_temporaries_and_the_run_dir(tmp_path: Path, make_cfg) -> None:
-    from ismail_core.train.checkpointing import run_dir_lock
+    from ismail_core.train.resume import run_dir_lock
 
     train(make_cfg(tmp_path))
     leftovers = _leave_unfinished_write(tmp_path / "run" / "checkpoints")

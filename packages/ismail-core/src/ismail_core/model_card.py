@@ -14,7 +14,7 @@ from typing import Any
 
 from .checkpoint import CHECKPOINTS_DIR
 from .corpus.sources import BUILTIN
-from .train.checkpointing import STEP_PREFIX
+from .train.resume import STEP_PREFIX
 
 _CONFIG_FILE = "train_config.json"
 _METRICS_FILE = "metrics.jsonl"

@@ -52,8 +52,8 @@ from ismail_core.finetune import lora
 from ismail_core.finetune.config import FinetuneConfig
 from ismail_core.finetune.data import RowSampler
 from ismail_core.finetune.trainer import FinetuneTrainer, _resolve_base
-from ismail_core.train.checkpointing import find_resume_checkpoint, read_resume_state
 from ismail_core.train.config import ConfigError
+from ismail_core.train.resume import find_resume_checkpoint, read_resume_state
 from ismail_core.train.trainer import CONFIG_FILE, Trainer
 
 # Settings a run directory must be continued with (besides FinetuneTrainer's).

@@ -48,8 +48,8 @@ from ismail_core.finetune.evaluate import (
     score_replies,
 )
 from ismail_core.train import distributed
-from ismail_core.train.checkpointing import find_resume_checkpoint, read_resume_state
 from ismail_core.train.config import ConfigError
+from ismail_core.train.resume import find_resume_checkpoint, read_resume_state
 from ismail_core.train.trainer import CONFIG_FILE, Trainer, TrainResult, train
 
 DEFAULT_BASE = "runs/tiny"

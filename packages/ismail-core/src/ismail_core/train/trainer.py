@@ -1,7 +1,7 @@
 """The training loop: `train(cfg)` runs `ismail train` from a resolved TrainConfig.
 
 Components live in their own modules (config, optimizer, lr_schedule, batches, precision,
-checkpointing, metrics, distributed); this file wires them together in the order a reader
+resume, metrics, distributed); this file wires them together in the order a reader
 expects: set up -> (resume) -> loop of optimizer steps with evaluation and checkpoints -> end.
 """
 
@@ -34,7 +34,12 @@ from ismail_core.model import Transformer
 from ismail_core.tokenizer import describe_fingerprint, load_tokenizer
 from ismail_core.train import distributed
 from ismail_core.train.batches import training_batch
-from ismail_core.train.checkpointing import (
+from ismail_core.train.config import ConfigError, TrainConfig
+from ismail_core.train.lr_schedule import lr_at, set_lr
+from ismail_core.train.metrics import MetricsLogger, peak_flops
+from ismail_core.train.optimizer import OptimizerError, build_optimizer
+from ismail_core.train.precision import build_precision, fp8_converter
+from ismail_core.train.resume import (
     CheckpointManager,
     find_resume_checkpoint,
     read_resume_state,
@@ -42,11 +47,6 @@ from ismail_core.train.checkpointing import (
     run_dir_lock,
     set_rng_state,
 )
-from ismail_core.train.config import ConfigError, TrainConfig
-from ismail_core.train.lr_schedule import lr_at, set_lr
-from ismail_core.train.metrics import MetricsLogger, peak_flops
-from ismail_core.train.optimizer import OptimizerError, build_optimizer
-from ismail_core.train.precision import build_precision, fp8_converter
 
 CONFIG_FILE = "train_config.json"
 

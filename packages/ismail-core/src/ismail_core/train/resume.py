@@ -1,4 +1,6 @@
-"""Checkpoints of a training run: step directories, `latest` and `best` links, pruning.
+"""A training run's checkpoint series and resume: step directories, `latest` and `best` links,
+pruning, the run directory's lock, RNG and trainer state. (What one checkpoint directory holds,
+and loading a model from it, is `ismail_core.checkpoint`.)
 
     OUT_DIR/checkpoints/step_00000100/   (config.json, model.safetensors, tokenizer/, ...)
     OUT_DIR/checkpoints/latest -> step_00000100
