@@ -1,4 +1,5 @@
-"""The tokenizer wrapper: Hugging Face tokenizer.json behind tr_tokenizer's surface."""
+"""The tokenizer contract (TokenizerProtocol) and its two implementations: tr-tokenizer, and a
+Hugging Face tokenizer.json behind the same surface."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ismail_core.tokenizer import (
     MARKER_FILE,
+    EncodingProtocol,
     HFTokenizer,
+    StreamDecoderProtocol,
     TokenizerError,
+    TokenizerProtocol,
+    TrTokenizer,
     load_tokenizer,
     save_tokenizer,
 )
@@ -20,6 +25,68 @@ TURKISH = st.text(
     alphabet=st.sampled_from(list("abcçdefgğhıijklmnoöprsştuüvyzABCÇİIÖŞÜ .,!?'\n0123€😀")),
     max_size=60,
 )
+
+
+CONTRACT_TEXT = "Ne mutlu Türküm diyene! 😀 çğ"
+
+
+@pytest.fixture(params=["tr", "hf"])
+def any_tokenizer(request: pytest.FixtureRequest) -> TokenizerProtocol:
+    """Each implementation of the contract: the shipped tr-tokenizer and a byte-level BPE."""
+    if request.param == "tr":
+        return load_tokenizer("tr")
+    return load_tokenizer(request.getfixturevalue("hf_tokenizer_file"))
+
+
+def test_both_implementations_satisfy_the_protocol(hf_tokenizer_file: Path) -> None:
+    tr, hf = load_tokenizer("tr"), load_tokenizer(hf_tokenizer_file)
+    assert isinstance(tr, TrTokenizer) and isinstance(hf, HFTokenizer)
+    for tok in (tr, hf):
+        assert isinstance(tok, TokenizerProtocol)
+        assert isinstance(tok.encode("kitap"), EncodingProtocol)
+        assert isinstance(tok.decode_stream(), StreamDecoderProtocol)
+
+
+def test_encoding_ids_tokens_and_offsets_agree(any_tokenizer: TokenizerProtocol) -> None:
+    tok, text = any_tokenizer, CONTRACT_TEXT
+    enc = tok.encode(text)
+    assert len(enc.ids) == len(enc.tokens) == len(enc.offsets) > 0
+    assert [tok.token_to_id(t) for t in enc.tokens] == enc.ids
+    assert [tok.id_to_token(i) for i in enc.ids] == enc.tokens
+    # The spans run through the text in order and leave no character out.
+    covered = 0
+    for start, end in enc.offsets:
+        assert 0 <= start <= covered and start <= end <= len(text)
+        covered = max(covered, end)
+    assert covered == len(text)
+    assert tok.decode(enc.ids) == text
+    assert [e.ids for e in tok.encode_batch([text, "kitap"])] == [enc.ids, tok.encode("kitap").ids]
+
+
+def test_stream_seeded_with_context_emits_only_the_continuation(
+    any_tokenizer: TokenizerProtocol,
+) -> None:
+    tok = any_tokenizer
+    context, continuation = tok.encode("Ne mutlu Türküm").ids, tok.encode(" diyene!").ids
+    stream = tok.decode_stream(context=context)
+    assert "".join(stream.step(i) for i in continuation) + stream.flush() == " diyene!"
+
+
+def test_special_ids_template_and_save(any_tokenizer: TokenizerProtocol, tmp_path: Path) -> None:
+    tok = any_tokenizer
+    assert tok.eos_id is not None and tok.eos_id in tok.special_tokens.values()
+    assert tok.document_start_id == tok.eos_id
+    assert all(tok.token_to_id(name) == idx for name, idx in tok.special_tokens.items())
+    assert tok.decode([tok.eos_id], skip_special_tokens=True) == ""
+    tok.chat_template = "{{ messages }}"
+    again = load_tokenizer(save_tokenizer(tok, tmp_path / "tok"))
+    assert (again.kind, again.fingerprint, again.vocab_size) == (
+        tok.kind,
+        tok.fingerprint,
+        tok.vocab_size,
+    )
+    assert again.chat_template == "{{ messages }}"
+    assert again.encode(CONTRACT_TEXT).ids == tok.encode(CONTRACT_TEXT).ids
 
 
 def test_hf_tokenizer_surface(hf_tokenizer_file: Path) -> None:

@@ -15,10 +15,10 @@ at `ismail_core.chat.end_of_turn_ids`, and /tokenizer_info hands clients the sam
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from ismail_core import chat
 from ismail_core.generate import prompt_ids
+from ismail_core.tokenizer import TokenizerProtocol
 
 from ismail_serve.errors import bad_request
 from ismail_serve.protocol import ChatMessage
@@ -35,21 +35,23 @@ def check_unicode(text: str, param: str) -> None:
         ) from exc
 
 
-def encode_with_specials(tokenizer: Any, text: str) -> list[int]:
+def encode_with_specials(tokenizer: TokenizerProtocol, text: str) -> list[int]:
     """Token ids of text in which special-token names ("<|eos|>") stand for their ids, as
     Hugging Face tokenizers read them (vLLM's /tokenize; never used for chat messages)."""
     check_unicode(text, "prompt")
     return chat.encode_with_specials(tokenizer, text)
 
 
-def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+def encode_prompt(tokenizer: TokenizerProtocol, text: str) -> list[int]:
     """Token ids of a completion prompt: the document separator, then the text."""
     check_unicode(text, "prompt")
     return prompt_ids(tokenizer, text)
 
 
 def chat_prompt_ids(
-    tokenizer: Any, messages: Sequence[ChatMessage], add_generation_prompt: bool = True
+    tokenizer: TokenizerProtocol,
+    messages: Sequence[ChatMessage],
+    add_generation_prompt: bool = True,
 ) -> list[int]:
     """Token ids of a conversation in the checkpoint's chat template (`ismail_core.chat`);
     400 for a message without text and for a tokenizer that has no chat template."""
@@ -69,7 +71,7 @@ def chat_prompt_ids(
         ) from exc
 
 
-def longest_token_chars(tokenizer: Any) -> int | None:
+def longest_token_chars(tokenizer: TokenizerProtocol) -> int | None:
     """The most characters of input one token can stand for, or None when no such bound is
     known; `max_model_len` times this is the longest text that can still fit the context.
 
@@ -81,6 +83,6 @@ def longest_token_chars(tokenizer: Any) -> int | None:
     form.) Other tokenizers may normalize or drop text (BERT's pre-tokenizer drops spaces), so
     no character count bounds their tokens; for them prompts are only bounded by
     --max-request-bytes."""
-    if getattr(tokenizer, "kind", None) != "tr":
+    if tokenizer.kind != "tr":
         return None
-    return max(len(tokenizer.id_to_token(i) or "") for i in range(int(tokenizer.vocab_size)))
+    return max(len(tokenizer.id_to_token(i) or "") for i in range(tokenizer.vocab_size))

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from ismail_core.classify.predict import not_a_classifier
+from ismail_core.tokenizer import TokenizerProtocol
 
 from ismail_serve.classifier import ClassifierRunner
 from ismail_serve.engine import LLMEngine
@@ -33,9 +33,11 @@ class ServerState:
     metrics: ServeMetrics = field(default_factory=ServeMetrics)
     status: str = STATUS_LOADING
     engine: LLMEngine | None = None
-    tokenizer: Any = None
+    tokenizer: TokenizerProtocol | None = None
     max_model_len: int = 0
-    compare_tokenizer: Any = None  # shown next to the model's in the tokenizer playground
+    compare_tokenizer: TokenizerProtocol | None = (
+        None  # shown next to the model's in the tokenizer playground
+    )
     compare_name: str = ""
     # Longest prompt text (characters) that can still fit the context; None: no sure bound.
     prompt_char_limit: int | None = None
