@@ -59,6 +59,22 @@ def create_app(
     app.include_router(routing_router)
     app.include_router(root_router)
 
+    operator = [Depends(require_operator_key)]
+    _add_status_routes(app, operator)
+    _add_schema_routes(app, operator)
+
+    # Web pages from apps/web (issue 8): chat at /, playground at /tokenizer; not in the schema.
+    apps_dir = find_apps_dir()
+    if apps_dir is not None:
+        mount_apps(app, apps_dir)
+    app.state.pages_mounted = apps_dir is not None
+    app.openapi = lambda: _openapi_without_422(app)  # type: ignore[method-assign]
+    return app
+
+
+def _add_status_routes(app: FastAPI, operator: list[Any]) -> None:
+    """/health (always open) and /metrics (behind `operator`: the key under --protect-metrics)."""
+
     @app.get(
         "/health",
         response_model=HealthResponse,
@@ -69,8 +85,6 @@ def create_app(
         status = get_state(request).status
         return JSONResponse({"status": status}, status_code=200 if status == STATUS_OK else 503)
 
-    operator = [Depends(require_operator_key)]
-
     @app.get(
         "/metrics",
         dependencies=operator,
@@ -80,16 +94,6 @@ def create_app(
     async def metrics(request: Request) -> Response:
         """Prometheus metrics in the text exposition format."""
         return Response(get_state(request).metrics.render(), media_type=CONTENT_TYPE)
-
-    _add_schema_routes(app, operator)
-
-    # Web pages from apps/web (issue 8): chat at /, playground at /tokenizer; not in the schema.
-    apps_dir = find_apps_dir()
-    if apps_dir is not None:
-        mount_apps(app, apps_dir)
-    app.state.pages_mounted = apps_dir is not None
-    app.openapi = lambda: _openapi_without_422(app)  # type: ignore[method-assign]
-    return app
 
 
 def _add_schema_routes(app: FastAPI, dependencies: list[Any]) -> None:

@@ -20,14 +20,15 @@ from ismail_core.classify.data import encode_texts
 from ismail_core.classify.predict import Prediction, TextClassifier
 
 from ismail_serve.config import ServeConfig
+from ismail_serve.errors import ServeConfigError, ServeError
 from ismail_serve.metrics import ServeMetrics
 
 
-class ClassifierBusyError(RuntimeError):
+class ClassifierBusyError(ServeError, RuntimeError):
     """More texts are waiting than the server accepts; the client should retry later."""
 
 
-class ClassifierStoppedError(RuntimeError):
+class ClassifierStoppedError(ServeError, RuntimeError):
     """The server is draining or stopped and takes no new texts."""
 
 
@@ -50,7 +51,7 @@ class ClassifierRunner:
         metrics: ServeMetrics | None = None,
     ) -> None:
         if batch_size < 1:
-            raise ValueError(f"--max-batch must be at least 1, got {batch_size}")
+            raise ServeConfigError(f"--max-batch must be at least 1, got {batch_size}")
         self.classifier = classifier
         self.batch_size = batch_size
         self.max_waiting = max_waiting

@@ -33,9 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Check the flags and the checkpoint, then serve until stopped; the exit status."""
     args = build_parser().parse_args(argv)
-    from ismail_core.checkpoint import CheckpointError, is_classifier, resolve_checkpoint
+    from ismail_core.checkpoint import is_classifier, resolve_checkpoint
+    from ismail_core.errors import IsmailError
 
+    from ismail_serve.errors import ServeError
     from ismail_serve.server import check_classifier_flags, resolve_placement, serve
 
     config = ServeConfig(**vars(args))
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         resolve_placement(config)
         if is_classifier(args.checkpoint):
             check_classifier_flags(config)
-    except (CheckpointError, ValueError, RuntimeError) as exc:
+    except (ServeError, IsmailError) as exc:  # the user's to fix: one line, no traceback
         print(f"ismail-serve: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")

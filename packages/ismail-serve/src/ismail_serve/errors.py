@@ -1,4 +1,5 @@
-"""Errors in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+"""ismail-serve's errors: `ServeError`, the base of all of them, and errors in OpenAI's shape
+({"error": {"message", "type", "param", "code"}}).
 
 Every failure the service reports goes through `APIError` or one of the handlers installed by
 `install_error_handlers`, so clients written for OpenAI (and vLLM) parse all of them the same
@@ -35,7 +36,21 @@ class ErrorResponse(BaseModel):
     error: ErrorInfo
 
 
-class APIError(Exception):
+class ServeError(Exception):
+    """The one base class of ismail-serve's errors.
+
+    Each error class of the package derives from it (and keeps a built-in second base such as
+    RuntimeError where it had one), so the CLI reports any of them, with ismail-core's
+    IsmailError, by catching these two classes.
+    """
+
+
+class ServeConfigError(ServeError, ValueError):
+    """A setting of ismail-serve that cannot work (a flag's value, or a flag that does not
+    apply to the checkpoint); the message names the flag and the fix."""
+
+
+class APIError(ServeError):
     """An error to send to the client with an HTTP status and OpenAI's error body."""
 
     def __init__(

@@ -16,6 +16,12 @@ class ServeMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._add_gauges()
+        self._add_counters()
+        self._add_histograms()
+
+    def _add_gauges(self) -> None:
+        """What runs and waits now, and the KV cache's size and use."""
         r = self.registry
         self.running = Gauge(
             "ismail_requests_running", "Sequences running (a classifier: texts)", registry=r
@@ -31,6 +37,10 @@ class ServeMetrics:
         )
         self.kv_cache_blocks = Gauge("ismail_kv_cache_blocks", "KV-cache blocks", registry=r)
         self.kv_cache_bytes = Gauge("ismail_kv_cache_bytes", "Bytes of the KV cache", registry=r)
+
+    def _add_counters(self) -> None:
+        """Totals since start: prefix-cache lookups, preemptions, tokens, texts, outcomes."""
+        r = self.registry
         self.prefix_cache_queries = Counter(
             "ismail_prefix_cache_queries",
             "Prompt tokens looked up in the prefix cache (recomputed ones included)",
@@ -48,6 +58,9 @@ class ServeMetrics:
         )
         self.prompt_tokens = Counter("ismail_prompt_tokens", "Prompt tokens prefilled", registry=r)
         self.generation_tokens = Counter("ismail_generation_tokens", "Tokens generated", registry=r)
+        self.classified_texts = Counter(
+            "ismail_classify_texts", "Texts classified (POST /v1/classify)", registry=r
+        )
         self.finished = Counter(
             "ismail_sequences_finished",
             "Sequences finished, by reason (stop, length, abort, timeout, error)",
@@ -60,6 +73,10 @@ class ServeMetrics:
             ["reason"],
             registry=r,
         )
+
+    def _add_histograms(self) -> None:
+        """Latencies: time to first token, between tokens, of a classify request, end to end."""
+        r = self.registry
         self.ttft = Histogram(
             "ismail_time_to_first_token_seconds",
             "Time from arrival to the first generated token",
@@ -71,9 +88,6 @@ class ServeMetrics:
             "Time between consecutive generated tokens of a sequence",
             buckets=_ITL_BUCKETS,
             registry=r,
-        )
-        self.classified_texts = Counter(
-            "ismail_classify_texts", "Texts classified (POST /v1/classify)", registry=r
         )
         self.classify_latency = Histogram(
             "ismail_classify_request_latency_seconds",

@@ -37,6 +37,7 @@ from ismail_serve.engine.logprobs import TokenLogprob
 from ismail_serve.engine.sequence import FINISH_ABORT, FINISH_LENGTH, FINISH_STOP, FINISH_TIMEOUT
 from ismail_serve.errors import (
     APIError,
+    ServeError,
     bad_request,
     busy_error,
     draining_error,
@@ -474,7 +475,7 @@ async def _collect(engine: LLMEngine, gen: Generation, request: Request) -> dict
     return choices
 
 
-class _ClientGone(Exception):
+class _ClientGone(ServeError):
     """The client disconnected before its response was ready."""
 
 
@@ -486,45 +487,67 @@ def _usage(gen: Generation, completion_tokens: int) -> dict[str, int]:
     }
 
 
-async def _stream(
-    engine: LLMEngine, gen: Generation, chat: bool, include_usage: bool
-) -> AsyncIterator[str]:
-    """Server-Sent Events for a generation; aborts it if the client goes away mid-stream."""
-    assert gen.queue is not None
-    obj = "chat.completion.chunk" if chat else "text_completion"
-    head = {"id": gen.request_id, "object": obj, "created": gen.created, "model": gen.model}
-    generated = {s.index: 0 for s in gen.sequences}
-    wants_logprobs = {s.index: s.logprobs is not None for s in gen.sequences}
-    started = set()  # choices whose echoed prompt was sent
-    offsets = dict.fromkeys(generated, 0)  # text sent so far per choice (completions offsets)
-    remaining = len(generated)
+class _Chunks:
+    """The Server-Sent Events chunks of one streamed generation: OpenAI's chunk objects, with
+    each choice's text offset counted for completions' logprobs."""
+
+    def __init__(self, gen: Generation, chat: bool) -> None:
+        self.gen = gen
+        self.chat = chat
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        self.head = {
+            "id": gen.request_id,
+            "object": obj,
+            "created": gen.created,
+            "model": gen.model,
+        }
+        self.wants_logprobs = {s.index: s.logprobs is not None for s in gen.sequences}
+        self.offsets = {s.index: 0 for s in gen.sequences}  # text sent so far per choice
 
     def chunk(
+        self,
         index: int,
         text: str,
         finish: str | None,
         first: bool = False,
         entries: list[TokenLogprob] | None = None,
     ) -> str:
+        """One choice's update (chat's `first` chunk carries the assistant role)."""
         logprobs = None
-        if chat:
+        choice: dict[str, Any]
+        if self.chat:
             delta = {"role": "assistant", "content": text} if first else {"content": text}
             if finish is not None and not text:
                 delta = {}
-            if wants_logprobs[index] and not first:
-                logprobs = _chat_logprobs(entries or [], gen.tokens_as_ids)
+            if self.wants_logprobs[index] and not first:
+                logprobs = _chat_logprobs(entries or [], self.gen.tokens_as_ids)
             choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         else:
-            if entries is not None and wants_logprobs[index]:
-                logprobs = _completion_logprobs(entries, offsets[index], gen.tokens_as_ids)
-            offsets[index] += len(text)
+            if entries is not None and self.wants_logprobs[index]:
+                offset = self.offsets[index]
+                logprobs = _completion_logprobs(entries, offset, self.gen.tokens_as_ids)
+            self.offsets[index] += len(text)
             choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
-        return sse({**head, "choices": [choice]})
+        return sse({**self.head, "choices": [choice]})
 
+    def usage(self, completion_tokens: int) -> str:
+        """The final chunk of `stream_options.include_usage`."""
+        return sse({**self.head, "choices": [], "usage": _usage(self.gen, completion_tokens)})
+
+
+async def _stream(
+    engine: LLMEngine, gen: Generation, chat: bool, include_usage: bool
+) -> AsyncIterator[str]:
+    """Server-Sent Events for a generation; aborts it if the client goes away mid-stream."""
+    assert gen.queue is not None
+    chunks = _Chunks(gen, chat)
+    generated = {s.index: 0 for s in gen.sequences}
+    started = set()  # choices whose echoed prompt was sent
+    remaining = len(generated)
     try:
         if chat:
             for index in generated:
-                yield chunk(index, "", None, first=True)
+                yield chunks.chunk(index, "", None, first=True)
         while remaining:
             out = await gen.queue.get()
             generated[out.index] = out.num_generated
@@ -538,11 +561,11 @@ async def _stream(
                 started.add(out.index)
                 text = gen.start_text(out.index) + text
             if text or entries or out.finish_reason is not None:
-                yield chunk(out.index, text, out.finish_reason, entries=entries)
+                yield chunks.chunk(out.index, text, out.finish_reason, entries=entries)
             if out.finish_reason is not None:
                 remaining -= 1
         if include_usage:
-            yield sse({**head, "choices": [], "usage": _usage(gen, sum(generated.values()))})
+            yield chunks.usage(sum(generated.values()))
         yield SSE_DONE
     finally:
         if remaining:

@@ -35,6 +35,7 @@ from ismail_serve.app import create_app
 from ismail_serve.classifier import ClassifierRunner
 from ismail_serve.config import ServeConfig
 from ismail_serve.engine import EngineConfig, LLMEngine
+from ismail_serve.errors import ServeConfigError
 from ismail_serve.metrics import ServeMetrics
 from ismail_serve.state import STATUS_DRAINING, STATUS_FAILED, ServerState
 from ismail_serve.web import page_urls
@@ -60,7 +61,7 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     elif name in DTYPE_PRECISIONS:
         precision = DTYPE_PRECISIONS[name]
     else:
-        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)} or auto, got {name!r}")
+        raise ServeConfigError(f"--dtype must be one of {', '.join(DTYPES)} or auto, got {name!r}")
     precision = resolve_precision(precision, device, flag="--dtype", names=_DTYPE_NAMES)
     return DTYPES[_DTYPE_NAMES[precision]]
 
@@ -80,14 +81,14 @@ def cache_blocks(config: ServeConfig, per_token: int, max_len: int) -> int:
     sequences of max_len tokens. Either must hold at least one sequence of max_len tokens."""
     size = config.block_size
     if size < 1:
-        raise ValueError(f"--block-size must be >= 1, got {size}")
+        raise ServeConfigError(f"--block-size must be >= 1, got {size}")
     if config.kv_cache_memory_mib is None:
         return config.max_batch * blocks_for(max_len, size)
     budget = config.kv_cache_memory_mib
     num_blocks = int(budget * 2**20 // (per_token * size))
     if num_blocks < blocks_for(max_len, size):
         need = per_token * max_len / 2**20
-        raise ValueError(
+        raise ServeConfigError(
             f"--kv-cache-memory {budget} MiB cannot hold one sequence of {max_len} tokens "
             f"({need:.1f} MiB); raise it or lower --max-model-len"
         )
@@ -105,11 +106,11 @@ def load_engine(config: ServeConfig, metrics: ServeMetrics) -> LLMEngine:
 
         quantize_model(model)  # Linear layers -> FP8Linear (block-scaled float8_e4m3fn)
     elif config.quantize is not None:
-        raise ValueError(f"--quantize must be fp8, got {config.quantize!r}")
+        raise ServeConfigError(f"--quantize must be fp8, got {config.quantize!r}")
     model_max = int(model.cfg.max_seq_len)
     max_len = config.max_model_len or model_max
     if max_len > model_max:
-        raise ValueError(
+        raise ServeConfigError(
             f"--max-model-len {max_len} exceeds the model's max_seq_len {model_max}; lower it"
         )
     # one block of the real size: latent attention's per-block memory state is then counted
@@ -134,14 +135,14 @@ def load_engine(config: ServeConfig, metrics: ServeMetrics) -> LLMEngine:
 
 
 def check_classifier_flags(config: ServeConfig) -> None:
-    """ValueError for a flag that only means something for a language model, given with a
+    """ServeConfigError for a flag that only means something for a language model, given with a
     classifier checkpoint."""
     for flag, given in (
         ("--quantize", config.quantize is not None),
         ("--kv-cache-memory", config.kv_cache_memory_mib is not None),
     ):
         if given:
-            raise ValueError(
+            raise ServeConfigError(
                 f"{config.checkpoint} is a text classifier, and {flag} is for language models "
                 "(a classifier keeps no KV cache and is served unquantized); drop it"
             )
@@ -159,7 +160,7 @@ def load_classifier(config: ServeConfig, metrics: ServeMetrics) -> ClassifierRun
     model_max = int(classifier.model.cfg.max_seq_len)
     if config.max_model_len is not None:
         if config.max_model_len > model_max:
-            raise ValueError(
+            raise ServeConfigError(
                 f"--max-model-len {config.max_model_len} exceeds the model's max_seq_len "
                 f"{model_max}; lower it"
             )
@@ -264,63 +265,26 @@ def freeze_loaded_objects() -> None:
 
 def serve(config: ServeConfig) -> int:
     """Run the service until it is stopped; returns the process exit status."""
-    from ismail_core.checkpoint import is_classifier
-
-    metrics = ServeMetrics()
-    state = ServerState(
-        model_name=config.served_name,
-        api_key=config.api_key,
-        protect_metrics=config.protect_metrics,
-        max_request_bytes=config.max_request_bytes,
-        metrics=metrics,
-        is_classifier=is_classifier(config.checkpoint),
-        checkpoint=config.checkpoint,
-    )
+    state = new_state(config)
     server: DrainingServer
 
     def load() -> None:
         try:
-            loaded = (load_classifier if state.is_classifier else load_engine)(config, metrics)
-            if config.compare_tokenizer is not None:
-                state.compare_tokenizer = load_tokenizer(config.compare_tokenizer)
-                state.compare_name = Path(config.compare_tokenizer).name
+            loaded = load_served(config, state)
         except Exception as exc:  # any failure to load is reported, not raised in a thread
             log.debug("model loading failed", exc_info=True)
             server.fail(f"could not load {config.checkpoint}: {type(exc).__name__}: {exc}")
             return
         freeze_loaded_objects()
         if isinstance(loaded, ClassifierRunner):
-            start_classifier(loaded)
+            start_classifier(state, loaded, config)
         else:
-            start_engine(loaded)
-
-    def start_engine(engine: LLMEngine) -> None:
-        engine.start()
-        if state.status == STATUS_DRAINING:  # a signal came while loading
-            engine.stop_accepting()
-            state.engine = engine
-            return
-        state.attach(engine)
-        print(describe_engine(engine, config, app.state.pages_mounted), flush=True)
-
-    def start_classifier(runner: ClassifierRunner) -> None:
-        if state.status == STATUS_DRAINING:  # a signal came while loading
-            runner.stop_accepting()
-            state.classifier = runner
-            return
-        state.attach_classifier(runner)
-        print(describe_classifier(runner, config), flush=True)
+            start_engine(state, loaded, config, app.state.pages_mounted)
 
     def start_loading() -> None:
         threading.Thread(target=load, name="ismail-load", daemon=True).start()
 
-    def stop_engine() -> None:
-        if state.engine is not None:
-            state.engine.shutdown()
-        if state.classifier is not None:
-            state.classifier.shutdown()
-
-    app = create_app(state, on_startup=start_loading, on_shutdown=stop_engine)
+    app = create_app(state, on_startup=start_loading, on_shutdown=lambda: stop_models(state))
     uv_config = uvicorn.Config(
         app,
         host=config.host,
@@ -331,3 +295,58 @@ def serve(config: ServeConfig) -> int:
     server = DrainingServer(uv_config, state, config.drain_timeout)
     server.run()
     return server.exit_code
+
+
+def new_state(config: ServeConfig) -> ServerState:
+    """The server's state before its model loads."""
+    from ismail_core.checkpoint import is_classifier
+
+    return ServerState(
+        model_name=config.served_name,
+        api_key=config.api_key,
+        protect_metrics=config.protect_metrics,
+        max_request_bytes=config.max_request_bytes,
+        metrics=ServeMetrics(),
+        is_classifier=is_classifier(config.checkpoint),
+        checkpoint=config.checkpoint,
+    )
+
+
+def load_served(config: ServeConfig, state: ServerState) -> LLMEngine | ClassifierRunner:
+    """The checkpoint's engine (or classifier worker), not yet started, and the comparison
+    tokenizer of --compare-tokenizer into `state`."""
+    load = load_classifier if state.is_classifier else load_engine
+    loaded = load(config, state.metrics)
+    if config.compare_tokenizer is not None:
+        state.compare_tokenizer = load_tokenizer(config.compare_tokenizer)
+        state.compare_name = Path(config.compare_tokenizer).name
+    return loaded
+
+
+def start_engine(state: ServerState, engine: LLMEngine, config: ServeConfig, pages: bool) -> None:
+    """Start the loaded engine and serve with it, unless a signal came while loading."""
+    engine.start()
+    if state.status == STATUS_DRAINING:
+        engine.stop_accepting()
+        state.engine = engine
+        return
+    state.attach(engine)
+    print(describe_engine(engine, config, pages), flush=True)
+
+
+def start_classifier(state: ServerState, runner: ClassifierRunner, config: ServeConfig) -> None:
+    """Serve with the loaded classifier, unless a signal came while loading."""
+    if state.status == STATUS_DRAINING:
+        runner.stop_accepting()
+        state.classifier = runner
+        return
+    state.attach_classifier(runner)
+    print(describe_classifier(runner, config), flush=True)
+
+
+def stop_models(state: ServerState) -> None:
+    """Stop the engine's or the classifier's thread (the server is shutting down)."""
+    if state.engine is not None:
+        state.engine.shutdown()
+    if state.classifier is not None:
+        state.classifier.shutdown()

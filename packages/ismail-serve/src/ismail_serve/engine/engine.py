@@ -44,6 +44,7 @@ from ismail_serve.engine.sequence import (
 from ismail_serve.engine.sequence import (
     Sequence as Seq,
 )
+from ismail_serve.errors import ServeConfigError, ServeError
 from ismail_serve.metrics import ServeMetrics
 
 log = logging.getLogger("ismail_serve")
@@ -51,11 +52,11 @@ log = logging.getLogger("ismail_serve")
 T = TypeVar("T")
 
 
-class QueueFullError(RuntimeError):
+class QueueFullError(ServeError, RuntimeError):
     """The waiting queue cannot take the request now; the client should retry later."""
 
 
-class EngineStoppedError(RuntimeError):
+class EngineStoppedError(ServeError, RuntimeError):
     """The engine is draining or stopped and accepts no new requests."""
 
 
@@ -82,11 +83,13 @@ class EngineConfig:
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_model_len", "prefill_chunk"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ServeConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_waiting < 0:
-            raise ValueError(f"max_waiting must be >= 0, got {self.max_waiting}")
+            raise ServeConfigError(f"max_waiting must be >= 0, got {self.max_waiting}")
         if self.request_timeout is not None and not self.request_timeout > 0:
-            raise ValueError(f"request_timeout must be > 0 seconds, got {self.request_timeout}")
+            raise ServeConfigError(
+                f"request_timeout must be > 0 seconds, got {self.request_timeout}"
+            )
 
 
 class LLMEngine:
@@ -101,7 +104,7 @@ class LLMEngine:
     ) -> None:
         capacity = runner.num_blocks * runner.block_size
         if capacity < config.max_model_len:
-            raise ValueError(
+            raise ServeConfigError(
                 f"the KV cache holds {capacity} tokens, less than one sequence of max_model_len "
                 f"{config.max_model_len}; give it more blocks or lower max_model_len"
             )
