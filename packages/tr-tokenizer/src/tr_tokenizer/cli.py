@@ -177,31 +177,50 @@ def _timed(fn) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `tr-tokenizer` argument parser: one sub-command per cmd_* function."""
     p = argparse.ArgumentParser(
         prog="tr-tokenizer",
         description="Lossless, morphology-aware Turkish tokenizer.",
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    def with_vocab(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument(
-            "--vocab", default=None, help="tokenizer directory (default: the shipped vocabulary)"
-        )
-        return sp
-
-    e = with_vocab(sub.add_parser("encode", help="encode text and show the pieces"))
+    e = _with_vocab(sub.add_parser("encode", help="encode text and show the pieces"))
     e.add_argument("text", help="text to encode, or - to read stdin")
     g = e.add_mutually_exclusive_group()
     g.add_argument("--ids", action="store_true", help="print token ids only")
     g.add_argument("--json", action="store_true", help="print ids, tokens, offsets, kinds as JSON")
     e.set_defaults(fn=cmd_encode)
 
-    d = with_vocab(sub.add_parser("decode", help="decode token ids to text"))
+    d = _with_vocab(sub.add_parser("decode", help="decode token ids to text"))
     d.add_argument("ids", nargs="+", help="token ids (space or comma separated), or - for stdin")
     d.add_argument("--skip-special", action="store_true", help="drop special tokens")
     d.set_defaults(fn=cmd_decode)
 
-    t = sub.add_parser("train", help="train a vocabulary")
+    _add_train_parser(sub.add_parser("train", help="train a vocabulary"))
+
+    s = _with_vocab(sub.add_parser("stats", help="tokens/word, bytes/token, kinds, round trip"))
+    s.add_argument("file", help="UTF-8 text file")
+    s.add_argument("--json", action="store_true", help="print the figures as JSON")
+    s.set_defaults(fn=cmd_stats)
+
+    b = _with_vocab(sub.add_parser("bench", help="encode/decode throughput in MB/s"))
+    b.add_argument("file", help="UTF-8 text file")
+    b.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    b.add_argument("--repeat", type=int, default=3)
+    b.set_defaults(fn=cmd_bench)
+    return p
+
+
+def _with_vocab(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the --vocab option of the sub-commands that load a tokenizer."""
+    sp.add_argument(
+        "--vocab", default=None, help="tokenizer directory (default: the shipped vocabulary)"
+    )
+    return sp
+
+
+def _add_train_parser(t: argparse.ArgumentParser) -> None:
+    """The options of `tr-tokenizer train` (defaults from TrainConfig)."""
     t.add_argument("--input", nargs="+", required=True, help="UTF-8 text files")
     t.add_argument("--vocab-size", type=int, default=32768)
     t.add_argument("--out", required=True, help="output directory")
@@ -225,18 +244,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="vocabulary share of inflected words kept whole",
     )  # fmt: skip
     t.set_defaults(fn=cmd_train)
-
-    s = with_vocab(sub.add_parser("stats", help="tokens/word, bytes/token, kinds, round trip"))
-    s.add_argument("file", help="UTF-8 text file")
-    s.add_argument("--json", action="store_true", help="print the figures as JSON")
-    s.set_defaults(fn=cmd_stats)
-
-    b = with_vocab(sub.add_parser("bench", help="encode/decode throughput in MB/s"))
-    b.add_argument("file", help="UTF-8 text file")
-    b.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    b.add_argument("--repeat", type=int, default=3)
-    b.set_defaults(fn=cmd_bench)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,9 +16,10 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 from tr_tokenizer.casing import MIXED, case_class, tr_lower
 from tr_tokenizer.pretokenize import MAX_CHUNK, PATTERN, WORD
@@ -85,7 +86,7 @@ def train(
     if word_counts is not None:
         for word, count in _word_counts(word_counts).items():
             for chunk in PATTERN.findall(" " + word):
-                chunks[chunk] += count
+                _add(chunks, chunk, count)
     if not chunks:
         raise ValueError("train() got no text: pass files or an iterable of non-empty strings")
     roots, voiced = _lexicon(lexicon)
@@ -179,6 +180,13 @@ def _word_counts(word_counts) -> Mapping[str, float]:
     return counts
 
 
+def _add(counts: Counter, key: str, amount: float) -> None:
+    """counts[key] += amount. Counts here are weighted (a word list's frequencies, a count
+    shared among parses, the unspaced ratio), which Counter supports though typeshed types its
+    values as int."""
+    counts[key] += amount  # type: ignore[assignment]
+
+
 def count_chunks(texts: Iterable[str]) -> Counter:
     """Count pre-tokenized chunks over texts."""
     counts: Counter = Counter()
@@ -188,6 +196,8 @@ def count_chunks(texts: Iterable[str]) -> Counter:
 
 
 # ---- morphology statistics -----------------------------------------------------------------
+
+_Parse = tuple[str, list[str]]  # (root, suffix forms and apostrophes) of a word
 
 
 class _MorphParser:
@@ -246,7 +256,9 @@ class _MorphParser:
             return None
         total, forms, j = cost[n][k], [], n
         while j > start:
-            i, k, form = back[j][k]
+            edge = back[j][k]
+            assert edge is not None  # every finite-cost state was reached by an edge
+            i, k, form = edge
             forms.append(form)
             j = i
         forms.reverse()
@@ -299,9 +311,9 @@ def _uniform_counts(
         found = parser.parses(w)
         for _, root, forms in found:
             share = bare[w] / len(found)
-            roots[root] += share
+            _add(roots, root, share)
             for f in forms:
-                morphs[f] += share
+                _add(morphs, f, share)
     return roots, morphs
 
 
@@ -351,8 +363,46 @@ def build_vocabulary(
     voiced = voiced or {}
     base_of = voiced if cfg.share_allomorphs else {}
     fixed = fixed_pieces()
-    words: Counter = Counter()  # lowercase word (with its leading space, if any) -> count
-    raw: Counter = Counter()  # chunks encoded without morphology
+    words, raw, chars = _sort_chunks(chunks)
+    bare, parses = _parse_words(words, lexicon | set(voiced), cfg.max_parse_words)
+    suffixes = _suffix_tokens(parses, bare, cfg)
+    # roots and whole words share what suffixes and single characters leave
+    room = cfg.vocab_size - len(fixed) - len(suffixes.texts) - cfg.alphabet_size
+    variants = _root_variant_counts(words, parses, base_of, cfg.unspaced_ratio)
+    roots = [
+        (r, c)
+        for r, c in variants.most_common()
+        if c >= cfg.min_root_count and r not in suffixes.singles
+    ][: int(cfg.root_fraction * room)]
+    n_words = int(cfg.word_fraction * room)
+    whole_words = _whole_words(words, parses, {r for r, _ in roots}, n_words, cfg.unspaced_ratio)
+
+    pieces = _Pieces(fixed, cfg.vocab_size)
+    suffix_total = sum(suffixes.counts.values()) or 1.0
+    for text in suffixes.texts:
+        pieces.add(text, "suffix", _logp(suffixes.counts.get(text, 0.5), suffix_total))
+    pieces.add_counted(roots, "root")
+    pieces.add_counted(whole_words, "word")
+    alphabet = _alphabet(chars, cfg.alphabet_size)
+    for ch in alphabet:
+        pieces.add(ch, "bpe", -20.0)
+    voicing = _voicing(pieces.items, base_of)
+
+    # BPE over what the morphology does not cover
+    residual = _residual(words, raw, pieces.items, voicing, cfg)
+    wanted = cfg.vocab_size - len(pieces.items)
+    learned = [p for p in _train_bpe(residual, alphabet, 2 * wanted) if p not in pieces.seen]
+    for rank, piece in enumerate(learned[:wanted]):
+        pieces.add(piece, "bpe", -math.log(rank + 2))
+    return Vocabulary(pieces.items, config=asdict(cfg), voicing=voicing)
+
+
+def _sort_chunks(chunks: Counter) -> tuple[Counter, Counter, Counter]:
+    """(words, raw, chars): lowercase words (with their leading space, if any) of chunks that
+    are words in one case class, the other non-space chunks (encoded without morphology), and
+    character counts."""
+    words: Counter = Counter()
+    raw: Counter = Counter()
     chars: Counter = Counter()
     for chunk, count in chunks.items():
         for ch in chunk:
@@ -364,15 +414,22 @@ def build_vocabulary(
                 continue
         if not chunk.isspace():
             raw[chunk] += count
+    return words, raw, chars
 
-    # 2. parse words (spaced and unspaced uses pooled) in two passes
+
+def _parse_words(
+    words: Counter, roots: set[str], max_parse_words: int
+) -> tuple[Counter, dict[str, _Parse | None]]:
+    """(bare, parses): word counts with spaced and unspaced uses pooled, and the parse (root,
+    suffix forms) of each of the max_parse_words most frequent, None where none exists, from
+    two passes of hard EM."""
     bare: Counter = Counter()
     for w, c in words.items():
         bare[w.lstrip(" ")] += c
-    frequent = [w for w, _ in bare.most_common(cfg.max_parse_words)]
-    parser = _MorphParser(lexicon | set(voiced))
+    frequent = [w for w, _ in bare.most_common(max_parse_words)]
+    parser = _MorphParser(roots)
     parser.set_costs(*_uniform_counts(parser, frequent, bare))
-    parses: dict[str, tuple[str, list[str]] | None] = {}
+    parses: dict[str, _Parse | None] = {}
     for _ in range(2):
         root_counts: Counter = Counter()
         morph_counts: Counter = Counter()
@@ -384,99 +441,108 @@ def build_vocabulary(
                 for f in p[1]:
                     morph_counts[f] += bare[w]
         parser.set_costs(root_counts, morph_counts)
+    return bare, parses
 
-    # 3a. roots, with and without a leading space
-    variant_counts: Counter = Counter()
+
+def _root_variant_counts(
+    words: Counter, parses: dict[str, _Parse | None], base_of: dict[str, str], unspaced_ratio: float
+) -> Counter:
+    """Uses of each root with and without a leading space (a voiced stem counted as its root
+    when base_of maps it); a spaced use also counts unspaced_ratio of one unspaced use."""
+    counts: Counter = Counter()
     for w, c in words.items():
-        bw = w.lstrip(" ")
-        p = parses.get(bw)
+        p = parses.get(w.lstrip(" "))
         if p is None:
             continue
         spaced = w.startswith(" ")
         root = base_of.get(p[0], p[0])
-        variant_counts[(" " if spaced else "") + root] += c
+        _add(counts, (" " if spaced else "") + root, c)
         if spaced:
-            variant_counts[root] += cfg.unspaced_ratio * c
+            _add(counts, root, unspaced_ratio * c)
+    return counts
 
-    # 3b. suffix tokens: the inventory's morphemes, their literal allomorphs, frequent chains
+
+class _SuffixTokens(NamedTuple):
+    """The suffix pieces, their counts over the parsed words and the single-morpheme ones."""
+
+    texts: list[str]  # in vocabulary order: shared morphemes, literal allomorphs, chains
+    counts: Counter
+    singles: set[str]  # the shared morphemes and literal allomorphs
+
+
+def _suffix_tokens(
+    parses: dict[str, _Parse | None], bare: Counter, cfg: TrainConfig
+) -> _SuffixTokens:
+    """The inventory's morphemes ("+lAr", with share_allomorphs), their literal allomorphs and
+    the cfg.suffix_chains most frequent chains of several morphemes."""
     literal_suffixes = sorted({s for form in INVENTORY for s in surfaces(form)})
-    shared_forms = list(INVENTORY) if cfg.share_allomorphs else []
-    chain_counts: Counter = Counter()
+    shared = ["+" + form for form in INVENTORY] if cfg.share_allomorphs else []
+    counts: Counter = Counter()
     for w, p in parses.items():
         if p is None:
             continue
         root, forms = p
         if cfg.share_allomorphs:
             for run in _chains(forms):
-                chain_counts["+" + canonical_chain(run)] += bare[w]
+                counts["+" + canonical_chain(run)] += bare[w]
         else:
             for s in _surface_of_run(w, root, forms):
-                chain_counts[s] += bare[w]
-    singles = {"+" + f for f in shared_forms} | set(literal_suffixes)
-    chains = [c for c, _ in chain_counts.most_common() if c not in singles][: cfg.suffix_chains]
+                counts[s] += bare[w]
+    singles = set(shared) | set(literal_suffixes)
+    chains = [c for c, _ in counts.most_common() if c not in singles][: cfg.suffix_chains]
+    return _SuffixTokens(shared + literal_suffixes + chains, counts, singles)
 
-    budget = cfg.vocab_size - len(fixed)
-    suffix_total = len(literal_suffixes) + len(shared_forms) + len(chains)
-    n_roots = int(cfg.root_fraction * (budget - suffix_total - cfg.alphabet_size))
-    roots = [
-        (r, c)
-        for r, c in variant_counts.most_common()
-        if c >= cfg.min_root_count and r not in singles
-    ][:n_roots]
-    n_words = int(cfg.word_fraction * (budget - suffix_total - cfg.alphabet_size))
-    whole_words = _whole_words(words, parses, {r for r, _ in roots}, n_words, cfg.unspaced_ratio)
 
-    pieces: list[tuple[str, str, float]] = list(fixed)
-    seen = {p[0] for p in pieces}
+class _Pieces:
+    """The vocabulary's (text, kind, score) pieces in id order, growing up to a size limit."""
 
-    def add(text: str, kind: str, score: float) -> None:
-        if text not in seen and len(pieces) < cfg.vocab_size:
-            seen.add(text)
-            pieces.append((text, kind, round(score, 3)))
+    def __init__(self, fixed: list[tuple[str, str, float]], limit: int) -> None:
+        self.items = list(fixed)
+        self.seen = {p[0] for p in self.items}
+        self.limit = limit
 
-    suffix_total_count = sum(chain_counts.values()) or 1.0
-    for form in shared_forms:
-        add("+" + form, "suffix", _logp(chain_counts.get("+" + form, 0.5), suffix_total_count))
-    for s in literal_suffixes:
-        add(s, "suffix", _logp(chain_counts.get(s, 0.5), suffix_total_count))
-    for c in chains:
-        add(c, "suffix", _logp(chain_counts[c], suffix_total_count))
-    root_total = sum(c for _, c in roots) or 1.0
-    for r, c in roots:
-        add(r, "root", _logp(c, root_total))
-    word_total = sum(c for _, c in whole_words) or 1.0
-    for w, c in whole_words:
-        add(w, "word", _logp(c, word_total))
-    # printable ASCII and the Turkish letters always get a piece (code, URLs, rare capitals);
-    # the rest of the alphabet is the corpus's most frequent characters
+    def add(self, text: str, kind: str, score: float) -> None:
+        """Append a piece unless its text is already one or the vocabulary is full."""
+        if text not in self.seen and len(self.items) < self.limit:
+            self.seen.add(text)
+            self.items.append((text, kind, round(score, 3)))
+
+    def add_counted(self, counted: Sequence[tuple[str, float]], kind: str) -> None:
+        """Add (text, count) pairs scored by their log share of the pairs' total count."""
+        total = sum(c for _, c in counted) or 1.0
+        for text, count in counted:
+            self.add(text, kind, _logp(count, total))
+
+
+def _alphabet(chars: Counter, size: int) -> list[str]:
+    """Single-character pieces: printable ASCII and the Turkish letters always get one (code,
+    URLs, rare capitals); the rest of the `size` are the corpus's most frequent characters."""
     alphabet = list(dict.fromkeys(_BASE_ALPHABET))
     for ch, _ in chars.most_common():
-        if len(alphabet) >= cfg.alphabet_size:
+        if len(alphabet) >= size:
             break
         if not ch.isspace() and ch not in alphabet:
             alphabet.append(ch)
-    for ch in alphabet:
-        add(ch, "bpe", -20.0)
+    return alphabet
 
+
+def _voicing(pieces: list[tuple[str, str, float]], base_of: dict[str, str]) -> dict[int, str]:
+    """{root piece id: the last letter of its voiced stem} for roots that alternate."""
     voiced_letter = {root: stem[-1] for stem, root in base_of.items()}
-    voicing = {
+    return {
         i: voiced_letter[text.lstrip(" ")]
         for i, (text, kind, _) in enumerate(pieces)
         if kind == "root" and text.lstrip(" ") in voiced_letter
     }
 
-    # 4. BPE over what the morphology does not cover
-    residual = _residual(words, raw, pieces, voicing, cfg)
-    wanted = cfg.vocab_size - len(pieces)
-    learned = [p for p in _train_bpe(residual, alphabet, 2 * wanted) if p not in seen]
-    for rank, piece in enumerate(learned[:wanted]):
-        add(piece, "bpe", -math.log(rank + 2))
-    return Vocabulary(pieces, config=asdict(cfg), voicing=voicing)
-
 
 def _whole_words(
-    words: Counter, parses: dict, taken: set[str], n: int, unspaced_ratio: float
-) -> list[tuple[str, float]]:
+    words: Counter,
+    parses: dict[str, _Parse | None],
+    taken: set[str],
+    n: int,
+    unspaced_ratio: float,
+) -> Sequence[tuple[str, float]]:
     """The n most frequent words that parse as a root plus suffixes, with and without a leading
     space (counted like roots: a word list has only spaced uses): one piece each saves a token
     on every use and keeps the root whole."""
@@ -486,7 +552,7 @@ def _whole_words(
         if p is not None and p[1]:
             counts[w] += c
             if w.startswith(" "):
-                counts[w[1:]] += unspaced_ratio * c
+                _add(counts, w[1:], unspaced_ratio * c)
     return [(w, c) for w, c in counts.most_common() if w not in taken][:n]
 
 
