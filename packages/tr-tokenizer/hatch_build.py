@@ -18,6 +18,9 @@ from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
 MODULE = "tr_tokenizer._native"
 SOURCE = Path("src") / "tr_tokenizer" / "_native.c"
+# Generated from the Python definitions by tr_tokenizer/_native_layout.py and checked in, so the
+# build needs no Python dependency of the package; test_native_layout checks it is current.
+HEADER = Path("src") / "tr_tokenizer" / "_native_layout.h"
 
 
 def compile_extension(root: Path, out_dir: Path) -> Path:
@@ -26,7 +29,7 @@ def compile_extension(root: Path, out_dir: Path) -> Path:
     from setuptools.command.build_ext import build_ext
 
     flags = [] if sys.platform == "win32" else ["-O2", "-std=c11"]
-    ext = Extension(MODULE, [str(SOURCE)], extra_compile_args=flags)
+    ext = Extension(MODULE, [str(SOURCE)], depends=[str(HEADER)], extra_compile_args=flags)
     cwd = os.getcwd()
     os.chdir(root)  # setuptools wants source paths relative to the project
     try:

@@ -7,25 +7,27 @@
  * float arithmetic and tie order, the same decoder simulation for the round-trip check. For
  * any other chunk it returns None and the Python encoder runs. Tests compare both paths.
  *
+ * The facts shared with the Python code (kind codes, case classes, letter classes, the order of
+ * the suffix tables, ...) come from _native_layout.h, generated from the Python definitions by
+ * _native_layout.py and checked by test_native_layout.py. The tables are passed by name, as the
+ * attributes of one encoder.SegmenterTables.
+ *
  * Built by hatch_build.py; if no C compiler is available, the package works without it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
-#define MAX_CHARS 40               /* encoder: _CONTEXT_CHARS; longer chunks go to Python */
-#define MAX_TOKENS (4 * MAX_CHARS + 2 * MAX_CHARS + 8)
-#define NUM_CLASSES 15             /* suffix tables, one per harmony class (see context_classes) */
-#define NO_ID (-1)
+#include "_native_layout.h"
 
-/* decoder.py kind codes */
-enum { K_TEXT = 0, K_SPECIAL, K_CAP, K_UPPER, K_BYTE, K_SHARED };
-/* suffixes.py element kinds */
+#define MAX_CHARS CONTEXT_CHARS    /* longer chunks go to Python (its shortcuts hold up to here) */
+#define MAX_TOKENS (4 * MAX_CHARS + 2 * MAX_CHARS + 8)
+
+/* suffixes.py element kinds, by name in SegmenterTables.elements (see element_kind) */
 enum { E_LIT = 0, E_BUF, E_OPT, E_A, E_I, E_D, E_C };
-/* tokenizer case classes (casing.py) */
-enum { LOWER = 0, CAPITALIZED, UPPER, MIXED };
 /* decoder case states */
 enum { S_NONE = 0, S_CAP_PENDING, S_UPPER_START, S_UPPER_CONT };
 
@@ -39,13 +41,23 @@ static const Py_UCS4 UPPER_EXTRA[] = {0xC7, 0x11E, 0x49, 0x130, 0xD6, 0x15E, 0xD
 
 static int is_apostrophe(Py_UCS4 c) { return c == '\'' || c == 0x2019; }
 
-/* Per code point below 0x180 (ASCII, Latin-1, Latin Extended-A: every handled letter): its
- * Turkish lowercase and uppercase, or 0 for a char that is not a handled letter. */
-#define TABLE_CHARS 0x180
+/* Per code point below TABLE_CHARS (ASCII, Latin-1, Latin Extended-A: every handled letter):
+ * its Turkish lowercase and uppercase, or 0 for a char that is not a handled letter; and its
+ * letter classes in the suffix rules (F_* flags, from _native_layout.h). */
 static Py_UCS4 LOW_OF[TABLE_CHARS], UP_OF[TABLE_CHARS];
+enum { F_VOWEL = 1, F_BACK = 2, F_ROUNDED = 4, F_VOICELESS = 8 };
+static uint8_t LETTER_CLASS[TABLE_CHARS];
+
+#define MARK(chars, flag)                                                                        \
+    for (size_t k = 0; k < sizeof(chars) / sizeof(chars[0]); k++)                               \
+        LETTER_CLASS[chars[k]] |= (flag)
 
 static void fill_letter_table(void)
 {
+    MARK(VOWEL_CHARS, F_VOWEL);
+    MARK(BACK_VOWEL_CHARS, F_BACK);
+    MARK(ROUNDED_VOWEL_CHARS, F_ROUNDED);
+    MARK(VOICELESS_CHARS, F_VOICELESS);
     for (Py_UCS4 c = 'a'; c <= 'z'; c++) {
         LOW_OF[c] = c;
         UP_OF[c] = (c == 'i') ? 0x130 : c - 32;
@@ -75,38 +87,22 @@ static inline int letter_info(Py_UCS4 c, Py_UCS4 *low, Py_UCS4 *up, int *is_up)
     return 1;
 }
 
-static int is_vowel(Py_UCS4 c) /* suffixes.VOWELS: lowercase only */
-{
-    switch (c) {
-    case 'a': case 'e': case 0x131: case 'i': case 'o': case 0xF6: case 'u': case 0xFC:
-    case 0xE2: case 0xEE: case 0xFB:
-        return 1;
-    }
-    return 0;
-}
+/* The suffix rules' letter classes of a lowercase char (suffixes.VOWELS, ...). */
+static inline int has_class(Py_UCS4 c, int flag) { return c < TABLE_CHARS && (LETTER_CLASS[c] & flag); }
+static inline int is_vowel(Py_UCS4 c) { return has_class(c, F_VOWEL); }
+static inline int is_back(Py_UCS4 c) { return has_class(c, F_BACK); }
+static inline int is_rounded(Py_UCS4 c) { return has_class(c, F_ROUNDED); }
+static inline int is_voiceless(Py_UCS4 c) { return has_class(c, F_VOICELESS); }
 
-static int is_back(Py_UCS4 c) { return c == 'a' || c == 0x131 || c == 'o' || c == 'u' || c == 0xE2 || c == 0xFB; }
-static int is_rounded(Py_UCS4 c) { return c == 'o' || c == 0xF6 || c == 'u' || c == 0xFC || c == 0xFB; }
-
-static int is_voiceless(Py_UCS4 c) /* suffixes.VOICELESS */
-{
-    switch (c) {
-    case 'f': case 's': case 't': case 'k': case 0xE7: case 0x15F: case 'h': case 'p':
-        return 1;
-    }
-    return 0;
-}
-
-/* The harmony class of a context key (last letter class, last vowel), as encoder._harmony_class
- * orders its tables: 0 no word; 1-4 after a vowel (a e o ö); 5-9 after a voiceless consonant,
- * 10-14 after another consonant (no vowel yet, a, e, o, ö). */
-static int vowel_rep(Py_UCS4 v)
+/* The rank of the last vowel's representative (encoder._harmony_class), 0 for none: with the
+ * CLASS_* bases it gives the index of a context key's suffix table in encoder.HARMONY_KEYS. */
+static int vowel_rank(Py_UCS4 v)
 {
     if (v == 0)
         return 0;
     if (is_rounded(v))
-        return is_back(v) ? 3 : 4;
-    return is_back(v) ? 1 : 2;
+        return is_back(v) ? RANK_BACK_ROUNDED : RANK_FRONT_ROUNDED;
+    return is_back(v) ? RANK_BACK_UNROUNDED : RANK_FRONT_UNROUNDED;
 }
 
 /* ---- tries -------------------------------------------------------------------------- */
@@ -461,47 +457,121 @@ static Py_UCS4 single_char(PyObject *s)
     return PyUnicode_READ_CHAR(s, 0);
 }
 
-/* Segmenter(root_scan, text_scan, raw_scan, suffix_tables, costs, byte_cost, kinds, texts,
- *           elements, voiced, letters_only, spaced_word, cap_id, upper_id, byte0) */
-static int Segmenter_init(Segmenter *self, PyObject *args, PyObject *kwds)
-{
-    PyObject *root_scan, *text_scan, *raw_scan, *tables, *costs, *kinds, *texts, *elements;
-    PyObject *voiced, *letters_only, *spaced_word;
+/* ---- construction from encoder.SegmenterTables ------------------------------------------ */
+
+/* The attributes of a SegmenterTables, read by name so that no table can be passed in the
+ * wrong place; the objects are new references (tables_release). */
+typedef struct {
+    PyObject *root_scan, *text_scan, *raw_scan; /* dict: text -> id, or NO_ID for a prefix */
+    PyObject *suffix_tables;                    /* list of NUM_CLASSES dicts (trie_from_dict) */
+    PyObject *costs, *kinds, *texts, *elements, *voiced, *letters_only, *spaced_word; /* per id */
     double byte_cost, one_letter_cost;
-    int cap_id, upper_id, byte0;
-    if (!PyArg_ParseTuple(args, "O!O!O!O!O!ddO!O!O!O!O!O!iii", &PyDict_Type, &root_scan,
-                          &PyDict_Type, &text_scan, &PyDict_Type, &raw_scan, &PyList_Type,
-                          &tables, &PyList_Type, &costs, &byte_cost, &one_letter_cost,
-                          &PyList_Type, &kinds,
-                          &PyList_Type, &texts, &PyList_Type, &elements, &PyList_Type, &voiced,
-                          &PyList_Type, &letters_only, &PyList_Type, &spaced_word, &cap_id,
-                          &upper_id, &byte0))
+    long cap_id, upper_id, byte0;
+} Tables;
+
+static const struct {
+    const char *name;
+    int is_dict; /* else a list */
+    size_t offset;
+} TABLE_FIELDS[] = {
+    {"root_scan", 1, offsetof(Tables, root_scan)},
+    {"text_scan", 1, offsetof(Tables, text_scan)},
+    {"raw_scan", 1, offsetof(Tables, raw_scan)},
+    {"suffix_tables", 0, offsetof(Tables, suffix_tables)},
+    {"costs", 0, offsetof(Tables, costs)},
+    {"kinds", 0, offsetof(Tables, kinds)},
+    {"texts", 0, offsetof(Tables, texts)},
+    {"elements", 0, offsetof(Tables, elements)},
+    {"voiced", 0, offsetof(Tables, voiced)},
+    {"letters_only", 0, offsetof(Tables, letters_only)},
+    {"spaced_word", 0, offsetof(Tables, spaced_word)},
+};
+#define NUM_TABLE_FIELDS (sizeof(TABLE_FIELDS) / sizeof(TABLE_FIELDS[0]))
+
+static PyObject **table_field(Tables *t, size_t k) { return (PyObject **)((char *)t + TABLE_FIELDS[k].offset); }
+
+static void tables_release(Tables *t)
+{
+    for (size_t k = 0; k < NUM_TABLE_FIELDS; k++)
+        Py_CLEAR(*table_field(t, k));
+}
+
+/* obj.<name> as a number: a double, or a long when `as_long` is given. */
+static int number_field(PyObject *obj, const char *name, double *as_double, long *as_long)
+{
+    PyObject *v = PyObject_GetAttrString(obj, name);
+    if (v == NULL)
         return -1;
-    if (self->costs) {
-        PyErr_SetString(PyExc_RuntimeError, "Segmenter is already initialized");
+    if (as_long != NULL)
+        *as_long = PyLong_AsLong(v);
+    else
+        *as_double = PyFloat_AsDouble(v);
+    Py_DECREF(v);
+    if (PyErr_Occurred()) {
+        PyErr_Format(PyExc_TypeError, "SegmenterTables.%s must be a number", name);
         return -1;
     }
-    Py_ssize_t n = PyList_GET_SIZE(costs);
-    if (PyList_GET_SIZE(kinds) != n || PyList_GET_SIZE(texts) != n ||
-        PyList_GET_SIZE(elements) != n || PyList_GET_SIZE(voiced) != n ||
-        PyList_GET_SIZE(letters_only) != n || PyList_GET_SIZE(spaced_word) != n) {
-        PyErr_SetString(PyExc_ValueError, "per-id lists must all have one entry per id");
+    return 0;
+}
+
+/* Read every attribute of `obj`, checking the containers' types and lengths. */
+static int tables_read(PyObject *obj, Tables *t)
+{
+    memset(t, 0, sizeof(*t));
+    for (size_t k = 0; k < NUM_TABLE_FIELDS; k++) {
+        PyObject *v = PyObject_GetAttrString(obj, TABLE_FIELDS[k].name);
+        *table_field(t, k) = v;
+        if (v == NULL)
+            return -1;
+        if (TABLE_FIELDS[k].is_dict ? !PyDict_Check(v) : !PyList_Check(v)) {
+            PyErr_Format(PyExc_TypeError, "SegmenterTables.%s must be a %s, not %s",
+                         TABLE_FIELDS[k].name, TABLE_FIELDS[k].is_dict ? "dict" : "list",
+                         Py_TYPE(v)->tp_name);
+            return -1;
+        }
+    }
+    if (number_field(obj, "byte_cost", &t->byte_cost, NULL) < 0 ||
+        number_field(obj, "one_letter_cost", &t->one_letter_cost, NULL) < 0 ||
+        number_field(obj, "cap_id", NULL, &t->cap_id) < 0 ||
+        number_field(obj, "upper_id", NULL, &t->upper_id) < 0 ||
+        number_field(obj, "byte0", NULL, &t->byte0) < 0)
+        return -1;
+    Py_ssize_t n = PyList_GET_SIZE(t->costs);
+    for (size_t k = 0; k < NUM_TABLE_FIELDS; k++) {
+        PyObject *v = *table_field(t, k);
+        if (PyList_Check(v) && v != t->suffix_tables && PyList_GET_SIZE(v) != n) {
+            PyErr_Format(PyExc_ValueError, "SegmenterTables.%s has %zd entries, costs %zd: the "
+                         "per-id lists need one entry per id", TABLE_FIELDS[k].name,
+                         PyList_GET_SIZE(v), n);
+            return -1;
+        }
+    }
+    if (PyList_GET_SIZE(t->suffix_tables) != NUM_CLASSES) {
+        PyErr_Format(PyExc_ValueError, "expected %d suffix tables (encoder.HARMONY_KEYS)",
+                     NUM_CLASSES);
         return -1;
     }
-    if (PyList_GET_SIZE(tables) != NUM_CLASSES) {
-        PyErr_Format(PyExc_ValueError, "expected %d suffix tables", NUM_CLASSES);
-        return -1;
-    }
-    if (cap_id < 0 || cap_id >= n || upper_id < 0 || upper_id >= n || byte0 < 0 || byte0 + 256 > n) {
+    if (t->cap_id < 0 || t->cap_id >= n || t->upper_id < 0 || t->upper_id >= n || t->byte0 < 0 ||
+        t->byte0 + 256 > n) {
         PyErr_SetString(PyExc_ValueError, "special ids out of range");
         return -1;
     }
-    self->n_ids = n;
-    self->byte_cost = byte_cost;
-    self->one_letter_cost = one_letter_cost;
-    self->cap_id = cap_id;
-    self->upper_id = upper_id;
-    self->byte0 = byte0;
+    return 0;
+}
+
+/* Allocate the per-id arrays and the text and element buffers for `t`'s n ids. */
+static int alloc_per_id(Segmenter *self, const Tables *t, Py_ssize_t n)
+{
+    Py_ssize_t text_total = 0, elem_total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *text = PyList_GET_ITEM(t->texts, i), *e = PyList_GET_ITEM(t->elements, i);
+        if (!PyUnicode_Check(text) || !PyTuple_Check(e)) {
+            PyErr_SetString(PyExc_TypeError, "texts must be str and elements tuples");
+            return -1;
+        }
+        text_total += PyUnicode_GET_LENGTH(text);
+        elem_total += PyTuple_GET_SIZE(e);
+    }
     self->costs = PyMem_Malloc(n * sizeof(double));
     self->kind = PyMem_Malloc(n);
     self->letters_only = PyMem_Malloc(n);
@@ -510,89 +580,122 @@ static int Segmenter_init(Segmenter *self, PyObject *args, PyObject *kwds)
     self->text_start = PyMem_Malloc((n + 1) * sizeof(Py_ssize_t));
     self->elem_start = PyMem_Malloc((n + 1) * sizeof(Py_ssize_t));
     self->id_objects = PyMem_Calloc(n, sizeof(PyObject *));
-    if (!self->costs || !self->kind || !self->letters_only || !self->spaced_word ||
-        !self->voiced || !self->text_start || !self->elem_start || !self->id_objects) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    Py_ssize_t text_total = 0, elem_total = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *t = PyList_GET_ITEM(texts, i), *e = PyList_GET_ITEM(elements, i);
-        if (!PyUnicode_Check(t) || !PyTuple_Check(e)) {
-            PyErr_SetString(PyExc_TypeError, "texts must be str and elements tuples");
-            return -1;
-        }
-        text_total += PyUnicode_GET_LENGTH(t);
-        elem_total += PyTuple_GET_SIZE(e);
-    }
     self->text_buf = PyMem_Malloc((text_total + 1) * sizeof(Py_UCS4));
     self->elem_buf = PyMem_Malloc((elem_total + 1) * sizeof(Element));
-    if (!self->text_buf || !self->elem_buf) {
+    if (!self->costs || !self->kind || !self->letters_only || !self->spaced_word ||
+        !self->voiced || !self->text_start || !self->elem_start || !self->id_objects ||
+        !self->text_buf || !self->elem_buf) {
         PyErr_NoMemory();
         return -1;
     }
+    return 0;
+}
+
+/* Copy the suffix elements of one id (a tuple of (kind name, letter) pairs) to elem_buf. */
+static int copy_elements(Segmenter *self, PyObject *e, Py_ssize_t *epos)
+{
+    for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(e); j++) {
+        PyObject *pair = PyTuple_GET_ITEM(e, j);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "an element is a (kind, letter) tuple");
+            return -1;
+        }
+        if (element_kind(PyTuple_GET_ITEM(pair, 0), &self->elem_buf[*epos].kind) < 0)
+            return -1;
+        Py_UCS4 c = single_char(PyTuple_GET_ITEM(pair, 1));
+        if (c == (Py_UCS4)-1)
+            return -1;
+        self->elem_buf[(*epos)++].letter = c;
+    }
+    return 0;
+}
+
+/* Fill the per-id arrays and buffers from `t`. */
+static int fill_per_id(Segmenter *self, const Tables *t, Py_ssize_t n)
+{
     Py_ssize_t tpos = 0, epos = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        self->costs[i] = PyFloat_AsDouble(PyList_GET_ITEM(costs, i));
-        long k = PyLong_AsLong(PyList_GET_ITEM(kinds, i));
-        int lo = PyObject_IsTrue(PyList_GET_ITEM(letters_only, i));
-        int sw = PyObject_IsTrue(PyList_GET_ITEM(spaced_word, i));
+        self->costs[i] = PyFloat_AsDouble(PyList_GET_ITEM(t->costs, i));
+        long k = PyLong_AsLong(PyList_GET_ITEM(t->kinds, i));
+        int lo = PyObject_IsTrue(PyList_GET_ITEM(t->letters_only, i));
+        int sw = PyObject_IsTrue(PyList_GET_ITEM(t->spaced_word, i));
         if (PyErr_Occurred() || lo < 0 || sw < 0)
             return -1;
-        if (k < K_TEXT || k > K_SHARED) {
+        if (k < 0 || k >= NUM_KINDS) {
             PyErr_Format(PyExc_ValueError, "unknown kind code %ld", k);
             return -1;
         }
         self->kind[i] = (uint8_t)k;
         self->letters_only[i] = (uint8_t)lo;
         self->spaced_word[i] = (uint8_t)sw;
-        PyObject *v = PyList_GET_ITEM(voiced, i);
-        if (v == Py_None) {
-            self->voiced[i] = 0;
-        } else {
-            Py_UCS4 c = single_char(v);
-            if (c == (Py_UCS4)-1)
-                return -1;
-            self->voiced[i] = c;
-        }
-        PyObject *t = PyList_GET_ITEM(texts, i);
+        PyObject *v = PyList_GET_ITEM(t->voiced, i);
+        self->voiced[i] = v == Py_None ? 0 : single_char(v);
+        if (self->voiced[i] == (Py_UCS4)-1)
+            return -1;
+        PyObject *text = PyList_GET_ITEM(t->texts, i);
         self->text_start[i] = tpos;
-        for (Py_ssize_t j = 0; j < PyUnicode_GET_LENGTH(t); j++)
-            self->text_buf[tpos++] = PyUnicode_READ_CHAR(t, j);
-        PyObject *e = PyList_GET_ITEM(elements, i);
+        for (Py_ssize_t j = 0; j < PyUnicode_GET_LENGTH(text); j++)
+            self->text_buf[tpos++] = PyUnicode_READ_CHAR(text, j);
         self->elem_start[i] = epos;
-        for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(e); j++) {
-            PyObject *pair = PyTuple_GET_ITEM(e, j);
-            if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
-                PyErr_SetString(PyExc_TypeError, "an element is a (kind, letter) tuple");
-                return -1;
-            }
-            if (element_kind(PyTuple_GET_ITEM(pair, 0), &self->elem_buf[epos].kind) < 0)
-                return -1;
-            Py_UCS4 c = single_char(PyTuple_GET_ITEM(pair, 1));
-            if (c == (Py_UCS4)-1)
-                return -1;
-            self->elem_buf[epos++].letter = c;
-        }
+        if (copy_elements(self, PyList_GET_ITEM(t->elements, i), &epos) < 0)
+            return -1;
     }
     self->text_start[n] = tpos;
     self->elem_start[n] = epos;
-    if (trie_init(&self->roots) < 0 || trie_from_dict(&self->roots, root_scan, self->costs, n) < 0)
+    return 0;
+}
+
+/* Build the scan and suffix tries (after fill_per_id: scan entries cost costs[id]). */
+static int build_tries(Segmenter *self, const Tables *t, Py_ssize_t n)
+{
+    if (trie_init(&self->roots) < 0 || trie_from_dict(&self->roots, t->root_scan, self->costs, n) < 0)
         return -1;
-    if (trie_init(&self->text) < 0 || trie_from_dict(&self->text, text_scan, self->costs, n) < 0)
+    if (trie_init(&self->text) < 0 || trie_from_dict(&self->text, t->text_scan, self->costs, n) < 0)
         return -1;
-    if (trie_init(&self->raw) < 0 || trie_from_dict(&self->raw, raw_scan, self->costs, n) < 0)
+    if (trie_init(&self->raw) < 0 || trie_from_dict(&self->raw, t->raw_scan, self->costs, n) < 0)
         return -1;
     for (int c = 0; c < NUM_CLASSES; c++) {
-        PyObject *table = PyList_GET_ITEM(tables, c);
+        PyObject *table = PyList_GET_ITEM(t->suffix_tables, c);
         if (!PyDict_Check(table)) {
             PyErr_SetString(PyExc_TypeError, "suffix tables must be dicts");
             return -1;
         }
-        if (trie_init(&self->suffix[c]) < 0 || trie_from_dict(&self->suffix[c], table, self->costs, n) < 0)
+        if (trie_init(&self->suffix[c]) < 0 ||
+            trie_from_dict(&self->suffix[c], table, self->costs, n) < 0)
             return -1;
     }
     return 0;
+}
+
+/* Segmenter(tables): tables is an encoder.SegmenterTables (any object with its attributes). */
+static int Segmenter_init(Segmenter *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *obj;
+    static char *kwlist[] = {"tables", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:Segmenter", kwlist, &obj))
+        return -1;
+    if (self->costs) {
+        PyErr_SetString(PyExc_RuntimeError, "Segmenter is already initialized");
+        return -1;
+    }
+    Tables t;
+    int r = tables_read(obj, &t);
+    if (r == 0) {
+        Py_ssize_t n = PyList_GET_SIZE(t.costs);
+        self->n_ids = n;
+        self->byte_cost = t.byte_cost;
+        self->one_letter_cost = t.one_letter_cost;
+        self->cap_id = (int32_t)t.cap_id;
+        self->upper_id = (int32_t)t.upper_id;
+        self->byte0 = (int32_t)t.byte0;
+        r = alloc_per_id(self, &t, n);
+        if (r == 0)
+            r = fill_per_id(self, &t, n);
+        if (r == 0)
+            r = build_tries(self, &t, n);
+    }
+    tables_release(&t);
+    return r;
 }
 
 /* ---- context keys (suffixes.context_keys) ------------------------------------------- */
@@ -601,22 +704,23 @@ static int Segmenter_init(Segmenter *self, PyObject *args, PyObject *kwds)
  * handled letter, an apostrophe or a space (checked by the caller). */
 static void context_classes(const Py_UCS4 *s, Py_ssize_t n, int *classes)
 {
-    int key = 0; /* 0: None */
+    int key = CLASS_NO_WORD;
     Py_UCS4 vowel = 0;
-    classes[0] = 0;
+    classes[0] = CLASS_NO_WORD;
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_UCS4 c = s[i], low, up;
         int is_up;
         if (is_apostrophe(c)) {
             /* the context looks through apostrophes */
         } else if (!letter_info(c, &low, &up, &is_up)) {
-            key = 0;
+            key = CLASS_NO_WORD;
             vowel = 0;
         } else if (is_vowel(low)) {
             vowel = low;
-            key = vowel_rep(low); /* 1..4 */
+            key = CLASS_AFTER_VOWEL + vowel_rank(low) - 1;
         } else {
-            key = (is_voiceless(low) ? 5 : 10) + vowel_rep(vowel);
+            key = (is_voiceless(low) ? CLASS_AFTER_VOICELESS : CLASS_AFTER_CONSONANT) +
+                  vowel_rank(vowel);
         }
         classes[i + 1] = key;
     }

@@ -15,6 +15,7 @@ Set TR_TOKENIZER_PURE_PYTHON=1 to use this module alone.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import regex
 
@@ -47,6 +48,31 @@ _APOSTROPHE_SPLIT = regex.compile("(['’])")
 _PREFIX = -1  # scan-table value of a text that only starts some piece
 
 Path_ = list[tuple[int, int]]  # (token id, number of characters it covers)
+
+
+@dataclass(frozen=True)
+class SegmenterTables:
+    """What the compiled segmenter (tr_tokenizer._native.Segmenter) is built from.
+
+    _native.c reads each attribute by its name; the per-id lists have one entry per id.
+    """
+
+    root_scan: dict[str, int]  # roots and voiced stems (and their prefixes: _PREFIX)
+    text_scan: dict[str, int]  # every text piece, for the checked fallback segmentation
+    raw_scan: dict[str, int]  # the pieces whose text never changes, for the raw one
+    suffix_tables: list[dict[str, tuple[int, float] | tuple[()]]]  # one per HARMONY_KEYS entry
+    costs: list[float]  # per id
+    byte_cost: float  # one byte token
+    one_letter_cost: float  # ONE_LETTER_START
+    kinds: list[int]  # per id: decoder kind codes
+    texts: list[str]  # per id
+    elements: list[tuple[Element, ...]]  # per id: a shared suffix's elements, else ()
+    voiced: list[str | None]  # per id: the voiced last letter of an alternating root
+    letters_only: list[bool]  # per id: may continue an all-caps word
+    spaced_word: list[bool]  # per id: may start an all-caps word
+    cap_id: int
+    upper_id: int
+    byte0: int  # the id of byte 0x00; bytes follow in order
 
 
 class ChunkEncoder:
@@ -107,24 +133,28 @@ class ChunkEncoder:
         """The compiled segmenter over this encoder's tables (see tr_tokenizer._native)."""
         from tr_tokenizer import _native
 
+        return _native.Segmenter(self.native_tables())
+
+    def native_tables(self) -> SegmenterTables:
+        """This encoder's tables, as the compiled segmenter reads them."""
         t = self.tables
-        return _native.Segmenter(
-            self.root_scan,
-            self.text_scan,
-            self.raw_scan,
-            [self._suffix_table(key) for key in HARMONY_KEYS],
-            self.cost,
-            1.0 + _TIE * _BYTE_PENALTY,
-            ONE_LETTER_START,
-            t.kind,
-            t.text,
-            t.elements,
-            t.voiced,
-            t.letters_only,
-            t.spaced_word,
-            self.cap_id,
-            self.upper_id,
-            self.byte0,
+        return SegmenterTables(
+            root_scan=self.root_scan,
+            text_scan=self.text_scan,
+            raw_scan=self.raw_scan,
+            suffix_tables=[self._suffix_table(key) for key in HARMONY_KEYS],
+            costs=self.cost,
+            byte_cost=1.0 + _TIE * _BYTE_PENALTY,
+            one_letter_cost=ONE_LETTER_START,
+            kinds=t.kind,
+            texts=t.text,
+            elements=t.elements,
+            voiced=t.voiced,
+            letters_only=t.letters_only,
+            spaced_word=t.spaced_word,
+            cap_id=self.cap_id,
+            upper_id=self.upper_id,
+            byte0=self.byte0,
         )
 
     # ---- public entry -------------------------------------------------------------------
@@ -363,8 +393,9 @@ def _harmony_class(key: tuple[str, str | None] | None) -> tuple[str, str | None]
     return (vowel, vowel) if last in VOWELS else (last, vowel)
 
 
-# The representative context keys in the order of the compiled segmenter's suffix tables
-# (_native.c: context_classes): no word; after a vowel; after a voiceless, then another consonant.
+# The representative context keys in the order of the compiled segmenter's suffix tables: no
+# word; after a vowel; after a voiceless, then another consonant (_native_layout.py writes this
+# order into _native_layout.h for _native.c's context_classes, and refuses any other).
 _VOWEL_REPRESENTATIVES = ("a", "e", "o", "ö")
 HARMONY_KEYS: tuple[tuple[str, str | None] | None, ...] = (
     None,
