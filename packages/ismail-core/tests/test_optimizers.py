@@ -224,7 +224,9 @@ def test_interrupted_run_resumes_exactly(
 def test_resuming_with_another_optimizer_is_refused(
     tmp_path: Path, tiny_train_layer, tiny_data: Path
 ) -> None:
-    flags = tiny_train_layer(tmp_path / "run", tiny_data, **{"train.steps": 2})
+    flags = tiny_train_layer(
+        tmp_path / "run", tiny_data, **{"train.steps": 2, "optim.name": "adamw"}
+    )
     train(build_config(flags))
     flags.update({"train.steps": 4, "optim.name": "muon"})
     with pytest.raises(OptimizerError, match="--optim.name adamw.*does not fit muon"):
