@@ -12,12 +12,12 @@ import pytest
 import torch
 from ismail_core.checkpoint import ADAPTER_DIR, WEIGHTS_FILE, load_model, save_checkpoint
 from ismail_core.classify.data import heldout_share
-from ismail_core.classify.model import HEAD_FILE
 from ismail_core.classify.predict import TextClassifier
 from ismail_core.cli import main
 from ismail_core.config import ModelConfig
 from ismail_core.finetune.config import finetune_config
 from ismail_core.finetune.trainer import finetune
+from ismail_core.layout import CLASSIFIER_HEAD_FILE
 from ismail_core.model import Transformer
 from ismail_core.report import write_report
 from ismail_core.tokenizer import load_tokenizer
@@ -143,7 +143,8 @@ def test_lora_saves_adapter_and_head_and_resumes_exactly(base, data, tmp_path):
     lora = {"finetune.method": "lora", "lora.rank": 4}
     whole = finetune(_cfg(base, data["csv"], tmp_path / "whole", **lora))
     ckpt = whole.checkpoint
-    assert (ckpt / ADAPTER_DIR / HEAD_FILE).is_file() and not (ckpt / WEIGHTS_FILE).exists()
+    assert (ckpt / ADAPTER_DIR / CLASSIFIER_HEAD_FILE).is_file()
+    assert not (ckpt / WEIGHTS_FILE).exists()
     assert (ckpt / "classifier.json").is_file()
     classifier = TextClassifier.load(ckpt, device="cpu")
     base_weights = load_model(base)[0].state_dict()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ismail_core.layout import TOKENIZER_MARKER_FILE
 from ismail_core.tokenizer import (
-    MARKER_FILE,
     EncodingProtocol,
     HFTokenizer,
     StreamDecoderProtocol,
@@ -138,12 +138,12 @@ def test_hf_continuation_after_every_cut(hf_tokenizer_file: Path, text: str) -> 
 def test_save_and_load_round_trip(hf_tokenizer_file: Path, tmp_path: Path) -> None:
     tok = load_tokenizer(hf_tokenizer_file)
     out = save_tokenizer(tok, tmp_path / "tok")
-    assert json.loads((out / MARKER_FILE).read_text()) == {"kind": "hf"}
+    assert json.loads((out / TOKENIZER_MARKER_FILE).read_text()) == {"kind": "hf"}
     again = load_tokenizer(out)
     assert again.fingerprint == tok.fingerprint
     assert again.encode("Ne mutlu Türküm diyene").ids == tok.encode("Ne mutlu Türküm diyene").ids
     # A plain Hugging Face folder (no marker) loads too.
-    (out / MARKER_FILE).unlink()
+    (out / TOKENIZER_MARKER_FILE).unlink()
     assert load_tokenizer(out).fingerprint == tok.fingerprint
 
 

@@ -33,18 +33,18 @@ from ismail_core.atomic import atomic_dir
 from ismail_core.corpus.shards import tokenizer_info
 from ismail_core.errors import IsmailError
 from ismail_core.fp8 import FP8UnavailableError, is_fp8_state_dict, load_fp8_weights
+from ismail_core.layout import (
+    ADAPTER_DIR,
+    CHECKPOINTS_DIR,
+    CLASSIFIER_FILE,
+    CONFIG_FILE,
+    LATEST,
+    TOKENIZER_DIR,
+    TRAINER_STATE_FILE,
+    WEIGHTS_FILE,
+)
 from ismail_core.runtime import resolve_device
 from ismail_core.tokenizer import Tokenizer, TokenizerError, describe_fingerprint, load_tokenizer
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-TOKENIZER_DIR = "tokenizer"
-TRAINER_STATE_FILE = "trainer_state.pt"
-ADAPTER_DIR = "adapter"
-CLASSIFIER_FILE = "classifier.json"
-CHECKPOINTS_DIR = "checkpoints"
-LATEST = "latest"
-BEST = "best"
 
 # safetensors metadata key listing state-dict entries that share storage with another entry
 # (tied embedding / LM head): {"alias": "stored name"}.

@@ -375,9 +375,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     import json
     import tempfile
 
-    from ismail_core.checkpoint import TOKENIZER_DIR, load_model, resolve_checkpoint
+    from ismail_core.checkpoint import load_model, resolve_checkpoint
     from ismail_core.corpus import DataError, DataSpec, ShardedSplit, load_metadata, prepare_data
     from ismail_core.evaluate import evaluate
+    from ismail_core.layout import META_FILE, TOKENIZER_DIR
     from ismail_core.tokenizer import describe_fingerprint
 
     model, tokenizer = load_model(args.checkpoint, device=args.device)
@@ -386,7 +387,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise _usage(f"--seq-len {seq_len} exceeds the model's max_seq_len {model.cfg.max_seq_len}")
     with tempfile.TemporaryDirectory(prefix="ismail-eval-") as tmp:
         data_dir, split = Path(args.data), args.split
-        if not (data_dir / "meta.json").is_file():
+        if not (data_dir / META_FILE).is_file():
             # A text source: tokenize it all into one split with the checkpoint's tokenizer.
             tok_dir = resolve_checkpoint(args.checkpoint) / TOKENIZER_DIR
             spec = DataSpec(source=args.data, out=tmp, tokenizer=str(tok_dir), val_fraction=0)
@@ -500,8 +501,8 @@ def _run_export(args: argparse.Namespace) -> int:
 
         out = quantize_checkpoint(args.checkpoint, args.out)
     else:
-        from ismail_core.checkpoint import ADAPTER_DIR
         from ismail_core.hf_export import export_checkpoint_hf
+        from ismail_core.layout import ADAPTER_DIR
 
         out = export_checkpoint_hf(args.checkpoint, args.out)
         if (out / ADAPTER_DIR).is_dir():

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_json
+from .layout import CONFIG_FILE
 
 ATTENTION_KINDS = ("mla", "mha", "gqa", "latent")
 POSITION_KINDS = ("rope", "learned")
@@ -236,7 +237,7 @@ class ModelConfig:
         """Write config.json atomically (path may be the file or its directory)."""
         path = Path(path)
         if path.is_dir():
-            path = path / "config.json"
+            path = path / CONFIG_FILE
         atomic_write_json(path, self.to_dict())
 
     @classmethod
@@ -244,7 +245,7 @@ class ModelConfig:
         """Read config.json (path may be the file or its directory)."""
         path = Path(path)
         if path.is_dir():
-            path = path / "config.json"
+            path = path / CONFIG_FILE
         if not path.exists():
             raise FileNotFoundError(f"no model config at {path}; expected a config.json")
         with open(path) as f:

@@ -32,12 +32,12 @@ import torch
 
 from .config import ModelConfig
 from .finetune.lora import (
-    ADAPTER_WEIGHTS,
     LoraSettings,
     _peft,
     read_settings,
 )
 from .hf import _RULES, HFFormatError, _hf_name, _llama_qk_rows, _split_w13, hf_architecture
+from .layout import ADAPTER_WEIGHTS
 
 # The prefix of every key PeftModel saves and loads for a causal LM.
 _PEFT_PREFIX = "base_model.model."

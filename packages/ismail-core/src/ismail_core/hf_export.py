@@ -28,7 +28,6 @@ from typing import Any
 from .atomic import atomic_dir, atomic_write_json
 from .chat import chat_template, end_of_turn_ids
 from .checkpoint import (
-    ADAPTER_DIR,
     is_adapter_only,
     load_checkpoint_tokenizer,
     load_model,
@@ -36,9 +35,10 @@ from .checkpoint import (
     resolve_checkpoint,
 )
 from .hf import GENERATION_CONFIG_FILE, TOKENIZER_CONFIG_FILE, _write_hf, hf_architecture
+from .layout import ADAPTER_DIR, CHAT_TEMPLATE_FILE, HF_TOKENIZER_FILE
 from .model_card import model_card
 from .sampling import GENERATE_DEFAULTS
-from .tokenizer import CHAT_TEMPLATE_FILE, HF_FILE, Tokenizer
+from .tokenizer import Tokenizer
 
 TR_TOKENIZER_MODULE = "tokenization_tr_tokenizer"
 # The module AutoTokenizer imports from an export of a tr-tokenizer model (trust_remote_code).
@@ -146,7 +146,9 @@ def write_tokenizer_files(tokenizer: Tokenizer, directory: Path, max_len: int) -
         if tokenizer.kind == "tr":
             config.update(_copy_tr_tokenizer(Path(scratch), directory, start is not None))
         else:
-            _write_tokenizers_json(Path(scratch) / HF_FILE, directory / HF_FILE, start)
+            _write_tokenizers_json(
+                Path(scratch) / HF_TOKENIZER_FILE, directory / HF_TOKENIZER_FILE, start
+            )
             config["tokenizer_class"] = "PreTrainedTokenizerFast"
     atomic_write_json(directory / TOKENIZER_CONFIG_FILE, config)
 

@@ -33,10 +33,8 @@ from ismail_core.hf import (
     import_hf,
     read_hf_config,
 )
+from ismail_core.layout import CHAT_TEMPLATE_FILE, HF_TOKENIZER_FILE, TOKENIZER_MARKER_FILE
 from ismail_core.tokenizer import (
-    CHAT_TEMPLATE_FILE,
-    HF_FILE,
-    MARKER_FILE,
     SPECIAL_ROLES,
     HFTokenizer,
     Tokenizer,
@@ -84,17 +82,17 @@ def import_checkpoint(
 
 def folder_tokenizer(hf_dir: Path) -> Tokenizer:
     """The tokenizer saved in a transformers model folder (see the module docstring)."""
-    if (hf_dir / MARKER_FILE).is_file() or (hf_dir / TR_TOKENIZER_FILE).is_file():
+    if (hf_dir / TOKENIZER_MARKER_FILE).is_file() or (hf_dir / TR_TOKENIZER_FILE).is_file():
         return load_tokenizer(hf_dir)
     tokenizer_config = _read_json(hf_dir / TOKENIZER_CONFIG_FILE)
     names = _special_names(hf_dir, tokenizer_config)
-    if (hf_dir / HF_FILE).is_file():
-        tok = HFTokenizer.from_file(hf_dir / HF_FILE)
+    if (hf_dir / HF_TOKENIZER_FILE).is_file():
+        tok = HFTokenizer.from_file(hf_dir / HF_TOKENIZER_FILE)
     elif (hf_dir / GPT2_VOCAB_FILE).is_file() and (hf_dir / GPT2_MERGES_FILE).is_file():
         tok = HFTokenizer(_byte_level_bpe(hf_dir, tokenizer_config, names))
     else:
         raise HFFormatError(
-            f"{hf_dir} holds no tokenizer this can read ({HF_FILE}, {GPT2_VOCAB_FILE} + "
+            f"{hf_dir} holds no tokenizer this can read ({HF_TOKENIZER_FILE}, {GPT2_VOCAB_FILE} + "
             f"{GPT2_MERGES_FILE}, or {TR_TOKENIZER_FILE}; a SentencePiece tokenizer.model "
             "is not read): pass one with --tokenizer SPEC (a tokenizer.json, a tokenizer "
             "directory, or 'tr')"
@@ -117,7 +115,7 @@ def _document_start(
     token of tokenizer.json's post-processor template (alone or in a Sequence) does."""
     if "add_bos_token" in tokenizer_config:
         return bos if tokenizer_config["add_bos_token"] is True else None
-    processor = _read_json(hf_dir / HF_FILE).get("post_processor") or {}
+    processor = _read_json(hf_dir / HF_TOKENIZER_FILE).get("post_processor") or {}
     chain = processor.get("processors", []) if processor.get("type") == "Sequence" else [processor]
     for step in chain:
         single = (step.get("single") or []) if step.get("type") == "TemplateProcessing" else []

@@ -12,13 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CHECKPOINTS_DIR
 from .corpus.sources import BUILTIN
-from .train.resume import STEP_PREFIX
+from .layout import CHECKPOINTS_DIR, META_FILE, METRICS_FILE, STEP_PREFIX, TRAIN_CONFIG_FILE
 
-_CONFIG_FILE = "train_config.json"
-_METRICS_FILE = "metrics.jsonl"
-_META_FILE = "meta.json"
 # What the figures of an evaluation record are (others are shown under their own names).
 _FIGURE_NAMES = {
     "loss": "validation loss (nats per token)",
@@ -44,7 +40,7 @@ def model_card(checkpoint: Path, model: Any, tokenizer: Any, name: str) -> str:
 
     arch = hf_architecture(model.cfg)
     run = _run_of(checkpoint)
-    config = _read_json(run / _CONFIG_FILE) if run else None
+    config = _read_json(run / TRAIN_CONFIG_FILE) if run else None
     sections = [
         _front_matter(arch, tokenizer),
         f"# {name}\n\n{_summary(model, arch)}",
@@ -59,7 +55,7 @@ def model_card(checkpoint: Path, model: Any, tokenizer: Any, name: str) -> str:
 def _run_of(checkpoint: Path) -> Path | None:
     """The run directory a step checkpoint belongs to, if it is one."""
     parent = checkpoint.parent
-    if parent.name == CHECKPOINTS_DIR and (parent.parent / _CONFIG_FILE).is_file():
+    if parent.name == CHECKPOINTS_DIR and (parent.parent / TRAIN_CONFIG_FILE).is_file():
         return parent.parent
     return None
 
@@ -130,7 +126,7 @@ def _training(config: dict | None, checkpoint: Path) -> str:
 def _pretraining_data(data: dict) -> str:
     # The data directory's meta.json says what it was made from; the run's data.source is
     # only used when training prepares the data itself (and is its default otherwise).
-    meta = _read_json(Path(str(data.get("path"))) / _META_FILE) or {}
+    meta = _read_json(Path(str(data.get("path"))) / META_FILE) or {}
     source = str((meta.get("spec") or {}).get("source") or data.get("source"))
     text = _DATA_NAMES.get(source, f"`{source}`")
     splits = meta.get("splits") or {}
@@ -174,7 +170,7 @@ def _eval_at(run: Path, step: int) -> dict | None:
     """The run's last evaluation record at `step`."""
     found = None
     try:
-        lines = (run / _METRICS_FILE).read_text(encoding="utf-8").splitlines()
+        lines = (run / METRICS_FILE).read_text(encoding="utf-8").splitlines()
     except OSError:
         return None
     for line in lines:

@@ -21,18 +21,13 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ismail_core.atomic import atomic_dir
 from ismail_core.errors import IsmailError
+from ismail_core.layout import CHAT_TEMPLATE_FILE, HF_TOKENIZER_FILE, TOKENIZER_MARKER_FILE
 
 if TYPE_CHECKING:
     import tokenizers
     import tr_tokenizer
     from tr_tokenizer.tokenizer import DecodeStream
     from tr_tokenizer.tokenizer import Encoding as TrEncoding
-
-# Written next to the tokenizer files by `save` so a saved directory loads back as the same kind.
-MARKER_FILE = "ismail_tokenizer.json"
-HF_FILE = "tokenizer.json"
-# The chat template (Jinja) a fine-tuned model was trained with; see ismail_core.chat.
-CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 # Names Hugging Face tokenizers commonly use for their special tokens, most common first.
 _EOS_NAMES = ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|eot_id|>", "<|im_end|>")
@@ -240,7 +235,7 @@ class HFTokenizer:
         """Write tokenizer.json, the marker file and the chat template into `directory`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self._tok.save(str(directory / HF_FILE))
+        self._tok.save(str(directory / HF_TOKENIZER_FILE))
         _write_marker(directory, self.kind, self.chat_template, self.special_ids)
 
 
@@ -390,7 +385,7 @@ def _write_marker(
 ) -> None:
     """Record the kind, explicitly given special ids, and the chat template when there is one."""
     marker = {"kind": kind, "special_ids": special_ids} if special_ids else {"kind": kind}
-    (directory / MARKER_FILE).write_text(json.dumps(marker) + "\n")
+    (directory / TOKENIZER_MARKER_FILE).write_text(json.dumps(marker) + "\n")
     if chat_template:
         (directory / CHAT_TEMPLATE_FILE).write_text(chat_template, encoding="utf-8")
 
@@ -450,12 +445,12 @@ def load_tokenizer(spec: str | Path | None = None) -> HFTokenizer | TrTokenizer:
 
 def _load_directory(path: Path) -> HFTokenizer | TrTokenizer:
     """The tokenizer saved in a directory (see load_tokenizer)."""
-    marker = path / MARKER_FILE
+    marker = path / TOKENIZER_MARKER_FILE
     if marker.is_file():
         recorded = _read_marker(marker)
         kind = recorded["kind"]
         if kind == "hf":
-            return HFTokenizer.from_file(path / HF_FILE, recorded["special_ids"])
+            return HFTokenizer.from_file(path / HF_TOKENIZER_FILE, recorded["special_ids"])
         if kind == "tr":
             return _load_tr(path)
         raise TokenizerError(f"{marker}: unknown tokenizer kind {kind!r}")
@@ -463,10 +458,11 @@ def _load_directory(path: Path) -> HFTokenizer | TrTokenizer:
     try:
         return _load_tr(path)
     except Exception as tr_error:
-        if (path / HF_FILE).is_file():
-            return HFTokenizer.from_file(path / HF_FILE)
+        if (path / HF_TOKENIZER_FILE).is_file():
+            return HFTokenizer.from_file(path / HF_TOKENIZER_FILE)
         raise TokenizerError(
-            f"{path} holds neither a tr-tokenizer nor a Hugging Face {HF_FILE} ({tr_error})"
+            f"{path} holds neither a tr-tokenizer nor a Hugging Face {HF_TOKENIZER_FILE} "
+            f"({tr_error})"
         ) from tr_error
 
 

@@ -21,17 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ismail_core.checkpoint import (
-    ADAPTER_DIR,
-    CLASSIFIER_FILE,
-    CheckpointError,
-    resolve_checkpoint,
-)
+from ismail_core.checkpoint import CheckpointError, resolve_checkpoint
 from ismail_core.config import ModelConfig
+from ismail_core.layout import ADAPTER_DIR, CLASSIFIER_FILE, CLASSIFIER_HEAD_FILE
 from ismail_core.model.transformer import ModelOutput, Transformer
 from ismail_core.train.config import ConfigError
-
-HEAD_FILE = "classifier_head.safetensors"
 
 
 @dataclass
@@ -174,14 +168,14 @@ def save_head(model: TransformerClassifier, directory: Path) -> None:
     from safetensors.torch import save_file
 
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.score.state_dict().items()}
-    save_file(state, str(directory / HEAD_FILE), metadata={"format": "pt"})
+    save_file(state, str(directory / CLASSIFIER_HEAD_FILE), metadata={"format": "pt"})
 
 
 def load_head(model: TransformerClassifier, directory: Path) -> None:
     """Load the score layer that save_head wrote into `directory`."""
     from safetensors.torch import load_file
 
-    file = directory / HEAD_FILE
+    file = directory / CLASSIFIER_HEAD_FILE
     try:
         state = load_file(str(file))
         model.score.load_state_dict({k: v.to(model.score.weight.dtype) for k, v in state.items()})

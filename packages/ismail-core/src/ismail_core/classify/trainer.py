@@ -20,7 +20,6 @@ from typing import Any
 import torch
 
 from ismail_core.checkpoint import (
-    ADAPTER_DIR,
     is_classifier,
     load_checkpoint_tokenizer,
     load_config,
@@ -52,9 +51,10 @@ from ismail_core.finetune import lora
 from ismail_core.finetune.config import FinetuneConfig
 from ismail_core.finetune.data import RowSampler
 from ismail_core.finetune.trainer import FinetuneTrainer, _resolve_base
+from ismail_core.layout import ADAPTER_DIR, TRAIN_CONFIG_FILE
 from ismail_core.train.config import ConfigError
 from ismail_core.train.resume import find_resume_checkpoint, read_resume_state
-from ismail_core.train.trainer import CONFIG_FILE, Trainer
+from ismail_core.train.trainer import Trainer
 
 # Settings a run directory must be continued with (besides FinetuneTrainer's).
 SAME_RUN_KEYS = {
@@ -138,7 +138,7 @@ class ClassifyTrainer(FinetuneTrainer):
         """Also refuse to continue a run with other fields, trained weights or split."""
         super()._check_same_run()
         try:
-            saved = json.loads((self.run_dir / CONFIG_FILE).read_text())
+            saved = json.loads((self.run_dir / TRAIN_CONFIG_FILE).read_text())
         except (OSError, ValueError):
             return
         for section, keys in SAME_RUN_KEYS.items():

@@ -15,14 +15,13 @@ from ismail_core.corpus.cleaning import clean_text, text_hash
 from ismail_core.corpus.errors import DataError
 from ismail_core.corpus.shards import (
     FORMAT,
-    META_FILE,
-    TOKENIZER_DIR,
     token_dtype,
     tokenizer_info,
     write_split,
 )
 from ismail_core.corpus.sources import load_source
 from ismail_core.corpus.split import split_flags
+from ismail_core.layout import META_FILE, TOKENIZER_DIR
 from ismail_core.tokenizer import Tokenizer, TrTokenizer, load_tokenizer
 
 # What --train-tokenizer can train (DataSpec.tokenizer_type).

@@ -22,9 +22,8 @@ import numpy as np
 import torch
 
 from ismail_core.corpus.errors import DataError
+from ismail_core.layout import META_FILE
 
-META_FILE = "meta.json"
-TOKENIZER_DIR = "tokenizer"
 FORMAT = "ismail-shards/1"
 
 

@@ -23,10 +23,13 @@ from torch import nn
 
 from ismail_core.atomic import atomic_write_json
 from ismail_core.errors import IsmailError
-
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-INFO_FILE = "ismail_adapter.json"
+from ismail_core.layout import (
+    ADAPTER_CONFIG,
+    ADAPTER_DIR,
+    ADAPTER_INFO_FILE,
+    ADAPTER_WEIGHTS,
+    WEIGHTS_FILE,
+)
 
 
 class LoraError(IsmailError, ValueError):
@@ -115,14 +118,14 @@ def save_adapter(model: nn.Module, settings: LoraSettings, directory: Path, base
         "base_fingerprint": weights_fingerprint(base),
         "targets": list(settings.targets),
     }
-    atomic_write_json(directory / INFO_FILE, info)
+    atomic_write_json(directory / ADAPTER_INFO_FILE, info)
 
 
 def _info(directory: Path) -> dict[str, Any]:
     try:
-        return json.loads((directory / INFO_FILE).read_text(encoding="utf-8"))
+        return json.loads((directory / ADAPTER_INFO_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise LoraError(f"{directory / INFO_FILE} is missing or corrupt ({exc})") from exc
+        raise LoraError(f"{directory / ADAPTER_INFO_FILE} is missing or corrupt ({exc})") from exc
 
 
 def read_settings(directory: Path) -> LoraSettings:
@@ -146,7 +149,7 @@ def base_of(directory: Path) -> Path:
     try:
         return Path(_info(directory)["base"])
     except (KeyError, TypeError) as exc:
-        raise LoraError(f"{directory / INFO_FILE} does not name a base checkpoint") from exc
+        raise LoraError(f"{directory / ADAPTER_INFO_FILE} does not name a base checkpoint") from exc
 
 
 def check_base(directory: Path, base: Path) -> None:
@@ -201,7 +204,7 @@ def weights_fingerprint(checkpoint: Path) -> str:
     """A fingerprint of a checkpoint's weights file: its size, safetensors header and 64
     sampled 4 KiB blocks (two trainings of the same shape differ everywhere, and reading a
     multi-gigabyte file whole on every load would be slow)."""
-    from ismail_core.checkpoint import WEIGHTS_FILE, resolve_checkpoint
+    from ismail_core.checkpoint import resolve_checkpoint
 
     file = resolve_checkpoint(checkpoint) / WEIGHTS_FILE
     size = file.stat().st_size
@@ -218,8 +221,6 @@ def weights_fingerprint(checkpoint: Path) -> str:
 def load_with_adapter(checkpoint: Path, merge: bool = True) -> nn.Module:
     """The model of a LoRA checkpoint: its base checkpoint's model with the adapter applied,
     merged into the weights (or kept as LoRA layers with merge=False, for training)."""
-    from ismail_core.checkpoint import ADAPTER_DIR
-
     model = load_base(checkpoint)
     load_adapter(model, checkpoint / ADAPTER_DIR)
     return merge_lora(model) if merge else model
@@ -229,7 +230,6 @@ def load_base(checkpoint: Path) -> nn.Module:
     """The base model a LoRA checkpoint's adapter was trained on, once checked to be present
     and to be that base (weights fingerprint, config and tokenizer)."""
     from ismail_core.checkpoint import (
-        ADAPTER_DIR,
         load_checkpoint_tokenizer,
         load_config,
         load_model,

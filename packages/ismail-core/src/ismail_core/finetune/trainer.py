@@ -20,7 +20,6 @@ import torch
 
 from ismail_core.chat import add_chat_markers, chat_template, render_chat
 from ismail_core.checkpoint import (
-    ADAPTER_DIR,
     CheckpointError,
     load_checkpoint_tokenizer,
     load_config,
@@ -47,10 +46,11 @@ from ismail_core.finetune.evaluate import (
     heldout_loss,
     score_replies,
 )
+from ismail_core.layout import ADAPTER_DIR, TRAIN_CONFIG_FILE
 from ismail_core.train import distributed
 from ismail_core.train.config import ConfigError
 from ismail_core.train.resume import find_resume_checkpoint, read_resume_state
-from ismail_core.train.trainer import CONFIG_FILE, Trainer, TrainResult, train
+from ismail_core.train.trainer import Trainer, TrainResult, train
 
 DEFAULT_BASE = "runs/tiny"
 # Where a transformers model folder given as the base is imported to, inside the run directory.
@@ -161,7 +161,7 @@ class FinetuneTrainer(Trainer):
     def _check_same_run(self) -> None:
         """Refuse to continue this run directory from another base or on other data."""
         try:
-            saved = json.loads((self.run_dir / CONFIG_FILE).read_text())["finetune"]
+            saved = json.loads((self.run_dir / TRAIN_CONFIG_FILE).read_text())["finetune"]
         except (OSError, ValueError, KeyError, TypeError):
             return
         f, defaults = self.cfg.finetune, FinetuneSection()

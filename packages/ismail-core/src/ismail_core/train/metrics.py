@@ -12,9 +12,8 @@ from typing import Any
 
 import torch
 
+from ismail_core.layout import METRICS_FILE
 from ismail_core.train.config import ConfigError, LogSection
-
-METRICS_FILE = "metrics.jsonl"
 
 # Dense bf16 peak FLOP/s of common GPUs (vendor figures), for MFU as nanoGPT reports it.
 GPU_PEAK_FLOPS = {

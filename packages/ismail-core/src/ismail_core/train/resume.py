@@ -26,18 +26,21 @@ import torch
 
 from ismail_core.atomic import atomic_symlink
 from ismail_core.checkpoint import (
-    BEST,
-    CHECKPOINTS_DIR,
-    LATEST,
     CheckpointError,
     load_trainer_state,
     resolve_checkpoint,
     save_checkpoint,
 )
+from ismail_core.layout import (
+    BEST,
+    CHECKPOINTS_DIR,
+    LATEST,
+    RUN_LOCK_FILE,
+    STEP_PREFIX,
+    TRAINER_STATE_FILE,
+)
 from ismail_core.tokenizer import Tokenizer
 
-STEP_PREFIX = "step_"
-LOCK_FILE = ".train.lock"
 # Temporaries of ismail_core.atomic in checkpoints/: `.step_*.tmp-*` (atomic_dir) and
 # `.latest.tmp-PID` / `.best.tmp-PID` (atomic_symlink). Not `.step_*.old-PID` (replace_dir):
 # a crash can leave the only copy of a checkpoint there.
@@ -151,7 +154,7 @@ def run_dir_lock(run_dir: Path) -> Iterator[bool]:
         import fcntl
     except ImportError:  # Windows
         fcntl = None
-    with open(run_dir / LOCK_FILE, "a+", encoding="utf-8") as f:
+    with open(run_dir / RUN_LOCK_FILE, "a+", encoding="utf-8") as f:
         locked = False
         try:
             if fcntl is not None:
@@ -194,7 +197,7 @@ def read_resume_state(checkpoint: Path) -> dict[str, Any]:
     state = load_trainer_state(checkpoint)
     if state is None:
         raise CheckpointError(
-            f"{checkpoint} has no trainer_state.pt, so training cannot resume from it exactly; "
+            f"{checkpoint} has no {TRAINER_STATE_FILE}, so training cannot resume from it exactly; "
             "start a new run (fine-tuning from weights alone is not supported yet)"
         )
     return state

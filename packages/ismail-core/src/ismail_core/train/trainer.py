@@ -27,9 +27,10 @@ from ismail_core.checkpoint import (
     load_weights,
 )
 from ismail_core.corpus import DataError, ShardedSplit, load_metadata
-from ismail_core.corpus.shards import TOKENIZER_DIR, tokenizer_info
+from ismail_core.corpus.shards import tokenizer_info
 from ismail_core.errors import IsmailError
 from ismail_core.evaluate import EvalResult, evaluate
+from ismail_core.layout import META_FILE, TOKENIZER_DIR, TRAIN_CONFIG_FILE, WEIGHTS_FILE
 from ismail_core.model import Transformer
 from ismail_core.tokenizer import describe_fingerprint, load_tokenizer
 from ismail_core.train import distributed
@@ -47,8 +48,6 @@ from ismail_core.train.resume import (
     run_dir_lock,
     set_rng_state,
 )
-
-CONFIG_FILE = "train_config.json"
 
 # What to change when a GPU runs out of memory, most effective first.
 MEMORY_KNOBS = (
@@ -76,7 +75,7 @@ class TrainResult:
 def ensure_data(cfg: TrainConfig, info: distributed.DistInfo) -> Path:
     """The data directory, tokenized first (by the main process) if it does not exist yet."""
     path = Path(cfg.data.path)
-    if not (path / "meta.json").is_file():
+    if not (path / META_FILE).is_file():
         if path.exists() and any(path.iterdir()):
             raise DataError(
                 f"{path} exists but is not a tokenized data directory; point --data.path at "
@@ -154,7 +153,7 @@ class Trainer:
         """Refuse to continue this run directory on another data directory than the one its
         train_config.json records: the run's history would silently mix two data sets."""
         try:
-            saved = json.loads((self.run_dir / CONFIG_FILE).read_text())["data"]["path"]
+            saved = json.loads((self.run_dir / TRAIN_CONFIG_FILE).read_text())["data"]["path"]
         except (OSError, ValueError, KeyError, TypeError):  # no record to compare with
             return
         asked = self.cfg.data.path
@@ -212,7 +211,7 @@ class Trainer:
         if self.resume_from is not None:
             try:
                 state = read_resume_state(self.resume_from)
-                model.load_state_dict(load_weights(self.resume_from / "model.safetensors"))
+                model.load_state_dict(load_weights(self.resume_from / WEIGHTS_FILE))
             except CheckpointError as exc:
                 raise CheckpointError(f"{exc}{self._earlier_checkpoints_hint()}") from exc
         self._place_model(model, state)
@@ -455,7 +454,7 @@ class Trainer:
         for path in self.manager.prune(protect=self.resume_from):
             keep = self.cfg.checkpoint.keep_last
             print(f"  removed {path.name}: beyond checkpoint.keep_last={keep}", flush=True)
-        atomic_write_json(self.run_dir / CONFIG_FILE, self._resolved())
+        atomic_write_json(self.run_dir / TRAIN_CONFIG_FILE, self._resolved())
 
     def _train_loop(self) -> TrainResult:
         cfg, info = self.cfg, self.info
