@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import regex
 
@@ -34,6 +35,9 @@ from tr_tokenizer.suffixes import (
 )
 from tr_tokenizer.vocab import BYTE_TOKENS, CAP, Vocabulary
 from tr_tokenizer.vocab import UPPER as UPPER_TOKEN
+
+if TYPE_CHECKING:
+    from tr_tokenizer import _native
 
 _INF = float("inf")
 # Ties between segmentations with the same number of tokens go to the higher-scoring pieces;
@@ -127,9 +131,11 @@ class ChunkEncoder:
         self.byte0 = vocab.pieces.index((BYTE_TOKENS[0], "byte", 0.0)) if vocab.pieces else 0
         self.cap_id = next(i for i, p in enumerate(vocab.pieces) if p[0] == CAP)
         self.upper_id = next(i for i, p in enumerate(vocab.pieces) if p[0] == UPPER_TOKEN)
-        self.native = self._native_segmenter() if native_available() else None
+        self.native: _native.Segmenter | None = None
+        if native_available():
+            self.native = self._native_segmenter()
 
-    def _native_segmenter(self):
+    def _native_segmenter(self) -> _native.Segmenter:
         """The compiled segmenter over this encoder's tables (see tr_tokenizer._native)."""
         from tr_tokenizer import _native
 
