@@ -120,91 +120,97 @@ class ModelConfig:
     # ----------------------------------------------------------------- validation
     def validate(self) -> None:
         """Raise ValueError naming the first impossible setting and how to fix it."""
-
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ValueError(f"invalid ModelConfig: {msg}")
-
         for name in ("vocab_size", "max_seq_len", "dim", "n_layers", "n_heads"):
-            need(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
-        need(self.attention in ATTENTION_KINDS, f"attention must be one of {ATTENTION_KINDS}")
-        need(self.pos_emb in POSITION_KINDS, f"pos_emb must be one of {POSITION_KINDS}")
-        need(self.mlp in MLP_KINDS, f"mlp must be one of {MLP_KINDS}")
-        need(self.norm in NORM_KINDS, f"norm must be one of {NORM_KINDS}")
-        need(self.score_func in SCORE_FUNCS, f"score_func must be one of {SCORE_FUNCS}")
-        need(self.sliding_window >= 0, "sliding_window must be >= 0 (0 disables it)")
+            _need(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        _need(self.attention in ATTENTION_KINDS, f"attention must be one of {ATTENTION_KINDS}")
+        _need(self.pos_emb in POSITION_KINDS, f"pos_emb must be one of {POSITION_KINDS}")
+        _need(self.mlp in MLP_KINDS, f"mlp must be one of {MLP_KINDS}")
+        _need(self.norm in NORM_KINDS, f"norm must be one of {NORM_KINDS}")
+        _need(self.score_func in SCORE_FUNCS, f"score_func must be one of {SCORE_FUNCS}")
+        _need(self.sliding_window >= 0, "sliding_window must be >= 0 (0 disables it)")
         if self.attention == "mla":
-            need(self.kv_lora_rank > 0, "kv_lora_rank must be positive for mla")
-            need(self.q_lora_rank >= 0, "q_lora_rank must be >= 0 (0 disables query compression)")
-            need(self.qk_nope_head_dim > 0 and self.v_head_dim > 0, "mla head dims must be > 0")
-            need(
-                self.qk_rope_head_dim > 0 and self.qk_rope_head_dim % 2 == 0,
-                f"qk_rope_head_dim must be a positive even number, got {self.qk_rope_head_dim}",
-            )
-            need(self.pos_emb == "rope", "mla needs pos_emb='rope' (its decoupled key is rotary)")
-        elif self.attention == "latent":
-            need(
-                self.sliding_window > 0,
-                "attention='latent' attends exactly within a sliding window: set sliding_window "
-                "> 0 (e.g. 64; --model.sliding_window 64)",
-            )
-            need(self.n_latents > 0, f"n_latents must be positive, got {self.n_latents}")
-        if self.attention != "mla":
-            if self.head_dim is None:
-                need(
-                    self.dim % self.n_heads == 0,
-                    f"dim {self.dim} is not divisible by n_heads {self.n_heads}; "
-                    "change n_heads or set head_dim explicitly",
-                )
-            need(self.attn_head_dim % 2 == 0 or self.pos_emb != "rope", "rope needs even head_dim")
-            if self.attention == "mha":
-                need(
-                    self.n_kv_heads in (None, self.n_heads),
-                    "attention='mha' uses n_heads key/value heads; use attention='gqa' "
-                    "to set n_kv_heads",
-                )
-            kv = self.kv_heads
-            need(
-                kv > 0 and self.n_heads % kv == 0,
-                f"n_heads {self.n_heads} must be a multiple of n_kv_heads {kv}",
-            )
-        need(self.rope_factor >= 1.0, "rope_factor must be >= 1 (1 = no YaRN scaling)")
-        need(self.mscale >= 0.0, "mscale must be >= 0")
-        need(self.beta_fast > self.beta_slow > 0, "need beta_fast > beta_slow > 0 for YaRN")
-        need(self.inter_dim > 0, "inter_dim must be positive")
-        need(0 <= self.n_dense_layers, "n_dense_layers must be >= 0")
+            self._validate_mla()
+        else:
+            if self.attention == "latent":
+                self._validate_latent()
+            self._validate_heads()
+        _need(self.rope_factor >= 1.0, "rope_factor must be >= 1 (1 = no YaRN scaling)")
+        _need(self.mscale >= 0.0, "mscale must be >= 0")
+        _need(self.beta_fast > self.beta_slow > 0, "need beta_fast > beta_slow > 0 for YaRN")
+        _need(self.inter_dim > 0, "inter_dim must be positive")
+        _need(0 <= self.n_dense_layers, "n_dense_layers must be >= 0")
         if self.n_routed_experts > 0:
-            need(
-                self.mlp == "swiglu", "mixture-of-experts layers use SwiGLU experts: set mlp=swiglu"
+            self._validate_moe()
+        _need(self.norm_eps > 0, "norm_eps must be positive")
+        _need(self.init_std > 0, "init_std must be positive")
+
+    def _validate_mla(self) -> None:
+        _need(self.kv_lora_rank > 0, "kv_lora_rank must be positive for mla")
+        _need(self.q_lora_rank >= 0, "q_lora_rank must be >= 0 (0 disables query compression)")
+        _need(self.qk_nope_head_dim > 0 and self.v_head_dim > 0, "mla head dims must be > 0")
+        _need(
+            self.qk_rope_head_dim > 0 and self.qk_rope_head_dim % 2 == 0,
+            f"qk_rope_head_dim must be a positive even number, got {self.qk_rope_head_dim}",
+        )
+        _need(self.pos_emb == "rope", "mla needs pos_emb='rope' (its decoupled key is rotary)")
+
+    def _validate_latent(self) -> None:
+        _need(
+            self.sliding_window > 0,
+            "attention='latent' attends exactly within a sliding window: set sliding_window "
+            "> 0 (e.g. 64; --model.sliding_window 64)",
+        )
+        _need(self.n_latents > 0, f"n_latents must be positive, got {self.n_latents}")
+
+    def _validate_heads(self) -> None:
+        """Head sizes and counts of standard attention (mha, gqa, latent)."""
+        if self.head_dim is None:
+            _need(
+                self.dim % self.n_heads == 0,
+                f"dim {self.dim} is not divisible by n_heads {self.n_heads}; "
+                "change n_heads or set head_dim explicitly",
             )
-            need(self.moe_inter_dim > 0, "moe_inter_dim must be positive")
-            need(
-                0 < self.n_activated_experts <= self.n_routed_experts,
-                f"n_activated_experts {self.n_activated_experts} must be in "
-                f"1..n_routed_experts ({self.n_routed_experts})",
+        _need(self.attn_head_dim % 2 == 0 or self.pos_emb != "rope", "rope needs even head_dim")
+        if self.attention == "mha":
+            _need(
+                self.n_kv_heads in (None, self.n_heads),
+                "attention='mha' uses n_heads key/value heads; use attention='gqa' "
+                "to set n_kv_heads",
             )
-            need(self.n_shared_experts >= 0, "n_shared_experts must be >= 0")
-            need(
-                self.n_routed_experts % self.n_expert_groups == 0,
-                f"n_routed_experts {self.n_routed_experts} must be divisible by "
-                f"n_expert_groups {self.n_expert_groups}",
-            )
-            need(
-                1 <= self.n_limited_groups <= self.n_expert_groups,
-                "n_limited_groups must be in 1..n_expert_groups",
-            )
-            per_group = self.n_routed_experts // self.n_expert_groups
-            need(
-                self.n_activated_experts <= self.n_limited_groups * per_group,
-                "n_activated_experts exceeds the experts reachable in n_limited_groups groups",
-            )
-            need(self.capacity_factor >= 0.0, "capacity_factor must be >= 0 (0 = no dropping)")
-            need(self.router_noise >= 0.0, "router_noise must be >= 0")
-            need(self.aux_loss_coeff >= 0.0, "aux_loss_coeff must be >= 0")
-            need(self.bias_update_speed >= 0.0, "bias_update_speed must be >= 0")
-            need(self.route_scale > 0.0, "route_scale must be positive")
-        need(self.norm_eps > 0, "norm_eps must be positive")
-        need(self.init_std > 0, "init_std must be positive")
+        kv = self.kv_heads
+        _need(
+            kv > 0 and self.n_heads % kv == 0,
+            f"n_heads {self.n_heads} must be a multiple of n_kv_heads {kv}",
+        )
+
+    def _validate_moe(self) -> None:
+        _need(self.mlp == "swiglu", "mixture-of-experts layers use SwiGLU experts: set mlp=swiglu")
+        _need(self.moe_inter_dim > 0, "moe_inter_dim must be positive")
+        _need(
+            0 < self.n_activated_experts <= self.n_routed_experts,
+            f"n_activated_experts {self.n_activated_experts} must be in "
+            f"1..n_routed_experts ({self.n_routed_experts})",
+        )
+        _need(self.n_shared_experts >= 0, "n_shared_experts must be >= 0")
+        _need(
+            self.n_routed_experts % self.n_expert_groups == 0,
+            f"n_routed_experts {self.n_routed_experts} must be divisible by "
+            f"n_expert_groups {self.n_expert_groups}",
+        )
+        _need(
+            1 <= self.n_limited_groups <= self.n_expert_groups,
+            "n_limited_groups must be in 1..n_expert_groups",
+        )
+        per_group = self.n_routed_experts // self.n_expert_groups
+        _need(
+            self.n_activated_experts <= self.n_limited_groups * per_group,
+            "n_activated_experts exceeds the experts reachable in n_limited_groups groups",
+        )
+        _need(self.capacity_factor >= 0.0, "capacity_factor must be >= 0 (0 = no dropping)")
+        _need(self.router_noise >= 0.0, "router_noise must be >= 0")
+        _need(self.aux_loss_coeff >= 0.0, "aux_loss_coeff must be >= 0")
+        _need(self.bias_update_speed >= 0.0, "bias_update_speed must be >= 0")
+        _need(self.route_scale > 0.0, "route_scale must be positive")
 
     # ----------------------------------------------------------------- presets and io
     @classmethod
@@ -250,6 +256,12 @@ class ModelConfig:
             raise FileNotFoundError(f"no model config at {path}; expected a config.json")
         with open(path) as f:
             return cls.from_dict(json.load(f))
+
+
+def _need(cond: bool, msg: str) -> None:
+    """Raise the ValueError of an invalid ModelConfig unless cond holds."""
+    if not cond:
+        raise ValueError(f"invalid ModelConfig: {msg}")
 
 
 @functools.cache
