@@ -9,7 +9,7 @@ way. FastAPI's default 422 for validation errors becomes 400, as OpenAI does.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -142,7 +142,7 @@ _BODY_NOT_AN_OBJECT = (
 )
 
 
-def _main_error(errors: list[dict[str, Any]]) -> dict[str, Any]:
+def _main_error(errors: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The error to report. For a union (`stop`: a string or a list) pydantic reports one
     error per member; the member whose type matched but whose constraint failed ("too many
     stop strings") says more than the type errors of the others ("not a string")."""

@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ismail_core.chat import chat_template, end_of_turn_ids
 from ismail_core.sampling import SamplingParams
+from ismail_core.tokenizer import TokenizerProtocol, TrTokenizer
 
 from ismail_serve.engine import (
     EngineStoppedError,
@@ -53,6 +54,7 @@ from ismail_serve.prompts import (
 from ismail_serve.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ChatMessage,
     CompletionRequest,
     CompletionResponse,
     DetokenizeRequest,
@@ -61,6 +63,7 @@ from ismail_serve.protocol import (
     ModelList,
     RootTokenizeRequest,
     RootTokenizeResponse,
+    RoutingRequest,
     SamplingRequest,
     TokenizeRequest,
     TokenizeResponse,
@@ -79,7 +82,16 @@ _bearer = HTTPBearer(auto_error=False, description="The server's API key, if it 
 
 
 def get_state(request: Request) -> ServerState:
-    return request.app.state.serve
+    """The server's state, which the app holds."""
+    state: ServerState = request.app.state.serve
+    return state
+
+
+def served_tokenizer(state: ServerState) -> TokenizerProtocol:
+    """The loaded model's tokenizer. The routes ask for it after `state.ready_engine()`, which
+    answers 503 until the model, and with it its tokenizer, is loaded."""
+    assert state.tokenizer is not None, "ready_engine() passes only once the model is loaded"
+    return state.tokenizer
 
 
 async def require_api_key(
@@ -182,7 +194,7 @@ def check_model(state: ServerState, name: str) -> None:
 
 
 def _check_token_ids(state: ServerState, ids: list[int], param: str) -> None:
-    vocab = int(state.tokenizer.vocab_size)
+    vocab = served_tokenizer(state).vocab_size
     bad = next((i for i in ids if i >= vocab), None)
     if bad is not None:
         raise bad_request(
@@ -250,7 +262,7 @@ def _logprob_counts(body: SamplingRequest) -> tuple[int | None, int | None]:
     return body.logprobs, body.logprobs if body.echo else None
 
 
-def _stop_ids(tokenizer: Any, chat: bool) -> frozenset[int]:
+def _stop_ids(tokenizer: TokenizerProtocol, chat: bool) -> frozenset[int]:
     """Ids that end generation: a chat reply ends with its turn (the chat template's
     end-of-turn ids), a completion with the document (the end-of-sequence id)."""
     if chat:
@@ -269,7 +281,7 @@ def _prepare(
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     logprobs, prompt_logprobs = _logprob_counts(body)
     stops = body.stop_list()
-    stop_ids = frozenset() if body.ignore_eos else _stop_ids(state.tokenizer, chat)
+    stop_ids = frozenset() if body.ignore_eos else _stop_ids(served_tokenizer(state), chat)
     sequences = []
     for p, prompt in enumerate(prompts):
         budget = max_new_tokens(state, len(prompt), max_tokens, chat)
@@ -305,16 +317,20 @@ def _prepare(
     )
     if getattr(body, "echo", False):
         skip = body.skip_special_tokens
-        gen.echo = [state.tokenizer.decode(p, skip_special_tokens=skip) for p in prompts]
+        tokenizer = served_tokenizer(state)
+        gen.echo = [tokenizer.decode(p, skip_special_tokens=skip) for p in prompts]
     return gen
 
 
-def _completion_prompts(state: ServerState, prompt: Any) -> list[list[int]]:
+def _completion_prompts(
+    state: ServerState, prompt: str | list[str] | list[int] | list[list[int]]
+) -> list[list[int]]:
     """Token ids of each prompt; called off the event loop (tokenizing is CPU work)."""
+    tokenizer = served_tokenizer(state)
     if isinstance(prompt, str):
-        prompts = [encode_prompt(state.tokenizer, prompt)]
+        prompts = [encode_prompt(tokenizer, prompt)]
     elif isinstance(prompt[0], str):
-        prompts = [encode_prompt(state.tokenizer, p) for p in prompt]
+        prompts = [encode_prompt(tokenizer, p) for p in prompt]
     elif isinstance(prompt[0], int):
         prompts = [list(prompt)]
     else:
@@ -440,12 +456,13 @@ def _chat_logprobs(entries: list[TokenLogprob], by_id: bool = False) -> dict[str
 async def _collect(engine: LLMEngine, gen: Generation, request: Request) -> dict[int, _Choice]:
     """Wait for every sequence to finish; abort them if the client disconnects first."""
     choices = {s.index: _Choice([gen.start_text(s.index)]) for s in gen.sequences}
-    assert gen.queue is not None
+    queue = gen.queue
+    assert queue is not None, "submitted (_submit) before it is collected"
 
     async def consume() -> SequenceOutput | None:
         remaining = len(choices)
         while remaining:
-            out = await gen.queue.get()
+            out = await queue.get()
             choice = choices[out.index]
             choice.text.append(out.text)
             choice.logprobs += _token_entries(out)
@@ -657,7 +674,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     body.reject_unsupported()
     check_model(state, body.model)
     check_prompt_chars(state, [sum(len(m.text()) for m in body.messages)], chat=True)
-    prompt = await asyncio.to_thread(chat_prompt_ids, state.tokenizer, body.messages)
+    prompt = await asyncio.to_thread(chat_prompt_ids, served_tokenizer(state), body.messages)
     max_tokens = body.max_completion_tokens or body.max_tokens
     return await _run(state, body, [prompt], max_tokens, chat=True, request=request)
 
@@ -670,16 +687,16 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=[card])
 
 
-def token_kinds(tok: Any, ids: list[int]) -> list[str]:
+def token_kinds(tok: TokenizerProtocol, ids: list[int]) -> list[str]:
     """Kind of each token: tr-tokenizer's own (root, suffix, case, ...), else "special" or
     "bpe"."""
-    if getattr(tok, "kind", None) == "tr" and hasattr(tok, "token_kind"):
+    if isinstance(tok, TrTokenizer):
         return [tok.token_kind(i) for i in ids]
-    specials = set(getattr(tok, "special_tokens", {}).values())
+    specials = set(tok.special_tokens.values())
     return ["special" if i in specials else "bpe" for i in ids]
 
 
-def _tokenization(tok: Any, text: str) -> dict[str, Any]:
+def _tokenization(tok: TokenizerProtocol, text: str) -> dict[str, Any]:
     check_unicode(text, "prompt")
     enc = tok.encode(text)
     ids = list(enc.ids)
@@ -692,38 +709,53 @@ def _tokenization(tok: Any, text: str) -> dict[str, Any]:
     }
 
 
-def _tokenizer_state(request: Request, body: TokenizeRequest | RootTokenizeRequest) -> ServerState:
-    """The server state for a tokenize request, after checking its model and its input."""
+def prompt_or_messages(
+    body: TokenizeRequest | RootTokenizeRequest | RoutingRequest,
+) -> str | list[ChatMessage]:
+    """The text (`prompt`) or the chat (`messages`) of a request that takes either; a 400
+    unless it has exactly one."""
+    if body.messages is None and body.prompt is not None:
+        return body.prompt
+    if body.prompt is None and body.messages is not None:
+        return body.messages
+    raise bad_request("Send exactly one of 'prompt' (text) or 'messages' (a chat).", "prompt")
+
+
+def _tokenizer_state(
+    request: Request, body: TokenizeRequest | RootTokenizeRequest
+) -> tuple[ServerState, str | list[ChatMessage]]:
+    """The server state for a tokenize request, after checking its model, and its input."""
     state = get_state(request)
     state.ready_engine()
     if body.model is not None:
         check_model(state, body.model)
-    if (body.prompt is None) == (body.messages is None):
-        raise bad_request("Send exactly one of 'prompt' (text) or 'messages' (a chat).", "prompt")
-    return state
+    return state, prompt_or_messages(body)
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, responses=error_responses(400, 401, 503))
 async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
     """Token ids, strings, character offsets and kinds of a prompt (or a rendered chat), and
     the prompt under the comparison tokenizer when the server has one."""
-    state = _tokenizer_state(request, body)
-    result = await asyncio.to_thread(_tokenize_v1, state, body)  # CPU work: off the event loop
+    state, source = _tokenizer_state(request, body)
+    # CPU work: off the event loop
+    result = await asyncio.to_thread(_tokenize_v1, state, source, body.add_generation_prompt)
     return TokenizeResponse(max_model_len=state.max_model_len, **result)
 
 
-def _tokenize_v1(state: ServerState, body: TokenizeRequest) -> dict[str, Any]:
+def _tokenize_v1(
+    state: ServerState, source: str | list[ChatMessage], add_generation_prompt: bool
+) -> dict[str, Any]:
     """/v1/tokenize's fields for a prompt (with the comparison tokenizer's) or a chat."""
-    tok = state.tokenizer
-    if body.prompt is not None:
-        result = _tokenization(tok, body.prompt)
+    tok = served_tokenizer(state)
+    if isinstance(source, str):
+        result = _tokenization(tok, source)
         if state.compare_tokenizer is not None:
             result["comparison"] = {
                 "name": state.compare_name,
-                **_tokenization(state.compare_tokenizer, body.prompt),
+                **_tokenization(state.compare_tokenizer, source),
             }
         return result
-    ids = chat_prompt_ids(tok, body.messages, body.add_generation_prompt)
+    ids = chat_prompt_ids(tok, source, add_generation_prompt)
     return {"count": len(ids), "tokens": ids, "token_strs": [tok.id_to_token(i) or "" for i in ids]}
 
 
@@ -737,7 +769,9 @@ async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeRes
     if body.model is not None:
         check_model(state, body.model)
     _check_token_ids(state, body.tokens, "tokens")
-    text = await asyncio.to_thread(state.tokenizer.decode, body.tokens)  # off the event loop
+    text = await asyncio.to_thread(
+        served_tokenizer(state).decode, body.tokens
+    )  # off the event loop
     return DetokenizeResponse(prompt=text)
 
 
@@ -751,7 +785,7 @@ async def tokenizer_info(request: Request) -> TokenizerInfo:
     """The served tokenizer's special tokens, chat template and limits (vLLM's route)."""
     state = get_state(request)
     state.ready_engine()
-    tok = state.tokenizer
+    tok = served_tokenizer(state)
 
     def name(idx: int | None) -> str | None:
         return None if idx is None else tok.id_to_token(idx)
@@ -766,7 +800,7 @@ async def tokenizer_info(request: Request) -> TokenizerInfo:
         pad_token_id=tok.pad_id,
         chat_template=chat_template(tok),
         model_max_length=state.max_model_len,
-        vocab_size=int(tok.vocab_size),
+        vocab_size=tok.vocab_size,
     )
 
 
@@ -777,21 +811,23 @@ async def tokenize_root(body: RootTokenizeRequest, request: Request) -> RootToke
     """vLLM's /tokenize: special-token names in the prompt become their ids (as in Hugging
     Face tokenizers), and `add_special_tokens` puts the document separator first, as a text
     prompt to /v1/completions gets it."""
-    state = _tokenizer_state(request, body)
-    tok = state.tokenizer
-    ids, strs = await asyncio.to_thread(_tokenize_root, tok, body)  # CPU work: off the loop
+    state, source = _tokenizer_state(request, body)
+    tok = served_tokenizer(state)
+    ids, strs = await asyncio.to_thread(_tokenize_root, tok, source, body)  # off the loop
     return RootTokenizeResponse(
         count=len(ids), max_model_len=state.max_model_len, tokens=ids, token_strs=strs
     )
 
 
-def _tokenize_root(tok: Any, body: RootTokenizeRequest) -> tuple[list[int], list[str] | None]:
-    """vLLM's /tokenize ids (the chat template, or the prompt with special-token names read)
-    and, if asked for, their token strings."""
-    if body.messages is not None:
-        ids = chat_prompt_ids(tok, body.messages, body.add_generation_prompt)
+def _tokenize_root(
+    tok: TokenizerProtocol, source: str | list[ChatMessage], body: RootTokenizeRequest
+) -> tuple[list[int], list[str] | None]:
+    """vLLM's /tokenize ids of the request's `source` (the chat template, or the prompt with
+    special-token names read) and, if asked for, their token strings."""
+    if not isinstance(source, str):
+        ids = chat_prompt_ids(tok, source, body.add_generation_prompt)
     else:
-        ids = encode_with_specials(tok, body.prompt)
+        ids = encode_with_specials(tok, source)
         if body.add_special_tokens and tok.document_start_id is not None:
             ids = [tok.document_start_id, *ids]
     strs = [tok.id_to_token(i) or "" for i in ids] if body.return_token_strs else None

@@ -440,7 +440,9 @@ class RoutingResponse(BaseModel):
     object: Literal["routing"] = "routing"
     model: str
     moe: bool = Field(description="False for a dense model: it has no experts to show.")
-    message: str | None = Field(None, description="Why `layers` is empty, for a dense model.")
+    message: str | None = Field(
+        default=None, description="Why `layers` is empty, for a dense model."
+    )
     n_layers: int
     n_experts: int = Field(description="Routed experts per MoE layer (0 for a dense model).")
     top_k: int = Field(description="Routed experts per token (0 for a dense model).")

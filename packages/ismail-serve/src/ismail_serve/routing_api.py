@@ -25,10 +25,11 @@ and running sequences wait for it once, as for a prompt's prefill of the same le
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import torch
 from fastapi import APIRouter, Depends, Request
+from ismail_core.model.compiled import FastDecoder
+from ismail_core.model.transformer import Transformer
 
 from ismail_serve.engine import EngineStoppedError, LLMEngine
 from ismail_serve.engine.logprobs import token_texts
@@ -38,11 +39,13 @@ from ismail_serve.openai_api import (
     check_prompt_chars,
     get_state,
     max_new_tokens,
+    prompt_or_messages,
     require_api_key,
+    served_tokenizer,
     token_kinds,
 )
 from ismail_serve.prompts import chat_prompt_ids, encode_prompt
-from ismail_serve.protocol import LayerRouting, RoutingRequest, RoutingResponse
+from ismail_serve.protocol import ChatMessage, LayerRouting, RoutingRequest, RoutingResponse
 from ismail_serve.state import ServerState
 
 routing_router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
@@ -58,22 +61,23 @@ async def routing(body: RoutingRequest, request: Request) -> RoutingResponse:
     engine = state.ready_engine()
     if body.model is not None:
         check_model(state, body.model)
-    if (body.prompt is None) == (body.messages is None):
-        raise bad_request("Send exactly one of 'prompt' (text) or 'messages' (a chat).", "prompt")
-    chat = body.messages is not None
+    source = prompt_or_messages(body)
+    chat = not isinstance(source, str)
     # the context-length 400 before tokenizing a text too long to fit however it tokenizes
-    if body.prompt is not None:
-        check_prompt_chars(state, [len(body.prompt)], chat=False)
+    if isinstance(source, str):
+        check_prompt_chars(state, [len(source)], chat=False)
     else:
-        check_prompt_chars(state, [sum(len(m.text()) for m in body.messages)], chat=True)
-    ids = await asyncio.to_thread(_prompt_ids, state, body)  # CPU work: off the event loop
+        check_prompt_chars(state, [sum(len(m.text()) for m in source)], chat=True)
+    # CPU work: off the event loop
+    ids = await asyncio.to_thread(_prompt_ids, state, source, body.add_generation_prompt)
     if not ids:
         raise bad_request("The prompt is empty: send some text to route.", "prompt")
     max_new_tokens(state, len(ids), 0, chat)  # the 400 for a text longer than the context
     cfg = engine.runner.model.cfg
     # no MoE layer at all (n_routed_experts 0, or every layer among the first n_dense_layers)
     moe = any(cfg.is_moe_layer(i) for i in range(cfg.n_layers))
-    texts = await asyncio.to_thread(token_texts, state.tokenizer, ids)
+    tokenizer = served_tokenizer(state)
+    texts = await asyncio.to_thread(token_texts, tokenizer, ids)
     response = RoutingResponse(
         model=state.model_name,
         moe=moe,
@@ -82,7 +86,7 @@ async def routing(body: RoutingRequest, request: Request) -> RoutingResponse:
         top_k=cfg.n_activated_experts if moe else 0,
         tokens=ids,
         token_texts=texts,
-        kinds=token_kinds(state.tokenizer, ids),
+        kinds=token_kinds(tokenizer, ids),
         layers=[],
     )
     if not response.moe:
@@ -95,11 +99,14 @@ async def routing(body: RoutingRequest, request: Request) -> RoutingResponse:
     return response
 
 
-def _prompt_ids(state: ServerState, body: RoutingRequest) -> list[int]:
-    """Token ids of the request's text, as the generation routes would read it."""
-    if body.prompt is not None:
-        return encode_prompt(state.tokenizer, body.prompt)
-    return chat_prompt_ids(state.tokenizer, body.messages, body.add_generation_prompt)
+def _prompt_ids(
+    state: ServerState, source: str | list[ChatMessage], add_generation_prompt: bool
+) -> list[int]:
+    """Token ids of the request's text or chat, as the generation routes would read it."""
+    tokenizer = served_tokenizer(state)
+    if isinstance(source, str):
+        return encode_prompt(tokenizer, source)
+    return chat_prompt_ids(tokenizer, source, add_generation_prompt)
 
 
 async def _routed(engine: LLMEngine, ids: list[int]) -> list[LayerRouting]:
@@ -119,7 +126,7 @@ async def _routed(engine: LLMEngine, ids: list[int]) -> list[LayerRouting]:
 
 
 @torch.inference_mode()
-def route_ids(model: Any, ids: list[int]) -> list[LayerRouting]:
+def route_ids(model: Transformer | FastDecoder, ids: list[int]) -> list[LayerRouting]:
     """One uncached forward pass of `ids` that keeps the routing (the LM head runs at the last
     position only); the per-layer decisions and per-expert token counts as plain lists."""
     device = next(model.parameters()).device

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from ismail_core.generate import ContinuationText
 from ismail_core.model.runner import ModelRunner
+from ismail_core.tokenizer import TokenizerProtocol
 
 from ismail_serve.config import ServeConfig
 from ismail_serve.engine.logprobs import TokenLogprob, alternative_texts, with_prompt_texts
@@ -98,7 +99,7 @@ class LLMEngine:
     def __init__(
         self,
         runner: ModelRunner,
-        tokenizer: Any,
+        tokenizer: TokenizerProtocol,
         config: EngineConfig,
         metrics: ServeMetrics | None = None,
     ) -> None:
@@ -113,7 +114,7 @@ class LLMEngine:
         self.config = config
         self.metrics = metrics or ServeMetrics()
         self.scheduler = Scheduler(runner.blocks, config.max_batch, config.prefill_chunk)
-        self.vocab_size = int(tokenizer.vocab_size)
+        self.vocab_size = tokenizer.vocab_size
         self.steps = StepRunner(
             runner, config.prefill_chunk, config.max_model_len, self.vocab_size, self._guarded
         )

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from ismail_core.generate import decode_continuation
+from ismail_core.tokenizer import TokenizerProtocol
 
 # Largest number of alternatives a request may ask for per position (OpenAI's limit).
 MAX_TOP_LOGPROBS = 20
@@ -53,13 +53,17 @@ def score(logprobs: torch.Tensor, token_ids: Sequence[int], top_n: int) -> list[
     return [TokenLogprob(t, lp, top) for t, lp, top in zip(token_ids, chosen, tops)]
 
 
-def alternative_texts(tokenizer: Any, context: Sequence[int], entry: TokenLogprob) -> None:
+def alternative_texts(
+    tokenizer: TokenizerProtocol, context: Sequence[int], entry: TokenLogprob
+) -> None:
     """Fill `entry.top_texts`: each alternative decoded after the last ids of `context`."""
     window = list(context[-_ALTERNATIVE_CONTEXT:])
     entry.top_texts = [decode_continuation(tokenizer, window, [i]) for i, _ in entry.top]
 
 
-def token_texts(tokenizer: Any, ids: Sequence[int], skip_special: bool = False) -> list[str]:
+def token_texts(
+    tokenizer: TokenizerProtocol, ids: Sequence[int], skip_special: bool = False
+) -> list[str]:
     """What each token of `ids` adds to their decoded text, decoded in context (a suffix's
     surface form depends on the text before it): the texts join to the decode of `ids`. A
     token whose text is held back until the next one (the last letter of an alternating
@@ -72,7 +76,10 @@ def token_texts(tokenizer: Any, ids: Sequence[int], skip_special: bool = False) 
 
 
 def with_prompt_texts(
-    tokenizer: Any, prompt: Sequence[int], scores: list[TokenLogprob], skip_special: bool
+    tokenizer: TokenizerProtocol,
+    prompt: Sequence[int],
+    scores: list[TokenLogprob],
+    skip_special: bool,
 ) -> list[TokenLogprob]:
     """The prompt's entries, first token included, with texts that join to its decode.
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 
 import torch
@@ -89,7 +90,7 @@ class StepRunner:
             tokens = []
             for i, seq in enumerate(seqs):
                 one = logits[i : i + 1]
-                got = self.guarded([seq], lambda s, one=one: self.sampler.sample(s, one))
+                got = self.guarded([seq], partial(self.sampler.sample, logits=one))
                 tokens.append(got[0] if got else None)
         entries = self.sampler.logprobs(seqs, logits, tokens)
         return [(s, t, e) for s, t, e in zip(seqs, tokens, entries) if t is not None]
@@ -161,7 +162,12 @@ class StepRunner:
         out = []
         for item in items:
             seq = item.seq if isinstance(item, PrefillChunk) else item
-            logits = self.guarded([seq], lambda _, item=item: run([item]))
+            logits = self.guarded([seq], partial(_alone, run, item))
             if logits is not None:
                 out.append((item, logits[0]))
         return out
+
+
+def _alone(run: Callable[[list], torch.Tensor], item: object, _: list[Sequence]) -> torch.Tensor:
+    """`run` of one item, as a `guarded` call (which passes the item's sequence, unused)."""
+    return run([item])

@@ -39,12 +39,12 @@ class Sampler:
         top alternatives (from the logits as the model gave them); None for the others."""
         out: list[TokenLogprob | None] = [None] * len(seqs)
         wanted = [
-            i
-            for i, s in enumerate(seqs)
-            if s.request.logprobs is not None and tokens[i] is not None
+            (i, token, s.request.logprobs)
+            for i, (s, token) in enumerate(zip(seqs, tokens))
+            if s.request.logprobs is not None and token is not None
         ]
         if wanted:
-            rows = log_softmax(logits[wanted], self.vocab_size)
-            for i, row in zip(wanted, rows):
-                out[i] = score(row[None], [tokens[i]], seqs[i].request.logprobs or 0)[0]
+            rows = log_softmax(logits[[i for i, _, _ in wanted]], self.vocab_size)
+            for (i, token, top), row in zip(wanted, rows):
+                out[i] = score(row[None], [token], top)[0]
         return out
