@@ -100,44 +100,60 @@ def sample_next(
     # the plain softmax. Each row takes the same path whatever its neighbours ask for, and
     # draws one uniform from its own generator, which keeps seeded rows reproducible in any
     # batch.
-    device = logits.device
     out = logits.argmax(dim=-1)
     # A k that keeps the whole vocabulary is no top-k (as vLLM reads it): the same path as 0.
     top_ks = [p.top_k if p.top_k < vocab else 0 for p in params]
-    ranked_rows, plain_rows = [], []
+    ranked_rows: list[int] = []
+    plain_rows: list[int] = []
     for i, p in enumerate(params):
         if p.temperature:
             (ranked_rows if top_ks[i] or p.top_p < 1 else plain_rows).append(i)
-
-    def scaled_and_uniforms(row_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rows = torch.tensor(row_ids, device=device)
-        temps = torch.tensor([params[i].temperature for i in row_ids], device=device)
-        uniforms = torch.stack(
-            [torch.rand((), generator=generators[i], device=device) for i in row_ids]
-        )
-        return rows, logits[rows] / temps[:, None], uniforms
-
     if plain_rows:
-        rows, scaled, uniforms = scaled_and_uniforms(plain_rows)
+        rows, scaled, uniforms = _scaled_and_uniforms(logits, plain_rows, params, generators)
         out[rows] = _inverse_cdf(torch.softmax(scaled, dim=-1), uniforms)
     if ranked_rows:
-        rows, scaled, uniforms = scaled_and_uniforms(ranked_rows)
-        chosen = [params[i] for i in ranked_rows]
-        row_ks = [top_ks[i] for i in ranked_rows]
-        n_best = max(row_ks) if all(row_ks) else vocab
-        ranked, candidates = torch.topk(scaled, n_best, dim=-1, sorted=True)
-        # top-k: drop ranks >= k (k = 0 keeps everything).
-        ks = torch.tensor([k or vocab for k in row_ks], device=device)
-        ranks = torch.arange(n_best, device=device)[None, :]
-        probs = torch.softmax(ranked.masked_fill(ranks >= ks[:, None], float("-inf")), dim=-1)
-        # top-p: keep a token while the mass ranked above it is below top_p; the most likely
-        # token is always kept.
-        top_ps = torch.tensor([p.top_p for p in chosen], device=device)
-        mass_before = torch.cumsum(probs, dim=-1) - probs
-        probs = probs.masked_fill(mass_before >= top_ps[:, None], 0.0)
-        picks = _inverse_cdf(probs, uniforms)
-        out[rows] = candidates.gather(1, picks[:, None]).squeeze(1)
+        rows, scaled, uniforms = _scaled_and_uniforms(logits, ranked_rows, params, generators)
+        top_ps = [params[i].top_p for i in ranked_rows]
+        out[rows] = _sample_ranked(scaled, uniforms, [top_ks[i] for i in ranked_rows], top_ps)
     return out
+
+
+def _scaled_and_uniforms(
+    logits: torch.Tensor,
+    row_ids: list[int],
+    params: Sequence[SamplingParams],
+    generators: Sequence[torch.Generator | None],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row indices, those rows' logits divided by their temperatures, one uniform per row
+    drawn from the row's own generator)."""
+    device = logits.device
+    rows = torch.tensor(row_ids, device=device)
+    temps = torch.tensor([params[i].temperature for i in row_ids], device=device)
+    uniforms = torch.stack(
+        [torch.rand((), generator=generators[i], device=device) for i in row_ids]
+    )
+    return rows, logits[rows] / temps[:, None], uniforms
+
+
+def _sample_ranked(
+    scaled: torch.Tensor, uniforms: torch.Tensor, top_ks: list[int], top_ps: list[float]
+) -> torch.Tensor:
+    """Token ids drawn by `uniforms` from each row of `scaled` (N, V) restricted to its top-k
+    (0 = no limit) and then its top-p."""
+    device = scaled.device
+    vocab = scaled.shape[1]
+    n_best = max(top_ks) if all(top_ks) else vocab
+    ranked, candidates = torch.topk(scaled, n_best, dim=-1, sorted=True)
+    # top-k: drop ranks >= k (k = 0 keeps everything).
+    ks = torch.tensor([k or vocab for k in top_ks], device=device)
+    ranks = torch.arange(n_best, device=device)[None, :]
+    probs = torch.softmax(ranked.masked_fill(ranks >= ks[:, None], float("-inf")), dim=-1)
+    # top-p: keep a token while the mass ranked above it is below top_p; the most likely
+    # token is always kept.
+    mass_before = torch.cumsum(probs, dim=-1) - probs
+    probs = probs.masked_fill(mass_before >= torch.tensor(top_ps, device=device)[:, None], 0.0)
+    picks = _inverse_cdf(probs, uniforms)
+    return candidates.gather(1, picks[:, None]).squeeze(1)
 
 
 def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:

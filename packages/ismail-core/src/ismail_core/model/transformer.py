@@ -55,6 +55,7 @@ class Block(nn.Module):
         self.attn_norm = make_norm(cfg)
         self.attn = make_attention(cfg, layer_id)
         self.ffn_norm = make_norm(cfg)
+        self.ffn: MoE | GeluMLP | SwiGLU
         if cfg.is_moe_layer(layer_id):
             self.ffn = MoE(cfg, layer_id)
         elif cfg.mlp == "gelu":
@@ -117,12 +118,12 @@ class Transformer(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=std)
-            elif (
-                hasattr(module, "weight") and module.weight is not None and module.weight.ndim == 1
+            elif isinstance(weight := getattr(module, "weight", None), torch.Tensor) and (
+                weight.ndim == 1
             ):
-                nn.init.ones_(module.weight)  # RMSNorm / LayerNorm
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
+                nn.init.ones_(weight)  # RMSNorm / LayerNorm
+                if isinstance(bias := getattr(module, "bias", None), torch.Tensor):
+                    nn.init.zeros_(bias)
         for name, param in self.named_parameters():
             if name.endswith(("attn.wo.weight", "w2.weight", "ffn.proj.weight")):
                 nn.init.normal_(param, std=std / math.sqrt(2 * self.cfg.n_layers))
@@ -166,20 +167,11 @@ class Transformer(nn.Module):
         h, stats = self.hidden_states(
             input_ids, cache=cache, start_pos=start_pos, block_tables=block_tables, doc_ids=doc_ids
         )
-        device = input_ids.device
-        if logits_at is not None:
-            if labels is not None:
-                raise ValueError("logits_at is for inference; the loss needs every position")
-            h = h[torch.arange(h.shape[0], device=device), logits_at]
-        targets = None if labels is None else F.pad(labels[:, 1:], (0, 1), value=-100)
-        if loss_only and targets is not None:
-            # the LM head (a large share of a small model's compute) runs only where a target is
-            keep = targets != -100
-            h, targets = h[keep], targets[keep]
+        h, targets = self._head_positions(h, labels, logits_at, loss_only)
         logits = self.head(h)
-
         if labels is None and not return_output and not return_routing:
             return logits
+        device = input_ids.device
         aux = sum((s.aux_loss for s in stats), torch.zeros((), device=device))
         out = ModelOutput(
             logits=logits,
@@ -189,7 +181,8 @@ class Transformer(nn.Module):
             router_entropy=[s.entropy for s in stats if s.entropy is not None],
         )
         if return_routing:
-            out.routing = [s.routing(tuple(input_ids.shape)) for s in stats]
+            batch, seq = input_ids.shape
+            out.routing = [s.routing((batch, seq)) for s in stats]
         if targets is not None:
             # shift the labels, not the logits: slicing (B, T, vocab) logits would copy them
             out.lm_loss = lm_cross_entropy(
@@ -197,6 +190,26 @@ class Transformer(nn.Module):
             )
             out.loss = out.lm_loss + aux
         return out
+
+    def _head_positions(
+        self,
+        h: torch.Tensor,
+        labels: torch.Tensor | None,
+        logits_at: torch.Tensor | None,
+        loss_only: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the hidden states the LM head runs on, their targets or None without labels): all
+        positions, each row's logits_at position, or under loss_only those with a target."""
+        if logits_at is not None:
+            if labels is not None:
+                raise ValueError("logits_at is for inference; the loss needs every position")
+            h = h[torch.arange(h.shape[0], device=h.device), logits_at]
+        targets = None if labels is None else F.pad(labels[:, 1:], (0, 1), value=-100)
+        if loss_only and targets is not None:
+            # the LM head (a large share of a small model's compute) runs only where a target is
+            keep = targets != -100
+            h, targets = h[keep], targets[keep]
+        return h, targets
 
     def hidden_states(
         self,
