@@ -19,6 +19,9 @@ from typing import Any
 from ismail_core.atomic import atomic_write_text
 from ismail_core.train.metrics import read_metrics
 
+# one line of a chart: (label, x values, y values)
+_Line = tuple[str, list[Any], list[Any]]
+
 
 def _series(rows: list[dict[str, Any]], kind: str, key: str) -> tuple[list[int], list[float]]:
     picked = [r for r in rows if r["kind"] == kind and isinstance(r.get(key), int | float)]
@@ -43,7 +46,7 @@ def _save(fig, path: Path) -> None:
     tmp.replace(path)
 
 
-def _plot(path: Path, title: str, ylabel: str, lines: list[tuple[str, list, list]]) -> bool:
+def _plot(path: Path, title: str, ylabel: str, lines: list[_Line]) -> bool:
     """One line chart; returns False (and writes nothing) when there is nothing to plot."""
     lines = [line for line in lines if line[1]]
     if not lines:
@@ -171,10 +174,18 @@ def _routing_section(rows: list[dict[str, Any]], out: Path) -> str:
         [(label(s["layer"]), s["steps"], s["imbalance"]) for s in layers],
     ):
         charts.append(("expert_load.png", "Expert load imbalance (max/mean - 1)"))
-    entropy = [(label(s["layer"]), *map(list, zip(*s["entropy"]))) for s in layers if s["entropy"]]
+    entropy: list[_Line] = [
+        (label(s["layer"]), [p[0] for p in s["entropy"]], [p[1] for p in s["entropy"]])
+        for s in layers
+        if s["entropy"]
+    ]
     if entropy:
         steps = entropy[0][1]
-        uniform = ("uniform router (ln E)", steps, [math.log(layers[0]["n_experts"])] * len(steps))
+        uniform: _Line = (
+            "uniform router (ln E)",
+            steps,
+            [math.log(layers[0]["n_experts"])] * len(steps),
+        )
         _plot(out / "router_entropy.png", "Router entropy", "nats", [*entropy, uniform])
         charts.append(("router_entropy.png", "Router entropy (mean over the logging interval)"))
     atomic_write_text(out / "routing.json", json.dumps({"layers": layers}) + "\n")
@@ -229,7 +240,25 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     rows = read_metrics(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    charts = {
+    charts = _metric_charts(rows)
+    written = [name for name, (t, y, lines) in charts.items() if _plot(out / name, t, y, lines)]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    if evals and _confusion_plot(out / "confusion.png", evals[-1]):
+        charts["confusion.png"] = ("Confusion matrix of the last evaluation", "", [])
+        written.append("confusion.png")
+    figures = _figures_html((name, charts[name][0]) for name in written)
+    return _write_page(
+        out / "index.html",
+        f"ismail run {run_dir.name}",
+        f"<h1>Run {html.escape(str(run_dir))}</h1>{_summary_html(evals)}\n{figures}\n"
+        + _routing_section(rows, out),
+    )
+
+
+def _metric_charts(rows: list[dict[str, Any]]) -> dict[str, tuple[str, str, list[_Line]]]:
+    """{PNG name: (title, y label, lines)} of the run page's line charts; a chart whose lines
+    have no points is not drawn."""
+    return {
         "loss.png": (
             "Loss",
             "cross-entropy (nats/token)",
@@ -270,42 +299,35 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
             ],
         ),
     }
-    written = [name for name, (t, y, lines) in charts.items() if _plot(out / name, t, y, lines)]
-    evals = [r for r in rows if r["kind"] == "eval"]
-    if evals and _confusion_plot(out / "confusion.png", evals[-1]):
-        charts["confusion.png"] = ("Confusion matrix of the last evaluation", "", [])
-        written.append("confusion.png")
-    figures = _figures_html((name, charts[name][0]) for name in written)
-    summary = ""
-    if evals and "macro_f1" in evals[-1]:
-        first, last = evals[0], evals[-1]
-        summary = (
+
+
+def _summary_html(evals: list[dict[str, Any]]) -> str:
+    """The page's one-line summary of the first and last evaluations: classification
+    accuracy, preference accuracy or bits per byte, whichever the run logged ("" if none)."""
+    if not evals:
+        return ""
+    first, last = evals[0], evals[-1]
+    if "macro_f1" in last:
+        return (
             f"<p>Held-out accuracy {first['accuracy']:.1%} at step {first['step']} &rarr; "
             f"{last['accuracy']:.1%} at step {last['step']}; macro-F1 {first['macro_f1']:.3f} "
             f"&rarr; {last['macro_f1']:.3f}; majority baseline {last['majority_accuracy']:.1%}."
             "</p>"
         )
-    elif evals and "preference_accuracy" in evals[-1]:
-        first, last = evals[0], evals[-1]
-        summary = (
+    if "preference_accuracy" in last:
+        return (
             f"<p>Held-out preference accuracy {first['preference_accuracy']:.1%} at step "
             f"{first['step']} &rarr; {last['preference_accuracy']:.1%} at step {last['step']}; "
             f"reply accuracy {first['accuracy']:.1%} &rarr; {last['accuracy']:.1%}.</p>"
             if "accuracy" in last
             else ""
         )
-    elif evals and "bits_per_byte" in evals[-1]:
-        first, last = evals[0], evals[-1]
-        summary = (
+    if "bits_per_byte" in last:
+        return (
             f"<p>Validation bits/byte {first['bits_per_byte']:.3f} at step {first['step']} &rarr; "
             f"{last['bits_per_byte']:.3f} at step {last['step']}.</p>"
         )
-    return _write_page(
-        out / "index.html",
-        f"ismail run {run_dir.name}",
-        f"<h1>Run {html.escape(str(run_dir))}</h1>{summary}\n{figures}\n"
-        + _routing_section(rows, out),
-    )
+    return ""
 
 
 def _run_labels(run_dirs: list[Path]) -> list[str]:
