@@ -28,9 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from ismail_core.fp8 import fp8_config
 from ismail_core.model.cache import row_block_tables
 from ismail_kernels import (
-    FP8Config,
     act_quant,
     fp8_gemm,
     quantize_model,
@@ -280,7 +280,7 @@ def bench_decode(setup: Setup) -> None:
     dtype = torch.bfloat16 if setup.on_gpu else torch.float32
     base = Transformer(cfg).to(device=setup.device, dtype=dtype).eval()
     fp8 = quantize_model(
-        Transformer(cfg).to(device=setup.device, dtype=dtype).eval(), FP8Config(block_size=block)
+        Transformer(cfg).to(device=setup.device, dtype=dtype).eval(), fp8_config(block_size=block)
     )
     rows = []
     for batch in (1, 16):

@@ -15,9 +15,9 @@ import math
 import pytest
 import torch
 from ismail_core import ModelConfig, Transformer
+from ismail_core.fp8 import fp8_config
 from ismail_core.model.cache import row_block_tables
 from ismail_kernels import (
-    FP8Config,
     FP8Linear,
     FP8TrainLinear,
     convert_to_fp8_training,
@@ -27,7 +27,7 @@ from ismail_kernels import (
 )
 
 SEQ_LEN, BATCH, BLOCK = 64, 8, 32
-FP8 = FP8Config(block_size=BLOCK)  # the tiny model's widths are multiples of 32, not of 128
+FP8 = fp8_config(block_size=BLOCK)  # the tiny model's widths are multiples of 32, not of 128
 
 
 def tiny_config() -> ModelConfig:

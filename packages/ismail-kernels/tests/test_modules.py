@@ -109,16 +109,16 @@ def converted_names(model: nn.Module, cls) -> set[str]:
     return {name for name, m in model.named_modules() if isinstance(m, cls)}
 
 
-def test_quantize_model_default_skips():
+def test_quantize_model_default_skips_by_type_shape_and_tie_only():
+    """No layer is kept for its name by default: the caller names its model's layers."""
     model = ToyModel(tie=True)
     with pytest.warns(UserWarning) as record:
         quantize_model(model, FP8Config(block_size=BS))
     assert converted_names(model, FP8Linear) == {
-        "blocks.0.wq",
-        "blocks.0.gate_proj",
-        "blocks.1.wq",
-        "blocks.1.gate_proj",
+        *(f"blocks.{i}.{name}" for i in (0, 1) for name in ("wq", "wkv_b", "gate", "gate_proj")),
         "proj",
+        "lm_head",
+        "head",
     }
     messages = " ".join(str(w.message) for w in record)
     assert "blocks.0.odd" in messages and "in_features" in messages

@@ -497,7 +497,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
     require_language_model(args.checkpoint, "export")
     if args.format == "fp8":
-        from ismail_core.fp8 import quantize_checkpoint
+        from ismail_core.fp8_export import quantize_checkpoint
 
         out = quantize_checkpoint(args.checkpoint, args.out)
     else:

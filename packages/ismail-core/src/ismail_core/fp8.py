@@ -1,20 +1,30 @@
-"""FP8 checkpoints through the optional ismail-kernels package (`ismail-core[fp8]`).
+"""FP8 through the optional ismail-kernels package (`ismail-core[fp8]`).
 
 An FP8 checkpoint is an ordinary checkpoint directory whose model.safetensors stores the
 quantized Linear layers as float8_e4m3fn weights plus `<layer>.weight_scale_inv` block scales,
-DeepSeek-V3's naming. `ismail export --format fp8 CKPT OUT` writes one; `load_model` reads it.
+DeepSeek-V3's naming. `load_model` reads one through `load_fp8_weights`; `ismail export
+--format fp8` writes one (`ismail_core.fp8_export`). FP8 training converts the model with
+`fp8_config()` too, so both keep the same layers in high precision.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
 
 from ismail_core.errors import IsmailError
 
+if TYPE_CHECKING:
+    from ismail_kernels import FP8Config
+
 SCALE_SUFFIX = ".weight_scale_inv"
+# Linear layers of ismail's Transformer that FP8 leaves in high precision (ismail-kernels keeps
+# embeddings, norms and tied weights by itself): the LM head, whose logits FP8 rounding would
+# disturb, and MLA's wkv_b, whose matrix the absorbed decode path reads directly. The MoE
+# router (`gate`) holds a plain weight, not a Linear, so it is never converted.
+FP8_SKIP_NAMES = ("head", "wkv_b")
 
 
 class FP8UnavailableError(IsmailError, RuntimeError):
@@ -32,6 +42,15 @@ def require_kernels(purpose: str) -> ModuleType:
     return ismail_kernels
 
 
+def fp8_config(block_size: int | None = None) -> FP8Config:
+    """ismail-kernels' FP8Config for ismail's Transformer: FP8_SKIP_NAMES stay in high
+    precision; `block_size` defaults to ismail-kernels' (128)."""
+    kernels = require_kernels("FP8")
+    if block_size is None:
+        return kernels.FP8Config(skip_names=FP8_SKIP_NAMES)
+    return kernels.FP8Config(block_size=block_size, skip_names=FP8_SKIP_NAMES)
+
+
 def is_fp8_state_dict(state: dict[str, torch.Tensor]) -> bool:
     """True when the state dict holds block-scaled FP8 Linear weights.
 
@@ -45,19 +64,3 @@ def load_fp8_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> 
     """Turn the Linear layers that have FP8 weights in `state` into FP8Linear and load `state`."""
     kernels = require_kernels("this checkpoint stores FP8 weights and loading it")
     return kernels.load_fp8_state_dict(model, state, strict=True)
-
-
-def quantize_checkpoint(src: str | Path, out: str | Path) -> Path:
-    """Write a copy of checkpoint `src` at `out` with FP8 Linear weights (atomically).
-
-    Embeddings, norms, routers and the LM head keep their precision (ismail-kernels' defaults).
-    The copy holds no trainer state: it is for inference.
-    """
-    from ismail_core.checkpoint import CheckpointError, load_model, save_checkpoint
-
-    kernels = require_kernels("ismail export --format fp8")
-    model, tokenizer = load_model(src)
-    if is_fp8_state_dict(model.state_dict()):
-        raise CheckpointError(f"{src} already holds FP8 weights; export its source instead")
-    kernels.quantize_model(model)
-    return save_checkpoint(out, model, tokenizer)

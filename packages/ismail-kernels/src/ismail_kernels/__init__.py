@@ -8,7 +8,6 @@ straight-through backward); model conversion: `quantize_model`, `convert_to_fp8_
 """
 
 from .convert import (
-    DEFAULT_SKIP_NAMES,
     DEFAULT_SKIP_TYPES,
     FP8Config,
     convert_to_fp8_training,
@@ -35,7 +34,6 @@ __all__ = [
     "AMAX_EPS",
     "BACKENDS",
     "DEFAULT_BLOCK_SIZE",
-    "DEFAULT_SKIP_NAMES",
     "DEFAULT_SKIP_TYPES",
     "FP8Config",
     "FP8Linear",

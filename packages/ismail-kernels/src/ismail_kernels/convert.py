@@ -1,10 +1,10 @@
 """Whole-model conversion: quantize for FP8 inference, convert for FP8 training, load FP8 weights.
 
-Which Linear layers convert is decided by `FP8Config`: layers under a skipped name or module type
-stay in high precision (by default embeddings, norms, the MoE router, the LM head and MLA's
-wkv_b, whose matrix the absorbed decode path reads directly), as do layers whose in_features is
-not a multiple of the block size and layers whose weight is shared with another module (tied
-embeddings).
+Which Linear layers convert is decided by `FP8Config`: layers under a skipped module type (by
+default embeddings, norms and nn.MultiheadAttention) or a skipped name (none by default: the
+caller names its model's layers, e.g. an LM head, that must keep their precision) stay in high
+precision, as do layers whose in_features is not a multiple of the block size and layers whose
+weight is shared with another module (tied embeddings).
 """
 
 from __future__ import annotations
@@ -22,19 +22,6 @@ from .linear import FP8Linear, FP8TrainLinear
 from .ops import _expected_weight_scale_shape
 
 SCALE_SUFFIX = "weight_scale_inv"
-# Matched (fnmatch) against the full dotted module name and against each of its components.
-DEFAULT_SKIP_NAMES = (
-    "embed*",
-    "wte",
-    "wpe",
-    "*norm*",
-    "gate",
-    "router",
-    "head",
-    "lm_head",
-    "output",
-    "wkv_b",
-)
 DEFAULT_SKIP_TYPES: tuple[type[nn.Module], ...] = (
     nn.Embedding,
     nn.EmbeddingBag,
@@ -53,13 +40,14 @@ class FP8Config:
 
     block_size: quantization block (1 x bs for activations, bs x bs for weights); a power of two
         >= 16. scale_fmt: None or "ue8m0" (power-of-two activation scales).
-    skip_names: fnmatch patterns for module names to keep in high precision (the whole subtree
-        of a match is kept). skip_types: module classes whose subtrees are kept.
+    skip_names: fnmatch patterns for module names to keep in high precision, matched against
+        the full dotted name and each of its components (the whole subtree of a match is
+        kept); none by default. skip_types: module classes whose subtrees are kept.
     """
 
     block_size: int = DEFAULT_BLOCK_SIZE
     scale_fmt: str | None = None
-    skip_names: tuple[str, ...] = DEFAULT_SKIP_NAMES
+    skip_names: tuple[str, ...] = ()
     skip_types: tuple[type[nn.Module], ...] = field(default=DEFAULT_SKIP_TYPES)
 
     def skips_name(self, name: str) -> bool:

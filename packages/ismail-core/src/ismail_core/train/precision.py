@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ismail_core.fp8 import fp8_config
 from ismail_core.runtime import PrecisionError, resolve_precision
 
 
@@ -48,11 +50,12 @@ def build_precision(name: str, device: torch.device) -> Precision:
 def fp8_converter() -> Callable[[torch.nn.Module], torch.nn.Module]:
     """ismail-kernels' function that swaps a model's linear layers for FP8 training ones
     (FP8 forward, straight-through backward; the state dict keeps high-precision weights).
-    Layers whose input size is not a multiple of its block size (128) stay in bf16."""
+    The layers `fp8_config` names, and those whose input size is not a multiple of its block
+    size (128), stay in bf16."""
     try:
         import ismail_kernels
     except ImportError as exc:
         raise PrecisionError(
             "train.precision=fp8 needs ismail-kernels: install ismail-core[fp8]"
         ) from exc
-    return ismail_kernels.convert_to_fp8_training
+    return functools.partial(ismail_kernels.convert_to_fp8_training, config=fp8_config())
