@@ -20,7 +20,14 @@ from . import triton_kernels as tk
 _ALIGNED = [["tt.divisibility", 16]]
 
 
-def _source(kernel, signature: dict[str, str], constexprs: dict[str, Any], aligned: list[str]):
+def _source(
+    kernel: JITFunction,
+    signature: dict[str, str],
+    constexprs: dict[str, Any],
+    aligned: list[str],
+) -> ASTSource:
+    """A kernel's source for triton.compile: constexprs bound, `aligned` arguments hinted as
+    16-divisible."""
     attrs = {(kernel.arg_names.index(name),): _ALIGNED for name in aligned}
     for name in constexprs:
         signature[name] = "constexpr"
@@ -32,29 +39,12 @@ def compilable() -> bool:
     return isinstance(tk._fp8_gemm_kernel, JITFunction)
 
 
-def compile_kernels(
-    arch: int = 90,
-    block_size: int = 128,
-    gemm_tile: dict[str, int] | None = None,
-    num_warps: int = 8,
-    num_stages: int = 4,
-) -> dict[str, Any]:
-    """Compile act_quant, weight_quant, weight_dequant and fp8_gemm for sm_<arch>.
-
-    Returns Triton CompiledKernel objects by name; `.asm` holds "ttgir", "ptx" and "cubin",
-    `.metadata.shared` the shared memory one program uses. gemm_tile overrides
-    BLOCK_M/BLOCK_N/GROUP_M (default 128/128/8).
-    """
-    if not compilable():
-        raise RuntimeError(
-            "TRITON_INTERPRET was set when ismail_kernels was imported, so its kernels are "
-            "interpreter objects; compile in a process started without TRITON_INTERPRET"
-        )
-    target = GPUTarget("cuda", arch, 32)
-    tile = {"BLOCK_M": 128, "BLOCK_N": 128, "GROUP_M": 8, **(gemm_tile or {})}
+def _sources(block_size: int, tile: dict[str, int]) -> dict[str, ASTSource]:
+    """The four kernels' sources with the signatures and constants a launch gives them;
+    `tile` holds the GEMM's BLOCK_M/BLOCK_N/GROUP_M."""
     quant_sig = {"x_ptr": "*bf16", "y_ptr": "*fp8e4nv", "s_ptr": "*fp32"}
     quant_sig |= {"M": "i32", "N": "i32", "s_cols": "i32"}
-    sources = {
+    return {
         "act_quant": _source(
             tk._block_quant_kernel,
             dict(quant_sig),
@@ -85,6 +75,29 @@ def compile_kernels(
             ["a_ptr", "b_ptr", "c_ptr", "a_s_ptr", "b_s_ptr", "N", "K"],
         ),
     }
+
+
+def compile_kernels(
+    arch: int = 90,
+    block_size: int = 128,
+    gemm_tile: dict[str, int] | None = None,
+    num_warps: int = 8,
+    num_stages: int = 4,
+) -> dict[str, Any]:
+    """Compile act_quant, weight_quant, weight_dequant and fp8_gemm for sm_<arch>.
+
+    Returns Triton CompiledKernel objects by name; `.asm` holds "ttgir", "ptx" and "cubin",
+    `.metadata.shared` the shared memory one program uses. gemm_tile overrides
+    BLOCK_M/BLOCK_N/GROUP_M (default 128/128/8).
+    """
+    if not compilable():
+        raise RuntimeError(
+            "TRITON_INTERPRET was set when ismail_kernels was imported, so its kernels are "
+            "interpreter objects; compile in a process started without TRITON_INTERPRET"
+        )
+    target = GPUTarget("cuda", arch, 32)
+    tile = {"BLOCK_M": 128, "BLOCK_N": 128, "GROUP_M": 8, **(gemm_tile or {})}
+    sources = _sources(block_size, tile)
     # FP fusion on, as at launch with Triton's default (stated, to keep Triton 3.9+ quiet).
     options = {"enable_fp_fusion": True}
     gemm_options = options | {"num_warps": num_warps, "num_stages": num_stages}
