@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -45,6 +45,9 @@ from ismail_core.layout import (
 )
 from ismail_core.runtime import resolve_device
 from ismail_core.tokenizer import Tokenizer, TokenizerError, describe_fingerprint, load_tokenizer
+
+if TYPE_CHECKING:
+    from ismail_core.model import Transformer
 
 # safetensors metadata key listing state-dict entries that share storage with another entry
 # (tied embedding / LM head): {"alias": "stored name"}.
@@ -88,7 +91,8 @@ def _unique_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
     unique: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     for name, tensor in state.items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        offset = int(tensor.storage_offset())
+        key = (tensor.untyped_storage().data_ptr(), offset, tuple(tensor.shape))
         if tensor.numel() and key in seen:
             aliases[name] = seen[key]
             continue
@@ -143,8 +147,9 @@ def model_config(model: torch.nn.Module) -> Any:
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """The bare model inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
     while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+        compiled = getattr(model, "_orig_mod", None)
+        if isinstance(compiled, torch.nn.Module):
+            model = compiled
         elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
             model = model.module
         else:
@@ -257,7 +262,7 @@ def load_model(
     path: str | Path,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
-) -> tuple[torch.nn.Module, Tokenizer]:
+) -> tuple[Transformer, Tokenizer]:
     """Load (model, tokenizer) from a checkpoint or run directory, in eval mode.
 
     `device` defaults to CPU; `dtype` converts floating-point weights (default: as stored).
@@ -266,16 +271,11 @@ def load_model(
     """
     from ismail_core.model import Transformer
 
-    device = resolve_device(device)  # before minutes of reading weights
+    target = resolve_device(device)  # before minutes of reading weights
     directory = resolve_checkpoint(path)
     if is_adapter_only(directory):
-        if is_classifier(directory):
-            from ismail_core.classify.model import load_lora_classifier as load_with_adapter
-        else:
-            from ismail_core.finetune.lora import load_with_adapter
-
-        model = load_with_adapter(directory, merge=True)
-        return _place(model, device, dtype), load_checkpoint_tokenizer(directory)
+        merged = _load_with_adapter(directory)
+        return _place(merged, target, dtype), load_checkpoint_tokenizer(directory)
     config = load_config(directory)
     tokenizer = load_checkpoint_tokenizer(directory)
     state, metadata = _read_weights(directory / WEIGHTS_FILE)
@@ -284,7 +284,7 @@ def load_model(
     if is_classifier(directory):
         from ismail_core.classify.model import TransformerClassifier, read_info
 
-        model = TransformerClassifier(config, read_info(directory))
+        model: Transformer = TransformerClassifier(config, read_info(directory))
     else:
         model = Transformer(config)
     if is_fp8_state_dict(state):
@@ -296,7 +296,7 @@ def load_model(
             raise CheckpointError(
                 f"{directory / WEIGHTS_FILE} holds FP8 weights that do not match its config: {exc}"
             ) from exc
-        return _place(model, device, dtype), tokenizer
+        return _place(model, target, dtype), tokenizer
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
@@ -308,7 +308,19 @@ def load_model(
             f"{directory / WEIGHTS_FILE} does not match {directory / CONFIG_FILE}: "
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
-    return _place(model, device, dtype or _stored_dtype(state)), tokenizer
+    return _place(model, target, dtype or _stored_dtype(state)), tokenizer
+
+
+def _load_with_adapter(directory: Path) -> Transformer:
+    """The model of a checkpoint that holds only a LoRA adapter: its base model with the
+    adapter merged in (and a classifier's saved head)."""
+    if is_classifier(directory):
+        from ismail_core.classify.model import load_lora_classifier
+
+        return load_lora_classifier(directory, merge=True)
+    from ismail_core.finetune.lora import load_with_adapter
+
+    return load_with_adapter(directory, merge=True)
 
 
 def _stored_dtype(state: dict[str, torch.Tensor]) -> torch.dtype | None:
@@ -342,9 +354,7 @@ def is_adapter_only(directory: Path) -> bool:
     return (directory / ADAPTER_DIR).is_dir() and not (directory / WEIGHTS_FILE).exists()
 
 
-def _place(
-    model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None
-) -> torch.nn.Module:
+def _place(model: Transformer, device: torch.device, dtype: torch.dtype | None) -> Transformer:
     """Move a loaded model to its device and dtype, in eval mode (FP8 weights keep float8)."""
     model.to(device)
     if dtype is not None:

@@ -13,6 +13,7 @@ import fnmatch
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 import torch
 from torch import nn
@@ -32,6 +33,11 @@ DEFAULT_SKIP_TYPES: tuple[type[nn.Module], ...] = (
 )
 # Exactly these classes convert: other nn.Linear subclasses may read .weight directly.
 _CONVERTIBLE_TYPES = (nn.Linear, FP8TrainLinear)
+
+
+def _convertible(module: nn.Module) -> TypeGuard[nn.Linear]:
+    """True for a module of exactly one of _CONVERTIBLE_TYPES (both are nn.Linear)."""
+    return type(module) in _CONVERTIBLE_TYPES
 
 
 @dataclass
@@ -77,7 +83,7 @@ def _convertible_linears(
             name = f"{prefix}.{attr}" if prefix else attr
             if isinstance(child, config.skip_types) or config.skips_name(name):
                 continue
-            if type(child) not in _CONVERTIBLE_TYPES:
+            if not _convertible(child):
                 yield from walk(child, name)
             elif child.in_features % config.block_size:
                 bad_shape.append(name)
@@ -188,7 +194,7 @@ def load_fp8_state_dict(
             raise KeyError(f"{key}: the model has no module named {name!r}") from err
         if isinstance(layer, FP8Linear):
             continue
-        if type(layer) not in _CONVERTIBLE_TYPES:
+        if not _convertible(layer):
             raise TypeError(f"{key}: {name!r} is a {type(layer).__name__}, not an nn.Linear")
         weight = state_dict.get(f"{name}.weight")
         if weight is None:

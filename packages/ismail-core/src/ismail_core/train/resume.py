@@ -14,12 +14,14 @@ when the next run in the directory starts, under the run directory's lock (`RUN/
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -150,8 +152,9 @@ def run_dir_lock(run_dir: Path) -> Iterator[bool]:
     file locks are unavailable (no fcntl, or a filesystem without flock).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
+    fcntl: ModuleType | None
     try:
-        import fcntl
+        fcntl = importlib.import_module("fcntl")
     except ImportError:  # Windows
         fcntl = None
     with open(run_dir / RUN_LOCK_FILE, "a+", encoding="utf-8") as f:
