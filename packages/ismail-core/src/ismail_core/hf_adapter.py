@@ -7,11 +7,12 @@ adapter with `export_adapter_hf`, so that
 
 gives ismail's logits. Every conversion is exact (no refactoring of the low-rank factors):
 
-- names follow hf.py's rules (`layers.0.attn.wkv_b.lora_A.weight` becomes
-  `base_model.model.model.layers.0.self_attn.kv_b_proj.lora_A.weight`);
-- w13 ([gate; up] stacked) becomes gate_proj and up_proj: both keep lora_A, and lora_B's rows
-  split in halves as the weight's do;
-- Llama's q/k rows are reordered as the base rows are, so lora_B's rows are too;
+- names follow the weight's row of the architecture's table (hf_tables.py):
+  `layers.0.attn.wkv_b.lora_A.weight` becomes
+  `base_model.model.model.layers.0.self_attn.kv_b_proj.lora_A.weight`;
+- lora_B's rows go through the row's transform as the weight's rows do (w13's [gate; up]
+  split into gate_proj and up_proj, Llama's rope order of q/k), and every HF weight of the
+  row keeps lora_A;
 - DeepseekV3's routed experts are 3-D parameters (`mlp.experts.gate_up_proj`, `down_proj`),
   adapted through peft's `target_parameters`: each layer's expert factors are stacked into
   the one lora_A/lora_B pair of peft's ParamWrapper.
@@ -26,6 +27,7 @@ GPT-2 is refused: its q, k and v share one Conv1D (c_attn).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -36,7 +38,9 @@ from .finetune.lora import (
     _peft,
     read_settings,
 )
-from .hf import _RULES, HFFormatError, _hf_name, _llama_qk_rows, _split_w13, hf_architecture
+from .hf import hf_architecture
+from .hf_mapping import HFFormatError, WeightRow, find_row
+from .hf_tables import ARCHITECTURES
 from .layout import ADAPTER_WEIGHTS
 
 # The prefix of every key PeftModel saves and loads for a causal LM.
@@ -62,44 +66,53 @@ def export_adapter_hf(adapter_dir: Path, cfg: ModelConfig, out_dir: Path, base: 
         )
     settings = read_settings(adapter_dir)
     state = load_file(str(adapter_dir / ADAPTER_WEIGHTS))
-    routed = {n: t for n, t in state.items() if _EXPERT.match(n)}
+    routed = {found.groups(): t for n, t in state.items() if (found := _EXPERT.match(n))}
     tensors, parameters = _fused_experts(routed)
     modules = set()
-    for name, tensor in _split_w13_lora({n: state[n] for n in state.keys() - routed}).items():
-        rows = _llama_qk_rows(cfg, name) if arch == "llama" and ".lora_B." in name else None
-        hf_name = _hf_name(name, _RULES[arch])
-        tensors[hf_name] = tensor if rows is None else tensor[rows]
-        target = _LAYER.sub("", hf_name.rpartition(".lora_")[0])
-        if arch == "deepseek_v3" and target.startswith("mlp."):
-            parameters.add(target + ".weight")
-        else:
-            modules.add(target)
+    for name in [n for n in state if not _EXPERT.match(n)]:
+        for hf_name, tensor in _lora_factors(ARCHITECTURES[arch].weights, name, state[name], cfg):
+            tensors[hf_name] = tensor
+            target = _LAYER.sub("", hf_name.rpartition(".lora_")[0])
+            if arch == "deepseek_v3" and target.startswith("mlp."):
+                parameters.add(target + ".weight")
+            else:
+                modules.add(target)
     _write_peft_adapter(tensors, settings, sorted(modules), sorted(parameters), out_dir, base)
 
 
-def _split_w13_lora(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """w13's adapter as w1's (gate) and w3's (up): lora_B's rows split in halves like the
-    weight's (`_split_w13`), lora_A the same for both (copied: safetensors stores no tensor
-    twice)."""
-    shared = {n: t for n, t in state.items() if ".w13.lora_A." in n}
-    out = _split_w13({n: t for n, t in state.items() if n not in shared})
-    for name, tensor in shared.items():
-        out[name.replace(".w13.", ".w1.")] = tensor
-        out[name.replace(".w13.", ".w3.")] = tensor.clone()
-    return out
+def _lora_factors(
+    rows: Sequence[WeightRow], name: str, tensor: torch.Tensor, cfg: ModelConfig
+) -> list[tuple[str, torch.Tensor]]:
+    """The HF names and tensors of the LoRA factor `name` (`X.lora_A.weight` or
+    `X.lora_B.weight`, adapting `X.weight`): lora_B goes through the transform of X's row,
+    which acts on output rows alone in every table PEFT adapters export from; lora_A is the
+    same for each HF weight of the row (copied: safetensors stores no tensor twice)."""
+    module, _, factor = name.partition(".lora_")
+    found, values = find_row(rows, module + ".weight")
+    _, hf_names = found.names(values)
+    if factor == "B.weight":
+        factors = found.transform.forward([tensor], cfg)
+    else:
+        factors = [tensor, *(tensor.clone() for _ in hf_names[1:])]
+    suffix = ".lora_" + factor
+    return [
+        (hf.removesuffix(".weight") + suffix, t) for hf, t in zip(hf_names, factors, strict=True)
+    ]
 
 
-def _fused_experts(routed: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], set[str]]:
-    """The routed experts' adapters (`routed`) in the layout of peft's ParamWrapper on the
-    fused expert parameters, and those parameters' `target_parameters` names.
+def _fused_experts(
+    routed: dict[tuple[str, ...], torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """The routed experts' adapters (`routed`, by the groups of their names' _EXPERT match) in
+    the layout of peft's ParamWrapper on the fused expert parameters, and those parameters'
+    `target_parameters` names.
 
     ParamWrapper reads expert e's factors as A.reshape(E, r, in)[e] and
     B.reshape(out, r, E)[:, :, e]: lora_A stacks the experts' A along its rows, lora_B
     interleaves their B columns.
     """
     factors: dict[tuple[str, str], dict[str, dict[int, torch.Tensor]]] = {}
-    for name, tensor in routed.items():
-        layer, expert, linear, kind = _EXPERT.match(name).groups()
+    for (layer, expert, linear, kind), tensor in routed.items():
         factors.setdefault((layer, linear), {}).setdefault(kind, {})[int(expert)] = tensor
     tensors = {}
     for (layer, linear), per_kind in factors.items():

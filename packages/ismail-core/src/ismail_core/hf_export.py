@@ -34,7 +34,7 @@ from .checkpoint import (
     require_language_model,
     resolve_checkpoint,
 )
-from .hf import GENERATION_CONFIG_FILE, TOKENIZER_CONFIG_FILE, _write_hf, hf_architecture
+from .hf import GENERATION_CONFIG_FILE, TOKENIZER_CONFIG_FILE, hf_architecture, write_hf
 from .layout import ADAPTER_DIR, CHAT_TEMPLATE_FILE, HF_TOKENIZER_FILE
 from .model_card import model_card
 from .sampling import GENERATE_DEFAULTS
@@ -83,7 +83,7 @@ def export_checkpoint_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
     hf_architecture(model.cfg)  # refuse an unexportable model before anything is written
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        _write_hf(model, tmp, special_token_ids(tokenizer))
+        write_hf(model, tmp, special_token_ids(tokenizer))
         write_tokenizer_files(tokenizer, tmp, model.cfg.max_seq_len)
         atomic_write_json(tmp / GENERATION_CONFIG_FILE, generation_config(tokenizer))
         (tmp / "README.md").write_text(

@@ -161,15 +161,16 @@ def _special_ids(hf_dir: Path, tok: HFTokenizer, names: dict[str, str]) -> dict[
     """{role: id}: the named special tokens, else the ids config.json (or, for eos often only
     there, generation_config.json) gives; a list of ids gives its first."""
     configs = [(f, _read_json(hf_dir / f)) for f in (HF_CONFIG_FILE, GENERATION_CONFIG_FILE)]
-    ids = {}
+    ids: dict[str, int] = {}
     for role in SPECIAL_ROLES:
         if role in names:
-            ids[role] = tok.token_to_id(names[role])
-            if ids[role] is None:
+            token_id = tok.token_to_id(names[role])
+            if token_id is None:
                 raise HFFormatError(
                     f"{hf_dir}: the tokenizer config names {role}_token {names[role]!r}, which "
                     "the tokenizer does not have; fix the config or pass --tokenizer SPEC"
                 )
+            ids[role] = token_id
             continue
         for file, config in configs:
             value = config.get(f"{role}_token_id")
