@@ -465,12 +465,13 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
+    from ismail_core.layout import REPORT_DIR
     from ismail_core.report import write_comparison, write_report
 
     if len(args.runs) == 1:
         page = write_report(args.runs[0], args.out)
     else:
-        page = write_comparison(args.runs, args.out or "report")
+        page = write_comparison(args.runs, args.out or REPORT_DIR)
     print(f"wrote {page}")
     return 0
 

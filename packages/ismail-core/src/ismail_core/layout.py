@@ -6,7 +6,8 @@ A checkpoint directory (`ismail_core.checkpoint`):
     ismail_adapter.json; a classifier's classifier_head.safetensors), classifier.json
 A run directory (`ismail_core.train`):
     train_config.json, metrics.jsonl, .train.lock,
-    checkpoints/step_00000100/, checkpoints/latest, checkpoints/best
+    checkpoints/step_00000100/, checkpoints/latest, checkpoints/best,
+    tensorboard/ (with --log.tensorboard), report/ (`ismail report`)
 A data directory (`ismail_core.corpus`): meta.json, tokenizer/, the token shards
 A tokenizer directory (`ismail_core.tokenizer`): ismail_tokenizer.json (which kind it is),
     tokenizer.json (a Hugging Face tokenizer; tr-tokenizer names its own file),
@@ -40,6 +41,8 @@ CHECKPOINTS_DIR = "checkpoints"
 STEP_PREFIX = "step_"
 LATEST = "latest"
 BEST = "best"
+TENSORBOARD_DIR = "tensorboard"
+REPORT_DIR = "report"
 
 # A data directory (its tokenizer is in TOKENIZER_DIR too).
 META_FILE = "meta.json"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ismail_core.atomic import atomic_write_text
+from ismail_core.layout import REPORT_DIR
 from ismail_core.train.metrics import read_metrics
 
 # one line of a chart: (label, x values, y values)
@@ -238,7 +239,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     """Write the plots and index.html into `out_dir` (default RUN/report); returns the page."""
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
-    out = Path(out_dir) if out_dir else run_dir / "report"
+    out = Path(out_dir) if out_dir else run_dir / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     charts = _metric_charts(rows)
     written = [name for name, (t, y, lines) in charts.items() if _plot(out / name, t, y, lines)]

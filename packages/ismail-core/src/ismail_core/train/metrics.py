@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ismail_core.layout import METRICS_FILE
+from ismail_core.layout import METRICS_FILE, TENSORBOARD_DIR
 from ismail_core.train.config import ConfigError, LogSection
 
 # Dense bf16 peak FLOP/s of common GPUs (vendor figures), for MFU as nanoGPT reports it.
@@ -88,7 +88,7 @@ class MetricsLogger:
                 raise ConfigError(
                     "log.tensorboard needs tensorboard: install ismail-core[tensorboard]"
                 ) from exc
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            self.tb = SummaryWriter(str(run_dir / TENSORBOARD_DIR))
         if cfg.wandb:
             try:
                 import wandb
