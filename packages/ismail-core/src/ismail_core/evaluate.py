@@ -9,11 +9,22 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from ismail_core.corpus.shards import ShardedSplit
+
+
+class Evaluation(Protocol):
+    """What a trainer's evaluation returns (EvalResult here; the fine-tuning tasks have their
+    own): the loss that picks the best checkpoint, and the row the metrics log records."""
+
+    @property
+    def loss(self) -> float: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -72,7 +83,7 @@ def evaluate(
         model.train(was_training)
     if reduce is not None:
         reduce(totals)
-    loss = float(totals[0] / max(totals[1], 1))
+    loss = float(totals[0]) / max(float(totals[1]), 1.0)
     return EvalResult(
         loss=loss,
         perplexity=math.exp(min(loss, 50.0)),

@@ -23,6 +23,7 @@ import torch
 
 from ismail_core.chat import end_of_turn_ids, render_chat
 from ismail_core.errors import IsmailError
+from ismail_core.model import Transformer
 from ismail_core.model.cache import blocks_for
 from ismail_core.model.runner import ModelRunner
 from ismail_core.sampling import SamplingParams, StopMatcher, sample_next
@@ -116,7 +117,7 @@ class BatchGeneration:
     @torch.no_grad()
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: Transformer,
         prompts: Sequence[Sequence[int]],
         max_new_tokens: int,
         params: Sequence[SamplingParams],
@@ -194,7 +195,7 @@ def _id_set(ids: int | Collection[int] | None) -> frozenset[int]:
 
 
 def generate_ids(
-    model: torch.nn.Module,
+    model: Transformer,
     ids: Sequence[int],
     max_new_tokens: int,
     params: SamplingParams,
@@ -212,7 +213,7 @@ def generate_ids(
 
 
 def _stream_after(
-    model: torch.nn.Module,
+    model: Transformer,
     tokenizer: Tokenizer,
     ids: Sequence[int],
     max_new_tokens: int,
@@ -238,7 +239,7 @@ def _stream_after(
 
 
 def stream_text(
-    model: torch.nn.Module,
+    model: Transformer,
     tokenizer: Tokenizer,
     prompt: str,
     max_new_tokens: int = 64,
@@ -254,7 +255,7 @@ def stream_text(
 
 
 def generate_text(
-    model: torch.nn.Module,
+    model: Transformer,
     tokenizer: Tokenizer,
     prompt: str,
     max_new_tokens: int = 64,
@@ -266,7 +267,7 @@ def generate_text(
 
 
 def stream_chat_reply(
-    model: torch.nn.Module,
+    model: Transformer,
     tokenizer: Tokenizer,
     messages: Sequence[Mapping[str, Any]],
     max_new_tokens: int = 64,
@@ -285,7 +286,7 @@ def stream_chat_reply(
 
 
 def chat_reply(
-    model: torch.nn.Module,
+    model: Transformer,
     tokenizer: Tokenizer,
     messages: Sequence[Mapping[str, Any]],
     max_new_tokens: int = 64,

@@ -86,8 +86,10 @@ class IsmailLM(TemplateLM):
         self._max_length = _positive_int(max_length or context, "max_length")
         if self._max_length > context:
             raise HarnessError(f"max_length {self._max_length} exceeds the model's {context}")
-        if self.tokenizer.eos_id is None:
+        eos_id = self.tokenizer.eos_id
+        if eos_id is None:
             raise HarnessError("the checkpoint's tokenizer has no end-of-sequence token")
+        self._eos_id = eos_id
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
@@ -106,13 +108,14 @@ class IsmailLM(TemplateLM):
     @property
     def eot_token_id(self) -> int:
         """The end-of-sequence id: where generation stops."""
-        return self.tokenizer.eos_id
+        return self._eos_id
 
     @property
     def prefix_token_id(self) -> int:
         """The id documents start with (lm-eval's name): prefix of empty contexts and of
         rolling windows. The end-of-sequence id for models ismail trained."""
-        return self.tokenizer.document_start_id
+        start = self.tokenizer.document_start_id
+        return self._eos_id if start is None else start  # None: the tokenizer names no start
 
     @property
     def max_length(self) -> int:

@@ -263,7 +263,8 @@ def split_heldout(
 ) -> tuple[list[LabelledText], list[LabelledText]]:
     """(training, held-out) records: by the hash of each record's group, or of its text, so the
     same text always lands on the same side."""
-    train, held_out = [], []
+    train: list[LabelledText] = []
+    held_out: list[LabelledText] = []
     for r in records:
         (held_out if heldout_share(r.group or r.text) < fraction else train).append(r)
     return train, held_out

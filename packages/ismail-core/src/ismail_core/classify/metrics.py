@@ -81,8 +81,8 @@ class ClassifyEval:
     ) -> ClassifyEval:
         """The metrics of (N, n_labels) log-probabilities against `gold` label ids: the loss is
         the mean negative log-probability of the gold labels, the prediction the argmax."""
-        gold = np.asarray(gold, dtype=np.int64)
-        loss = float(-log_probs[np.arange(len(gold)), gold].mean()) if len(gold) else 0.0
+        gold_ids = np.asarray(gold, dtype=np.int64)
+        loss = float(-log_probs[np.arange(len(gold)), gold_ids].mean()) if len(gold) else 0.0
         return cls.from_predictions(loss, gold, log_probs.argmax(axis=1), labels)
 
     @property

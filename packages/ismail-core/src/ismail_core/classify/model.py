@@ -68,7 +68,9 @@ class TransformerClassifier(Transformer):
 
     def __init__(self, cfg: ModelConfig, info: ClassifierInfo):
         super().__init__(cfg)
-        self.head = None  # no LM head: the classifier predicts labels, not tokens
+        # No LM head: the classifier predicts labels, not tokens (and its forward, below, is
+        # the only one that runs; Transformer's methods that read the head are not called).
+        self.head = None  # type: ignore[assignment]
         self.info = info
         self.score = nn.Linear(cfg.dim, len(info.labels))
         nn.init.normal_(self.score.weight, std=cfg.init_std)
@@ -78,7 +80,8 @@ class TransformerClassifier(Transformer):
     def labels(self) -> list[str]:
         return self.info.labels
 
-    def forward(
+    # Not Transformer's signature: a classifier has no cache, positions or routing outputs.
+    def forward(  # type: ignore[override]
         self,
         input_ids: torch.Tensor,
         labels: torch.Tensor | None = None,

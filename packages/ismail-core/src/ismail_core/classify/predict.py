@@ -22,6 +22,7 @@ import torch
 
 from ismail_core.checkpoint import CheckpointError, is_classifier, load_model, resolve_checkpoint
 from ismail_core.classify.data import ClassifyError, collate, encode_texts, pad_id
+from ismail_core.classify.model import TransformerClassifier
 
 
 @dataclass
@@ -44,7 +45,7 @@ def not_a_classifier(path: str | Path) -> CheckpointError:
 class TextClassifier:
     """A loaded classifier checkpoint (see the module docstring)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, max_len: int | None = None):
+    def __init__(self, model: TransformerClassifier, tokenizer: Any, max_len: int | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_len = max_len or model.cfg.max_seq_len
@@ -60,6 +61,7 @@ class TextClassifier:
         if not is_classifier(directory):
             raise not_a_classifier(path)
         model, tokenizer = load_model(directory, device=device, dtype=dtype)
+        assert isinstance(model, TransformerClassifier)  # is_classifier(directory) holds
         return cls(model, tokenizer)
 
     @property
@@ -93,7 +95,7 @@ class TextClassifier:
 
 @torch.no_grad()
 def log_probabilities(
-    model: torch.nn.Module,
+    model: TransformerClassifier,
     rows: Sequence[Sequence[int]],
     pad: int,
     batch_size: int = 32,

@@ -40,6 +40,7 @@ from ismail_core.classify.data import (
 from ismail_core.classify.metrics import ClassifyEval
 from ismail_core.classify.model import (
     ClassifierInfo,
+    TransformerClassifier,
     from_language_model,
     load_head,
     save_head,
@@ -50,6 +51,7 @@ from ismail_core.classify.predict import log_probabilities
 from ismail_core.finetune import lora
 from ismail_core.finetune.config import FinetuneConfig
 from ismail_core.finetune.data import RowSampler
+from ismail_core.finetune.lora import LoraSettings
 from ismail_core.finetune.trainer import FinetuneTrainer, _resolve_base
 from ismail_core.layout import ADAPTER_DIR, TRAIN_CONFIG_FILE
 from ismail_core.train.config import ConfigError
@@ -102,8 +104,8 @@ class ClassifyTrainer(FinetuneTrainer):
             )
         check_known_labels(self.labels, held_out, "the training split")
         self.label_counts = Counter(r.label for r in train)
-        self.train_rows, self.train_targets = self._encode(train, "training")
-        self.val_rows, self.val_targets = self._encode(held_out, "held-out")
+        self.train_rows, self.train_targets = self._encode_texts(train, "training")
+        self.val_rows, self.val_targets = self._encode_texts(held_out, "held-out")
         self.grad_accum = self.cfg.train.grad_accum
         self.sampler = RowSampler(
             len(self.train_rows),
@@ -121,7 +123,9 @@ class ClassifyTrainer(FinetuneTrainer):
         records = load_labelled(f.data, c.text_field, c.label_field)
         return split_heldout(records, f.val_fraction)
 
-    def _encode(self, records: list[LabelledText], what: str) -> tuple[list[list[int]], list[int]]:
+    def _encode_texts(
+        self, records: list[LabelledText], what: str
+    ) -> tuple[list[list[int]], list[int]]:
         """(token-id rows, label ids), saying how many texts were cut to the length limit."""
         rows = encode_texts(self.tokenizer, [r.text for r in records], self.seq_len + 1)
         cut = sum(len(r) > self.seq_len for r in rows)
@@ -164,6 +168,7 @@ class ClassifyTrainer(FinetuneTrainer):
         # full fine-tuning resumes from its own weights; LoRA from the base plus its adapter
         if resume is not None and settings is None:
             model, _ = load_model(resume)
+            assert isinstance(model, TransformerClassifier)
             if model.labels != self.labels:
                 raise ClassifyError(
                     f"{resume} was trained on the labels {model.labels}, but the data now has "
@@ -176,13 +181,13 @@ class ClassifyTrainer(FinetuneTrainer):
         if self.cfg.finetune.method == "qlora":
             lora.quantize_base(model, self.device)
         if settings is not None:
-            self._add_adapters(model, resume)
+            self._add_adapters(model, settings, resume)
         else:
             select_trainable(model, c.train)
         model.train()
         self._place_model(model, read_resume_state(resume) if resume is not None else None)
 
-    def _new_classifier(self) -> torch.nn.Module:
+    def _new_classifier(self) -> TransformerClassifier:
         """The base's weights with a new head (seeded: the same run starts the same way)."""
         c = self.cfg.classify
         text_field, label_field = (
@@ -194,17 +199,25 @@ class ClassifyTrainer(FinetuneTrainer):
         torch.manual_seed(self.cfg.run.seed)
         return from_language_model(base, ClassifierInfo(self.labels, text_field, label_field))
 
-    def _add_adapters(self, model: torch.nn.Module, resume: Path | None) -> None:
-        """Fresh LoRA adapters, or those (and the head) of the checkpoint resumed from; the
-        head trains beside them."""
+    def _add_adapters(
+        self, model: TransformerClassifier, settings: LoraSettings, resume: Path | None
+    ) -> None:
+        """Fresh LoRA adapters (`settings`), or those (and the head) of the checkpoint resumed
+        from; the head trains beside them."""
         if resume is not None:
             lora.check_base(resume / ADAPTER_DIR, self.base)
             self.lora_settings = lora.load_adapter(model, resume / ADAPTER_DIR)
             load_head(model, resume / ADAPTER_DIR)
         else:
             torch.manual_seed(self.cfg.run.seed)  # LoRA's A matrices start random
-            lora.add_lora(model, self.lora_settings)
+            lora.add_lora(model, settings)
         model.score.requires_grad_(True)
+
+    @property
+    def classifier(self) -> TransformerClassifier:
+        """The model in training (`raw_model`), as the classifier it is."""
+        assert isinstance(self.raw_model, TransformerClassifier)
+        return self.raw_model
 
     # ------------------------------------------------------------------ steps
     def _micro_batch(self, step: int, micro: int) -> dict[str, Any]:
@@ -220,7 +233,7 @@ class ClassifyTrainer(FinetuneTrainer):
         """Held-out loss, accuracy, macro-F1 and confusion matrix (the same on every process)."""
         if not self.val_rows:
             return None
-        model = self.raw_model
+        model = self.classifier
         model.eval()
         try:
             log_probs = log_probabilities(
@@ -245,24 +258,27 @@ class ClassifyTrainer(FinetuneTrainer):
         self,
         step: int,
         trainer_state: dict[str, Any],
-        state_dict: dict[str, torch.Tensor],
+        state_dict: dict[str, torch.Tensor] | None,
         is_best: bool,
+        adapter: Callable[[Path], None] | None = None,
     ) -> Path:
-        """Full weights, or (LoRA) the adapter with the head beside it; classifier.json comes
-        from the model (save_checkpoint writes its checkpoint_files)."""
+        """Full weights, or (LoRA) the adapter with the head beside it instead of `adapter`;
+        classifier.json comes from the model (save_checkpoint writes its checkpoint_files)."""
         if self.lora_settings is None:
-            return Trainer._write_checkpoint(self, step, trainer_state, state_dict, is_best)
+            return Trainer._write_checkpoint(
+                self, step, trainer_state, state_dict, is_best, adapter
+            )
         merged = None
         if self.cfg.finetune.merge and step >= self.cfg.train.steps:
             merged = lora.merge_lora(copy.deepcopy(self.raw_model).cpu()).state_dict()
-        model, settings, base = self.raw_model, self.lora_settings, self.base
+        model, settings, base = self.classifier, self.lora_settings, self.base
 
-        def adapter(directory: Path) -> None:
+        def write_adapter(directory: Path) -> None:
             lora.save_adapter(model, settings, directory, base)
             save_head(model, directory)
 
         return Trainer._write_checkpoint(
-            self, step, trainer_state, merged, is_best, adapter=adapter
+            self, step, trainer_state, merged, is_best, adapter=write_adapter
         )
 
     def _print_header(self) -> None:

@@ -158,7 +158,7 @@ def prepare_data(spec: DataSpec) -> dict[str, Any]:
     """Build the data directory `spec.out`; returns its metadata (also written to meta.json)."""
     # A bad tokenizer spec should fail before minutes of reading and cleaning.
     _check_tokenizer_type(spec)
-    tokenizer = None if spec.train_tokenizer else load_tokenizer(spec.tokenizer)
+    tokenizer: Tokenizer | None = None if spec.train_tokenizer else load_tokenizer(spec.tokenizer)
     ds = load_source(
         spec.source, text_field=spec.text_field, split=spec.hf_split, cache_dir=spec.cache_dir
     )

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import io
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import datasets
@@ -161,7 +160,9 @@ def _archive_sentences(archive: Path) -> Iterator[dict[str, str]]:
             for member in tar:
                 if member.isfile() and member.name.endswith("sentences.txt"):
                     found = True
-                    yield from _sentences(tar.extractfile(member), f"{archive}:{member.name}")
+                    lines = tar.extractfile(member)
+                    assert lines is not None  # a regular file's member has its data
+                    yield from _sentences(lines, f"{archive}:{member.name}")
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise DataError(f"{archive}: not a readable .tar.gz archive ({exc})") from exc
     if not found:
@@ -171,7 +172,7 @@ def _archive_sentences(archive: Path) -> Iterator[dict[str, str]]:
         )
 
 
-def _sentences(stream: io.BufferedIOBase, name: str) -> Iterator[dict[str, str]]:
+def _sentences(stream: Iterable[bytes], name: str) -> Iterator[dict[str, str]]:
     """Lines of a sentences file without their leading `id<TAB>` (lines without one whole).
 
     Decoded line by line, not through io.TextIOWrapper, which fails on tar members read in

@@ -179,6 +179,8 @@ def _attach(stem: str, form: str) -> str:
     "lArImIzDAn" -> "kitaplarımızdan". The stem must contain a vowel.
     """
     vowel = _last_vowel(stem)
+    if vowel is None:
+        raise ValueError(f"{stem!r} has no vowel for the suffix to harmonise with")
     last = stem[-1]
     letters = [stem]
     for ch in form:

@@ -98,17 +98,17 @@ class PreferenceTrainer(FinetuneTrainer):
     ) -> tuple[list[PreferenceRecord], list[PreferenceRecord], list[ReplyCase]]:
         """(training records, held-out records, held-out reply cases)."""
         f = self.cfg.finetune
+        train: list[PreferenceRecord] = []
+        val: list[PreferenceRecord] = []
         if f.data == "builtin":
             from ismail_core.finetune.builtin_preferences import builtin_preference_pairs
 
-            train, val = [], []
             for p in builtin_preference_pairs().pairs:
                 record = PreferenceRecord((("user", p.prompt),), p.chosen, p.rejected, p.task)
                 (val if p.heldout else train).append(record)
             # the reply cases of chat fine-tuning: the same held-out prompts and checks, so
             # the accuracy compares with the SFT run's
             return train, val, self._conversations()[2]
-        train, val = [], []
         for record in load_preference_records(f.data):
             key = [*record.prompt, ("chosen", record.chosen), ("rejected", record.rejected)]
             held_out = content_hash([{"role": r, "content": c} for r, c in key]) < f.val_fraction
@@ -140,6 +140,7 @@ class PreferenceTrainer(FinetuneTrainer):
     def _reference_logps(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The reference model's (chosen, rejected) log-probabilities of every training and
         held-out pair, shapes [n, 2], on the host."""
+        switch: contextlib.AbstractContextManager[None]
         if self.lora_settings is not None:
             model, switch = self.raw_model, lora.disabled_adapters(self.raw_model)
         elif self.resume_from is None:

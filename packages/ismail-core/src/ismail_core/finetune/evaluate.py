@@ -14,6 +14,7 @@ import torch
 from ismail_core.chat import end_of_turn_ids, render_chat
 from ismail_core.finetune.data import IGNORE, Example, collate, single_rows
 from ismail_core.generate import BatchGeneration, decode_continuation
+from ismail_core.model import Transformer
 from ismail_core.sampling import SamplingParams
 
 
@@ -74,7 +75,7 @@ def heldout_loss(
 
 @torch.no_grad()
 def generate_replies(
-    model: torch.nn.Module,
+    model: Transformer,
     tokenizer: Any,
     cases: Sequence[ReplyCase],
     max_new_tokens: int,

@@ -193,7 +193,9 @@ def _json_list_records(text: str, path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _skip_space(text: str, pos: int) -> int:
-    return _JSON_SPACE.match(text, pos).end()
+    match = _JSON_SPACE.match(text, pos)
+    assert match is not None  # the pattern matches the empty string too
+    return match.end()
 
 
 def _malformed(source: str, exc: json.JSONDecodeError) -> FinetuneDataError:

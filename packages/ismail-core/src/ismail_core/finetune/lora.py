@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -30,6 +30,9 @@ from ismail_core.layout import (
     ADAPTER_WEIGHTS,
     WEIGHTS_FILE,
 )
+from ismail_core.model import Transformer
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 class LoraError(IsmailError, ValueError):
@@ -183,7 +186,7 @@ def load_adapter(model: nn.Module, directory: Path) -> LoraSettings:
     return settings
 
 
-def merge_lora(model: nn.Module) -> nn.Module:
+def merge_lora(model: ModuleT) -> ModuleT:
     """Fold every LoRA layer into its base linear (W + scale * B A) and remove the adapter
     modules, leaving a plain model with merged weights."""
     from peft.tuners.lora import LoraLayer
@@ -218,7 +221,7 @@ def weights_fingerprint(checkpoint: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_with_adapter(checkpoint: Path, merge: bool = True) -> nn.Module:
+def load_with_adapter(checkpoint: Path, merge: bool = True) -> Transformer:
     """The model of a LoRA checkpoint: its base checkpoint's model with the adapter applied,
     merged into the weights (or kept as LoRA layers with merge=False, for training)."""
     model = load_base(checkpoint)
@@ -226,7 +229,7 @@ def load_with_adapter(checkpoint: Path, merge: bool = True) -> nn.Module:
     return merge_lora(model) if merge else model
 
 
-def load_base(checkpoint: Path) -> nn.Module:
+def load_base(checkpoint: Path) -> Transformer:
     """The base model a LoRA checkpoint's adapter was trained on, once checked to be present
     and to be that base (weights fingerprint, config and tokenizer)."""
     from ismail_core.checkpoint import (

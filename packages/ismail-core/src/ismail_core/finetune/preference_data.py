@@ -97,7 +97,7 @@ def _record(record: Any, source: str) -> PreferenceRecord:
 
 def _prompt(value: Any, source: str) -> tuple[Turn, ...]:
     """The prompt as turns: a string is one user turn; a list is checked like chat data."""
-    turns = (
+    turns: list[Turn] = (
         [("user", text_value(value, '"prompt"', source))]
         if isinstance(value, str)
         else read_turns(value, "prompt", "role", "content", CHAT_ROLES, source)
@@ -150,7 +150,7 @@ def encode_pair(tokenizer: Any, record: PreferenceRecord) -> PairExample:
 def fit_pair(pair: PairExample, max_len: int, too_long: str) -> PairExample | None:
     """The pair within `max_len` tokens per side: cut (too_long="truncate") or None ("drop").
     A pair that keeps no reply token on either side is None too."""
-    sides = (pair.chosen, pair.rejected)
+    sides: tuple[Example, ...] = (pair.chosen, pair.rejected)
     if any(len(ex.ids) > max_len for ex in sides):
         if too_long == "drop":
             return None

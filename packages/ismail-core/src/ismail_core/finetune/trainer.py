@@ -26,6 +26,7 @@ from ismail_core.checkpoint import (
     load_model,
     resolve_checkpoint,
 )
+from ismail_core.evaluate import Evaluation
 from ismail_core.finetune import lora
 from ismail_core.finetune.config import FinetuneConfig, FinetuneSection
 from ismail_core.finetune.data import (
@@ -47,6 +48,7 @@ from ismail_core.finetune.evaluate import (
     score_replies,
 )
 from ismail_core.layout import ADAPTER_DIR, TRAIN_CONFIG_FILE
+from ismail_core.model import Transformer
 from ismail_core.train import distributed
 from ismail_core.train.config import ConfigError
 from ismail_core.train.resume import find_resume_checkpoint, read_resume_state
@@ -60,12 +62,17 @@ IMPORTED_BASE_DIR = "base"
 class FinetuneTrainer(Trainer):
     """One fine-tuning run (see the module docstring); `run()` returns a TrainResult."""
 
+    # FinetuneConfig is not a TrainConfig, but it has every section that Trainer's shared
+    # steps read (run, train, optim, eval, checkpoint, log, dist); the steps that read
+    # TrainConfig's own fields (data, preset, model) are replaced here.
+    cfg: FinetuneConfig  # type: ignore[assignment]
+
     def __init__(
         self, cfg: FinetuneConfig, on_step: Callable[[int, Trainer], None] | None = None
     ) -> None:
         self.lora_settings = cfg.lora.settings() if cfg.finetune.method != "full" else None
         self.update_router_bias = self.lora_settings is None
-        super().__init__(cfg, on_step)
+        super().__init__(cfg, on_step)  # type: ignore[arg-type]  # see `cfg` above
 
     # ------------------------------------------------------------------ data
     def _setup_data(self) -> None:
@@ -134,7 +141,8 @@ class FinetuneTrainer(Trainer):
             return [i.messages() for i in train_items], [i.messages() for i in held_out], cases
         from ismail_core.finetune.formats import load_conversations
 
-        train, val = [], []
+        train: list[list[dict]] = []
+        val: list[list[dict]] = []
         for conv in load_conversations(f.data):
             messages = conv.as_messages()
             (val if content_hash(messages) < f.val_fraction else train).append(messages)
@@ -193,7 +201,7 @@ class FinetuneTrainer(Trainer):
         model.train()
         self._place_model(model, read_resume_state(resume) if resume is not None else None)
 
-    def _load_weights(self, checkpoint: Path | None = None) -> torch.nn.Module:
+    def _load_weights(self, checkpoint: Path | None = None) -> Transformer:
         """The model of `checkpoint` (default: the base), its vocabulary grown to the
         tokenizer's when chat markers were added."""
         model, _ = load_model(checkpoint or self.base)
@@ -212,7 +220,7 @@ class FinetuneTrainer(Trainer):
         return self._micro_tokens  # padding excluded
 
     # ------------------------------------------------------------------ evaluation
-    def _evaluate(self) -> ChatEval | None:
+    def _evaluate(self) -> Evaluation | None:
         """Held-out loss and generated replies; every process computes the same numbers."""
         if not self.val_examples:
             return None
@@ -236,6 +244,7 @@ class FinetuneTrainer(Trainer):
         """Generate greedy replies to the first eval_replies held-out cases and set the
         result's accuracy, ended, per_task and samples (nothing without cases)."""
         f, model = self.cfg.finetune, self.raw_model
+        assert isinstance(model, Transformer)  # set up by _setup_model
         cases = self.cases[: f.eval_replies]
         if not cases:
             return
@@ -246,7 +255,8 @@ class FinetuneTrainer(Trainer):
             (c.messages[-1]["content"], text) for c, (text, _) in zip(cases, replies)
         ][:3]
 
-    def _eval_message(self, step: int, val: ChatEval) -> str:
+    def _eval_message(self, step: int, val: Any) -> str:
+        """The log line of `val`, which `_evaluate` returned (a ChatEval here)."""
         line = f"step {step:>5}  held-out loss {val.loss:.3f}"
         if val.accuracy is not None:
             line += f"  accuracy {val.accuracy:.1%}  ended turn {val.ended:.1%}"
@@ -257,11 +267,14 @@ class FinetuneTrainer(Trainer):
         self,
         step: int,
         trainer_state: dict[str, Any],
-        state_dict: dict[str, torch.Tensor],
+        state_dict: dict[str, torch.Tensor] | None,
         is_best: bool,
+        adapter: Callable[[Path], None] | None = None,
     ) -> Path:
+        """Full fine-tuning writes the weights; LoRA writes its adapter (and, with
+        finetune.merge, the merged weights at the last step) instead of `adapter`."""
         if self.lora_settings is None:
-            return super()._write_checkpoint(step, trainer_state, state_dict, is_best)
+            return super()._write_checkpoint(step, trainer_state, state_dict, is_best, adapter)
         merged = None
         if self.cfg.finetune.merge and step >= self.cfg.train.steps:
             merged = lora.merge_lora(copy.deepcopy(self.raw_model).cpu()).state_dict()
@@ -349,7 +362,7 @@ def _resolve_base(base: str, run_dir: Path, info: distributed.DistInfo) -> Path:
 
 
 @torch.no_grad()
-def _resize_vocab(model: torch.nn.Module, vocab_size: int) -> None:
+def _resize_vocab(model: Transformer, vocab_size: int) -> None:
     """Grow the embedding (and an untied LM head) to `vocab_size` rows; new rows start at the
     mean of the old ones, which keeps the new tokens' logits near the average at first."""
     old = model.cfg.vocab_size
@@ -372,7 +385,8 @@ def finetune(
 ) -> TrainResult:
     """Run fine-tuning of `cfg.finetune.task` to `cfg.train.steps` (resuming when the run
     directory has a checkpoint)."""
-    return train(cfg, on_step, trainer_class(cfg.finetune.task))
+    trainer_cls = trainer_class(cfg.finetune.task)
+    return train(cfg, on_step, trainer_cls)  # type: ignore[arg-type]  # see FinetuneTrainer.cfg
 
 
 def trainer_class(task: str) -> type[Trainer]:

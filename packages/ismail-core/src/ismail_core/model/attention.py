@@ -90,6 +90,7 @@ class MLA(nn.Module):
         q = self.wq(x) if self.q_lora_rank == 0 else self.wq_b(self.q_norm(self.wq_a(x)))
         q = q.view(B, T, H, -1)
         q_nope, q_pe = q.split([self.qk_nope_head_dim, self.qk_rope_head_dim], dim=-1)
+        assert rope is not None, "mla needs pos_emb='rope'"  # ModelConfig.validate checks
         cos, sin = rope
         q_pe = apply_rope(q_pe, cos, sin)
         latent, k_pe = self.wkv_a(x).split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
@@ -98,6 +99,7 @@ class MLA(nn.Module):
         if cache is None:
             out = self._dense(q_nope, q_pe, latent, k_pe, mask)
         else:
+            assert view is not None, "a cached call needs the cache's view"
             # store only the normed latent and the rotated shared key, then read the rows back
             latent = _store_and_read(cache.latent[self.layer_id], latent, view).to(x.dtype)
             k_pe = _store_and_read(cache.rope_key[self.layer_id], k_pe, view).to(x.dtype)
@@ -178,6 +180,7 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
+            assert view is not None, "a cached call needs the cache's view"
             k = _store_and_read(cache.keys[self.layer_id], k, view).to(x.dtype)
             v = _store_and_read(cache.values[self.layer_id], v, view).to(x.dtype)
             mask = view.mask
@@ -238,6 +241,7 @@ class LatentAttention(Attention):
             valid = torch.arange(T + self.window - 1, device=x.device) >= self.window - 1
             valid = valid.expand(B, -1)
         else:
+            assert view is not None, "a cached call needs the cache's view"
             memory, k_win, v_win, valid = self._cached(k, v, cache, view)
         out = window_attention(q_rot, k_win, v_win, valid, mem_scores, memory, self.window)
         return self.wo(out.reshape(B, T, -1))
@@ -255,6 +259,7 @@ class LatentAttention(Attention):
         window keys (rotated), values and reality (B, T + W - 1[, G, D]), and write the end
         state of every block this call completes."""
         lv, layer = view.latent, self.layer_id
+        assert lv is not None, "latent attention's cache view has its LatentView"
         keys = _store(cache.keys[layer], k, view)
         values = _store(cache.values[layer], v, view)
         k_mem, v_mem = keys[lv.memory_slots], values[lv.memory_slots]  # (B, M, G, D)

@@ -203,6 +203,7 @@ class BlockManager:
         else:
             block_id, _ = self._cached.popitem(last=False)
             block = self.blocks[block_id]
+            assert block.key is not None, "a cached block has a key"
             del self._by_key[block.key]
             block.key, block.tokens = None, ()
         self.blocks[block_id].ref_count = 1

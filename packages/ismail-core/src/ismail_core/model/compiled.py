@@ -54,6 +54,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,7 @@ from .cache import make_view
 from .mlp import SwiGLU
 from .moe import MoE
 from .norm import RMSNorm
+from .transformer import Block, Transformer
 
 
 def native_bf16() -> bool:
@@ -96,7 +98,7 @@ class FastDecoder(nn.Module):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: Transformer,
         upcast_bf16: bool | None = None,
         layer_threads: int | str | None = "auto",
         head_threads: int | str | None = "auto",
@@ -195,7 +197,7 @@ class FastDecoder(nn.Module):
                 return self._weights
         up = (lambda w: w.detach().float()) if self.upcast else (lambda w: w.detach())
         layers = []
-        for block in self.model.layers:
+        for block in cast(list[Block], list(self.model.layers)):
             layers.append(
                 {
                     "attn_norm": _norm_weights(block.attn_norm, up),
@@ -406,7 +408,7 @@ def _ffn_weights(ffn: nn.Module, up) -> dict:
             "sigmoid": gate.score_func == "sigmoid",
             "norm_topk": gate.norm_topk_prob,
             "route_scale": gate.route_scale,
-            "experts": [_swiglu_weights(e, up) for e in ffn.experts],
+            "experts": [_swiglu_weights(e, up) for e in ffn.routed_experts()],
             "shared": shared,
         }
     return {"kind": "module"}
@@ -538,7 +540,7 @@ def _moe_one(w: dict, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return h
 
 
-def fast_decoder(model: nn.Module, **options) -> FastDecoder:
+def fast_decoder(model: Transformer, **options) -> FastDecoder:
     """The model wrapped for fast single-token decode steps (see the module docstring);
     options: upcast_bf16, layer_threads, head_threads, head_copy (FastDecoder)."""
     return FastDecoder(model, **options)

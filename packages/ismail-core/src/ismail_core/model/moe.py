@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +56,7 @@ class RouterStats:
 
     def routing(self, batch_shape: tuple[int, int]) -> Routing:
         """This layer's decision as a Routing for an input of shape batch_shape (B, T)."""
+        assert self.indices is not None and self.weights is not None, "MoE.forward sets them"
         shape = (*batch_shape, self.indices.shape[-1])
         keep = None if self.keep is None else self.keep.view(shape)
         weights = self.weights.detach().view(shape)
@@ -70,6 +72,8 @@ class Gate(nn.Module):
     times route_scale. Group-limited routing keeps the n_limited_groups best groups (scored by
     the sum of their two best experts) and masks the others with -inf.
     """
+
+    bias: torch.Tensor  # a buffer (see __init__)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -130,6 +134,8 @@ class MoE(nn.Module):
     # expert (decode steps of a few rows) keep the per-expert loop.
     GROUPED_MIN_ROWS_PER_EXPERT = 16
 
+    load_since_update: torch.Tensor  # a buffer (see __init__)
+
     def __init__(self, cfg: ModelConfig, layer_id: int = -1):
         super().__init__()
         self.layer_id = layer_id  # reported with the routing decision
@@ -153,6 +159,10 @@ class MoE(nn.Module):
             torch.zeros(cfg.n_routed_experts, dtype=torch.long),
             persistent=False,
         )
+
+    def routed_experts(self) -> list[SwiGLU]:
+        """The routed experts, typed (iterating an nn.ModuleList yields plain Modules)."""
+        return cast(list[SwiGLU], list(self.experts))
 
     def _keep_within_capacity(self, indices: torch.Tensor) -> torch.Tensor:
         """indices (N, k) -> bool (N, k): assignments that fit in their expert's capacity."""
@@ -211,7 +221,7 @@ class MoE(nn.Module):
     def _run_experts(self, routed_in: torch.Tensor, host_counts: list[int]) -> torch.Tensor:
         """Expert outputs for rows sorted by expert (host_counts[e] rows for expert e); experts
         without rows are not called, so their weights get no gradient (None, as before)."""
-        used = [(e, n) for e, n in zip(self.experts, host_counts) if n]
+        used = [(e, n) for e, n in zip(self.routed_experts(), host_counts) if n]
         dtype = self._grouped_dtype(routed_in, len(used))
         if dtype is None:
             parts = routed_in.split([n for _, n in used])
@@ -241,7 +251,7 @@ class MoE(nn.Module):
         )
         autocast = torch.is_autocast_enabled(device)
         dtype = torch.get_autocast_dtype(device) if autocast else routed_in.dtype
-        weight = self.experts[0].w2.weight  # (dim, I): both sizes a row stride must align
+        weight = self.routed_experts()[0].w2.weight  # (dim, I): both sizes a row stride must align
         if not plain or not (autocast or dtype == weight.dtype):
             return None  # outside autocast, mixed dtypes are left to nn.Linear to reject
         # CPU: measured here in float32 and bfloat16; CUDA: bf16 on Hopper (sm90) and newer

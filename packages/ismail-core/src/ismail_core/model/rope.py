@@ -41,7 +41,7 @@ def yarn_inv_freq(
         return dim * math.log(original_len / (rotations * 2 * math.pi)) / (2 * math.log(theta))
 
     low = max(math.floor(correction_dim(beta_fast)), 0)
-    high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
+    high: float = min(math.ceil(correction_dim(beta_slow)), dim - 1)
     if low == high:
         high += 0.001  # avoid a zero-width ramp
     ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
@@ -54,6 +54,8 @@ class RotaryEmbedding(nn.Module):
 
     Args: cfg: model config (rope_theta and the YaRN fields); dim: rotated size per head.
     """
+
+    inv_freq: torch.Tensor  # a buffer (see __init__)
 
     def __init__(self, cfg: ModelConfig, dim: int):
         super().__init__()

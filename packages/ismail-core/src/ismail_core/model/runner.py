@@ -15,6 +15,7 @@ import torch
 from .block_manager import BlockManager
 from .cache import blocks_for
 from .compiled import FastDecoder, fused_decode_supported
+from .transformer import Transformer
 
 
 class ModelRunner:
@@ -28,7 +29,7 @@ class ModelRunner:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: Transformer | FastDecoder,
         num_blocks: int,
         block_size: int = 16,
         enable_prefix_caching: bool = True,
@@ -45,8 +46,10 @@ class ModelRunner:
         self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching)
         if fused_decode is None:
             fused_decode = self.device.type == "cpu"
-        wrap = fused_decode and not isinstance(model, FastDecoder) and fused_decode_supported(model)
-        self.decoder = FastDecoder(self.model) if wrap else self.model
+        self.decoder = self.model
+        # a FastDecoder given as the model is used as it is
+        if fused_decode and isinstance(model, Transformer) and fused_decode_supported(model):
+            self.decoder = FastDecoder(model)
 
     @property
     def num_blocks(self) -> int:

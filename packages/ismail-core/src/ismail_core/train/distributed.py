@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -94,7 +95,9 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, strategy: str) -> torch.n
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for block in model.layers:
+        layers = model.layers
+        assert isinstance(layers, torch.nn.ModuleList), "a Transformer: blocks in .layers"
+        for block in layers:
             fully_shard(block)
         fully_shard(model)
         return model
@@ -125,7 +128,8 @@ def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         )
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_model_state_dict(model, options=opts)
+        # typed as any state value; a model's full state dict holds tensors
+        return cast(dict[str, torch.Tensor], get_model_state_dict(model, options=opts))
     from ismail_core.checkpoint import unwrap_model
 
     return unwrap_model(model).state_dict()

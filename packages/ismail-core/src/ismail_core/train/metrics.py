@@ -102,7 +102,7 @@ class MetricsLogger:
 
     def log(self, kind: str, step: int, values: dict[str, Any]) -> None:
         """Record one row: kind is "train" or "eval"; list values (expert load) are kept whole."""
-        if not self.enabled:
+        if self.file is None:  # not enabled (not the main process)
             return
         row = {"kind": kind, "step": step, "time": time.time(), **values}
         self.file.write(json.dumps(_finite_or_null(row), allow_nan=False) + "\n")

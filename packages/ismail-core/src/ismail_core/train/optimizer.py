@@ -47,7 +47,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     state. Expert rotation freezes experts only after the optimizer is built, so it sees
     them all; AdamW skips parameters whose grad is None and keeps no state for them.
     """
-    decay, no_decay = [], []
+    decay: list[torch.Tensor] = []
+    no_decay: list[torch.Tensor] = []
     for _, param in _trainable(model):
         (decay if param.ndim >= 2 else no_decay).append(param)
     return _groups(decay, no_decay, weight_decay)
@@ -63,11 +64,16 @@ def build_optimizer(
             f"optim.name={cfg.name} needs each matrix whole on every rank, which FSDP shards; "
             "use --dist.strategy ddp or --optim.name adamw"
         )
-    kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
     if cfg.name == "adamw":
         # The fused kernel exists for CUDA only; foreach is the fast path on CPU.
         groups = param_groups(model, cfg.weight_decay)
-        return torch.optim.AdamW(groups, fused=device.type == "cuda", **kwargs)
+        return torch.optim.AdamW(
+            groups,
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+            eps=cfg.eps,
+            fused=device.type == "cuda",
+        )
     if cfg.name == "muon":
         return _muon_and_adamw(model, cfg, device)
     if cfg.name == "galore_adamw":
@@ -91,7 +97,9 @@ def _groups(decay: list, no_decay: list, weight_decay: float, **extra) -> list[d
 
 def _split_hidden(model: torch.nn.Module) -> tuple[list, list, list]:
     """Trainable parameters as (hidden matrices, other matrices, vectors)."""
-    hidden, decay, no_decay = [], [], []
+    hidden: list[torch.Tensor] = []
+    decay: list[torch.Tensor] = []
+    no_decay: list[torch.Tensor] = []
     for name, param in _trainable(model):
         if is_hidden_matrix(name, param):
             hidden.append(param)
