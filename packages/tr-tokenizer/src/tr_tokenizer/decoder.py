@@ -23,11 +23,13 @@ _SPACED_WORD = regex.compile(r" [\p{L}\p{M}]+")
 _TAIL = 48  # characters of output kept as left context for shared suffixes
 
 
-def _utf8_errors(exc: UnicodeDecodeError) -> tuple[str, int]:
-    """Decode surrogate code points written by the encoder; replace anything else invalid."""
+def _utf8_errors(exc: UnicodeError) -> tuple[str | bytes, int]:
+    """Decode surrogate code points written by the encoder; replace anything else invalid.
+    (A decoding error handler: codecs calls it with UnicodeDecodeErrors only.)"""
     try:
         return codecs.lookup_error("surrogatepass")(exc)
     except UnicodeDecodeError:
+        assert isinstance(exc, UnicodeDecodeError)
         return "\ufffd", exc.start + 1
 
 
@@ -159,6 +161,7 @@ class DecodeState:
 
     def _release(self, voiced: bool) -> str:
         """Write the held last letter of an alternating root, voiced before a vowel."""
+        assert self.held is not None, "called with a letter held"
         plain, voiced_letter = self.held
         self.held = None
         letter = voiced_letter if voiced else plain

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 try:
     from transformers import PreTrainedTokenizer
@@ -97,7 +98,13 @@ class TrTokenizerHF(PreTrainedTokenizer):
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
         return self.tr.decode([self._convert_token_to_id(t) for t in tokens])
 
-    def _decode(self, token_ids, skip_special_tokens: bool = False, **kwargs) -> str:
+    def _decode(
+        self,
+        token_ids: int | list[int],
+        skip_special_tokens: bool = False,
+        clean_up_tokenization_spaces: bool | None = None,  # nothing to clean: decoding is exact
+        **kwargs: Any,
+    ) -> str:
         if isinstance(token_ids, int):
             token_ids = [token_ids]
         return self.tr.decode(token_ids, skip_special_tokens=skip_special_tokens)

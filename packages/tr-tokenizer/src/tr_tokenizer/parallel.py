@@ -14,7 +14,7 @@ from array import array
 from concurrent.futures import ProcessPoolExecutor, wait
 from itertools import accumulate, pairwise
 from multiprocessing import current_process, get_all_start_methods, get_context
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from tr_tokenizer.tokenizer import Tokenizer
@@ -63,7 +63,7 @@ def _encode_from_end(block: int, first: int, pieces: list[list[str]]) -> list[tu
     is left; returns (piece number, ids, lengths) for each piece it encoded."""
     assert _CLAIMS is not None
     lock, bounds = _CLAIMS
-    done = []
+    done: list[tuple] = []
     while True:
         with lock:
             if bounds[2 * block + 1] <= bounds[2 * block]:
@@ -151,7 +151,8 @@ class WorkerPool:
                     flat = ids.tolist()
                     starts = [0, *accumulate(lengths)]
                     results[k] = [flat[a:b] for a, b in pairwise(starts)]
-        return [ids for piece in results for ids in piece]
+        encoded = cast(list[list[list[int]]], results)  # every piece is filled in by now
+        return [ids for piece in encoded for ids in piece]
 
     def close(self) -> None:
         """Stop the worker processes and wait for them to exit."""

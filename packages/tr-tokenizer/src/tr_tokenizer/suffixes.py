@@ -220,7 +220,7 @@ def context_keys(text: str) -> list[tuple[str, str | None] | None]:
         return [context_key(text[:i]) for i in range(len(text) + 1)]
     # the same rules as left_context and _key, inlined: this runs once per new word
     keys: list[tuple[str, str | None] | None] = [None]
-    key = None
+    key: tuple[str, str | None] | None = None
     vowel = None
     classes = _CHAR_CLASS
     for ch in text:
