@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -29,10 +29,10 @@ from ismail_core.checkpoint import (
 from ismail_core.corpus import DataError, ShardedSplit, load_metadata
 from ismail_core.corpus.shards import tokenizer_info
 from ismail_core.errors import IsmailError
-from ismail_core.evaluate import EvalResult, evaluate
+from ismail_core.evaluate import Evaluation, evaluate
 from ismail_core.layout import META_FILE, TOKENIZER_DIR, TRAIN_CONFIG_FILE, WEIGHTS_FILE
 from ismail_core.model import Transformer
-from ismail_core.tokenizer import describe_fingerprint, load_tokenizer
+from ismail_core.tokenizer import Tokenizer, describe_fingerprint, load_tokenizer
 from ismail_core.train import distributed
 from ismail_core.train.batches import training_batch
 from ismail_core.train.config import ConfigError, TrainConfig
@@ -70,6 +70,38 @@ class TrainResult:
     checkpoint: Path | None
     interrupted: bool = False
     evals: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _StepResult:
+    """What one optimizer step reports."""
+
+    loss: float  # mean over the micro-batches (and processes)
+    lr: float
+    grad_norm: float
+    expert_load: list[torch.Tensor]  # per MoE layer: assignments to each expert
+    tokens_per_s: float
+
+
+@dataclass
+class _Throughput:
+    """Tokens per second, smoothed for the progress bar, and model FLOPs utilisation."""
+
+    flops_per_token: float
+    world_size: int
+    peak_flops: float
+    smoothed: float = 0.0  # tokens/s
+
+    def update(self, tokens_per_s: float) -> None:
+        """Fold in the tokens/s of a step (an exponential moving average)."""
+        if self.smoothed == 0:
+            self.smoothed = tokens_per_s
+        else:
+            self.smoothed = 0.8 * self.smoothed + 0.2 * tokens_per_s
+
+    def mfu(self, tokens_per_s: float) -> float:
+        """The share of the device's peak FLOPs that tokens_per_s uses."""
+        return self.flops_per_token * tokens_per_s / self.world_size / self.peak_flops
 
 
 def ensure_data(cfg: TrainConfig, info: distributed.DistInfo) -> Path:
@@ -126,7 +158,7 @@ class Trainer:
         cfg = self.cfg
         data_dir = ensure_data(cfg, self.info)
         self.meta = load_metadata(data_dir)
-        self.tokenizer = load_tokenizer(data_dir / TOKENIZER_DIR)
+        self.tokenizer: Tokenizer = load_tokenizer(data_dir / TOKENIZER_DIR)
         if self.tokenizer.fingerprint != self.meta["tokenizer"]["fingerprint"]:
             raise DataError(f"{data_dir}: tokenizer/ does not match meta.json; recreate the data")
         self.train_split = ShardedSplit.open(data_dir, "train")
@@ -166,8 +198,26 @@ class Trainer:
             )
 
     def _setup_model(self) -> None:
-        cfg, info = self.cfg, self.info
-        requested = cfg.model_config(vocab_size=self.tokenizer.vocab_size)
+        """The model of the run: new, or the resumed checkpoint's with its trainer state."""
+        self._resolve_model_config()
+        self._set_batch_geometry()
+        torch.manual_seed(self.cfg.run.seed)
+        model = Transformer(self.model_cfg)
+        model.activation_checkpointing = self.cfg.train.activation_checkpointing
+        state = None
+        if self.resume_from is not None:
+            try:
+                state = read_resume_state(self.resume_from)
+                model.load_state_dict(load_weights(self.resume_from / WEIGHTS_FILE))
+            except CheckpointError as exc:
+                hint = self._earlier_checkpoints_hint(self.resume_from)
+                raise CheckpointError(f"{exc}{hint}") from exc
+        self._place_model(model, state)
+
+    def _resolve_model_config(self) -> None:
+        """model_cfg: the requested one, which must equal a resumed checkpoint's, with room
+        for the tokenizer's ids."""
+        requested = self.cfg.model_config(vocab_size=self.tokenizer.vocab_size)
         self.model_cfg = requested
         if self.resume_from is not None:
             self.model_cfg = load_config(self.resume_from)
@@ -184,6 +234,10 @@ class Trainer:
                 f"model.vocab_size {self.model_cfg.vocab_size} is smaller than the tokenizer's "
                 f"{self.tokenizer.vocab_size}; drop --model.vocab_size to use the tokenizer's"
             )
+
+    def _set_batch_geometry(self) -> None:
+        """seq_len and grad_accum of a step, and the checks of expert rotation."""
+        cfg, info = self.cfg, self.info
         self.seq_len = cfg.train.seq_len or self.model_cfg.max_seq_len
         if self.seq_len > self.model_cfg.max_seq_len:
             raise ConfigError(
@@ -204,35 +258,25 @@ class Trainer:
                 f"{self.model_cfg.n_routed_experts} routed experts"
             )
 
-        torch.manual_seed(cfg.run.seed)
-        model = Transformer(self.model_cfg)
-        model.activation_checkpointing = cfg.train.activation_checkpointing
-        state = None
-        if self.resume_from is not None:
-            try:
-                state = read_resume_state(self.resume_from)
-                model.load_state_dict(load_weights(self.resume_from / WEIGHTS_FILE))
-            except CheckpointError as exc:
-                raise CheckpointError(f"{exc}{self._earlier_checkpoints_hint()}") from exc
-        self._place_model(model, state)
-
-    def _place_model(self, model: torch.nn.Module, state: dict[str, Any] | None) -> None:
+    def _place_model(self, model: Transformer, state: dict[str, Any] | None) -> None:
         """Move the model to the device and precision, wrap it (DDP/FSDP, compile), build the
         optimizer over its trainable parameters and restore the resume `state` if given."""
         cfg, info = self.cfg, self.info
         self.start_step = int(state["step"]) if state else 0
         self.best_val = float(state.get("best_val_loss", math.inf)) if state else math.inf
         self.tokens_seen = int(state["tokens_seen"]) if state else 0
+        self.step = self.start_step  # completed optimizer steps
         self.raw_model = model.to(self.device)
         self.precision = build_precision(cfg.train.precision, self.device)
         if cfg.train.precision == "fp8":
-            self.raw_model = fp8_converter()(self.raw_model)
+            fp8_converter()(self.raw_model)  # swaps the linear layers in place
         self.flops_per_token = self.raw_model.flops_per_token(self.seq_len)
         self.model = distributed.wrap_model(self.raw_model, info, cfg.dist.strategy)
         # recorded before torch.compile, whose wrapper is no DDP instance (it forwards no_sync)
         self._ddp = isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
         if cfg.train.compile:
-            self.model = torch.compile(self.model)
+            # an OptimizedModule, which torch's stubs type as a plain callable
+            self.model = cast(torch.nn.Module, torch.compile(self.model))
         self.optimizer = build_optimizer(
             self.raw_model, cfg.optim, self.device, sharded=distributed.is_fsdp(self.raw_model)
         )
@@ -248,12 +292,12 @@ class Trainer:
                 self.precision.scaler.load_state_dict(state["scaler"])
             set_rng_state(state["rng"][min(info.rank, len(state["rng"]) - 1)])
 
-    def _earlier_checkpoints_hint(self) -> str:
-        """How to resume from an older checkpoint when the latest one is broken."""
+    def _earlier_checkpoints_hint(self, broken: Path) -> str:
+        """How to resume from an older checkpoint when the latest one, `broken`, is broken."""
         others = [
             p
             for p in CheckpointManager(self.run_dir, 1).step_dirs()
-            if p.resolve() != self.resume_from.resolve()
+            if p.resolve() != broken.resolve()
         ]
         if not others:
             return ""
@@ -303,7 +347,11 @@ class Trainer:
             self.step_tokens += self._count_tokens(batch) * info.world_size
             # DDP all-reduces gradients only on the last micro-batch.
             sync = micro == accum - 1 or not self._ddp
-            ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
+            ctx = (
+                cast(torch.nn.parallel.DistributedDataParallel, self.model).no_sync()
+                if not sync
+                else contextlib.nullcontext()
+            )
             with ctx, self.precision.autocast():
                 out = self.model(**batch)
                 loss, shown = self._loss(out, batch)
@@ -365,7 +413,7 @@ class Trainer:
         self.raw_model.update_expert_bias(enabled=self.update_router_bias)
         return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
-    def _evaluate(self) -> EvalResult | None:
+    def _evaluate(self) -> Evaluation | None:
         """Validation loss and bits per byte (None without a validation split); the result
         needs `.loss` (for `best`) and `.to_dict()` (for metrics)."""
         if self.val_split is None:
@@ -384,14 +432,14 @@ class Trainer:
             reduce=lambda t: distributed.all_reduce_sum(t, self.info),
         )
 
-    def _save(self, step: int, val: EvalResult | None) -> Path | None:
-        is_best = val is not None and val.loss < self.best_val
-        if is_best:
-            self.best_val = val.loss
+    def _save(self, step: int, val: Evaluation | None) -> Path | None:
+        is_best = False
+        if val is not None and val.loss < self.best_val:
+            is_best, self.best_val = True, val.loss
         # Under FSDP every rank takes part in gathering the full state; rank 0 writes.
         state_dict = distributed.full_model_state(self.model)
         optim_state = distributed.full_optimizer_state(self.model, self.optimizer)
-        rngs = [rng_state()]
+        rngs: list[dict[str, Any] | None] = [rng_state()]
         if self.info.enabled:
             rngs = [None] * self.info.world_size
             torch.distributed.all_gather_object(rngs, rng_state())
@@ -457,80 +505,15 @@ class Trainer:
         atomic_write_json(self.run_dir / TRAIN_CONFIG_FILE, self._resolved())
 
     def _train_loop(self) -> TrainResult:
-        cfg, info = self.cfg, self.info
+        """Steps to cfg.train.steps with logging, evaluation and checkpoints on their
+        intervals; an interrupt (Ctrl-C) saves the last completed step."""
         result = TrainResult(self.run_dir, self.start_step, self.resume_from)
-        peak, _ = peak_flops(self.device, self.precision.compute_dtype)
-        tok_s = 0.0  # smoothed for the progress bar
-        steps = cfg.train.steps
-        bar = self._progress(steps)
-        step = self.start_step
-        last_val: EvalResult | None = None
+        bar = self._progress(self.cfg.train.steps)
         self.model.train()
         try:
-            if step == 0:  # _log_eval does nothing without held-out data
-                last_val = self._log_eval(0, result, bar)
-            while step < steps:
-                started = time.perf_counter()
-                self._rotate_experts(step)
-                lr = lr_at(step, steps, cfg.optim)
-                set_lr(self.optimizer, lr)
-                loss, loads = self._forward_backward(step)
-                grad_norm = self._optimizer_step()
-                step += 1
-                self.tokens_seen += self.step_tokens
-                elapsed = time.perf_counter() - started
-                step_tok_s = self.step_tokens / elapsed
-                tok_s = step_tok_s if tok_s == 0 else 0.8 * tok_s + 0.2 * step_tok_s
-                mfu = self.flops_per_token * tok_s / info.world_size / peak
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(
-                        loss=f"{loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{tok_s:.0f}", mfu=f"{mfu:.1%}"
-                    )
-                if step % cfg.log.interval == 0 or step == steps:
-                    self.metrics.log(
-                        "train",
-                        step,
-                        {
-                            "loss": loss,
-                            "lr": lr,
-                            "grad_norm": grad_norm,
-                            "tokens_per_s": step_tok_s,
-                            "mfu": self.flops_per_token * step_tok_s / info.world_size / peak,
-                            "tokens": self.tokens_seen,
-                            "expert_load": [x.tolist() for x in loads],
-                            **self._router_entropy_metrics(),
-                            **self._train_metrics(),
-                        },
-                    )
-                if not math.isfinite(loss):
-                    raise TrainError(
-                        f"loss became {loss} at step {step}; lower --optim.lr or use "
-                        "--train.precision bf16 / fp32"
-                    )
-                if step < steps and cfg.eval.interval and step % cfg.eval.interval == 0:
-                    last_val = self._log_eval(step, result, bar)
-                if step < steps and cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
-                    result.checkpoint = self._save(step, last_val)
-                result.step = step
-                if self.on_step is not None:
-                    self.on_step(step, self)
-            if step > self.start_step or self.manager.latest() is None:
-                result.checkpoint = self._save(step, self._log_eval(step, result, bar))
-            else:  # resumed a run that had already finished
-                result.checkpoint = self.manager.latest()
+            self._run_steps(result, bar)
         except KeyboardInterrupt:
-            # The step in flight is dropped: its gradients and expert loads are discarded, so
-            # the checkpoint is exactly the state after `step` completed steps.
-            self.optimizer.zero_grad(set_to_none=True)
-            for moe in self.raw_model.moe_layers():
-                moe.load_since_update.zero_()
-            if bar is not None:
-                bar.close()
-            if info.is_main:
-                print(f"\ninterrupted: saving a checkpoint at step {step}", flush=True)
-            result.checkpoint = self._save(step, None)
-            result.step, result.interrupted = step, True
+            self._save_interrupted(result, bar)
         except torch.OutOfMemoryError as exc:
             raise TrainError(
                 f"out of GPU memory ({exc}). Reduce memory with {MEMORY_KNOBS}"
@@ -538,15 +521,121 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-            self.metrics.close()
+            self._logger.close()
         return result
+
+    def _run_steps(self, result: TrainResult, bar) -> None:
+        """The loop proper: train step, log, evaluate and save; then the final evaluation and
+        checkpoint."""
+        cfg = self.cfg
+        steps = cfg.train.steps
+        peak, _ = peak_flops(self.device, self.precision.compute_dtype)
+        speed = _Throughput(self.flops_per_token, self.info.world_size, peak)
+        last_val: Evaluation | None = None
+        if self.step == 0:  # _log_eval does nothing without held-out data
+            last_val = self._log_eval(0, result, bar)
+        while self.step < steps:
+            done = self._train_step(self.step)
+            self.step += 1
+            step = self.step
+            speed.update(done.tokens_per_s)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{done.loss:.3f}",
+                    lr=f"{done.lr:.1e}",
+                    tok_s=f"{speed.smoothed:.0f}",
+                    mfu=f"{speed.mfu(speed.smoothed):.1%}",
+                )
+            if step % cfg.log.interval == 0 or step == steps:
+                self._log_train(step, done, speed)
+            if not math.isfinite(done.loss):
+                raise TrainError(
+                    f"loss became {done.loss} at step {step}; lower --optim.lr or use "
+                    "--train.precision bf16 / fp32"
+                )
+            last_val = self._evaluate_and_save(step, result, bar, last_val)
+            result.step = step
+            if self.on_step is not None:
+                self.on_step(step, self)
+        if self.step > self.start_step or self.manager.latest() is None:
+            result.checkpoint = self._save(self.step, self._log_eval(self.step, result, bar))
+        else:  # resumed a run that had already finished
+            result.checkpoint = self.manager.latest()
+
+    def _train_step(self, step: int) -> _StepResult:
+        """Optimizer step `step` (counted from 0): its learning rate, the gradients of
+        grad_accum micro-batches, clipping and the update."""
+        started = time.perf_counter()
+        self._rotate_experts(step)
+        lr = lr_at(step, self.cfg.train.steps, self.cfg.optim)
+        set_lr(self.optimizer, lr)
+        loss, loads = self._forward_backward(step)
+        grad_norm = self._optimizer_step()
+        self.tokens_seen += self.step_tokens
+        tokens_per_s = self.step_tokens / (time.perf_counter() - started)
+        return _StepResult(loss, lr, grad_norm, loads, tokens_per_s)
+
+    def _log_train(self, step: int, done: _StepResult, speed: _Throughput) -> None:
+        """The metrics row of a training step."""
+        self._logger.log(
+            "train",
+            step,
+            {
+                "loss": done.loss,
+                "lr": done.lr,
+                "grad_norm": done.grad_norm,
+                "tokens_per_s": done.tokens_per_s,
+                "mfu": speed.mfu(done.tokens_per_s),
+                "tokens": self.tokens_seen,
+                "expert_load": [x.tolist() for x in done.expert_load],
+                **self._router_entropy_metrics(),
+                **self._train_metrics(),
+            },
+        )
+
+    def _evaluate_and_save(
+        self, step: int, result: TrainResult, bar, last_val: Evaluation | None
+    ) -> Evaluation | None:
+        """Evaluate and checkpoint where their intervals fall before the last step (which
+        gets both after the loop); returns the latest evaluation."""
+        cfg = self.cfg
+        if step < cfg.train.steps and cfg.eval.interval and step % cfg.eval.interval == 0:
+            last_val = self._log_eval(step, result, bar)
+        if (
+            step < cfg.train.steps
+            and cfg.checkpoint.interval
+            and step % cfg.checkpoint.interval == 0
+        ):
+            result.checkpoint = self._save(step, last_val)
+        return last_val
+
+    def _save_interrupted(self, result: TrainResult, bar) -> None:
+        """Checkpoint the last completed step after an interrupt."""
+        # The step in flight is dropped: its gradients and expert loads are discarded, so
+        # the checkpoint is exactly the state after `self.step` completed steps.
+        self.optimizer.zero_grad(set_to_none=True)
+        for moe in self.raw_model.moe_layers():
+            moe.load_since_update.zero_()
+        if bar is not None:
+            bar.close()
+        if self.info.is_main:
+            print(f"\ninterrupted: saving a checkpoint at step {self.step}", flush=True)
+        result.checkpoint = self._save(self.step, None)
+        result.step, result.interrupted = self.step, True
+
+    @property
+    def _logger(self) -> MetricsLogger:
+        """The metrics logger that run() opened."""
+        assert self.metrics is not None, "run() opens the metrics logger"
+        return self.metrics
 
     def _log_eval(self, step: int, result: TrainResult, bar) -> Any:
         val = self._evaluate()
         if val is None:
             return None
         row = val.to_dict()
-        self.metrics.log("eval", step, row)
+        self._logger.log("eval", step, row)
         result.evals.append({"step": step, **row})
         if self.info.is_main:
             (bar.write if bar is not None else print)(self._eval_message(step, val))
