@@ -1,5 +1,6 @@
-// Helpers shared by the ismail pages: API key, request headers, error wording, SSE reading,
-// and the server status badge. Plain browser JavaScript, no dependencies.
+// Helpers shared by the ismail pages: API key (and its settings field), request headers, JSON
+// requests, error wording, SSE reading, the server status badge, debouncing and the token
+// inspector. Plain browser JavaScript, no dependencies.
 "use strict";
 
 const Ismail = (() => {
@@ -29,6 +30,19 @@ const Ismail = (() => {
       // Private browsing can forbid storage; the key is then forgotten on reload.
     }
     return "";
+  }
+
+  /**
+   * Wire the API key field: show the stored key; on a change, store the new one and call
+   * onStored(), or onProblem(message) for a key HTTP headers cannot carry.
+   */
+  function bindApiKeyField(input, onProblem, onStored) {
+    input.value = apiKey();
+    input.addEventListener("change", () => {
+      const problem = setApiKey(input.value.trim());
+      if (problem) onProblem(problem);
+      else onStored();
+    });
   }
 
   /** JSON request headers, with Bearer auth when a key is set. */
@@ -85,6 +99,30 @@ const Ismail = (() => {
   /** Wording for a fetch() that failed before any response (server down, network gone). */
   function describeNetworkError(err) {
     return `Could not reach the server (${err && err.message ? err.message : err}). Is ismail-serve running?`;
+  }
+
+  /**
+   * POST a JSON body; resolves to the parsed answer, or to null after calling onError with a
+   * sentence saying why it failed (not for a request aborted through signal: a newer one
+   * replaces it, so there is nothing to tell).
+   */
+  async function postJSON(path, body, onError, signal) {
+    try {
+      const response = await fetch(path, {
+        method: "POST",
+        headers: headers(),
+        body: JSON.stringify(body),
+        signal,
+      });
+      if (!response.ok) {
+        onError(await describeHttpError(response));
+        return null;
+      }
+      return await response.json();
+    } catch (err) {
+      if (err.name !== "AbortError") onError(describeNetworkError(err));
+      return null;
+    }
   }
 
   /**
@@ -153,14 +191,50 @@ const Ismail = (() => {
     }
   }
 
+  /** fn, called only once calls have paused for ms milliseconds (typing, for instance). */
+  function debounce(fn, ms) {
+    let timer = null;
+    return () => {
+      clearTimeout(timer);
+      timer = setTimeout(fn, ms);
+    };
+  }
+
+  /**
+   * Show an item's dataset.info in inspectorEl when it is hovered (desktop), focused (keyboards)
+   * or tapped (phones), and mark it "selected". The items are container's descendants matching
+   * itemSelector. Returns inspect(item), which does the same by hand; inspect(null) clears it.
+   */
+  function bindInspector(container, itemSelector, inspectorEl) {
+    let selected = null;
+    function inspect(item) {
+      if (selected) selected.classList.remove("selected");
+      selected = item;
+      if (!item) return;
+      item.classList.add("selected");
+      inspectorEl.textContent = item.dataset.info;
+    }
+    for (const event of ["mouseover", "focusin", "click"]) {
+      container.addEventListener(event, (e) => {
+        const item = e.target.closest(itemSelector);
+        if (item) inspect(item);
+      });
+    }
+    return inspect;
+  }
+
   return {
     apiKey,
     setApiKey,
+    bindApiKeyField,
     headers,
+    postJSON,
     messageFromBody,
     describeHttpError,
     describeNetworkError,
     readSSE,
     showServerStatus,
+    debounce,
+    bindInspector,
   };
 })();

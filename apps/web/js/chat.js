@@ -8,7 +8,6 @@
   const promptEl = $("prompt");
   const sendBtn = $("send");
   const stopBtn = $("stop");
-  const apiKeyEl = $("api-key");
   const SETTINGS_STORAGE = "ismail.chatSettings";
 
   /** The conversation sent to the server: [{role, content}], without the system prompt. */
@@ -39,7 +38,6 @@
     for (const id of [...numberFields, "system-prompt"]) {
       if (saved[id] !== undefined) $(id).value = saved[id];
     }
-    apiKeyEl.value = Ismail.apiKey();
   }
 
   function saveSettings() {
@@ -275,11 +273,7 @@
     promptEl.focus();
   });
 
-  apiKeyEl.addEventListener("change", () => {
-    const problem = Ismail.setApiKey(apiKeyEl.value.trim());
-    if (problem) showError(problem);
-    else refreshStatus();
-  });
+  Ismail.bindApiKeyField($("api-key"), showError, refreshStatus);
 
   $("settings-toggle").addEventListener("click", () => {
     const open = document.body.classList.toggle("settings-open");

@@ -7,18 +7,16 @@
   const $ = (id) => document.getElementById(id);
   const textEl = $("text");
   const errorEl = $("error");
-  const inspectorEl = $("inspector");
   const gridEl = $("grid");
-  const apiKeyEl = $("api-key");
   const DEBOUNCE_MS = 300;
   const GENERATE_TOKENS = 24;
   // Visible stand-ins for whitespace so a whitespace token is not an empty column.
   const WHITESPACE_SIGNS = { " ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍" };
 
   let modelName = null;
-  let timer = null;
   let inflight = null;
-  let selected = null;
+  // Hover on desktop, focus for keyboards, tap on phones: all show the cell's weights.
+  const inspect = Ismail.bindInspector(gridEl, ".cell", $("inspector"));
 
   /** A colour per expert: hues a golden angle apart stay distinct for any number of experts. */
   function expertColour(expert) {
@@ -159,22 +157,7 @@
   async function post(path, body, signal) {
     if (!modelName) modelName = await Ismail.showServerStatus($("server-status"));
     if (modelName) body.model = modelName;
-    try {
-      const response = await fetch(path, {
-        method: "POST",
-        headers: Ismail.headers(),
-        body: JSON.stringify(body),
-        signal,
-      });
-      if (!response.ok) {
-        showError(await Ismail.describeHttpError(response));
-        return null;
-      }
-      return await response.json();
-    } catch (err) {
-      if (err.name !== "AbortError") showError(Ismail.describeNetworkError(err));
-      return null;
-    }
+    return Ismail.postJSON(path, body, showError, signal);
   }
 
   async function route() {
@@ -204,37 +187,10 @@
     }
   }
 
-  function scheduleRoute() {
-    clearTimeout(timer);
-    timer = setTimeout(route, DEBOUNCE_MS);
-  }
-
-  function inspect(cell) {
-    if (selected) selected.classList.remove("selected");
-    selected = cell;
-    if (!cell) return;
-    cell.classList.add("selected");
-    inspectorEl.textContent = cell.dataset.info;
-  }
-
-  // Hover on desktop, focus for keyboards, tap on phones: all show the cell's weights.
-  for (const event of ["mouseover", "focusin", "click"]) {
-    gridEl.addEventListener(event, (e) => {
-      const cell = e.target.closest(".cell");
-      if (cell) inspect(cell);
-    });
-  }
-
-  textEl.addEventListener("input", scheduleRoute);
+  textEl.addEventListener("input", Ismail.debounce(route, DEBOUNCE_MS));
   $("route").addEventListener("click", route);
   $("generate").addEventListener("click", generate);
-  apiKeyEl.value = Ismail.apiKey();
-  apiKeyEl.addEventListener("change", async () => {
-    const problem = Ismail.setApiKey(apiKeyEl.value.trim());
-    if (problem) {
-      showError(problem);
-      return;
-    }
+  Ismail.bindApiKeyField($("api-key"), showError, async () => {
     modelName = await Ismail.showServerStatus($("server-status"));
     route();
   });

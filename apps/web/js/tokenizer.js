@@ -6,12 +6,10 @@
   const $ = (id) => document.getElementById(id);
   const textEl = $("text");
   const errorEl = $("error");
-  const inspectorEl = $("inspector");
   const columnsEl = $("columns");
   const mainColumn = $("main-column");
   const compareColumn = $("compare-column");
   const showIdsEl = $("show-ids");
-  const apiKeyEl = $("api-key");
 
   // Kinds the page colours (tr-tokenizer's names; "space" is drawn as whitespace).
   const KINDS = ["root", "word", "suffix", "bpe", "byte", "special", "case", "whitespace"];
@@ -34,9 +32,9 @@
   const DEBOUNCE_MS = 120;
 
   let modelName = null;
-  let timer = null;
   let inflight = null;
-  let selected = null;
+  // Hover on desktop, focus for keyboards, tap on phones: all show the token's ID and kind.
+  Ismail.bindInspector(columnsEl, ".tok", $("inspector"));
 
   /** Number of words in the text, as people count them. */
   function countWords(text) {
@@ -164,26 +162,9 @@
     if (!modelName) modelName = await Ismail.showServerStatus($("server-status"));
     const body = { prompt: text };
     if (modelName) body.model = modelName;
-    let result;
-    try {
-      const response = await fetch("v1/tokenize", {
-        method: "POST",
-        headers: Ismail.headers(),
-        body: JSON.stringify(body),
-        signal: controller.signal,
-      });
-      if (!response.ok) {
-        showError(await Ismail.describeHttpError(response));
-        return;
-      }
-      result = await response.json();
-    } catch (err) {
-      if (err.name !== "AbortError") showError(Ismail.describeNetworkError(err));
-      return;
-    } finally {
-      if (inflight === controller) inflight = null;
-    }
-    if (controller.signal.aborted || textEl.value !== text) return; // A newer request is on its way.
+    const result = await Ismail.postJSON("v1/tokenize", body, showError, controller.signal);
+    if (inflight === controller) inflight = null;
+    if (!result || controller.signal.aborted || textEl.value !== text) return; // A newer request is on its way.
     showError("");
     const kindCounts = renderColumn(mainColumn, result, text);
     renderLegend(kindCounts, Array.isArray(result.kinds));
@@ -205,40 +186,13 @@
     }
   }
 
-  function scheduleTokenize() {
-    clearTimeout(timer);
-    timer = setTimeout(tokenize, DEBOUNCE_MS);
-  }
-
-  function inspect(token) {
-    if (selected) selected.classList.remove("selected");
-    selected = token;
-    if (!token) return;
-    token.classList.add("selected");
-    inspectorEl.textContent = token.dataset.info;
-  }
-
-  // Hover on desktop, focus for keyboards, tap on phones: all show the token's ID and kind.
-  for (const event of ["mouseover", "focusin", "click"]) {
-    columnsEl.addEventListener(event, (e) => {
-      const token = e.target.closest(".tok");
-      if (token) inspect(token);
-    });
-  }
-
-  textEl.addEventListener("input", scheduleTokenize);
+  textEl.addEventListener("input", Ismail.debounce(tokenize, DEBOUNCE_MS));
   showIdsEl.addEventListener("change", () => {
     for (const box of document.querySelectorAll(".tokens")) {
       box.classList.toggle("show-ids", showIdsEl.checked);
     }
   });
-  apiKeyEl.value = Ismail.apiKey();
-  apiKeyEl.addEventListener("change", async () => {
-    const problem = Ismail.setApiKey(apiKeyEl.value.trim());
-    if (problem) {
-      showError(problem);
-      return;
-    }
+  Ismail.bindApiKeyField($("api-key"), showError, async () => {
     modelName = await Ismail.showServerStatus($("server-status"));
     tokenize();
   });
