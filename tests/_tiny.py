@@ -2,38 +2,29 @@
 
 Random weights emit plenty of bare suffix ids, which is what the tests of in-context decoding
 need, and the model is small enough that a forward pass costs milliseconds on a CPU. Imported
-like tests/_serve.py (the test adds tests/ to sys.path).
+like tests/_serve.py (the test adds tests/ to sys.path); the model's shape is ismail-core's
+tests' tiny_setup.py, shared with the package tests.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
-from ismail_core import ModelConfig, Transformer
+from ismail_core import Transformer
 from ismail_core.checkpoint import save_checkpoint
 from ismail_core.tokenizer import Tokenizer, load_tokenizer
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "packages" / "ismail-core" / "tests"))
+from tiny_setup import tiny_config  # noqa: E402
 
 
 def tiny_tr_model(max_seq_len: int, seed: int = 0) -> tuple[Transformer, Tokenizer]:
     """(model in eval mode, the shipped tr-tokenizer)."""
     tok = load_tokenizer("tr")
     torch.manual_seed(seed)
-    cfg = ModelConfig.preset(
-        "tiny",
-        vocab_size=tok.vocab_size,
-        max_seq_len=max_seq_len,
-        dim=64,
-        n_layers=2,
-        n_heads=2,
-        inter_dim=128,
-        moe_inter_dim=64,
-        kv_lora_rank=32,
-        qk_nope_head_dim=16,
-        qk_rope_head_dim=8,
-        v_head_dim=16,
-    )
-    return Transformer(cfg).eval(), tok
+    return Transformer(tiny_config(tok.vocab_size, max_seq_len)).eval(), tok
 
 
 def tiny_tr_checkpoint(directory: Path, max_seq_len: int, seed: int = 0) -> Path:

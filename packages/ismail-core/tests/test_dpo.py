@@ -4,6 +4,7 @@ to a direct forward pass, training with exact resume, LoRA without a second mode
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,9 @@ from ismail_core.finetune.trainer import finetune
 from ismail_core.model import Transformer
 from ismail_core.report import write_report
 from ismail_core.tokenizer import load_tokenizer
-from ismail_core.train.config import build_config
+
+sys.path.insert(0, str(Path(__file__).parent))  # tiny_setup.py (see its docstring)
+from tiny_setup import finetune_config  # noqa: E402
 
 WORDS = ["ev", "kitap", "göz", "okul", "masa", "kapı", "yol", "deniz", "ağaç", "kuş", "gün", "su"]
 
@@ -81,25 +84,9 @@ def pairs_file(tmp_path_factory) -> Path:
 
 
 def _cfg(base: Path, data: Path, out: Path, **overrides) -> FinetuneConfig:
-    layer = {
-        "finetune.task": "dpo",
-        "finetune.base": str(base),
-        "finetune.data": str(data),
-        "finetune.val_fraction": 0.25,
-        "finetune.eval_replies": 4,
-        "finetune.max_new_tokens": 4,
-        "run.out_dir": str(out),
-        "train.steps": 6,
-        "train.batch_size": 4,
-        "train.precision": "fp32",
-        "optim.lr": 3e-3,
-        "eval.interval": 3,
-        "checkpoint.interval": 3,
-        "log.progress": False,
-        "log.interval": 1,
-    }
-    layer.update(overrides)
-    return build_config(layer, config_cls=FinetuneConfig)
+    """tiny_setup's six-step fine-tuning run, as DPO on the preference pairs."""
+    dpo = {"finetune.task": "dpo", "finetune.val_fraction": 0.25, "optim.lr": 3e-3}
+    return finetune_config(base, data, out, **{**dpo, **overrides})
 
 
 # ---------------------------------------------------------------------- records

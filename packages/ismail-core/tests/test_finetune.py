@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,6 @@ from ismail_core.chat import END_TOKEN, render_chat
 from ismail_core.checkpoint import ADAPTER_DIR, WEIGHTS_FILE, load_model, save_checkpoint
 from ismail_core.cli import main
 from ismail_core.config import ModelConfig
-from ismail_core.finetune.config import FinetuneConfig
 from ismail_core.finetune.data import (
     IGNORE,
     Example,
@@ -28,7 +28,9 @@ from ismail_core.finetune.lora import LoraError, load_with_adapter
 from ismail_core.finetune.trainer import finetune
 from ismail_core.model import Transformer
 from ismail_core.tokenizer import load_tokenizer
-from ismail_core.train.config import build_config
+
+sys.path.insert(0, str(Path(__file__).parent))  # tiny_setup.py (see its docstring)
+from tiny_setup import finetune_config  # noqa: E402
 
 CHAT = [
     {"role": "system", "content": "Kısa cevap ver."},
@@ -74,26 +76,6 @@ def chat_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "chat.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
-
-def _cfg(base: Path, data: Path, out: Path, **overrides):
-    layer = {
-        "finetune.base": str(base),
-        "finetune.data": str(data),
-        "finetune.val_fraction": 0.2,
-        "finetune.eval_replies": 4,
-        "finetune.max_new_tokens": 4,
-        "run.out_dir": str(out),
-        "train.steps": 6,
-        "train.batch_size": 4,
-        "train.precision": "fp32",
-        "eval.interval": 3,
-        "checkpoint.interval": 3,
-        "log.progress": False,
-        "log.interval": 1,
-    }
-    layer.update(overrides)
-    return build_config(layer, config_cls=FinetuneConfig)
 
 
 # ---------------------------------------------------------------------- labels
@@ -182,7 +164,7 @@ def _weights(model) -> dict[str, torch.Tensor]:
 
 
 def test_full_finetune_resumes_exactly_and_saves_the_template(tr_base, chat_file, tmp_path):
-    whole = finetune(_cfg(tr_base, chat_file, tmp_path / "whole"))
+    whole = finetune(finetune_config(tr_base, chat_file, tmp_path / "whole"))
     assert whole.step == 6 and [e["step"] for e in whole.evals] == [0, 3, 6]
     assert all("accuracy" in e and 0 <= e["ended"] <= 1 for e in whole.evals)
 
@@ -190,9 +172,9 @@ def test_full_finetune_resumes_exactly_and_saves_the_template(tr_base, chat_file
         if step == 4:
             raise KeyboardInterrupt
 
-    cut = finetune(_cfg(tr_base, chat_file, tmp_path / "cut"), on_step=stop_at_4)
+    cut = finetune(finetune_config(tr_base, chat_file, tmp_path / "cut"), on_step=stop_at_4)
     assert cut.interrupted and cut.step == 4
-    resumed = finetune(_cfg(tr_base, chat_file, tmp_path / "cut"))
+    resumed = finetune(finetune_config(tr_base, chat_file, tmp_path / "cut"))
     assert resumed.step == 6
     a, tok_a = load_model(whole.checkpoint)
     b, _ = load_model(resumed.checkpoint)
@@ -206,7 +188,7 @@ def test_full_finetune_resumes_exactly_and_saves_the_template(tr_base, chat_file
 
 def test_lora_saves_a_peft_adapter_that_loads_merged(tr_base, chat_file, tmp_path):
     result = finetune(
-        _cfg(
+        finetune_config(
             tr_base,
             chat_file,
             tmp_path / "lora",
@@ -229,14 +211,14 @@ def test_lora_saves_a_peft_adapter_that_loads_merged(tr_base, chat_file, tmp_pat
 
 def test_lora_resumes_exactly(tr_base, chat_file, tmp_path):
     lora = {"finetune.method": "lora", "lora.rank": 4, "optim.lr": 1e-2}
-    whole = finetune(_cfg(tr_base, chat_file, tmp_path / "whole", **lora))
+    whole = finetune(finetune_config(tr_base, chat_file, tmp_path / "whole", **lora))
 
     def stop_at_4(step, trainer):
         if step == 4:
             raise KeyboardInterrupt
 
-    finetune(_cfg(tr_base, chat_file, tmp_path / "cut", **lora), on_step=stop_at_4)
-    resumed = finetune(_cfg(tr_base, chat_file, tmp_path / "cut", **lora))
+    finetune(finetune_config(tr_base, chat_file, tmp_path / "cut", **lora), on_step=stop_at_4)
+    resumed = finetune(finetune_config(tr_base, chat_file, tmp_path / "cut", **lora))
     a = load_with_adapter(whole.checkpoint, merge=False).state_dict()
     b = load_with_adapter(resumed.checkpoint, merge=False).state_dict()
     for name in (n for n in a if "lora_" in n):
@@ -248,7 +230,9 @@ def test_adapter_refuses_another_base(tr_base, chat_file, tmp_path, tok, tiny_mo
 
     base = tmp_path / "base"
     shutil.copytree(tr_base, base)
-    result = finetune(_cfg(base, chat_file, tmp_path / "run", **{"finetune.method": "lora"}))
+    result = finetune(
+        finetune_config(base, chat_file, tmp_path / "run", **{"finetune.method": "lora"})
+    )
     _base(base, tok, tiny_model_config, seed=1)  # another model where the base was
     with pytest.raises(LoraError, match="trained on base weights"):
         load_model(result.checkpoint)
@@ -260,12 +244,12 @@ def test_tokenizer_without_chat_markers_gets_them(
     tokenizer = load_tokenizer(hf_tokenizer_file)
     assert tokenizer.token_to_id(END_TOKEN) is None
     base = _base(tmp_path / "base", tokenizer, tiny_model_config)
-    result = finetune(_cfg(base, chat_file, tmp_path / "run", **{"train.steps": 2}))
+    result = finetune(finetune_config(base, chat_file, tmp_path / "run", **{"train.steps": 2}))
     model, tuned = load_model(result.checkpoint)
     assert tuned.token_to_id(END_TOKEN) is not None
     assert model.cfg.vocab_size == tuned.vocab_size == tokenizer.vocab_size + 4
     with pytest.raises(Exception, match="method full"):
-        finetune(_cfg(base, chat_file, tmp_path / "lora", **{"finetune.method": "lora"}))
+        finetune(finetune_config(base, chat_file, tmp_path / "lora", **{"finetune.method": "lora"}))
 
 
 # ---------------------------------------------------------------------- bad input, CLI
@@ -302,12 +286,12 @@ def test_cli_errors_are_one_line_and_say_what_to_do(
 
 
 def test_a_run_directory_is_not_continued_on_other_data(tr_base, chat_file, tmp_path):
-    finetune(_cfg(tr_base, chat_file, tmp_path / "run", **{"train.steps": 2}))
+    finetune(finetune_config(tr_base, chat_file, tmp_path / "run", **{"train.steps": 2}))
     before = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     other = tmp_path / "other.jsonl"
     other.write_text(chat_file.read_text(encoding="utf-8"), encoding="utf-8")
     with pytest.raises(ValueError, match="finetune.data"):
-        finetune(_cfg(tr_base, other, tmp_path / "run", **{"train.steps": 4}))
+        finetune(finetune_config(tr_base, other, tmp_path / "run", **{"train.steps": 4}))
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == before
 
 
@@ -317,7 +301,7 @@ def test_qlora_trains_on_cuda(tr_base, chat_file, tmp_path):
         pytest.skip("needs CUDA")
     pytest.importorskip("bitsandbytes")
     result = finetune(
-        _cfg(
+        finetune_config(
             tr_base,
             chat_file,
             tmp_path / "q",
@@ -356,11 +340,11 @@ def test_conversations_longer_than_the_context(tr_base, chat_file, tmp_path, cap
         lines.append(json.dumps({"messages": messages}, ensure_ascii=False))
     data = tmp_path / "long.jsonl"
     data.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    cfg = _cfg(tr_base, data, tmp_path / "run", **{"finetune.val_fraction": 0.5})
+    cfg = finetune_config(tr_base, data, tmp_path / "run", **{"finetune.val_fraction": 0.5})
     result = finetune(cfg)  # held-out prompts too long to answer are not generated for
     assert result.step == 6
     out = capsys.readouterr().out
     assert "truncated" in out and "dropped" in out
-    dropping = _cfg(tr_base, data, tmp_path / "drop", **{"finetune.too_long": "drop"})
+    dropping = finetune_config(tr_base, data, tmp_path / "drop", **{"finetune.too_long": "drop"})
     finetune(dropping)
     assert "0 truncated" in capsys.readouterr().out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import tempfile
 from pathlib import Path
 
@@ -174,27 +173,6 @@ def test_conversation_as_messages() -> None:
 
 
 # --- hf: ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No hub access: offline flags for datasets / huggingface_hub, and no outgoing sockets."""
-    import datasets.config
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    # both read their variables at import time, which may have been before this test
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    connect = socket.socket.connect
-
-    def local_only(sock: socket.socket, address) -> None:
-        if sock.family != socket.AF_UNIX:
-            raise AssertionError(f"network access in an offline test: {address}")
-        connect(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", local_only)
 
 
 @pytest.mark.usefixtures("offline")

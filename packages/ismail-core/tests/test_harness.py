@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import socket
 import sys
 from pathlib import Path
 
@@ -23,6 +22,10 @@ from lm_eval.api.instance import Instance  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))  # lm_eval_tasks.py, shared with HTTP tests
 from lm_eval_tasks import GEN_TASK, MC_TASK, loglikelihoods_by_doc, write_tasks  # noqa: E402
+from tiny_setup import tiny_config  # noqa: E402
+
+# No hub access in any test here (the tasks are local files).
+pytestmark = pytest.mark.usefixtures("offline")
 
 CONTEXT = 64  # the test model's max_seq_len
 LONG_TEXT = " ".join(
@@ -39,53 +42,19 @@ LONG_TEXT = " ".join(
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random tiny model with the shipped tr-tokenizer (suffix spellings need context)."""
-    from ismail_core import ModelConfig, Transformer
+    from ismail_core import Transformer
     from ismail_core.checkpoint import save_checkpoint
     from ismail_core.tokenizer import load_tokenizer
 
     tok = load_tokenizer("tr")
     torch.manual_seed(0)
-    cfg = ModelConfig.preset(
-        "tiny",
-        vocab_size=tok.vocab_size,
-        max_seq_len=CONTEXT,
-        dim=64,
-        n_layers=2,
-        n_heads=2,
-        inter_dim=128,
-        moe_inter_dim=64,
-        kv_lora_rank=32,
-        qk_nope_head_dim=16,
-        qk_rope_head_dim=8,
-        v_head_dim=16,
-    )
-    return save_checkpoint(tmp_path_factory.mktemp("harness") / "tiny", Transformer(cfg), tok)
+    model = Transformer(tiny_config(tok.vocab_size, CONTEXT))
+    return save_checkpoint(tmp_path_factory.mktemp("harness") / "tiny", model, tok)
 
 
 @pytest.fixture(scope="module")
 def lm(checkpoint: Path) -> IsmailLM:
     return IsmailLM(checkpoint, device="cpu", batch_size=8)
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No hub access: offline flags for datasets / huggingface_hub, and no outgoing sockets."""
-    import datasets.config
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    # both read their variables at import time, which may have been before this test
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    connect = socket.socket.connect
-
-    def local_only(sock: socket.socket, address) -> None:
-        if sock.family != socket.AF_UNIX:
-            raise AssertionError(f"network access in an offline test: {address}")
-        connect(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", local_only)
 
 
 def _requests(kind: str, args: list[tuple]) -> list[Instance]:

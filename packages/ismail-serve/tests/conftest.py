@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
-from ismail_core import ModelConfig, Transformer
+from ismail_core import Transformer
 from ismail_core.model.cache import blocks_for
 from ismail_core.model.runner import ModelRunner
 from ismail_core.tokenizer import HFTokenizer
 from ismail_serve.engine import EngineConfig, LLMEngine
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "ismail-core" / "tests"))  # tiny_setup.py
+from tiny_setup import tiny_config  # noqa: E402
 
 SPECIALS = ["<|endoftext|>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 CORPUS = [
@@ -34,23 +40,6 @@ def build_tokenizer(vocab_size: int = 400) -> HFTokenizer:
     )
     tok.train_from_iterator(CORPUS, trainer)
     return HFTokenizer(tok)
-
-
-def tiny_config(vocab_size: int, max_seq_len: int = 128) -> ModelConfig:
-    return ModelConfig.preset(
-        "tiny",
-        vocab_size=vocab_size,
-        max_seq_len=max_seq_len,
-        dim=64,
-        n_layers=2,
-        n_heads=2,
-        inter_dim=128,
-        moe_inter_dim=64,
-        kv_lora_rank=32,
-        qk_nope_head_dim=16,
-        qk_rope_head_dim=8,
-        v_head_dim=16,
-    )
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,56 @@
+"""Tiny setups shared by test files and folders: the tiny model the end-to-end and serving tests
+run (a forward pass costs milliseconds on a CPU), and a seconds-long fine-tuning run.
+
+Used by ismail-core's tests, ismail-serve's tests and the root tests/ (tests/_tiny.py). They
+import this file after putting its folder on sys.path (see lm_eval_tasks.py), since
+--import-mode=importlib does not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ismail_core import ModelConfig
+from ismail_core.finetune.config import FinetuneConfig
+from ismail_core.train.config import build_config
+
+
+def tiny_config(vocab_size: int, max_seq_len: int = 128) -> ModelConfig:
+    """The "tiny" preset shrunk further: 2 layers of width 64, a 32-rank latent KV cache."""
+    return ModelConfig.preset(
+        "tiny",
+        vocab_size=vocab_size,
+        max_seq_len=max_seq_len,
+        dim=64,
+        n_layers=2,
+        n_heads=2,
+        inter_dim=128,
+        moe_inter_dim=64,
+        kv_lora_rank=32,
+        qk_nope_head_dim=16,
+        qk_rope_head_dim=8,
+        v_head_dim=16,
+    )
+
+
+def finetune_config(base: Path, data: Path, out: Path, **overrides: Any) -> FinetuneConfig:
+    """Six steps of fine-tuning `base` on `data` into `out`, evaluated (4 replies of 4 tokens)
+    and saved every 3 steps; overrides are flat config keys such as "finetune.task"."""
+    layer = {
+        "finetune.base": str(base),
+        "finetune.data": str(data),
+        "finetune.val_fraction": 0.2,
+        "finetune.eval_replies": 4,
+        "finetune.max_new_tokens": 4,
+        "run.out_dir": str(out),
+        "train.steps": 6,
+        "train.batch_size": 4,
+        "train.precision": "fp32",
+        "eval.interval": 3,
+        "checkpoint.interval": 3,
+        "log.progress": False,
+        "log.interval": 1,
+        **overrides,
+    }
+    return build_config(layer, config_cls=FinetuneConfig)
