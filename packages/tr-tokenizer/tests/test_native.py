@@ -18,10 +18,11 @@ from tr_tokenizer.encoder import native_available
 from tr_tokenizer.pretokenize import PATTERN
 from tr_tokenizer.suffixes import INVENTORY, left_context, parse_form, realize
 
+from .conftest import PURE_ENV, native_tokenizer, pure_tokenizer
+
 LOWER = "abcçdefgğhıijklmnoöprsştuüvyzâîûqwx"
 UPPER = tr_upper(LOWER)
 WORD_CHARS = LOWER + UPPER + "'’"
-PURE_ENV = "TR_TOKENIZER_PURE_PYTHON"
 
 
 def test_the_compiled_segmenter_is_built() -> None:
@@ -32,29 +33,6 @@ def test_the_compiled_segmenter_is_built() -> None:
         "times slower): install a C compiler and the Python headers, then run "
         "`uv sync --reinstall-package tr-tokenizer`"
     )
-
-
-@cache
-def native_tokenizer() -> tr_tokenizer.Tokenizer:
-    tok = tr_tokenizer.load()
-    if tok._encoder.native is None:
-        pytest.skip("the compiled segmenter is not built")
-    return tok
-
-
-@cache
-def pure_tokenizer() -> tr_tokenizer.Tokenizer:
-    old = os.environ.get(PURE_ENV)
-    os.environ[PURE_ENV] = "1"
-    try:
-        tok = tr_tokenizer.load()
-    finally:
-        if old is None:
-            del os.environ[PURE_ENV]
-        else:
-            os.environ[PURE_ENV] = old
-    assert tok._encoder.native is None
-    return tok
 
 
 def assert_same_chunk(chunk: str) -> None:

@@ -7,39 +7,16 @@ leaves to Python.
 
 from __future__ import annotations
 
-import os
 from functools import cache
 
 import pytest
-import tr_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tr_tokenizer.decoder import BYTE, CAP, SHARED, SPECIAL, UPPER
 
+from .conftest import native_tokenizer, pure_tokenizer
+
 TURKISH = "abcçdefgğhıijklmnoöprsştuüvyzâîû ABCÇDEFGĞHIİJKLMNOÖPRSŞTUÜVYZ'’.,;:!?-\n0123456789"
-
-
-@cache
-def native_tokenizer() -> tr_tokenizer.Tokenizer:
-    tok = tr_tokenizer.load()
-    if tok._encoder.native is None:
-        pytest.skip("the compiled segmenter is not built")
-    return tok
-
-
-@cache
-def pure_tokenizer() -> tr_tokenizer.Tokenizer:
-    old = os.environ.get("TR_TOKENIZER_PURE_PYTHON")
-    os.environ["TR_TOKENIZER_PURE_PYTHON"] = "1"
-    try:
-        tok = tr_tokenizer.load()
-    finally:
-        if old is None:
-            del os.environ["TR_TOKENIZER_PURE_PYTHON"]
-        else:
-            os.environ["TR_TOKENIZER_PURE_PYTHON"] = old
-    assert tok._encoder.native is None
-    return tok
 
 
 @cache
