@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from ismail_core import ModelConfig, Transformer
@@ -10,23 +13,10 @@ from ismail_core.model.compiled import FastDecoder, fast_decoder, fused_decode_s
 from ismail_core.model.runner import ModelRunner
 from ismail_core.sampling import SamplingParams
 
-SMALL = dict(
-    vocab_size=97,
-    max_seq_len=64,
-    dim=48,
-    n_layers=3,
-    n_heads=4,
-    kv_lora_rank=16,
-    qk_nope_head_dim=8,
-    qk_rope_head_dim=8,
-    v_head_dim=12,
-    inter_dim=64,
-    moe_inter_dim=24,
-    n_dense_layers=1,
-    n_routed_experts=4,
-    n_activated_experts=2,
-    n_shared_experts=1,
-)
+sys.path.insert(0, str(Path(__file__).parent))  # tiny_setup.py (see its docstring)
+from tiny_setup import SMALL as SMALL_MODEL  # noqa: E402
+
+SMALL = {**SMALL_MODEL, "n_shared_experts": 1}
 
 VARIANTS = {
     "mla-moe": {},

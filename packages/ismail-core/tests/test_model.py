@@ -2,6 +2,8 @@
 continuous batching rows, variants (MHA/GQA/sliding window/YaRN/learned positions)."""
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,23 +12,8 @@ from hypothesis import strategies as st
 from ismail_core.model import ModelConfig, ModelOutput, Transformer
 from ismail_core.model.cache import row_block_tables
 
-# a few-thousand-parameter version of the tiny preset: every test runs in milliseconds
-SMALL = dict(
-    vocab_size=97,
-    max_seq_len=64,
-    dim=48,
-    n_layers=3,
-    n_heads=4,
-    kv_lora_rank=16,
-    qk_nope_head_dim=8,
-    qk_rope_head_dim=8,
-    v_head_dim=12,
-    inter_dim=64,
-    moe_inter_dim=24,
-    n_dense_layers=1,
-    n_routed_experts=4,
-    n_activated_experts=2,
-)
+sys.path.insert(0, str(Path(__file__).parent))  # tiny_setup.py (see its docstring)
+from tiny_setup import SMALL  # noqa: E402
 
 VARIANTS = {
     "mla-moe": {},

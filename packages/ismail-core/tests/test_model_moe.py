@@ -1,6 +1,9 @@
 """Mixture of experts: routing against a per-token reference, gate conventions, aux-loss-free
 balancing, capacity dropping, expert rotation, activation checkpointing, torch.compile."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -8,22 +11,8 @@ from hypothesis import strategies as st
 from ismail_core.model import ModelConfig, Transformer
 from ismail_core.model.moe import MoE
 
-SMALL = dict(
-    vocab_size=89,
-    max_seq_len=64,
-    dim=32,
-    n_layers=3,
-    n_heads=2,
-    kv_lora_rank=16,
-    qk_nope_head_dim=8,
-    qk_rope_head_dim=8,
-    v_head_dim=8,
-    inter_dim=48,
-    moe_inter_dim=16,
-    n_dense_layers=1,
-    n_routed_experts=4,
-    n_activated_experts=2,
-)
+sys.path.insert(0, str(Path(__file__).parent))  # tiny_setup.py (see its docstring)
+from tiny_setup import SMALL_MOE as SMALL  # noqa: E402
 
 
 def make_cfg(**overrides) -> ModelConfig:

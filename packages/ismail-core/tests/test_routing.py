@@ -2,28 +2,18 @@
 trainer logs: both must be exactly what the gates compute, from the same pass."""
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from ismail_core.model import ModelConfig, Transformer
 from ismail_core.model.moe import MoE
 
-SMALL = dict(
-    vocab_size=89,
-    max_seq_len=64,
-    dim=32,
-    n_layers=4,
-    n_heads=2,
-    kv_lora_rank=16,
-    qk_nope_head_dim=8,
-    qk_rope_head_dim=8,
-    v_head_dim=8,
-    inter_dim=48,
-    moe_inter_dim=16,
-    n_dense_layers=1,
-    n_routed_experts=8,
-    n_activated_experts=2,
-)
+sys.path.insert(0, str(Path(__file__).parent))  # tiny_setup.py (see its docstring)
+from tiny_setup import SMALL_MOE  # noqa: E402
+
+SMALL = {**SMALL_MOE, "n_layers": 4, "n_routed_experts": 8}
 
 
 def make_model(seed: int = 0, **overrides) -> Transformer:

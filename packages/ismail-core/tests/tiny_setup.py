@@ -1,5 +1,6 @@
 """Tiny setups shared by test files and folders: the tiny model the end-to-end and serving tests
-run (a forward pass costs milliseconds on a CPU), and a seconds-long fine-tuning run.
+run (a forward pass costs milliseconds on a CPU), the smaller ones of the model's unit tests,
+and a seconds-long fine-tuning run.
 
 Used by ismail-core's tests, ismail-serve's tests and the root tests/ (tests/_tiny.py). They
 import this file after putting its folder on sys.path (see lm_eval_tasks.py), since
@@ -14,6 +15,43 @@ from typing import Any
 from ismail_core import ModelConfig
 from ismail_core.finetune.config import FinetuneConfig
 from ismail_core.train.config import build_config
+
+# ModelConfig.preset("tiny") overrides of a few-thousand-parameter MLA + MoE model: every model
+# test (test_model, test_decode_fast) runs in milliseconds.
+SMALL: dict[str, Any] = dict(
+    vocab_size=97,
+    max_seq_len=64,
+    dim=48,
+    n_layers=3,
+    n_heads=4,
+    kv_lora_rank=16,
+    qk_nope_head_dim=8,
+    qk_rope_head_dim=8,
+    v_head_dim=12,
+    inter_dim=64,
+    moe_inter_dim=24,
+    n_dense_layers=1,
+    n_routed_experts=4,
+    n_activated_experts=2,
+)
+
+# Narrower still, for the tests of routing and the MoE layer (test_model_moe, test_routing).
+SMALL_MOE: dict[str, Any] = dict(
+    vocab_size=89,
+    max_seq_len=64,
+    dim=32,
+    n_layers=3,
+    n_heads=2,
+    kv_lora_rank=16,
+    qk_nope_head_dim=8,
+    qk_rope_head_dim=8,
+    v_head_dim=8,
+    inter_dim=48,
+    moe_inter_dim=16,
+    n_dense_layers=1,
+    n_routed_experts=4,
+    n_activated_experts=2,
+)
 
 
 def tiny_config(vocab_size: int, max_seq_len: int = 128) -> ModelConfig:
