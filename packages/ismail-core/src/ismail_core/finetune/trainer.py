@@ -244,7 +244,6 @@ class FinetuneTrainer(Trainer):
         """Generate greedy replies to the first eval_replies held-out cases and set the
         result's accuracy, ended, per_task and samples (nothing without cases)."""
         f, model = self.cfg.finetune, self.raw_model
-        assert isinstance(model, Transformer)  # set up by _setup_model
         cases = self.cases[: f.eval_replies]
         if not cases:
             return
