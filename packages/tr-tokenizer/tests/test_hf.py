@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("transformers")
 
-from tr_tokenizer.hf import TrTokenizerHF  # noqa: E402
+from tr_tokenizer.hf import TrTextGenerationPipeline, TrTokenizerHF  # noqa: E402
+from transformers.pipelines.text_generation import ReturnType  # noqa: E402
 
+# Words whose suffixes take their surface form from the word before them.
+WORDS = [
+    "Türk",
+    "milletiye",
+    "kitaplarımızdan",
+    "evde",
+    "okulda",
+    "gözlerinden",
+    ",",
+    "İSTANBUL'DA",
+]
 TEXT = "<|user|>Kitaplarımızdan birini okudunuz mu?<|end|>  İSTANBUL'DA 😀"
 
 
@@ -38,3 +52,35 @@ def test_prepend_bos_puts_the_document_start_first_and_survives_saving(tok, tmp_
     again = TrTokenizerHF.from_pretrained(tmp_path)
     assert again("Kitaplarımızdan birini")["input_ids"] == [tok.eos_id, *ids]
     assert TrTokenizerHF(tokenizer=tok)("Kitap")["input_ids"] == tok.encode("Kitap").ids
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    words=st.lists(st.sampled_from(WORDS), min_size=1, max_size=8),
+    cut=st.integers(min_value=0, max_value=40),
+    skip=st.booleans(),
+)
+def test_continuation_is_decoded_after_its_context(tok, words, cut, skip) -> None:
+    hf = TrTokenizerHF(tokenizer=tok)
+    ids = tok.encode("<|user|>" + " ".join(words), allow_special=True).ids
+    cut = min(cut, len(ids))
+    whole, head = hf.decode(ids, skip), hf.decode(ids[:cut], skip)
+    assert hf.decode_continuation(ids[cut:], ids[:cut], skip) == whole[len(head) :]
+
+
+def test_export_pipeline_decodes_a_suffix_after_the_prompt(tok) -> None:
+    # "milleti" then the dative: alone the suffix reads "ya"; after the prompt, "ye".
+    import torch
+
+    prompt, reply = tok.encode("Türk milleti").ids, tok.encode("Türk milletiye").ids
+    assert reply[: len(prompt)] == prompt and tok.decode(reply[len(prompt) :]) == "ya"
+    pipe = TrTextGenerationPipeline.__new__(TrTextGenerationPipeline)  # no model needed
+    pipe.tokenizer = TrTokenizerHF(tokenizer=tok)
+    outputs = {
+        "generated_sequence": torch.tensor([[reply]]),
+        "input_ids": torch.tensor([prompt]),
+        "prompt_text": "Türk milleti",
+    }
+    record = pipe.postprocess(outputs, return_type=ReturnType.NEW_TEXT)
+    assert record == [{"generated_text": "ye"}]
+    assert isinstance(pipe.tokenizer, TrTokenizerHF)  # put back after the call

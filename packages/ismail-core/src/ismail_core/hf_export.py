@@ -20,6 +20,7 @@ text-generation pipeline then sees the ids `ismail generate` feeds the model.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -34,7 +35,13 @@ from .checkpoint import (
     require_language_model,
     resolve_checkpoint,
 )
-from .hf import GENERATION_CONFIG_FILE, TOKENIZER_CONFIG_FILE, hf_architecture, write_hf
+from .hf import (
+    GENERATION_CONFIG_FILE,
+    HF_CONFIG_FILE,
+    TOKENIZER_CONFIG_FILE,
+    hf_architecture,
+    write_hf,
+)
 from .layout import ADAPTER_DIR, CHAT_TEMPLATE_FILE, HF_TOKENIZER_FILE
 from .model_card import model_card
 from .sampling import GENERATE_DEFAULTS
@@ -52,13 +59,13 @@ tr-tokenizer package: pip install "tr-tokenizer[hf]".
 """
 
 try:
-    from tr_tokenizer.hf import TrTokenizerHF
+    from tr_tokenizer.hf import TrTextGenerationPipeline, TrTokenizerHF
 except ImportError as exc:
     raise ImportError(
         "this model's tokenizer is tr-tokenizer: pip install 'tr-tokenizer[hf]'"
     ) from exc
 
-__all__ = ["TrTokenizerHF"]
+__all__ = ["TrTextGenerationPipeline", "TrTokenizerHF"]
 '''
 
 
@@ -85,6 +92,8 @@ def export_checkpoint_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
     with atomic_dir(out_dir) as tmp:
         write_hf(model, tmp, special_token_ids(tokenizer))
         write_tokenizer_files(tokenizer, tmp, model.cfg.max_seq_len)
+        if tokenizer.kind == "tr":
+            _register_tr_pipeline(tmp / HF_CONFIG_FILE)
         atomic_write_json(tmp / GENERATION_CONFIG_FILE, generation_config(tokenizer))
         (tmp / "README.md").write_text(
             model_card(directory, model, tokenizer, out_dir.name), encoding="utf-8"
@@ -164,6 +173,20 @@ def _copy_tr_tokenizer(saved: Path, directory: Path, prepend_bos: bool) -> dict[
         "auto_map": {"AutoTokenizer": [f"{TR_TOKENIZER_MODULE}.TrTokenizerHF", None]},
         "prepend_bos": prepend_bos,
     }
+
+
+def _register_tr_pipeline(config_file: Path) -> None:
+    """Name the export's text-generation pipeline in config.json: transformers' own decodes the
+    generated ids without the prompt, which reads a continuation that starts with a suffix
+    wrongly (see tr_tokenizer.hf.TrTextGenerationPipeline)."""
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["custom_pipelines"] = {
+        "text-generation": {
+            "impl": f"{TR_TOKENIZER_MODULE}.TrTextGenerationPipeline",
+            "pt": ["AutoModelForCausalLM"],
+        }
+    }
+    atomic_write_json(config_file, config)
 
 
 def _write_tokenizers_json(saved: Path, out: Path, document_start: str | None) -> None:

@@ -14,11 +14,12 @@ first, as a model trained on documents that each start after that token expects 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 try:
-    from transformers import PreTrainedTokenizer
+    from transformers import PreTrainedTokenizer, TextGenerationPipeline
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("tr_tokenizer.hf needs transformers: pip install 'tr-tokenizer[hf]'") from e
 
@@ -109,9 +110,55 @@ class TrTokenizerHF(PreTrainedTokenizer):
             token_ids = [token_ids]
         return self.tr.decode(token_ids, skip_special_tokens=skip_special_tokens)
 
+    def decode_continuation(
+        self, token_ids: Sequence[int], context: Sequence[int], skip_special_tokens: bool = False
+    ) -> str:
+        """The text of `token_ids` as it reads after `context` (the ids before them, e.g. a
+        prompt): a suffix's surface form depends on the word before it, so a continuation is
+        decoded with its prefix (`milleti` + `+(y)A` reads `ye`; alone it reads `ya`)."""
+        stream = self.tr.decode_stream(skip_special_tokens, context=[int(i) for i in context])
+        return "".join(stream.step(int(i)) for i in token_ids) + stream.flush()
+
     def save_vocabulary(
         self, save_directory: str, filename_prefix: str | None = None
     ) -> tuple[str, ...]:
         name = f"{filename_prefix}-{VOCAB_FILE}" if filename_prefix else VOCAB_FILE
         os.makedirs(save_directory, exist_ok=True)
         return (str(self.tr.vocab.write(Path(save_directory) / name)),)
+
+
+class TrTextGenerationPipeline(TextGenerationPipeline):
+    """transformers' text-generation pipeline, with generated ids decoded after the prompt's.
+
+    transformers decodes only the new ids (`sequence[prompt_length:]`), which reads a
+    continuation that starts with a suffix without the word it attaches to. ismail's exports of
+    tr-tokenizer models name this class in config.json's `custom_pipelines`, so
+    `pipeline("text-generation", model=folder, trust_remote_code=True)` uses it.
+    """
+
+    def postprocess(self, model_outputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        tokenizer, prompt = self.tokenizer, model_outputs.get("input_ids")
+        if not isinstance(tokenizer, TrTokenizerHF) or prompt is None:
+            return super().postprocess(model_outputs, *args, **kwargs)
+        # The parent's postprocess decodes through self.tokenizer; for this call it decodes
+        # in the prompt's context (one prompt per call: the pipeline unbatches before this).
+        self.tokenizer = _AfterPrompt(tokenizer, prompt[0].tolist())
+        try:
+            return super().postprocess(model_outputs, *args, **kwargs)
+        finally:
+            self.tokenizer = tokenizer
+
+
+class _AfterPrompt:
+    """What TrTextGenerationPipeline.postprocess sees as its tokenizer: `decode` of generated
+    ids reads them after the prompt. (No chat response template: the parent's other path.)"""
+
+    response_template = None
+
+    def __init__(self, tokenizer: TrTokenizerHF, prompt_ids: list[int]) -> None:
+        self._tokenizer = tokenizer
+        self._prompt_ids = prompt_ids
+
+    def decode(self, token_ids: Any, skip_special_tokens: bool = False, **kwargs: Any) -> str:
+        ids = token_ids.tolist() if hasattr(token_ids, "tolist") else list(token_ids)
+        return self._tokenizer.decode_continuation(ids, self._prompt_ids, skip_special_tokens)
