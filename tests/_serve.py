@@ -1,7 +1,8 @@
 """Run the `ismail-serve` command for the end-to-end tests: free port, start, wait, stop.
 
-Imported by tests/test_serve_http.py and tests/test_apps_browser.py. pytest runs with
---import-mode=importlib, which does not put tests/ on sys.path, so they add it themselves.
+Imported by tests/test_serve_http.py, tests/test_apps_browser.py and others (ismail-serve's
+test_classify.py too). pytest runs with --import-mode=importlib, which does not put tests/ on
+sys.path, so they add it themselves.
 """
 
 from __future__ import annotations
@@ -46,21 +47,29 @@ def start_serve(
     command = [str(Path(sys.executable).with_name("ismail-serve")), *args]
     with log.open("w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
-    health = f"{base_url(port)}/health"
-    deadline = time.monotonic() + ready_timeout_s
     try:
-        while True:
-            assert proc.poll() is None, f"ismail-serve exited:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"ismail-serve never got ready:\n{log.read_text()}"
-            try:
-                if httpx.get(health, timeout=2).status_code == 200:
-                    return proc
-            except httpx.TransportError:
-                pass
-            time.sleep(poll_s)
+        wait_healthy(proc, base_url(port), log, ready_timeout_s, poll_s)
     except BaseException:
         stop_serve(proc)
         raise
+    return proc
+
+
+def wait_healthy(
+    proc: subprocess.Popen, base: str, log: Path, timeout_s: float = 120.0, poll_s: float = 0.1
+) -> None:
+    """Return once `base`/health answers 200; fail the test, showing the server's `log`, if the
+    process exits or `timeout_s` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, f"ismail-serve exited:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"ismail-serve never got ready:\n{log.read_text()}"
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(poll_s)
 
 
 def stop_serve(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:

@@ -23,7 +23,7 @@ from ismail_serve.server import REPEAT_WINDOW_S, DrainingServer
 from ismail_serve.state import ServerState
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/_serve.py (see its docstring)
-from _serve import base_url, free_port  # noqa: E402
+from _serve import base_url, free_port, wait_healthy  # noqa: E402
 from _tiny import tiny_tr_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,17 +47,6 @@ def test_repeated_sigterm_never_stops_the_drain_a_later_sigint_does():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_tr_checkpoint(tmp_path_factory.mktemp("signals") / MODEL, max_seq_len=2048)
-
-
-def _wait_healthy(proc: subprocess.Popen, base: str, log: Path, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        assert proc.poll() is None, f"ismail-serve exited:\n{log.read_text()}"
-        assert time.monotonic() < deadline, f"ismail-serve never got ready:\n{log.read_text()}"
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return
-        time.sleep(0.1)
 
 
 def _data_lines(lines) -> list[str]:
@@ -89,7 +78,7 @@ def test_sigterm_to_uv_process_group_drains_two_streams_then_exits_0(checkpoint,
         "ignore_eos": True,
     }
     try:
-        _wait_healthy(proc, base, log)
+        wait_healthy(proc, base, log, timeout_s=60.0)
         with httpx.Client(base_url=base, timeout=60) as client, contextlib.ExitStack() as stack:
             streams = [
                 stack.enter_context(client.stream("POST", "/v1/completions", json=body))

@@ -13,11 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
-import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -35,6 +32,9 @@ from ismail_serve.cli import main
 from ismail_serve.protocol import MAX_CLASSIFY_INPUTS
 from ismail_serve.server import ServeConfig, describe_classifier, load_classifier
 from ismail_serve.state import ServerState
+
+sys.path.insert(0, str(Path(__file__).parents[3] / "tests"))  # the repo's tests/_serve.py
+from _serve import base_url, free_port, start_serve  # noqa: E402
 
 CLASSIFIER = "tiny-classifier"
 LM = "tiny-lm"
@@ -357,41 +357,16 @@ def test_cli_refuses_language_model_flags_for_a_classifier(checkpoints, capsys, 
 # ---- the real command ----
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(proc: subprocess.Popen, base: str, log: Path, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        assert proc.poll() is None, f"ismail-serve exited:\n{log.read_text()}"
-        assert time.monotonic() < deadline, f"ismail-serve never got ready:\n{log.read_text()}"
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-
-
 @pytest.mark.slow
 def test_ismail_serve_command_serves_a_classifier(checkpoints, reference, tmp_path):
     """`ismail-serve CKPT` in a process of its own: loads the classifier, answers
     /v1/classify as predict does and the openai client's chat with a 400, drains on SIGTERM."""
     openai = pytest.importorskip("openai")
     port, log = free_port(), tmp_path / "serve.log"
-    command = [str(Path(sys.executable).with_name("ismail-serve")), str(checkpoints["classifier"])]
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [*command, "--port", str(port), "--device", "cpu", "--max-batch", "2"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
+    args = [str(checkpoints["classifier"]), "--port", str(port), "--device", "cpu"]
+    proc = start_serve([*args, "--max-batch", "2"], port=port, log=log)
+    base = base_url(port)
     try:
-        wait_healthy(proc, base, log)
         r = httpx.post(f"{base}/v1/classify", json={"input": TEXTS}, timeout=30)
         assert r.status_code == 200, r.text
         assert_same(r.json()["data"], reference.predict(TEXTS))
