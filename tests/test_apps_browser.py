@@ -344,9 +344,11 @@ SAMPLE = "Kitaplarımızdan birini okuyabilir misiniz?\nİstanbul'da güzel bir 
 WHITESPACE_SIGNS = {" ": "␣", "\n": "↵"}
 
 
-def _tokenize(server: dict, text: str) -> dict:
+def _ask(server: dict, endpoint: str, text: str) -> dict:
+    """The server's answer to POST /v1/`endpoint` (tokenize, routing) for `text`, as the page
+    asks it."""
     response = httpx.post(
-        f"{server['base']}/v1/tokenize",
+        f"{server['base']}/v1/{endpoint}",
         json={"model": server["model"], "prompt": text},
         headers=_auth(),
         timeout=30,
@@ -371,7 +373,7 @@ def _check_column(page, column: str, result: dict, text: str) -> list:
 def test_playground_shows_tokens_by_kind_with_ids_and_counts(open_page, server) -> None:
     page = open_page("/tokenizer")
     page.fill("#text", SAMPLE)
-    expected = _tokenize(server, SAMPLE)
+    expected = _ask(server, "tokenize", SAMPLE)
     kinds = expected["kinds"]
     assert kinds and {"root", "suffix", "case", "space"} <= set(kinds), kinds
     tokens = _check_column(page, "#main-column", expected, SAMPLE)
@@ -416,7 +418,7 @@ def test_playground_shows_tokens_by_kind_with_ids_and_counts(open_page, server) 
 
     # Live: editing the text re-tokenizes it, no button needed.
     page.fill("#text", "Güzel bir gün")
-    _check_column(page, "#main-column", _tokenize(server, "Güzel bir gün"), "Güzel bir gün")
+    _check_column(page, "#main-column", _ask(server, "tokenize", "Güzel bir gün"), "Güzel bir gün")
 
 
 @pytest.mark.parametrize("path", ["/", "/tokenizer", "/router"])
@@ -444,17 +446,6 @@ def test_pages_fit_a_phone_screen(open_page, path: str) -> None:
 # ---------------------------------------------------------------- router view
 
 
-def _routing(server: dict, text: str) -> dict:
-    response = httpx.post(
-        f"{server['base']}/v1/routing",
-        json={"model": server["model"], "prompt": text},
-        headers=_auth(),
-        timeout=30,
-    )
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
 def _check_grid(page, result: dict) -> list:
     """The grid shows the server's experts for every token and MoE layer, and its load bars."""
     n_tokens, layers = len(result["tokens"]), result["layers"]
@@ -480,7 +471,7 @@ def test_router_shows_each_tokens_experts_per_layer(open_page, server) -> None:
     page.wait_for_url("**/router")
     _wait_for_model(page)
     page.fill("#text", SAMPLE)
-    result = _routing(server, SAMPLE)
+    result = _ask(server, "routing", SAMPLE)
     assert result["moe"] and result["layers"], result
     cells = _check_grid(page, result)
 
@@ -517,7 +508,7 @@ def test_router_shows_each_tokens_experts_per_layer(open_page, server) -> None:
     )
     longer = page.input_value("#text")
     assert longer.startswith(SAMPLE) and len(longer) > len(SAMPLE)
-    _check_grid(page, _routing(server, longer))
+    _check_grid(page, _ask(server, "routing", longer))
 
 
 def test_router_tells_a_dense_model_apart(open_page) -> None:

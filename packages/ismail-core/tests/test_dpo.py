@@ -29,7 +29,7 @@ from ismail_core.report import write_report
 from ismail_core.tokenizer import load_tokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))  # tiny_setup.py (see its docstring)
-from tiny_setup import finetune_config  # noqa: E402
+from tiny_setup import finetune_config, stop_at  # noqa: E402
 
 WORDS = ["ev", "kitap", "göz", "okul", "masa", "kapı", "yol", "deniz", "ağaç", "kuş", "gün", "su"]
 
@@ -202,11 +202,7 @@ def test_dpo_learns_resumes_exactly_and_logs_trl_metrics(base, pairs_file, tmp_p
     assert (page.parent / "rewards.png").is_file()
     assert "Held-out preference accuracy" in page.read_text()
 
-    def stop_at_4(step, trainer):
-        if step == 4:
-            raise KeyboardInterrupt
-
-    cut = finetune(_cfg(base, pairs_file, tmp_path / "cut"), on_step=stop_at_4)
+    cut = finetune(_cfg(base, pairs_file, tmp_path / "cut"), on_step=stop_at(4))
     assert cut.interrupted and cut.step == 4
     resumed = finetune(_cfg(base, pairs_file, tmp_path / "cut"))
     a, _ = load_model(whole.checkpoint)

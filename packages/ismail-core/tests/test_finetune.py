@@ -30,7 +30,7 @@ from ismail_core.model import Transformer
 from ismail_core.tokenizer import load_tokenizer
 
 sys.path.insert(0, str(Path(__file__).parent))  # tiny_setup.py (see its docstring)
-from tiny_setup import finetune_config  # noqa: E402
+from tiny_setup import finetune_config, stop_at  # noqa: E402
 
 CHAT = [
     {"role": "system", "content": "Kısa cevap ver."},
@@ -168,11 +168,7 @@ def test_full_finetune_resumes_exactly_and_saves_the_template(tr_base, chat_file
     assert whole.step == 6 and [e["step"] for e in whole.evals] == [0, 3, 6]
     assert all("accuracy" in e and 0 <= e["ended"] <= 1 for e in whole.evals)
 
-    def stop_at_4(step, trainer):
-        if step == 4:
-            raise KeyboardInterrupt
-
-    cut = finetune(finetune_config(tr_base, chat_file, tmp_path / "cut"), on_step=stop_at_4)
+    cut = finetune(finetune_config(tr_base, chat_file, tmp_path / "cut"), on_step=stop_at(4))
     assert cut.interrupted and cut.step == 4
     resumed = finetune(finetune_config(tr_base, chat_file, tmp_path / "cut"))
     assert resumed.step == 6
@@ -213,11 +209,7 @@ def test_lora_resumes_exactly(tr_base, chat_file, tmp_path):
     lora = {"finetune.method": "lora", "lora.rank": 4, "optim.lr": 1e-2}
     whole = finetune(finetune_config(tr_base, chat_file, tmp_path / "whole", **lora))
 
-    def stop_at_4(step, trainer):
-        if step == 4:
-            raise KeyboardInterrupt
-
-    finetune(finetune_config(tr_base, chat_file, tmp_path / "cut", **lora), on_step=stop_at_4)
+    finetune(finetune_config(tr_base, chat_file, tmp_path / "cut", **lora), on_step=stop_at(4))
     resumed = finetune(finetune_config(tr_base, chat_file, tmp_path / "cut", **lora))
     a = load_with_adapter(whole.checkpoint, merge=False).state_dict()
     b = load_with_adapter(resumed.checkpoint, merge=False).state_dict()

@@ -9,6 +9,7 @@ import this file after putting its folder on sys.path (see lm_eval_tasks.py), si
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +93,14 @@ def finetune_config(base: Path, data: Path, out: Path, **overrides: Any) -> Fine
         **overrides,
     }
     return build_config(layer, config_cls=FinetuneConfig)
+
+
+def stop_at(step: int) -> Callable[[int, Any], None]:
+    """An `on_step` callback that interrupts a run after `step`, as Ctrl-C would (the trainer
+    saves a checkpoint to resume from)."""
+
+    def on_step(done: int, trainer: Any) -> None:
+        if done == step:
+            raise KeyboardInterrupt
+
+    return on_step
