@@ -42,6 +42,16 @@ def assert_same_chunk(chunk: str) -> None:
         assert got == enc.encode_chunk_python(chunk), chunk
 
 
+def assert_same_encoding(text: str) -> None:
+    """The compiled and the pure Python tokenizer give `text` the same ids and offsets, and the
+    ids decode back to it."""
+    fast, pure = native_tokenizer(), pure_tokenizer()
+    got, want = fast.encode(text), pure.encode(text)
+    assert got.ids == want.ids
+    assert got.offsets == want.offsets
+    assert fast.decode(got.ids) == text
+
+
 @cache
 def roots() -> list[str]:
     return sorted(native_tokenizer()._encoder.root_ids)
@@ -94,11 +104,7 @@ def test_same_ids_on_inflected_words(index: int, alternating: bool, forms, casin
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=200))
 def test_same_ids_and_offsets_on_any_text(text: str) -> None:
-    fast, pure = native_tokenizer(), pure_tokenizer()
-    got, want = fast.encode(text), pure.encode(text)
-    assert got.ids == want.ids
-    assert got.offsets == want.offsets
-    assert fast.decode(got.ids) == text
+    assert_same_encoding(text)
 
 
 def test_typical_turkish_text_is_encoded_natively() -> None:
@@ -160,8 +166,4 @@ def test_split_is_the_pretokenizer(text: str) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=SPLIT_CHARS, max_size=200))
 def test_same_ids_and_offsets_on_mixed_text(text: str) -> None:
-    fast, pure = native_tokenizer(), pure_tokenizer()
-    got, want = fast.encode(text), pure.encode(text)
-    assert got.ids == want.ids
-    assert got.offsets == want.offsets
-    assert fast.decode(got.ids) == text
+    assert_same_encoding(text)
