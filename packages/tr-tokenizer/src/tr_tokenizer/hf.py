@@ -142,7 +142,9 @@ class TrTextGenerationPipeline(TextGenerationPipeline):
             return super().postprocess(model_outputs, *args, **kwargs)
         # The parent's postprocess decodes through self.tokenizer; for this call it decodes
         # in the prompt's context (one prompt per call: the pipeline unbatches before this).
-        self.tokenizer = _AfterPrompt(tokenizer, prompt[0].tolist())
+        # (_AfterPrompt has what the parent reads, decode and response_template; it is no
+        # PythonBackend, the attribute's declared type: hence the ignore)
+        self.tokenizer = _AfterPrompt(tokenizer, prompt[0].tolist())  # type: ignore[assignment]
         try:
             return super().postprocess(model_outputs, *args, **kwargs)
         finally:
