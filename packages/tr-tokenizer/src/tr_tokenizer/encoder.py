@@ -186,8 +186,10 @@ class ChunkEncoder:
         path = self._encode_word(chunk) if WORD.fullmatch(chunk) else None
         if path is None:
             path = self._cheapest(chunk, shared=False)
-        ids, lens = zip(*path) if path else ((), ())
-        return ids, lens
+        if not path:
+            return (), ()
+        path_ids, path_lens = zip(*path)
+        return path_ids, path_lens
 
     # ---- words --------------------------------------------------------------------------
 
@@ -266,12 +268,12 @@ class ChunkEncoder:
         back: list[tuple[int, int] | None] = [None] * (n + 1)
         first_letter = 2 if s[0] == " " else 1  # a root this long is one letter
         for j in range(1, n + 1):
-            tid = root_scan.get(s[:j])
-            if tid is None:
+            root = root_scan.get(s[:j])
+            if root is None:
                 break
-            if tid != _PREFIX and j > first_letter:
-                cost[j] = costs[tid]
-                back[j] = (0, tid)
+            if root != _PREFIX and j > first_letter:
+                cost[j] = costs[root]
+                back[j] = (0, root)
         keys = None
         tables = self.tables_by_context
         for i in range(1, n):
@@ -316,19 +318,20 @@ class ChunkEncoder:
             return cached
         same = _harmony_class(key)
         if same != key:  # spelled exactly like its class representative: share that table
-            table = self.tables_by_context[key] = self._suffix_table(same)
-            return table
-        table: dict[str, tuple[int, float]] = {}
+            shared_table = self.tables_by_context[key] = self._suffix_table(same)
+            return shared_table
+        best: dict[str, tuple[int, float]] = {}
         for text, tid in self.suffix_ids.items():
-            table[text] = (tid, self.cost[tid])
+            best[text] = (tid, self.cost[tid])
         if key is not None:
             for tid, elements in self.shared:
-                text = realize(elements, *key)
-                if text:
+                spelled = realize(elements, *key)
+                if spelled:
                     c = self.cost[tid] - _TIE  # prefer a shared id over a literal twin
-                    if text not in table or c < table[text][1]:
-                        table[text] = (tid, c)
-        for text in list(table):
+                    if spelled not in best or c < best[spelled][1]:
+                        best[spelled] = (tid, c)
+        table: dict[str, tuple[int, float] | tuple[()]] = dict(best)
+        for text in best:
             for k in range(1, len(text)):
                 table.setdefault(text[:k], ())
         self.tables_by_context[key] = table
@@ -361,7 +364,7 @@ class ChunkEncoder:
                 if tid != _PREFIX and c < cost[j]:
                     cost[j] = c
                     back[j] = (i, tid)
-            if shared and i > 0:
+            if keys is not None and i > 0:
                 # suffix tokens spelled from the left context (literal ones are text pieces too)
                 self._suffix_edges(s, i, keys[i], cost, back)
             nbytes = len(s[i].encode("utf-8", "surrogatepass"))
@@ -372,7 +375,9 @@ class ChunkEncoder:
         path: Path_ = []
         j = n
         while j > start:
-            i, tid = back[j]
+            step = back[j]
+            assert step is not None  # every position up to n is reached (bytes cover any char)
+            i, tid = step
             if tid == -1:
                 data = s[i].encode("utf-8", "surrogatepass")
                 path.extend(reversed([(self.byte0 + b, 0) for b in data[1:]]))
@@ -395,8 +400,11 @@ def _harmony_class(key: tuple[str, str | None] | None) -> tuple[str, str | None]
     if key is None:
         return None
     last, vowel = key
-    vowel = _REPRESENTATIVE[vowel] if vowel is not None else None
-    return (vowel, vowel) if last in VOWELS else (last, vowel)
+    rep = _REPRESENTATIVE[vowel] if vowel is not None else None
+    if last in VOWELS:
+        assert rep is not None  # a key whose last letter is a vowel has that last vowel
+        return (rep, rep)
+    return (last, rep)
 
 
 # The representative context keys in the order of the compiled segmenter's suffix tables: no
