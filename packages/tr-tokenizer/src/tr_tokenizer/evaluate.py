@@ -11,7 +11,7 @@ covers only the first letter (ç + ı + kan, s + izin): a cut no linguist would 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,22 +94,29 @@ def aligned(word_start: int, word_end: int, lemma_len: int, offsets: Offsets) ->
     return at_cut
 
 
+def _lowered_words(
+    sentences: Iterable[Sentence], offsets_of: Callable[[str], Offsets]
+) -> Iterator[tuple[int, int, str, str, list[tuple[int, int]]]]:
+    """(start, end, form, lemma, offsets) for every word of sentences: form and lemma in
+    Turkish lowercase, offsets the sentence's non-empty token spans from `offsets_of(text)`."""
+    for s in sentences:
+        offsets = [o for o in offsets_of(s.text) if o[0] != o[1]]
+        for start, end, lemma in s.words:
+            yield start, end, tr_lower(s.text[start:end]), tr_lower(lemma), offsets
+
+
 def morphology_alignment(
     sentences: Iterable[Sentence], offsets_of: Callable[[str], Offsets]
 ) -> tuple[int, int]:
     """(aligned words, eligible words) over sentences, with offsets from `offsets_of(text)`."""
     good = total = 0
-    for s in sentences:
-        offsets = [o for o in offsets_of(s.text) if o[0] != o[1]]
-        for start, end, lemma in s.words:
-            form = tr_lower(s.text[start:end])
-            lem = tr_lower(lemma)
-            if not lem or len(lem) >= len(form) or not form.startswith(lem):
-                continue
-            total += 1
-            # only the offsets that overlap this word matter
-            near = [(a, b) for a, b in offsets if a < end and b > start]
-            good += aligned(start, end, len(lem), near)
+    for start, end, form, lem, offsets in _lowered_words(sentences, offsets_of):
+        if not lem or len(lem) >= len(form) or not form.startswith(lem):
+            continue
+        total += 1
+        # only the offsets that overlap this word matter
+        near = [(a, b) for a, b in offsets if a < end and b > start]
+        good += aligned(start, end, len(lem), near)
     return good, total
 
 
@@ -118,15 +125,12 @@ def roots_intact(
 ) -> tuple[int, int]:
     """(words with no boundary inside their lemma, eligible words) over sentences."""
     good = total = 0
-    for s in sentences:
-        offsets = [o for o in offsets_of(s.text) if o[0] != o[1]]
-        for start, end, lemma in s.words:
-            form, lem = tr_lower(s.text[start:end]), tr_lower(lemma)
-            if len(lem) < 2 or not lem.isalpha() or not form.startswith(lem):
-                continue
-            total += 1
-            cut = start + len(lem)
-            good += not any(start < x < cut for a, b in offsets for x in (a, b))
+    for start, _end, form, lem, offsets in _lowered_words(sentences, offsets_of):
+        if len(lem) < 2 or not lem.isalpha() or not form.startswith(lem):
+            continue
+        total += 1
+        cut = start + len(lem)
+        good += not any(start < x < cut for a, b in offsets for x in (a, b))
     return good, total
 
 
