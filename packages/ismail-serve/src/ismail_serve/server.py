@@ -102,9 +102,12 @@ def load_engine(config: ServeConfig, metrics: ServeMetrics) -> LLMEngine:
     device, dtype = resolve_placement(config)
     model, tokenizer = load_model(config.checkpoint, device=device, dtype=dtype)
     if config.quantize == "fp8":
+        from ismail_core.fp8 import fp8_config
         from ismail_kernels import quantize_model
 
-        quantize_model(model)  # Linear layers -> FP8Linear (block-scaled float8_e4m3fn)
+        # Linear layers -> FP8Linear (block-scaled float8_e4m3fn), except those ismail's model
+        # reads as plain weights (the head; wkv_b, which absorbed MLA decoding multiplies into)
+        quantize_model(model, fp8_config())
     elif config.quantize is not None:
         raise ServeConfigError(f"--quantize must be fp8, got {config.quantize!r}")
     model_max = int(model.cfg.max_seq_len)
