@@ -25,14 +25,14 @@ from ismail_serve.classifier import (
     ClassifierRunner,
     ClassifierStoppedError,
 )
-from ismail_serve.errors import (
-    APIError,
-    bad_request,
-    busy_error,
-    draining_error,
-    error_responses,
+from ismail_serve.errors import bad_request, engine_failure, error_responses
+from ismail_serve.openai_api import (
+    busy_refusal,
+    check_model,
+    draining_refusal,
+    get_state,
+    require_api_key,
 )
-from ismail_serve.openai_api import RETRY_AFTER_S, check_model, get_state, require_api_key
 from ismail_serve.prompts import check_unicode
 from ismail_serve.protocol import (
     Classification,
@@ -76,17 +76,10 @@ async def _classified(state: ServerState, runner: ClassifierRunner, texts: list[
     try:
         return await runner.classify(texts)
     except ClassifierBusyError as exc:
-        state.metrics.rejected.labels(reason="queue_full").inc()
-        raise busy_error(exc, RETRY_AFTER_S) from exc
+        raise busy_refusal(state, exc) from exc
     except ClassifierStoppedError as exc:
-        state.metrics.rejected.labels(reason="draining").inc()
-        raise draining_error(exc) from exc
+        raise draining_refusal(state, exc) from exc
     except ClassifyError as exc:  # the input checks above should leave nothing for these
         raise bad_request(str(exc), param="input") from exc
     except Exception as exc:  # a device failure (out of memory, ...) for this request only
-        raise APIError(
-            500,
-            f"The classifier failed on this request: {type(exc).__name__}: {exc}",
-            type="server_error",
-            code="engine_error",
-        ) from exc
+        raise engine_failure("The classifier failed on this request", exc) from exc

@@ -125,6 +125,17 @@ def draining_error(reason: object) -> APIError:
     )
 
 
+def engine_failure(what: str, exc: BaseException) -> APIError:
+    """The 500 for an exception raised while running one request (out of memory, ...): `what`
+    failed, then the exception's type and message. Other requests go on."""
+    return APIError(
+        500,
+        f"{what}: {type(exc).__name__}: {exc}",
+        type="server_error",
+        code="engine_error",
+    )
+
+
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries for the given error status codes."""
     return {code: {"model": ErrorResponse, "description": _STATUS_TEXT[code]} for code in codes}

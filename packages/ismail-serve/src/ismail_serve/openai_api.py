@@ -81,6 +81,18 @@ RETRY_AFTER_S = 1
 _bearer = HTTPBearer(auto_error=False, description="The server's API key, if it was given one.")
 
 
+def busy_refusal(state: ServerState, reason: object) -> APIError:
+    """The 429 for a request refused because the queue is full, counted in the metrics."""
+    state.metrics.rejected.labels(reason="queue_full").inc()
+    return busy_error(reason, RETRY_AFTER_S)
+
+
+def draining_refusal(state: ServerState, reason: object) -> APIError:
+    """The 503 for a request refused while the server drains, counted in the metrics."""
+    state.metrics.rejected.labels(reason="draining").inc()
+    return draining_error(reason)
+
+
 def get_state(request: Request) -> ServerState:
     """The server's state, which the app holds."""
     state: ServerState = request.app.state.serve
@@ -347,11 +359,9 @@ def _submit(state: ServerState, engine: LLMEngine, gen: Generation) -> None:
     try:
         engine.submit(gen.sequences, gen.queue.put)
     except QueueFullError as exc:
-        state.metrics.rejected.labels(reason="queue_full").inc()
-        raise busy_error(exc, RETRY_AFTER_S) from exc
+        raise busy_refusal(state, exc) from exc
     except EngineStoppedError as exc:
-        state.metrics.rejected.labels(reason="draining").inc()
-        raise draining_error(exc) from exc
+        raise draining_refusal(state, exc) from exc
 
 
 def _failure(out: SequenceOutput) -> APIError:
@@ -644,6 +654,16 @@ async def _run(
 # ---- routes ----
 
 
+def _generation_state(request: Request, body: SamplingRequest) -> ServerState:
+    """The server's state for a completion or chat request, checked in the order clients see
+    the errors: the engine ready (503), options ismail does not support (400), the model."""
+    state = get_state(request)
+    state.ready_engine()
+    body.reject_unsupported()
+    check_model(state, body.model)
+    return state
+
+
 @router.post(
     "/completions",
     response_model=None,
@@ -651,10 +671,7 @@ async def _run(
 )
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     """OpenAI's text completion; `stream: true` answers with Server-Sent Events."""
-    state = get_state(request)
-    state.ready_engine()
-    body.reject_unsupported()
-    check_model(state, body.model)
+    state = _generation_state(request, body)
     texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     check_prompt_chars(state, [len(t) for t in texts if isinstance(t, str)], chat=False)
     # Off the event loop, so streams and /health keep answering while a long prompt encodes.
@@ -669,10 +686,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
 )
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     """OpenAI's chat completion in the checkpoint's chat template (see prompts.py)."""
-    state = get_state(request)
-    state.ready_engine()
-    body.reject_unsupported()
-    check_model(state, body.model)
+    state = _generation_state(request, body)
     check_prompt_chars(state, [sum(len(m.text()) for m in body.messages)], chat=True)
     prompt = await asyncio.to_thread(chat_prompt_ids, served_tokenizer(state), body.messages)
     max_tokens = body.max_completion_tokens or body.max_tokens

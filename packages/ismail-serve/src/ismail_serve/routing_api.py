@@ -33,7 +33,12 @@ from ismail_core.model.transformer import Transformer
 
 from ismail_serve.engine import EngineStoppedError, LLMEngine
 from ismail_serve.engine.logprobs import token_texts
-from ismail_serve.errors import APIError, bad_request, draining_error, error_responses
+from ismail_serve.errors import (
+    bad_request,
+    draining_error,
+    engine_failure,
+    error_responses,
+)
 from ismail_serve.openai_api import (
     check_model,
     check_prompt_chars,
@@ -117,12 +122,7 @@ async def _routed(engine: LLMEngine, ids: list[int]) -> list[LayerRouting]:
     except EngineStoppedError as exc:
         raise draining_error(exc) from exc
     except Exception as exc:  # a device failure (out of memory, ...) for this request only
-        raise APIError(
-            500,
-            f"The routing pass failed: {type(exc).__name__}: {exc}",
-            type="server_error",
-            code="engine_error",
-        ) from exc
+        raise engine_failure("The routing pass failed", exc) from exc
 
 
 @torch.inference_mode()
