@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ismail_core.classify.predict import not_a_classifier
 from ismail_core.tokenizer import TokenizerProtocol
@@ -20,6 +21,8 @@ STATUS_LOADING = "loading"
 STATUS_OK = "ok"
 STATUS_DRAINING = "draining"
 STATUS_FAILED = "failed"
+
+_Model = TypeVar("_Model", LLMEngine, ClassifierRunner)
 
 
 @dataclass
@@ -75,9 +78,7 @@ class ServerState:
                 "language model.",
                 code="model_is_classifier",
             )
-        if self.status == STATUS_OK and self.engine is not None:
-            return self.engine
-        raise self._unavailable()
+        return self._loaded(self.engine)
 
     def ready_classifier(self) -> ClassifierRunner:
         """The classifier; a 400 when the server holds a language model, a 503 while
@@ -89,8 +90,13 @@ class ServerState:
                 "/v1/chat/completions.",
                 code="model_not_classifier",
             )
-        if self.status == STATUS_OK and self.classifier is not None:
-            return self.classifier
+        return self._loaded(self.classifier)
+
+    def _loaded(self, model: _Model | None) -> _Model:
+        """`model` (the engine or the classifier) once the server is ready to run it, else
+        the 503 that says why not."""
+        if self.status == STATUS_OK and model is not None:
+            return model
         raise self._unavailable()
 
     def _unavailable(self) -> APIError:
