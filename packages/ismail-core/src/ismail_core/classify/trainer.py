@@ -10,7 +10,6 @@ evaluation by held-out loss, accuracy, macro-F1 and the confusion matrix.
 
 from __future__ import annotations
 
-import copy
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -233,18 +232,14 @@ class ClassifyTrainer(FinetuneTrainer):
         """Held-out loss, accuracy, macro-F1 and confusion matrix (the same on every process)."""
         if not self.val_rows:
             return None
-        model = self.classifier
-        model.eval()
-        try:
+        with self._evaluating():
             log_probs = log_probabilities(
-                model,
+                self.classifier,
                 self.val_rows,
                 pad_id(self.tokenizer),
                 self.cfg.eval.batch_size,
                 self.precision.autocast(),
             )
-        finally:
-            model.train()
         return ClassifyEval.from_log_probs(log_probs.numpy(), self.val_targets, self.labels)
 
     def _eval_message(self, step: int, val: ClassifyEval) -> str:
@@ -254,32 +249,11 @@ class ClassifyTrainer(FinetuneTrainer):
         )
 
     # ------------------------------------------------------------------ checkpoints
-    def _write_checkpoint(
-        self,
-        step: int,
-        trainer_state: dict[str, Any],
-        state_dict: dict[str, torch.Tensor] | None,
-        is_best: bool,
-        adapter: Callable[[Path], None] | None = None,
-    ) -> Path:
-        """Full weights, or (LoRA) the adapter with the head beside it instead of `adapter`;
-        classifier.json comes from the model (save_checkpoint writes its checkpoint_files)."""
-        if self.lora_settings is None:
-            return Trainer._write_checkpoint(
-                self, step, trainer_state, state_dict, is_best, adapter
-            )
-        merged = None
-        if self.cfg.finetune.merge and step >= self.cfg.train.steps:
-            merged = lora.merge_lora(copy.deepcopy(self.raw_model).cpu()).state_dict()
-        model, settings, base = self.classifier, self.lora_settings, self.base
-
-        def write_adapter(directory: Path) -> None:
-            lora.save_adapter(model, settings, directory, base)
-            save_head(model, directory)
-
-        return Trainer._write_checkpoint(
-            self, step, trainer_state, merged, is_best, adapter=write_adapter
-        )
+    def _save_adapter(self, directory: Path) -> None:
+        """The LoRA adapter with the head beside it; classifier.json comes from the model
+        (save_checkpoint writes its checkpoint_files)."""
+        super()._save_adapter(directory)
+        save_head(self.classifier, directory)
 
     def _print_header(self) -> None:
         m = self.raw_model

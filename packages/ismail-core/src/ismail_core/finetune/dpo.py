@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,7 +33,7 @@ from ismail_core.finetune.data import (
     content_hash,
     single_rows,
 )
-from ismail_core.finetune.evaluate import ReplyCase
+from ismail_core.finetune.evaluate import ReplyCase, ReplyScores
 from ismail_core.finetune.preference import preference_loss, sequence_logprobs
 from ismail_core.finetune.preference_data import (
     PairExample,
@@ -47,32 +47,21 @@ from ismail_core.finetune.trainer import FinetuneTrainer
 
 
 @dataclass
-class PreferenceEval:
+class PreferenceEval(ReplyScores):
     """Held-out preference metrics (TRL's names in `to_dict`) and, when replies were
-    generated, their accuracy as for chat fine-tuning."""
+    generated, their scores as for chat fine-tuning (see ReplyScores)."""
 
     loss: float
     preference_accuracy: float
     metrics: dict[str, float]
-    accuracy: float | None = None
-    ended: float | None = None
-    per_task: dict[str, float] = field(default_factory=dict)
-    samples: list[tuple[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        row: dict[str, Any] = {
+        return {
             "loss": self.loss,
             "preference_accuracy": self.preference_accuracy,
             **self.metrics,
+            **self.reply_fields(),
         }
-        if self.accuracy is not None:
-            row.update(
-                accuracy=self.accuracy,
-                ended=self.ended,
-                per_task=self.per_task,
-                samples=[list(pair) for pair in self.samples],
-            )
-        return row
 
 
 class PreferenceTrainer(FinetuneTrainer):
@@ -225,8 +214,7 @@ class PreferenceTrainer(FinetuneTrainer):
         """Held-out pair metrics and generated replies; every process computes the same."""
         if not self.val_pairs:
             return None
-        model = self.raw_model
-        try:
+        with self._evaluating() as model:
             logps = self._pair_logps(model, self.val_pairs)
             loss, metrics = preference_loss(
                 logps[:, 0],
@@ -238,8 +226,6 @@ class PreferenceTrainer(FinetuneTrainer):
             preferred = (logps[:, 0] > logps[:, 1]).float().mean().item()
             result = PreferenceEval(loss.item(), preferred, metrics)
             self._score_replies(result)
-        finally:
-            model.train()
         return result
 
     def _eval_message(self, step: int, val: PreferenceEval) -> str:

@@ -29,27 +29,37 @@ class ReplyCase:
     is_correct: Callable[[str], bool]
 
 
-@dataclass
-class ChatEval:
-    """Held-out loss (mean over trained tokens) and, when replies were generated, accuracy,
-    the share of replies that ended with an end-of-turn id, per-task accuracy and samples."""
+@dataclass(kw_only=True)
+class ReplyScores:
+    """The scores of generated replies, set when replies were generated: accuracy, the share
+    of replies that ended with an end-of-turn id, per-task accuracy and samples."""
 
-    loss: float
     accuracy: float | None = None
     ended: float | None = None
     per_task: dict[str, float] = field(default_factory=dict)
     samples: list[tuple[str, str]] = field(default_factory=list)
 
+    def reply_fields(self) -> dict[str, Any]:
+        """The reply scores for `to_dict` (nothing when no replies were generated)."""
+        if self.accuracy is None:
+            return {}
+        return {
+            "accuracy": self.accuracy,
+            "ended": self.ended,
+            "per_task": self.per_task,
+            "samples": [list(pair) for pair in self.samples],
+        }
+
+
+@dataclass
+class ChatEval(ReplyScores):
+    """Held-out loss (mean over trained tokens) and, when replies were generated, their
+    scores (see ReplyScores)."""
+
+    loss: float
+
     def to_dict(self) -> dict[str, Any]:
-        row: dict[str, Any] = {"loss": self.loss}
-        if self.accuracy is not None:
-            row.update(
-                accuracy=self.accuracy,
-                ended=self.ended,
-                per_task=self.per_task,
-                samples=[list(pair) for pair in self.samples],
-            )
-        return row
+        return {"loss": self.loss, **self.reply_fields()}
 
 
 @torch.no_grad()

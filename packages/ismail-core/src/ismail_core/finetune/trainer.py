@@ -8,11 +8,12 @@ held-out loss plus generated replies.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from ismail_core.finetune.data import (
 from ismail_core.finetune.evaluate import (
     ChatEval,
     ReplyCase,
+    ReplyScores,
     generate_replies,
     heldout_loss,
     score_replies,
@@ -224,9 +226,7 @@ class FinetuneTrainer(Trainer):
         """Held-out loss and generated replies; every process computes the same numbers."""
         if not self.val_examples:
             return None
-        model = self.raw_model
-        model.eval()
-        try:
+        with self._evaluating() as model:
             loss = heldout_loss(
                 model,
                 self.val_examples,
@@ -236,11 +236,19 @@ class FinetuneTrainer(Trainer):
             )
             result = ChatEval(loss)
             self._score_replies(result)
-        finally:
-            model.train()
         return result
 
-    def _score_replies(self, result: Any) -> None:
+    @contextlib.contextmanager
+    def _evaluating(self) -> Iterator[torch.nn.Module]:
+        """The model in training, in eval mode for the block and back in training after it."""
+        model = self.raw_model
+        model.eval()
+        try:
+            yield model
+        finally:
+            model.train()
+
+    def _score_replies(self, result: ReplyScores) -> None:
         """Generate greedy replies to the first eval_replies held-out cases and set the
         result's accuracy, ended, per_task and samples (nothing without cases)."""
         f, model = self.cfg.finetune, self.raw_model
@@ -277,14 +285,14 @@ class FinetuneTrainer(Trainer):
         merged = None
         if self.cfg.finetune.merge and step >= self.cfg.train.steps:
             merged = lora.merge_lora(copy.deepcopy(self.raw_model).cpu()).state_dict()
-        model, settings, base = self.raw_model, self.lora_settings, self.base
         return super()._write_checkpoint(
-            step,
-            trainer_state,
-            merged,
-            is_best,
-            adapter=lambda d: lora.save_adapter(model, settings, d, base),
+            step, trainer_state, merged, is_best, adapter=self._save_adapter
         )
+
+    def _save_adapter(self, directory: Path) -> None:
+        """Write the LoRA adapter of the model in training into `directory`."""
+        assert self.lora_settings is not None, "only LoRA runs write an adapter"
+        lora.save_adapter(self.raw_model, self.lora_settings, directory, self.base)
 
     def _print_header(self) -> None:
         m = self.raw_model
