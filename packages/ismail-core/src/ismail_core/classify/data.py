@@ -27,13 +27,13 @@ from ismail_core.finetune.formats import (
     HF_PREFIX,
     FinetuneDataError,
     file_records,
+    hf_rows,
+    load_hf_split,
     read_text_file,
-    root_cause,
 )
 
 CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 JSON_SUFFIXES = (".json", ".jsonl")
-DEFAULT_SPLIT = "train"
 
 
 class ClassifyError(FinetuneDataError):
@@ -119,25 +119,12 @@ def _csv_records(path: Path, delimiter: str) -> Iterator[tuple[str, dict[str, st
 
 def _hf_records(name_split: str, label_field: str, cache_dir: str | None) -> Iterator:
     """Rows of a Hugging Face dataset; ClassLabel ids become their names."""
-    import datasets  # heavy to import; only hf: specs need it
-
-    name, _, split = name_split.partition(":")
-    split = split or DEFAULT_SPLIT
-    if not name:
-        raise ClassifyError(f"{HF_PREFIX}: no dataset name; give {describe_specs()}")
-    try:
-        ds = datasets.load_dataset(name, split=split, cache_dir=cache_dir)
-    except Exception as exc:  # unknown name or split, no network, unreadable files
-        raise ClassifyError(
-            f"{HF_PREFIX}{name}:{split}: cannot load the dataset ({root_cause(exc)}); give "
-            f"{describe_specs()}"
-        ) from exc
+    ds, where = load_hf_split(name_split, cache_dir, ClassifyError, describe_specs)
     names = getattr(ds.features.get(label_field), "int2str", None)
-    for index, row in enumerate(ds):
-        row = {k: v for k, v in row.items() if v is not None}
+    for source, row in hf_rows(ds, where):
         if names is not None and isinstance(row.get(label_field), int) and row[label_field] >= 0:
             row[label_field] = names(row[label_field])
-        yield f"{HF_PREFIX}{name}:{split}[{index}]", row
+        yield source, row
 
 
 # --- checks -------------------------------------------------------------------------------------

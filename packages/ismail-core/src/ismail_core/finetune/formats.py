@@ -207,22 +207,40 @@ def _malformed(source: str, exc: json.JSONDecodeError) -> FinetuneDataError:
 
 def _hf_records(name_split: str, cache_dir: str | None) -> Iterator[tuple[str, Any]]:
     """Rows of a Hugging Face dataset: a hub name, or a local folder that load_dataset reads."""
+    ds, where = load_hf_split(name_split, cache_dir, FinetuneDataError, describe_specs)
+    yield from hf_rows(ds, where)
+
+
+def load_hf_split(
+    name_split: str,
+    cache_dir: str | None,
+    error: type[FinetuneDataError],
+    describe: Callable[[], str],
+) -> tuple[Any, str]:
+    """The Hugging Face dataset split named by `name_split` ("name" or "name:split") and the
+    prefix of its rows' sources ("hf:name:split"); an `error` ending with the accepted specs
+    (`describe()`) when there is no name or the split does not load."""
     import datasets  # heavy to import; only hf: specs need it
 
     name, _, split = name_split.partition(":")
     split = split or DEFAULT_SPLIT
     if not name:
-        raise FinetuneDataError(f"{HF_PREFIX}: no dataset name; give {describe_specs()}")
+        raise error(f"{HF_PREFIX}: no dataset name; give {describe()}")
     try:
         ds = datasets.load_dataset(name, split=split, cache_dir=cache_dir)
     except Exception as exc:  # unknown name or split, no network, unreadable files: all user errors
-        raise FinetuneDataError(
+        raise error(
             f"{HF_PREFIX}{name}:{split}: cannot load the dataset ({root_cause(exc)}); give "
-            f"{describe_specs()}"
+            f"{describe()}"
         ) from exc
+    return ds, f"{HF_PREFIX}{name}:{split}"
+
+
+def hf_rows(ds: Iterable[dict[str, Any]], where: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(source, row) of each row of a dataset loaded by load_hf_split, `where` its prefix."""
     for index, row in enumerate(ds):
         # datasets gives every row every column, None where the record lacked the key
-        yield f"{HF_PREFIX}{name}:{split}[{index}]", {k: v for k, v in row.items() if v is not None}
+        yield f"{where}[{index}]", {k: v for k, v in row.items() if v is not None}
 
 
 def root_cause(exc: BaseException, limit: int = 300) -> str:
