@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
+from ismail_core.finetune.formats import json_type
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
@@ -252,7 +253,7 @@ def _classify_input(value: Any) -> Any:
         texts = value
     else:
         raise PydanticCustomError(
-            "input_type", "send a text or a list of texts, not {kind}", {"kind": _kind(value)}
+            "input_type", "send a text or a list of texts, not {kind}", {"kind": json_type(value)}
         )
     if not texts:
         raise PydanticCustomError("no_inputs", "the list is empty; send at least one text", {})
@@ -269,24 +270,13 @@ def _classify_input(value: Any) -> Any:
             raise PydanticCustomError(
                 "text_type",
                 "{where} is {kind}, not a string",
-                {"where": where, "kind": _kind(text)},
+                {"where": where, "kind": json_type(text)},
             )
         if not text.strip():
             raise PydanticCustomError(
                 "empty_text", "{where} is empty; send some words in every text", {"where": where}
             )
     return value
-
-
-def _kind(value: Any) -> str:
-    """A JSON value's kind for messages: 'a number', 'null', 'an object'."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    return "an object" if isinstance(value, dict) else "a list"
 
 
 class ClassifyRequest(BaseModel):
