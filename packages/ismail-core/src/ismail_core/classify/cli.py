@@ -18,6 +18,7 @@ from ismail_core.classify.data import (
     read_texts,
 )
 from ismail_core.classify.metrics import ClassifyEval, format_confusion
+from ismail_core.finetune.cli import first_and_last
 
 # A sentence for the printed `ismail classify` example after fine-tuning on the built-in set.
 BUILTIN_EXAMPLE = "Efendiler, Cumhuriyetimizin onuncu yılında harf inkılabı ile okullar açıldı."
@@ -137,9 +138,8 @@ def describe_eval(result: ClassifyEval, data: str) -> str:
 def print_summary(result: Any, cfg: Any) -> None:
     """Held-out accuracy and macro-F1 before -> after, the confusion matrix of the last
     evaluation and the commands that use the classifier."""
-    evals = [e for e in result.evals if "macro_f1" in e]
-    if evals:
-        first, last = evals[0], evals[-1]
+    if span := first_and_last(result.evals, "macro_f1"):
+        first, last = span
         print(
             f"held-out accuracy {first['accuracy']:.1%} (step {first['step']}) -> "
             f"{last['accuracy']:.1%} (step {last['step']}); macro-F1 {first['macro_f1']:.3f} -> "

@@ -74,17 +74,15 @@ def print_summary(result: Any) -> None:
     """Accuracy before -> after (and, after preference tuning, the share of held-out pairs
     whose chosen reply the model prefers), the share of replies that end their turn, a sample
     conversation and the commands that chat with the model."""
-    preferred = [e for e in result.evals if "preference_accuracy" in e]
-    if preferred:
-        first, last = preferred[0], preferred[-1]
+    if span := first_and_last(result.evals, "preference_accuracy"):
+        first, last = span
         print(
             f"held-out preference accuracy {first['preference_accuracy']:.1%} (step "
             f"{first['step']}) -> {last['preference_accuracy']:.1%} (step {last['step']}); "
             f"reward margin {last['rewards/margins']:.3f}"
         )
-    evals = [e for e in result.evals if "accuracy" in e]
-    if evals:
-        first, last = evals[0], evals[-1]
+    if span := first_and_last(result.evals, "accuracy"):
+        first, last = span
         print(
             f"held-out accuracy {first['accuracy']:.1%} (step {first['step']}) -> "
             f"{last['accuracy']:.1%} (step {last['step']}); replies that end their turn "
@@ -92,8 +90,16 @@ def print_summary(result: Any) -> None:
         )
         per_task = ", ".join(f"{k} {v:.0%}" for k, v in last["per_task"].items())
         print(f"  per task: {per_task}")
-    for user, reply in evals[-1]["samples"][:2] if evals else []:
-        print(f"  user:      {user}\n  assistant: {reply}")
+        for user, reply in last["samples"][:2]:
+            print(f"  user:      {user}\n  assistant: {reply}")
     print(f"checkpoint: {result.checkpoint}")
     print(f"chat:       uv run ismail generate {result.run_dir} --chat")
     print(f"serve it:   uv run ismail-serve {result.run_dir}")
+
+
+def first_and_last(
+    evals: list[dict[str, Any]], key: str
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The first and the last of the evaluations that measured `key` (None when none did)."""
+    measured = [e for e in evals if key in e]
+    return (measured[0], measured[-1]) if measured else None
