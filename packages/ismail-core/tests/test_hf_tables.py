@@ -2,6 +2,8 @@
 row by row and on whole models, and every row of every table is used by some model."""
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,23 +15,11 @@ from ismail_core.hf_mapping import WeightRow, find_row, from_hf_tensors, to_hf_t
 from ismail_core.hf_tables import ARCHITECTURES
 from ismail_core.model import Transformer
 
-MLA = dict(
-    vocab_size=64,
-    max_seq_len=32,
-    dim=32,
-    n_layers=2,
-    n_heads=2,
-    kv_lora_rank=16,
-    qk_nope_head_dim=8,
-    qk_rope_head_dim=8,
-    v_head_dim=8,
-    inter_dim=48,
-    moe_inter_dim=16,
-    n_dense_layers=1,
-    n_routed_experts=4,
-    n_activated_experts=2,
-    n_shared_experts=1,
-)
+sys.path.insert(0, str(Path(__file__).parent))  # tiny_setup.py (see its docstring)
+from tiny_setup import SMALL_MOE  # noqa: E402
+
+# tiny_setup's MoE shape, smaller still, with a shared expert (its rows are in the tables)
+MLA = dict(SMALL_MOE, vocab_size=64, max_seq_len=32, n_layers=2, n_shared_experts=1)
 LLAMA = dict(MLA, attention="gqa", n_kv_heads=1, n_routed_experts=0)
 GPT2 = dict(
     MLA,
