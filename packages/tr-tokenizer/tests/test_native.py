@@ -10,7 +10,6 @@ import os
 from functools import cache
 
 import pytest
-import tr_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tr_tokenizer.casing import tr_capitalize, tr_upper
@@ -128,30 +127,100 @@ def test_other_chunks_are_handed_back() -> None:
     assert native_tokenizer().encode_ids(text) == pure_tokenizer().encode_ids(text)
 
 
-def test_cache_limit_clears_both_caches() -> None:
-    tok = tr_tokenizer.load()
-    if tok._encoder.native is None:
-        pytest.skip("the compiled segmenter is not built")
-    chunks = PATTERN.findall("bir iki üç dört beş altı yedi sekiz")
-    cache, lens = {}, {}
-    ids = tok._encoder.native.encode(chunks, cache, lens, tok._encoder.encode_chunk_python, 3)
-    assert ids == pure_tokenizer().encode_ids("bir iki üç dört beş altı yedi sekiz")
-    assert 1 <= len(cache) <= 3 and cache.keys() == lens.keys()
-    for chunk, chunk_ids in cache.items():
-        assert (chunk_ids, lens[chunk]) == tok._encoder.encode_chunk_python(chunk)
-
-
-def test_fallback_must_return_ids_and_lengths() -> None:
-    tok = native_tokenizer()
-    with pytest.raises(TypeError, match="fallback must return"):
-        tok._encoder.native.encode(["😀"], {}, {}, lambda chunk: [1, 2], 10)
-
-
 # every kind of char PATTERN tells apart: Turkish and other letters, digits of several scripts,
 # other numerics, marks, "_", apostrophes, punctuation and symbols, spaces of several kinds
 SPLIT_CHARS = (
     WORD_CHARS + "éßΩж中ـ٣²½\u0301_'’.,!?«»-/😀0123456789" + " \t\n\r\x0b\x0c\x1c\xa0\u2003\u3000"
 )
+
+
+def fresh_segmenter():
+    """A compiled segmenter of the shipped vocabulary with an empty cache of its own."""
+    from tr_tokenizer import _native
+
+    return _native.Segmenter(native_tokenizer()._encoder.native_tables())
+
+
+WORDS = "bir iki üç dört beş altı yedi sekiz dokuz on bir iki üç Ankara'da ANKARA'DA"
+
+
+def test_cache_cleared_at_the_limit_gives_the_same_ids() -> None:
+    seg = fresh_segmenter()
+    fallback = native_tokenizer()._encoder.encode_chunk_python
+    want = pure_tokenizer().encode(WORDS)
+    for _ in range(2):  # the second pass meets a cache that holds the last chunks
+        assert seg.encode_text(WORDS, fallback, 3) == want.ids
+        assert 1 <= seg.cached <= 3
+        assert seg.offsets(WORDS, fallback, 3, 0) == want.offsets
+        assert 1 <= seg.cached <= 3
+    assert seg.encode_text(WORDS, fallback, 1000) == want.ids
+    assert seg.cached == len(set(PATTERN.findall(WORDS)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet=SPLIT_CHARS, max_size=80), st.integers(min_value=0, max_value=500))
+def test_offsets_from_the_compiled_cache(text: str, start: int) -> None:
+    # offsets before any encode (misses) and after it (hits) are the Python encoder's
+    seg = fresh_segmenter()
+    fallback = native_tokenizer()._encoder.encode_chunk_python
+    want = [(a + start, b + start) for a, b in pure_tokenizer().encode(text).offsets]
+    assert seg.offsets(text, fallback, 1000, start) == want
+    seg.encode_text(text, fallback, 1000)
+    assert seg.offsets(text, fallback, 1000, start) == want
+
+
+def test_offsets_around_special_tokens() -> None:
+    text = "<|user|>Kitaplarımızdan birini<|end|> okudunuz mu? <|assistant|>Evet."
+    got = native_tokenizer().encode(text, allow_special=True)
+    want = pure_tokenizer().encode(text, allow_special=True)
+    assert got.ids == want.ids and got.offsets == want.offsets
+
+
+def test_chunks_left_to_python_are_cached() -> None:
+    seg = fresh_segmenter()
+    encoder = native_tokenizer()._encoder
+    calls: list[str] = []
+
+    def fallback(chunk: str):
+        calls.append(chunk)
+        return encoder.encode_chunk_python(chunk)
+
+    long_word = " " + "x" * 60  # longer than MAX_CHARS, as is a word of other letters
+    text = f" café{long_word} café çay{long_word} Ωμέγα"
+    want = pure_tokenizer().encode(text)
+    assert seg.encode_text(text, fallback, 1000) == want.ids
+    assert calls == [" café", long_word, " Ωμέγα"]
+    assert seg.encode_text(text, fallback, 1000) == want.ids
+    assert seg.offsets(text, fallback, 1000, 0) == want.offsets
+    assert len(calls) == 3  # every later lookup was a hit
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        [1, 2],
+        ((1,), (1, 1)),  # fewer ids than lengths
+        ((1,), (2,)),  # the lengths do not add up to the chunk's
+        ((-1,), (1,)),  # no such id
+        ((1.0,), (1,)),
+        ((10**30,), (1,)),
+    ],
+)
+def test_fallback_must_return_ids_and_lengths(result) -> None:
+    with pytest.raises(TypeError, match="fallback must return"):
+        fresh_segmenter().encode_text("😀", lambda chunk: result, 10)
+
+
+def test_fallback_errors_propagate() -> None:
+    def fallback(chunk: str):
+        raise KeyError(chunk)
+
+    seg = fresh_segmenter()
+    with pytest.raises(KeyError, match="😀"):
+        seg.encode_text("a 😀", fallback, 10)
+    with pytest.raises(KeyError, match="😀"):
+        seg.offsets("a 😀", fallback, 10, 0)
+    assert seg.cached == 1  # "a", before the error
 
 
 @settings(max_examples=1000, deadline=None)

@@ -384,6 +384,147 @@ static int trie_from_dict(Trie *t, PyObject *dict, const double *costs, Py_ssize
     return trie_freeze(t);
 }
 
+/* ---- the chunk cache (Tokenizer.encode_ids) ------------------------------------------ */
+
+/* Text repeats its words, so each distinct chunk is segmented once and its tokens cached. The
+ * cache lives here rather than in Python dicts: a hit then costs a hash over the chunk's chars
+ * and one compare, with no str object, no tuples and no int objects per chunk. */
+
+/* One cached chunk: its chars at keys[key : key + len], its ids at vals[val : val + n] and the
+ * chars each id covers at vals[val + n : val + 2 * n]. */
+typedef struct {
+    Py_ssize_t key, len, val, n;
+} CacheEntry;
+
+/* Open addressing over `slots`, at most half full: a slot holds (hash << 32 | entry index + 1),
+ * 0 when empty, so that most other chunks are told apart by the hash without reading their
+ * entry. The arrays grow as needed; cache_clear frees them all. */
+typedef struct {
+    uint64_t *slots;
+    size_t mask;
+    CacheEntry *entries;
+    Py_ssize_t n_entries, cap_entries;
+    Py_UCS4 *keys;
+    Py_ssize_t n_keys, cap_keys;
+    int32_t *vals;
+    Py_ssize_t n_vals, cap_vals;
+} ChunkCache;
+
+static void cache_clear(ChunkCache *c)
+{
+    PyMem_Free(c->slots);
+    PyMem_Free(c->entries);
+    PyMem_Free(c->keys);
+    PyMem_Free(c->vals);
+    memset(c, 0, sizeof(*c));
+}
+
+/* Room for `need` items of `size` bytes in *buf (capacity *cap, doubled as needed). */
+static int grow(void **buf, Py_ssize_t *cap, Py_ssize_t need, size_t size)
+{
+    if (need <= *cap)
+        return 0;
+    Py_ssize_t cap2 = *cap > 0 ? *cap : 256;
+    while (cap2 < need)
+        cap2 *= 2;
+    void *p = (size_t)cap2 <= PY_SSIZE_T_MAX / size ? PyMem_Realloc(*buf, cap2 * size) : NULL;
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *buf = p;
+    *cap = cap2;
+    return 0;
+}
+
+/* FNV-1a over the chars, then a final mix so that the low bits (the slot) depend on all. */
+static uint32_t span_hash(const Py_UCS4 *s, Py_ssize_t n)
+{
+    uint64_t h = 0xCBF29CE484222325ULL;
+    for (Py_ssize_t i = 0; i < n; i++)
+        h = (h ^ s[i]) * 0x100000001B3ULL;
+    h ^= h >> 32;
+    h *= 0x9E3779B97F4A7C15ULL;
+    return (uint32_t)(h >> 32);
+}
+
+/* The entry of the chunk s[:n] with hash h, or NULL. */
+static const CacheEntry *cache_find(const ChunkCache *c, const Py_UCS4 *s, Py_ssize_t n,
+                                    uint32_t h)
+{
+    if (c->slots == NULL)
+        return NULL;
+    for (size_t i = h & c->mask;; i = (i + 1) & c->mask) {
+        uint64_t slot = c->slots[i];
+        if (slot == 0)
+            return NULL;
+        if ((uint32_t)(slot >> 32) == h) {
+            const CacheEntry *e = &c->entries[(uint32_t)slot - 1];
+            if (e->len == n && memcmp(c->keys + e->key, s, n * sizeof(Py_UCS4)) == 0)
+                return e;
+        }
+    }
+}
+
+static void cache_place(ChunkCache *c, uint64_t slot)
+{
+    size_t i = (uint32_t)(slot >> 32) & c->mask;
+    while (c->slots[i] != 0)
+        i = (i + 1) & c->mask;
+    c->slots[i] = slot;
+}
+
+/* Double the slots (or make the first 1024) and place the entries again. */
+static int cache_grow_slots(ChunkCache *c)
+{
+    size_t size = c->slots ? 2 * (c->mask + 1) : 1024;
+    uint64_t *old = c->slots;
+    size_t old_size = old ? c->mask + 1 : 0;
+    c->slots = PyMem_Calloc(size, sizeof(uint64_t));
+    if (c->slots == NULL) {
+        c->slots = old;
+        PyErr_NoMemory();
+        return -1;
+    }
+    c->mask = size - 1;
+    for (size_t i = 0; i < old_size; i++)
+        if (old[i] != 0)
+            cache_place(c, old[i]);
+    PyMem_Free(old);
+    return 0;
+}
+
+/* Cache the tokens of the chunk s[:n] (hash h): n_ids ids and their char lengths. A cache
+ * that holds `limit` chunks is cleared first (as _ChunkCache does in Python), which bounds
+ * its memory on an endless stream of new words. Returns the new entry, or NULL (MemoryError). */
+static const CacheEntry *cache_insert(ChunkCache *c, Py_ssize_t limit, const Py_UCS4 *s,
+                                      Py_ssize_t n, uint32_t h, const int32_t *ids,
+                                      const int32_t *lens, Py_ssize_t n_ids)
+{
+    if (c->n_entries >= limit || c->n_entries >= (Py_ssize_t)UINT32_MAX - 1)
+        cache_clear(c);
+    if (((c->n_entries + 1) * 2 > (Py_ssize_t)(c->mask + 1) || c->slots == NULL) &&
+        cache_grow_slots(c) < 0)
+        return NULL;
+    if (grow((void **)&c->entries, &c->cap_entries, c->n_entries + 1, sizeof(CacheEntry)) < 0 ||
+        grow((void **)&c->keys, &c->cap_keys, c->n_keys + n, sizeof(Py_UCS4)) < 0 ||
+        grow((void **)&c->vals, &c->cap_vals, c->n_vals + 2 * n_ids, sizeof(int32_t)) < 0)
+        return NULL;
+    CacheEntry *e = &c->entries[c->n_entries];
+    e->key = c->n_keys;
+    e->len = n;
+    e->val = c->n_vals;
+    e->n = n_ids;
+    memcpy(c->keys + c->n_keys, s, n * sizeof(Py_UCS4));
+    memcpy(c->vals + c->n_vals, ids, n_ids * sizeof(int32_t));
+    memcpy(c->vals + c->n_vals + n_ids, lens, n_ids * sizeof(int32_t));
+    c->n_keys += n;
+    c->n_vals += 2 * n_ids;
+    c->n_entries++;
+    cache_place(c, (uint64_t)h << 32 | (uint64_t)c->n_entries);
+    return e;
+}
+
 /* ---- the segmenter object ----------------------------------------------------------- */
 
 typedef struct {
@@ -409,6 +550,7 @@ typedef struct {
     Element *elem_buf;
     int32_t cap_id, upper_id, byte0;
     PyObject **id_objects;  /* the int object of each id, made on first use (id_object) */
+    ChunkCache cache;       /* chunk -> tokens, for encode_text and offsets */
 } Segmenter;
 
 static void Segmenter_dealloc(Segmenter *self)
@@ -427,6 +569,7 @@ static void Segmenter_dealloc(Segmenter *self)
     PyMem_Free(self->text_buf);
     PyMem_Free(self->elem_start);
     PyMem_Free(self->elem_buf);
+    cache_clear(&self->cache);
     if (self->id_objects != NULL) {
         for (Py_ssize_t i = 0; i < self->n_ids; i++)
             Py_XDECREF(self->id_objects[i]);
@@ -1507,17 +1650,11 @@ static int chunk_shape(const Py_UCS4 *w, Py_ssize_t n)
     return 1;
 }
 
-/* Encode one chunk into out; 1 done, 0 left to Python, -1 with a Python error set. */
-static int encode_chunk(const Segmenter *sg, PyObject *chunk, Path *out)
+/* Encode the chunk w[:n] into out; 1 done, 0 left to Python. */
+static int encode_span(const Segmenter *sg, const Py_UCS4 *w, Py_ssize_t n, Path *out)
 {
-    Py_ssize_t n = PyUnicode_GET_LENGTH(chunk);
     if (n == 0 || n > MAX_CHARS)
         return 0;
-    Py_UCS4 w[MAX_CHARS];
-    int kind = PyUnicode_KIND(chunk);
-    const void *data = PyUnicode_DATA(chunk);
-    for (Py_ssize_t i = 0; i < n; i++)
-        w[i] = PyUnicode_READ(kind, data, i);
     int shape = chunk_shape(w, n);
     if (shape == 0)
         return 0;
@@ -1661,6 +1798,107 @@ fail:
     return -1;
 }
 
+/* A growing array of int32 (ids or lengths) collected over a whole text. */
+typedef struct {
+    int32_t *items;
+    Py_ssize_t n, cap;
+} Int32s;
+
+/* The ints of one tuple of the fallback's (ids, lens) into out[:n]: each an int in [lo, hi). */
+static int fallback_ints(PyObject *tuple, Py_ssize_t n, long lo, long hi, int32_t *out)
+{
+    if (!PyTuple_Check(tuple) || PyTuple_GET_SIZE(tuple) != n)
+        return -1;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *v = PyTuple_GET_ITEM(tuple, k);
+        long x = PyLong_Check(v) ? PyLong_AsLong(v) : lo - 1;
+        if (x < lo || x >= hi) {
+            PyErr_Clear(); /* an int too large for a long */
+            return -1;
+        }
+        out[k] = (int32_t)x;
+    }
+    return 0;
+}
+
+/* Encode text[a:b] (chars s[a:b]) with fallback(chunk) -> (ids, lens), a chunk this module
+ * leaves to Python, and cache the result. */
+static const CacheEntry *encode_fallback(Segmenter *self, PyObject *text, const Py_UCS4 *s,
+                                         Py_ssize_t a, Py_ssize_t b, uint32_t h,
+                                         PyObject *fallback, Py_ssize_t limit)
+{
+    PyObject *chunk = PyUnicode_Substring(text, a, b);
+    PyObject *pair = chunk ? PyObject_CallOneArg(fallback, chunk) : NULL;
+    Py_XDECREF(chunk);
+    if (pair == NULL)
+        return NULL;
+    const CacheEntry *e = NULL;
+    Py_ssize_t n = PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2 &&
+                           PyTuple_Check(PyTuple_GET_ITEM(pair, 0))
+                       ? PyTuple_GET_SIZE(PyTuple_GET_ITEM(pair, 0))
+                       : -1;
+    int32_t *buf = n >= 0 ? PyMem_Malloc((2 * n + 1) * sizeof(int32_t)) : NULL;
+    Py_ssize_t covered = 0;
+    if (buf != NULL && fallback_ints(PyTuple_GET_ITEM(pair, 0), n, 0, self->n_ids, buf) == 0 &&
+        fallback_ints(PyTuple_GET_ITEM(pair, 1), n, 0, b - a + 1, buf + n) == 0) {
+        for (Py_ssize_t k = 0; k < n; k++)
+            covered += buf[n + k];
+        /* the fallback may have let another thread cache this chunk meanwhile */
+        if (covered == b - a && (e = cache_find(&self->cache, s + a, b - a, h)) == NULL)
+            e = cache_insert(&self->cache, limit, s + a, b - a, h, buf, buf + n, n);
+    }
+    if (e == NULL && !PyErr_Occurred())
+        PyErr_SetString(PyExc_TypeError, "fallback must return (ids, lens): two tuples of ints, "
+                        "ids of this vocabulary and lens that add up to the chunk's length");
+    PyMem_Free(buf);
+    Py_DECREF(pair);
+    return e;
+}
+
+/* Append the ids (or with `lens`, the char lengths) of the chunk s[a:b] of `text` to out,
+ * from the cache, or encoded and cached on a miss. */
+static int add_chunk(Segmenter *self, PyObject *text, const Py_UCS4 *s, Py_ssize_t a,
+                     Py_ssize_t b, PyObject *fallback, Py_ssize_t limit, int lens, Int32s *out)
+{
+    uint32_t h = span_hash(s + a, b - a);
+    const CacheEntry *e = cache_find(&self->cache, s + a, b - a, h);
+    if (e == NULL) {
+        Path p;
+        if (encode_span(self, s + a, b - a, &p))
+            e = cache_insert(&self->cache, limit, s + a, b - a, h, p.id, p.len, p.n);
+        else
+            e = encode_fallback(self, text, s, a, b, h, fallback, limit);
+        if (e == NULL)
+            return -1;
+    }
+    /* copied before any Python code runs again: that could change the cache */
+    if (grow((void **)&out->items, &out->cap, out->n + e->n, sizeof(int32_t)) < 0)
+        return -1;
+    memcpy(out->items + out->n, self->cache.vals + e->val + (lens ? e->n : 0),
+           e->n * sizeof(int32_t));
+    out->n += e->n;
+    return 0;
+}
+
+/* The ids (or with `lens`, the char lengths of the tokens) of all chunks of `text`, in order,
+ * through the cache. `out` starts empty; the caller frees out->items. */
+static int encode_chunks(Segmenter *self, PyObject *text, PyObject *fallback, Py_ssize_t limit,
+                         int lens, Int32s *out)
+{
+    Py_UCS4 *owned;
+    const Py_UCS4 *s = text_chars(text, &owned);
+    if (s == NULL)
+        return -1;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    int r = grow((void **)&out->items, &out->cap, n / 2 + 16, sizeof(int32_t));
+    for (Py_ssize_t i = 0, j; r == 0 && i < n; i = j) {
+        j = chunk_end(s, n, i);
+        r = add_chunk(self, text, s, i, j, fallback, limit, lens, out);
+    }
+    PyMem_Free(owned);
+    return r;
+}
+
 /* ---- Python methods ----------------------------------------------------------------- */
 
 static PyObject *Segmenter_encode_chunk(Segmenter *self, PyObject *chunk)
@@ -1669,9 +1907,15 @@ static PyObject *Segmenter_encode_chunk(Segmenter *self, PyObject *chunk)
         PyErr_Format(PyExc_TypeError, "encode_chunk expects str, got %s", Py_TYPE(chunk)->tp_name);
         return NULL;
     }
+    Py_ssize_t n = PyUnicode_GET_LENGTH(chunk);
+    if (n == 0 || n > MAX_CHARS)
+        Py_RETURN_NONE;
+    Py_UCS4 w[MAX_CHARS];
+    for (Py_ssize_t i = 0; i < n; i++)
+        w[i] = PyUnicode_READ_CHAR(chunk, i);
     Path p;
     PyObject *ids, *lens;
-    if (encode_chunk(self, chunk, &p) != 1)
+    if (!encode_span(self, w, n, &p))
         Py_RETURN_NONE;
     if (path_to_tuples(self, &p, &ids, &lens) < 0)
         return NULL;
@@ -1681,104 +1925,33 @@ static PyObject *Segmenter_encode_chunk(Segmenter *self, PyObject *chunk)
     return pair;
 }
 
-typedef struct {
-    PyObject *cache, *lens, *fallback; /* chunk -> ids tuple, chunk -> lengths, chunk -> both */
-    Py_ssize_t limit;                  /* cached chunks before both caches are cleared */
-    PyObject *result;                  /* list of ids */
-} Encoding;
-
-/* Append the ids of one chunk to e->result, encoding and caching it on a miss. */
-static int encode_cached(Segmenter *self, Encoding *e, PyObject *chunk)
-{
-    PyObject *ids = PyDict_GetItemWithError(e->cache, chunk); /* borrowed */
-    PyObject *new_ids = NULL, *new_lens = NULL;               /* owned, on a miss */
-    if (ids == NULL) {
-        if (PyErr_Occurred())
-            return -1;
-        Path p;
-        if (PyUnicode_Check(chunk) && encode_chunk(self, chunk, &p) == 1) {
-            if (path_to_tuples(self, &p, &new_ids, &new_lens) < 0)
-                return -1;
-        } else {
-            PyObject *pair = PyObject_CallOneArg(e->fallback, chunk);
-            if (pair == NULL)
-                return -1;
-            if (PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2 &&
-                PyTuple_Check(PyTuple_GET_ITEM(pair, 0))) {
-                new_ids = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
-                new_lens = Py_NewRef(PyTuple_GET_ITEM(pair, 1));
-            } else {
-                PyErr_SetString(PyExc_TypeError, "fallback must return (ids tuple, lens tuple)");
-            }
-            Py_DECREF(pair);
-            if (new_lens == NULL)
-                return -1;
-        }
-        if (PyDict_GET_SIZE(e->cache) >= e->limit) {
-            PyDict_Clear(e->cache);
-            PyDict_Clear(e->lens);
-        }
-        if (PyDict_SetItem(e->cache, chunk, new_ids) < 0 ||
-            PyDict_SetItem(e->lens, chunk, new_lens) < 0)
-            goto fail;
-        ids = new_ids;
-    }
-    if (!PyTuple_Check(ids)) {
-        PyErr_SetString(PyExc_TypeError, "cached ids must be tuples");
-        goto fail;
-    }
-    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(ids); k++)
-        if (PyList_Append(e->result, PyTuple_GET_ITEM(ids, k)) < 0)
-            goto fail;
-    Py_XDECREF(new_ids);
-    Py_XDECREF(new_lens);
-    return 0;
-fail:
-    Py_XDECREF(new_ids);
-    Py_XDECREF(new_lens);
-    return -1;
-}
-
-/* encode(chunks, cache, lens, fallback, limit) -> list of ids.
- * cache maps chunk -> ids tuple and lens chunk -> char-length tuple (both cleared once cache
- * holds `limit` chunks); a chunk this module does not handle is encoded by fallback(chunk),
- * which returns (ids, lens) like encode_chunk. */
-static PyObject *Segmenter_encode(Segmenter *self, PyObject *args)
-{
-    PyObject *chunks;
-    Encoding e;
-    if (!PyArg_ParseTuple(args, "O!O!O!On", &PyList_Type, &chunks, &PyDict_Type, &e.cache,
-                          &PyDict_Type, &e.lens, &e.fallback, &e.limit))
-        return NULL;
-    e.result = PyList_New(0);
-    for (Py_ssize_t c = 0; e.result != NULL && c < PyList_GET_SIZE(chunks); c++)
-        if (encode_cached(self, &e, PyList_GET_ITEM(chunks, c)) < 0)
-            Py_CLEAR(e.result);
-    return e.result;
-}
-
-/* encode_text(text, cache, lens, fallback, limit) -> list of ids: encode() of the chunks of
- * split(text), without making the list of chunks. */
+/* encode_text(text, fallback, limit) -> list of ids: the chunks of split(text), each from the
+ * cache or encoded on a miss (by fallback(chunk) -> (ids, lens) for a chunk left to Python)
+ * and cached; the cache is cleared when it holds `limit` chunks. */
 static PyObject *Segmenter_encode_text(Segmenter *self, PyObject *args)
 {
-    PyObject *text;
-    Encoding e;
-    if (!PyArg_ParseTuple(args, "UO!O!On", &text, &PyDict_Type, &e.cache, &PyDict_Type, &e.lens,
-                          &e.fallback, &e.limit))
+    PyObject *text, *fallback, *result = NULL;
+    Py_ssize_t limit;
+    if (!PyArg_ParseTuple(args, "UOn:encode_text", &text, &fallback, &limit))
         return NULL;
-    Py_UCS4 *owned;
-    const Py_UCS4 *s = text_chars(text, &owned);
-    e.result = s ? PyList_New(0) : NULL;
-    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
-    for (Py_ssize_t i = 0, j; e.result != NULL && i < n; i = j) {
-        j = chunk_end(s, n, i);
-        PyObject *chunk = PyUnicode_Substring(text, i, j);
-        if (chunk == NULL || encode_cached(self, &e, chunk) < 0)
-            Py_CLEAR(e.result);
-        Py_XDECREF(chunk);
+    Int32s ids = {NULL, 0, 0};
+    if (encode_chunks(self, text, fallback, limit, 0, &ids) == 0)
+        result = PyList_New(ids.n);
+    for (Py_ssize_t k = 0; result != NULL && k < ids.n; k++) {
+        PyObject *id = id_object(self, ids.items[k]);
+        if (id == NULL)
+            Py_CLEAR(result);
+        else
+            PyList_SET_ITEM(result, k, Py_NewRef(id));
     }
-    PyMem_Free(owned);
-    return e.result;
+    PyMem_Free(ids.items);
+    return result;
+}
+
+/* The number of chunks in the cache. */
+static PyObject *Segmenter_cached(Segmenter *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->cache.n_entries);
 }
 
 /* decode(ids, skip_special_tokens) -> str, or None when decoder.py must decode them (an id that
@@ -1822,71 +1995,52 @@ static PyObject *Segmenter_decode(Segmenter *self, PyObject *args)
     return text;
 }
 
-/* offsets(chunks, lens, lens_of, pos, out) -> end position.
- * Appends (start, end) for every token of every chunk to `out`, the first starting at `pos`;
- * a chunk's token lengths come from the lens dict, or from lens_of(chunk) when it has none. */
+/* offsets(text, fallback, limit, start) -> list of (start, end): the span of every token of
+ * encode_text(text, fallback, limit), the first starting at `start`. */
 static PyObject *Segmenter_offsets(Segmenter *self, PyObject *args)
 {
-    PyObject *chunks, *lens, *lens_of, *out;
-    Py_ssize_t pos;
-    if (!PyArg_ParseTuple(args, "O!O!OnO!", &PyList_Type, &chunks, &PyDict_Type, &lens, &lens_of,
-                          &pos, &PyList_Type, &out))
+    PyObject *text, *fallback, *result = NULL;
+    Py_ssize_t limit, pos;
+    if (!PyArg_ParseTuple(args, "UOnn:offsets", &text, &fallback, &limit, &pos))
         return NULL;
-    for (Py_ssize_t c = 0; c < PyList_GET_SIZE(chunks); c++) {
-        PyObject *chunk = PyList_GET_ITEM(chunks, c);
-        PyObject *owned = NULL;
-        PyObject *chunk_lens = PyDict_GetItemWithError(lens, chunk); /* borrowed */
-        if (chunk_lens == NULL) {
-            if (PyErr_Occurred())
-                return NULL;
-            chunk_lens = owned = PyObject_CallOneArg(lens_of, chunk);
-            if (owned == NULL)
-                return NULL;
+    Int32s lens = {NULL, 0, 0};
+    if (encode_chunks(self, text, fallback, limit, 1, &lens) == 0)
+        result = PyList_New(lens.n);
+    for (Py_ssize_t k = 0; result != NULL && k < lens.n; k++) {
+        PyObject *span = PyTuple_New(2);
+        PyObject *a = span ? PyLong_FromSsize_t(pos) : NULL;
+        PyObject *b = a ? PyLong_FromSsize_t(pos + lens.items[k]) : NULL;
+        if (b == NULL) {
+            Py_XDECREF(a);
+            Py_XDECREF(span);
+            Py_CLEAR(result);
+            break;
         }
-        if (!PyTuple_Check(chunk_lens)) {
-            PyErr_SetString(PyExc_TypeError, "token lengths must be tuples");
-            Py_XDECREF(owned);
-            return NULL;
-        }
-        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(chunk_lens); k++) {
-            Py_ssize_t n = PyLong_AsSsize_t(PyTuple_GET_ITEM(chunk_lens, k));
-            PyObject *span = (n < 0 && PyErr_Occurred()) ? NULL : PyTuple_New(2);
-            PyObject *a = span ? PyLong_FromSsize_t(pos) : NULL;
-            PyObject *b = a ? PyLong_FromSsize_t(pos + n) : NULL;
-            if (b == NULL) {
-                Py_XDECREF(a);
-                Py_XDECREF(span);
-                Py_XDECREF(owned);
-                return NULL;
-            }
-            PyTuple_SET_ITEM(span, 0, a);
-            PyTuple_SET_ITEM(span, 1, b);
-            PyObject_GC_UnTrack(span); /* two ints: no cycle possible (see path_to_tuples) */
-            int failed = PyList_Append(out, span);
-            Py_DECREF(span);
-            if (failed < 0) {
-                Py_XDECREF(owned);
-                return NULL;
-            }
-            pos += n;
-        }
-        Py_XDECREF(owned);
+        PyTuple_SET_ITEM(span, 0, a);
+        PyTuple_SET_ITEM(span, 1, b);
+        PyObject_GC_UnTrack(span); /* two ints: no cycle possible (see path_to_tuples) */
+        PyList_SET_ITEM(result, k, span);
+        pos += lens.items[k];
     }
-    return PyLong_FromSsize_t(pos);
+    PyMem_Free(lens.items);
+    return result;
 }
 
 static PyMethodDef Segmenter_methods[] = {
     {"encode_chunk", (PyCFunction)Segmenter_encode_chunk, METH_O,
      "encode_chunk(chunk) -> (ids, lens), or None for a chunk left to the Python encoder."},
-    {"encode", (PyCFunction)Segmenter_encode, METH_VARARGS,
-     "encode(chunks, cache, lens, fallback, limit) -> ids of all chunks, through the cache."},
     {"encode_text", (PyCFunction)Segmenter_encode_text, METH_VARARGS,
-     "encode_text(text, cache, lens, fallback, limit) -> encode() of the chunks of split(text)."},
+     "encode_text(text, fallback, limit) -> ids of the chunks of split(text), through the cache."},
     {"decode", (PyCFunction)Segmenter_decode, METH_VARARGS,
      "decode(ids, skip_special_tokens=False) -> text, or None where decoder.py must decode."},
     {"offsets", (PyCFunction)Segmenter_offsets, METH_VARARGS,
-     "offsets(chunks, lens, lens_of, pos, out) -> end; appends each token's (start, end)."},
+     "offsets(text, fallback, limit, start) -> (start, end) of each token of encode_text."},
     {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Segmenter_getset[] = {
+    {"cached", (getter)Segmenter_cached, NULL, "The number of chunks in the cache.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyTypeObject SegmenterType = {
@@ -1897,6 +2051,7 @@ static PyTypeObject SegmenterType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "The compiled word segmenter (see encoder.ChunkEncoder).",
     .tp_methods = Segmenter_methods,
+    .tp_getset = Segmenter_getset,
     .tp_init = (initproc)Segmenter_init,
     .tp_new = PyType_GenericNew,
 };

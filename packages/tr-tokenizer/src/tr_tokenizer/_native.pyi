@@ -15,34 +15,21 @@ def split(text: str) -> list[str]:
 
 class Segmenter:
     def __init__(self, tables: SegmenterTables) -> None: ...
+    @property
+    def cached(self) -> int:
+        """The number of chunks in the cache."""
     def encode_chunk(self, chunk: str) -> _IdsAndLens | None:
         """(ids, lens), or None for a chunk left to the Python encoder."""
-    def encode(
-        self,
-        chunks: list[str],
-        cache: dict[str, tuple[int, ...]],
-        lens: dict[str, tuple[int, ...]],
-        fallback: Callable[[str], _IdsAndLens],
-        limit: int,
-    ) -> list[int]:
-        """The ids of all chunks, through the cache."""
     def encode_text(
-        self,
-        text: str,
-        cache: dict[str, tuple[int, ...]],
-        lens: dict[str, tuple[int, ...]],
-        fallback: Callable[[str], _IdsAndLens],
-        limit: int,
+        self, text: str, fallback: Callable[[str], _IdsAndLens], limit: int
     ) -> list[int]:
-        """encode() of the chunks of split(text)."""
+        """The ids of the chunks of split(text), each from the cache or encoded and cached (by
+        fallback(chunk) for a chunk left to Python); the cache is cleared when it holds `limit`
+        chunks."""
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str | None:
         """The text of `ids`, or None where decoder.py must decode them."""
     def offsets(
-        self,
-        chunks: list[str],
-        lens: dict[str, tuple[int, ...]],
-        lens_of: Callable[[str], tuple[int, ...]],
-        pos: int,
-        out: list[tuple[int, int]],
-    ) -> int:
-        """Append each token's (start, end) to `out`; return the end position."""
+        self, text: str, fallback: Callable[[str], _IdsAndLens], limit: int, start: int
+    ) -> list[tuple[int, int]]:
+        """(start, end) of each token of encode_text(text, fallback, limit), the first at
+        `start`."""

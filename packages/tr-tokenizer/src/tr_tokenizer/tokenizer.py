@@ -24,7 +24,10 @@ _PARALLEL_MIN_CHARS = 1_000_000  # below this, a batch is encoded in this proces
 
 
 class _ChunkCache(dict):
-    """chunk -> token ids; encodes on a miss, so the hot loop is a plain dict lookup."""
+    """chunk -> token ids; encodes on a miss, so the hot loop is a plain dict lookup.
+
+    The pure-Python path's cache: the compiled segmenter keeps its own (same limit).
+    """
 
     def __init__(self, encoder: ChunkEncoder, lens: dict) -> None:
         super().__init__()
@@ -126,6 +129,7 @@ class Tokenizer:
         self._kinds = [p[1] for p in vocab.pieces]
         self._ids = {name: i for i, name in enumerate(self._names)}
         self._encoder = ChunkEncoder(vocab, self._tables)
+        self._native = self._encoder.native
         self._lens: dict[str, tuple[int, ...]] = {}
         self._cache = _ChunkCache(self._encoder, self._lens)
         self.special_tokens: dict[str, int] = {t: self._ids[t] for t in SPECIAL_TOKENS}
@@ -183,51 +187,48 @@ class Tokenizer:
         """Token ids only: the fast path (no tokens or offsets)."""
         if not isinstance(text, str):
             raise TypeError(f"encode() expects str, got {type(text).__name__}; decode bytes first")
-        native = self._encoder.native
-        if native is not None and not (allow_special and "<|" in text):
-            # pre-tokenization and the per-chunk loop, cache included, in the compiled segmenter
-            return native.encode_text(
-                text,
-                self._cache,
-                self._lens,
-                self._encoder.encode_chunk_python,
-                _CACHE_LIMIT,
-            )
+        if not (allow_special and "<|" in text):
+            return self._encode_plain(text)
+        ids: list[int] = []
+        pos = 0
+        for m in self._special_re.finditer(text):
+            ids += self._encode_plain(text[pos : m.start()])
+            ids.append(self.special_tokens[m.group()])
+            pos = m.end()
+        ids += self._encode_plain(text[pos:])
+        return ids
+
+    def _encode_plain(self, text: str) -> list[int]:
+        """Ids of text without special tokens, through the per-chunk cache."""
+        if self._native is not None:
+            # pre-tokenization, the cache and the segmentation of new chunks in compiled code
+            return self._native.encode_text(text, self._encoder.encode_chunk_python, _CACHE_LIMIT)
         # map + chain keep the per-chunk loop in C; a cache miss calls _ChunkCache.__missing__
-        lookup = self._cache.__getitem__
-        if allow_special and "<|" in text:
-            ids: list[int] = []
-            pos = 0
-            for m in self._special_re.finditer(text):
-                ids += chain.from_iterable(map(lookup, PATTERN.findall(text[pos : m.start()])))
-                ids.append(self.special_tokens[m.group()])
-                pos = m.end()
-            ids += chain.from_iterable(map(lookup, PATTERN.findall(text[pos:])))
-            return ids
-        return list(chain.from_iterable(map(lookup, PATTERN.findall(text))))
+        return list(chain.from_iterable(map(self._cache.__getitem__, PATTERN.findall(text))))
 
     def _offsets(self, text: str, allow_special: bool) -> list[tuple[int, int]]:
+        if not (allow_special and "<|" in text):
+            return self._plain_offsets(text, 0)
         offsets: list[tuple[int, int]] = []
         pos = 0
-        if allow_special and "<|" in text:
-            for m in self._special_re.finditer(text):
-                self._chunk_offsets(text[pos : m.start()], pos, offsets)
-                offsets.append((m.start(), m.end()))
-                pos = m.end()
-        self._chunk_offsets(text[pos:], pos, offsets)
+        for m in self._special_re.finditer(text):
+            offsets += self._plain_offsets(text[pos : m.start()], pos)
+            offsets.append((m.start(), m.end()))
+            pos = m.end()
+        offsets += self._plain_offsets(text[pos:], pos)
         return offsets
 
-    def _chunk_offsets(self, text: str, pos: int, offsets: list[tuple[int, int]]) -> None:
-        chunks = PATTERN.findall(text)
-        native = self._encoder.native
-        if native is not None:
-            native.offsets(chunks, self._lens, self._chunk_lens, pos, offsets)
-            return
+    def _plain_offsets(self, text: str, pos: int) -> list[tuple[int, int]]:
+        """(start, end) of each token of text without special tokens, the first at `pos`."""
+        if self._native is not None:
+            return self._native.offsets(text, self._encoder.encode_chunk_python, _CACHE_LIMIT, pos)
+        offsets = []
         lens = self._lens
-        for c in chunks:
+        for c in PATTERN.findall(text):
             for n in lens.get(c) or self._chunk_lens(c):
                 offsets.append((pos, pos + n))
                 pos += n
+        return offsets
 
     def _chunk_lens(self, chunk: str) -> tuple[int, ...]:
         """Characters covered by each token of `chunk`, encoding (and caching) it if needed."""
