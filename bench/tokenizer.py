@@ -1,7 +1,8 @@
 """tr-tokenizer against a byte-level BPE of the same size, on Turkish prose it was not trained on.
 
 Rows: the shipped tr-tokenizer (allomorph sharing on), also with its compiled paths switched
-off (pure Python: same ids); the previous shipped vocabulary (v1); the same training run as the
+off (pure Python: same ids); the earlier shipped vocabularies (v2, and v1: no whole words, so
+morphology first); the same training run as the
 default with sharing off; a byte-level BPE trained with `tokenizers` on the same corpus and
 vocabulary size; tiktoken running that same BPE (speed only: same tokens). Evaluation text:
 the UD Turkish treebank sentences in ../shared/data/ud-turkish, modern news, web and fiction
@@ -296,12 +297,15 @@ def main() -> int:
     rows = [
         measure_tr("tr-tokenizer (sharing, shipped)", tr_tokenizer.load, sentences, text, batch),
         measure_tr("tr-tokenizer (shipped, pure Python)", load_pure_python, sentences, text, batch),
-        measure_tr(
-            "tr-tokenizer v1 (previous default)",
-            lambda: tr_tokenizer.load(version="v1"),
-            sentences,
-            text,
-            batch,
+        *(
+            measure_tr(
+                f"tr-tokenizer {version} (earlier default)",
+                lambda version=version: tr_tokenizer.load(version=version),
+                sentences,
+                text,
+                batch,
+            )
+            for version in ("v2", "v1")
         ),
         measure_tr(
             "tr-tokenizer (no sharing)",

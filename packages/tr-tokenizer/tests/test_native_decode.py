@@ -12,7 +12,7 @@ from functools import cache
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tr_tokenizer.decoder import BYTE, CAP, SHARED, SPECIAL, UPPER
+from tr_tokenizer.decoder import BYTE, CAP, GLUE, SHARED, SPECIAL, UPPER
 
 from .conftest import native_tokenizer, pure_tokenizer
 
@@ -27,7 +27,7 @@ def id_groups() -> dict[str, list[int]]:
     ids = range(tok.vocab_size)
     groups = {
         "special": [i for i in ids if t.kind[i] == SPECIAL],
-        "case": [i for i in ids if t.kind[i] in (CAP, UPPER)],
+        "case": [i for i in ids if t.kind[i] in (CAP, UPPER, GLUE)],
         "byte": [i for i in ids if t.kind[i] == BYTE],
         "shared": [i for i in ids if t.kind[i] == SHARED],
         "voicing": [i for i in ids if t.voiced[i] is not None],

@@ -47,6 +47,11 @@ static int is_apostrophe(Py_UCS4 c) { return c == '\'' || c == 0x2019; }
 static Py_UCS4 LOW_OF[TABLE_CHARS], UP_OF[TABLE_CHARS];
 enum { F_VOWEL = 1, F_BACK = 2, F_ROUNDED = 4, F_VOICELESS = 8 };
 static uint8_t LETTER_CLASS[TABLE_CHARS];
+/* A small code (1 ..) for each char of lowercase Turkish words and of numbers, 0 for others:
+ * the index of a child in a trie node's dense table (trie_densify). */
+#define DENSE_CODES 48 /* 35 letters, space, apostrophe, 10 digits, and 0 */
+#define DENSE_MIN 4    /* nodes with this many children or more get a table */
+static uint8_t CHAR_CODE[TABLE_CHARS];
 
 #define MARK(chars, flag)                                                                        \
     for (size_t k = 0; k < sizeof(chars) / sizeof(chars[0]); k++)                               \
@@ -74,6 +79,10 @@ static void fill_letter_table(void)
             UP_OF[UPPER_EXTRA[k]] = UPPER_EXTRA[k];
         }
     }
+    int code = 1;
+    for (Py_UCS4 c = 1; c < TABLE_CHARS; c++)
+        if (LOW_OF[c] == c || c == ' ' || c == '\'' || (c >= '0' && c <= '9'))
+            CHAR_CODE[c] = (uint8_t)code++;
 }
 
 /* Returns 1 and sets *low, *up, *is_up for a handled letter, else 0. */
@@ -112,6 +121,7 @@ typedef struct {
     int32_t id;    /* NO_ID: only a proper prefix of some key */
     int32_t first; /* its children: nodes[first : first + count], sorted by char */
     int32_t count;
+    int32_t dense; /* its children by CHAR_CODE: dense[dense + code], or -1 (trie_densify) */
     double cost;
 } Node;
 
@@ -126,6 +136,7 @@ typedef struct {
     size_t mask;
     size_t used;
     int32_t root_child[TABLE_CHARS]; /* after trie_freeze */
+    int32_t *dense;                  /* after trie_freeze: child tables (trie_densify) */
 } Trie;
 
 static size_t slot_of(uint64_t key, size_t mask)
@@ -194,6 +205,7 @@ static int32_t trie_new_node(Trie *t)
     t->nodes[t->n_nodes].c = 0;
     t->nodes[t->n_nodes].id = NO_ID;
     t->nodes[t->n_nodes].first = t->nodes[t->n_nodes].count = 0;
+    t->nodes[t->n_nodes].dense = -1;
     t->nodes[t->n_nodes].cost = 0.0;
     return (int32_t)t->n_nodes++;
 }
@@ -216,7 +228,40 @@ static void trie_free(Trie *t)
     PyMem_Free(t->nodes);
     PyMem_Free(t->keys);
     PyMem_Free(t->children);
+    PyMem_Free(t->dense);
     memset(t, 0, sizeof(*t));
+}
+
+/* Give each node with DENSE_MIN or more children a table of them by CHAR_CODE, so that the
+ * walks over Turkish words (most of the segmentation time) find a child in one load instead
+ * of a search; other chars still take the search. */
+static int trie_densify(Trie *t)
+{
+    Py_ssize_t n_dense = 0;
+    for (Py_ssize_t k = 0; k < t->n_nodes; k++)
+        n_dense += t->nodes[k].count >= DENSE_MIN;
+    t->dense = PyMem_Malloc((n_dense * DENSE_CODES + 1) * sizeof(int32_t));
+    if (t->dense == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int32_t at = 0;
+    for (Py_ssize_t k = 0; k < t->n_nodes; k++) {
+        Node *node = &t->nodes[k];
+        node->dense = -1;
+        if (node->count < DENSE_MIN)
+            continue;
+        node->dense = at;
+        for (int q = 0; q < DENSE_CODES; q++)
+            t->dense[at + q] = -1;
+        for (int32_t child = node->first; child < node->first + node->count; child++) {
+            Py_UCS4 c = t->nodes[child].c;
+            if (c < TABLE_CHARS && CHAR_CODE[c] != 0)
+                t->dense[at + CHAR_CODE[c]] = child;
+        }
+        at += DENSE_CODES;
+    }
+    return 0;
 }
 
 /* Renumber the nodes depth first with each node's children side by side, sorted by char, and
@@ -292,7 +337,7 @@ static int trie_freeze(Trie *t)
     t->children = NULL;
     if (!ok)
         PyErr_NoMemory();
-    return ok ? 0 : -1;
+    return ok ? trie_densify(t) : -1;
 }
 
 /* The child of `node` by char c in a frozen trie, or -1. */
@@ -301,6 +346,8 @@ static inline int32_t trie_child(const Trie *t, int32_t node, Py_UCS4 c)
     if (node == 0 && c < TABLE_CHARS)
         return t->root_child[c];
     const Node *nodes = t->nodes;
+    if (nodes[node].dense >= 0 && c < TABLE_CHARS && CHAR_CODE[c] != 0)
+        return t->dense[nodes[node].dense + CHAR_CODE[c]];
     int32_t lo = nodes[node].first, end = lo + nodes[node].count, hi = end;
     while (hi - lo > 8) { /* the first child with a char >= c is in [lo, hi] */
         int32_t mid = (lo + hi) / 2;
@@ -549,6 +596,7 @@ typedef struct {
     Py_ssize_t *elem_start; /* elements of a shared suffix id, likewise */
     Element *elem_buf;
     int32_t cap_id, upper_id, byte0;
+    int32_t glue_id[3];     /* glue markers by case class (LOWER, CAPITALIZED, UPPER); -1: none */
     PyObject **id_objects;  /* the int object of each id, made on first use (id_object) */
     ChunkCache cache;       /* chunk -> tokens, for encode_text and offsets */
 } Segmenter;
@@ -610,6 +658,7 @@ typedef struct {
     PyObject *costs, *kinds, *texts, *elements, *voiced, *letters_only, *spaced_word; /* per id */
     double byte_cost, one_letter_cost;
     long cap_id, upper_id, byte0;
+    long glue_id[3]; /* glue_id, glue_cap_id, glue_upper_id: -1 for a vocabulary without them */
 } Tables;
 
 static const struct {
@@ -677,7 +726,10 @@ static int tables_read(PyObject *obj, Tables *t)
         number_field(obj, "one_letter_cost", &t->one_letter_cost, NULL) < 0 ||
         number_field(obj, "cap_id", NULL, &t->cap_id) < 0 ||
         number_field(obj, "upper_id", NULL, &t->upper_id) < 0 ||
-        number_field(obj, "byte0", NULL, &t->byte0) < 0)
+        number_field(obj, "byte0", NULL, &t->byte0) < 0 ||
+        number_field(obj, "glue_id", NULL, &t->glue_id[LOWER]) < 0 ||
+        number_field(obj, "glue_cap_id", NULL, &t->glue_id[CAPITALIZED]) < 0 ||
+        number_field(obj, "glue_upper_id", NULL, &t->glue_id[UPPER]) < 0)
         return -1;
     Py_ssize_t n = PyList_GET_SIZE(t->costs);
     for (size_t k = 0; k < NUM_TABLE_FIELDS; k++) {
@@ -698,6 +750,12 @@ static int tables_read(PyObject *obj, Tables *t)
         t->byte0 + 256 > n) {
         PyErr_SetString(PyExc_ValueError, "special ids out of range");
         return -1;
+    }
+    for (int k = 0; k < 3; k++) {
+        if (t->glue_id[k] < -1 || t->glue_id[k] >= n || (t->glue_id[k] < 0) != (t->glue_id[0] < 0)) {
+            PyErr_SetString(PyExc_ValueError, "glue ids out of range (all -1, or all ids)");
+            return -1;
+        }
     }
     return 0;
 }
@@ -831,6 +889,8 @@ static int Segmenter_init(Segmenter *self, PyObject *args, PyObject *kwds)
         self->cap_id = (int32_t)t.cap_id;
         self->upper_id = (int32_t)t.upper_id;
         self->byte0 = (int32_t)t.byte0;
+        for (int k = 0; k < 3; k++)
+            self->glue_id[k] = (int32_t)t.glue_id[k];
         r = alloc_per_id(self, &t, n);
         if (r == 0)
             r = fill_per_id(self, &t, n);
@@ -1071,6 +1131,7 @@ typedef struct {
     Py_ssize_t want_len;
     int skip_special;
     int state;             /* case state (S_NONE ...) */
+    int glue;              /* drop the next text piece's leading space (a glue marker came last) */
     int holding;           /* buf[held_at] is the plain last letter of an alternating root, to
                               be voiced if a vowel follows (DecodeState.held) */
     Py_ssize_t held_at;
@@ -1090,6 +1151,7 @@ static void decoder_init(Decoder *d, const Segmenter *sg, const Py_UCS4 *want, P
     d->want_len = n;
     d->skip_special = skip_special;
     d->state = S_NONE;
+    d->glue = 0;
     d->holding = 0;
     d->held_at = 0;
     d->held_voiced = 0;
@@ -1416,11 +1478,16 @@ static int write_piece(Decoder *d, int32_t id, int kind)
         d->len += len > 0 ? len : 0;
         return 0;
     }
+    const Py_UCS4 *text = sg->text_buf + sg->text_start[id];
     Py_ssize_t len = sg->text_start[id + 1] - sg->text_start[id];
+    if (d->glue && len > 0 && text[0] == ' ') {
+        text++;
+        len--;
+    }
     int r = reserve(d, len);
     if (r != 0)
         return r;
-    memcpy(d->buf + d->len, sg->text_buf + sg->text_start[id], len * sizeof(Py_UCS4));
+    memcpy(d->buf + d->len, text, len * sizeof(Py_UCS4));
     d->len += len;
     return 0;
 }
@@ -1431,6 +1498,7 @@ static int put_piece(Decoder *d, int32_t id, int kind)
     const Segmenter *sg = d->sg;
     Py_ssize_t start = d->len;
     int r = write_piece(d, id, kind);
+    d->glue = 0;
     if (r == 0 && d->state != S_NONE)
         r = apply_case(d, id, start);
     if (r == 0 && d->holding)
@@ -1460,19 +1528,22 @@ static int decode_step(Decoder *d, int32_t id)
     if (kind == K_BYTE) {
         int b = byte_value(sg, id);
         d->state = S_NONE;
+        d->glue = 0;
         return b < 0 ? D_LEFT : put_byte(d, (uint8_t)b);
     }
     if (d->n_utf8 > 0 && (r = flush_bytes(d)) != 0)
         return r;
     switch (kind) {
     case K_CAP:
-        d->state = S_CAP_PENDING;
-        return 0;
     case K_UPPER:
-        d->state = S_UPPER_START;
+    case K_GLUE:
+        d->state = kind == K_CAP ? S_CAP_PENDING : kind == K_UPPER ? S_UPPER_START : S_NONE;
+        d->glue = id == sg->glue_id[LOWER] || id == sg->glue_id[CAPITALIZED] ||
+                  id == sg->glue_id[UPPER];
         return 0;
     case K_SPECIAL:
         d->state = S_NONE;
+        d->glue = 0;
         if (d->skip_special)
             return 0;
         return put(d, sg->text_buf + sg->text_start[id], sg->text_start[id + 1] - sg->text_start[id]);
@@ -1549,6 +1620,38 @@ static int with_marker(const Segmenter *sg, int cls, Path *p)
     return 0;
 }
 
+static double path_cost(const Segmenter *sg, const Path *p)
+{
+    double total = 0.0; /* summed in order, as encoder._path_cost */
+    for (int k = 0; k < p->n; k++)
+        total += sg->costs[p->id[k]];
+    return total;
+}
+
+/* encoder._glued: the word `low` (n chars, case class cls, no leading space) parsed with a
+ * spaced root after the glue marker of its class, into out, when it costs no more than
+ * `plain` (its parse with an unspaced root and case marker, or NULL). Returns 1 (out holds
+ * the glued path), 0 (none, or costlier), -1 (overflow, or too long: left to Python). */
+static int glued(const Segmenter *sg, int cls, const Py_UCS4 *low, Py_ssize_t n,
+                 const Path *plain, Path *out)
+{
+    if (sg->glue_id[0] < 0 || low[0] == ' ')
+        return 0;
+    if (n + 1 > MAX_CHARS)
+        return -1;
+    Py_UCS4 spaced[MAX_CHARS];
+    spaced[0] = ' ';
+    memcpy(spaced + 1, low, n * sizeof(Py_UCS4));
+    out->n = 0;
+    if (path_push(out, sg->glue_id[cls], 0) < 0)
+        return -1;
+    int found = morph(sg, spaced, n + 1, out);
+    if (found <= 0)
+        return found;
+    out->len[1] -= 1; /* the root's space is not in the word */
+    return plain == NULL || path_cost(sg, out) <= path_cost(sg, plain);
+}
+
 /* encoder._encode_runs: the letter runs between apostrophes, each with its own case.
  * Returns 0, or -1 on overflow. */
 static int encode_runs(const Segmenter *sg, const Py_UCS4 *w, Py_ssize_t n, Path *out)
@@ -1574,10 +1677,16 @@ static int encode_runs(const Segmenter *sg, const Py_UCS4 *w, Py_ssize_t n, Path
             if (with_marker(sg, cls, out) < 0)
                 return -1;
             int found = 0;
-            if (n_context == 0) {
+            if (n_context == 0) { /* out held nothing before this run's marker */
+                Path g;
                 found = morph(sg, low, len, out);
-                if (found < 0)
+                int gl = found < 0 ? -1 : glued(sg, cls, low, len, found ? out : NULL, &g);
+                if (gl < 0)
                     return -1;
+                if (gl) {
+                    *out = g;
+                    found = 1;
+                }
             }
             if (!found && cheapest(sg, context, n_context + len, 1, n_context, out) < 0)
                 return -1;
@@ -1604,6 +1713,17 @@ static int encode_word(const Segmenter *sg, const Py_UCS4 *w, Py_ssize_t n, Path
         int found = morph(sg, low, n, out);
         if (found < 0)
             return -1;
+        Path g;
+        int gl = glued(sg, cls, low, n, found ? out : NULL, &g);
+        if (gl < 0)
+            return -1;
+        if (gl) {
+            int ok = decodes_to(sg, &g, w, n);
+            if (ok != 0) {
+                *out = g;
+                return ok;
+            }
+        }
         if (found && cls == LOWER && sg->voiced[out->id[0]] == 0)
             return 1; /* decodes to `low` by construction (encoder._parse_needs_no_check) */
         if (!found && cheapest(sg, low, n, 1, 0, out) < 0)

@@ -14,7 +14,8 @@
 #define K_UPPER 3 /* decoder.UPPER */
 #define K_BYTE 4 /* decoder.BYTE */
 #define K_SHARED 5 /* decoder.SHARED */
-#define NUM_KINDS 6 /* how many */
+#define K_GLUE 6 /* decoder.GLUE */
+#define NUM_KINDS 7 /* how many */
 
 /* case classes (casing.case_class) */
 #define LOWER 0 /* casing.LOWER */

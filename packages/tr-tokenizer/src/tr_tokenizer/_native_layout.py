@@ -25,7 +25,7 @@ TABLE_CHARS = 0x180  # _native.c's per-char tables cover code points below this
 # (C name, Python value, where the value comes from)
 _KINDS = [
     (f"K_{name}", getattr(decoder, name), f"decoder.{name}")
-    for name in ("TEXT", "SPECIAL", "CAP", "UPPER", "BYTE", "SHARED")
+    for name in ("TEXT", "SPECIAL", "CAP", "UPPER", "BYTE", "SHARED", "GLUE")
 ]
 _CASES = [
     (name, getattr(casing, name), f"casing.{name}")

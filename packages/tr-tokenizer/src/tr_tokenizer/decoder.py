@@ -13,10 +13,12 @@ import regex
 
 from tr_tokenizer.casing import tr_capitalize, tr_lower, tr_upper
 from tr_tokenizer.suffixes import VOWELS, Element, left_context, parse_form, realize
-from tr_tokenizer.vocab import Vocabulary
+from tr_tokenizer.vocab import CAP as CAP_TOKEN
+from tr_tokenizer.vocab import GLUE as GLUE_TOKEN
+from tr_tokenizer.vocab import GLUE_CAP, GLUE_UPPER, Vocabulary
 
-# Kind codes used in the per-id tables.
-TEXT, SPECIAL, CAP, UPPER, BYTE, SHARED = range(6)
+# Kind codes used in the per-id tables. GLUE: only drops the next piece's leading space.
+TEXT, SPECIAL, CAP, UPPER, BYTE, SHARED, GLUE = range(7)
 
 _LETTERS_ONLY = regex.compile(r"[\p{L}\p{M}]+")
 _SPACED_WORD = regex.compile(r" [\p{L}\p{M}]+")
@@ -50,12 +52,14 @@ class DecodeTables:
             self.voiced[i] = letter
         self.letters_only = [False] * n  # may continue an all-caps word
         self.spaced_word = [False] * n  # may start an all-caps word
+        self.glues = [False] * n  # a marker that drops the next piece's leading space
         for i, (text, kind, _) in enumerate(vocab.pieces):
             self.text[i] = text
             if kind == "special":
                 self.kind[i] = SPECIAL
             elif kind == "case":
-                self.kind[i] = CAP if text == "<|cap|>" else UPPER
+                self.kind[i] = _MARKER_KINDS.get(text, UPPER)
+                self.glues[i] = text in (GLUE_TOKEN, GLUE_CAP, GLUE_UPPER)
             elif kind == "byte":
                 self.kind[i] = BYTE
                 self.byte[i] = int(text[3:5], 16)
@@ -68,8 +72,11 @@ class DecodeTables:
                 self.spaced_word[i] = _SPACED_WORD.fullmatch(text) is not None
 
 
+_MARKER_KINDS = {CAP_TOKEN: CAP, GLUE_CAP: CAP, GLUE_TOKEN: GLUE}  # other markers: UPPER
+
 # Case states of the decoder.
 _NONE, _CAP_PENDING, _UPPER_START, _UPPER_CONT = range(4)
+_CASE_OF_MARKER = {CAP: _CAP_PENDING, UPPER: _UPPER_START, GLUE: _NONE}
 
 
 class DecodeState:
@@ -79,6 +86,7 @@ class DecodeState:
         self.t = tables
         self.skip_special = skip_special_tokens
         self.case = _NONE
+        self.glue = False  # drop the next piece's leading space (a glue marker came last)
         self.tail = ""
         self.utf8: codecs.IncrementalDecoder | None = None  # created at the first byte token
         self.pending_bytes = False
@@ -118,6 +126,7 @@ class DecodeState:
             out = self.utf8.decode(bytes((t.byte[token_id],)))
             self.bytes_shown = self.bytes_shown and not out  # bytes that end a new character
             self.case = _NONE
+            self.glue = False
             return held + self._emit(out)
         out = self.flush() if self.pending_bytes else ""
         if kind == TEXT or kind == SHARED:
@@ -128,6 +137,9 @@ class DecodeState:
                     piece = realize(t.elements[token_id], "a", "a") or ""
             else:
                 piece = t.text[token_id]
+                if self.glue and piece[:1] == " ":
+                    piece = piece[1:]
+            self.glue = False
             case = self.case
             if case != _NONE:
                 if case == _CAP_PENDING:
@@ -147,14 +159,13 @@ class DecodeState:
                 self.tail = (self.tail + piece)[-_TAIL:]  # the plain letter is the context
                 return out + piece[:-1]
             return out + self._emit(piece)
-        if kind == CAP:
-            self.case = _CAP_PENDING
-            return held + out
-        if kind == UPPER:
-            self.case = _UPPER_START
+        if kind == CAP or kind == UPPER or kind == GLUE:
+            self.case = _CASE_OF_MARKER[kind]
+            self.glue = t.glues[token_id]
             return held + out
         # SPECIAL
         self.case = _NONE
+        self.glue = False
         if self.skip_special:
             return held + out
         return held + out + self._emit(t.text[token_id])

@@ -33,7 +33,7 @@ from tr_tokenizer.suffixes import (
     parse_form,
     realize,
 )
-from tr_tokenizer.vocab import BYTE_TOKENS, CAP, Vocabulary
+from tr_tokenizer.vocab import BYTE_TOKENS, CAP, GLUE, GLUE_CAP, GLUE_UPPER, Vocabulary
 from tr_tokenizer.vocab import UPPER as UPPER_TOKEN
 
 if TYPE_CHECKING:
@@ -77,6 +77,9 @@ class SegmenterTables:
     cap_id: int
     upper_id: int
     byte0: int  # the id of byte 0x00; bytes follow in order
+    glue_id: int  # the glue markers (lowercase, capitalized, all caps); -1 without them
+    glue_cap_id: int
+    glue_upper_id: int
 
 
 class ChunkEncoder:
@@ -131,6 +134,14 @@ class ChunkEncoder:
         self.byte0 = vocab.pieces.index((BYTE_TOKENS[0], "byte", 0.0)) if vocab.pieces else 0
         self.cap_id = next(i for i, p in enumerate(vocab.pieces) if p[0] == CAP)
         self.upper_id = next(i for i, p in enumerate(vocab.pieces) if p[0] == UPPER_TOKEN)
+        # the glue markers by case class; empty for vocabularies made before them (v1, v2)
+        ids = {p[0]: i for i, p in enumerate(vocab.pieces[:64]) if p[1] == "case"}
+        glue = (GLUE, GLUE_CAP, GLUE_UPPER)
+        self.glue_ids: dict[int, int] = (
+            dict(zip((LOWER, CAPITALIZED, UPPER), (ids[t] for t in glue)))
+            if all(t in ids for t in glue)
+            else {}
+        )
         self.native: _native.Segmenter | None = None
         if native_available():
             self.native = self._native_segmenter()
@@ -161,6 +172,9 @@ class ChunkEncoder:
             cap_id=self.cap_id,
             upper_id=self.upper_id,
             byte0=self.byte0,
+            glue_id=self.glue_ids.get(LOWER, -1),
+            glue_cap_id=self.glue_ids.get(CAPITALIZED, -1),
+            glue_upper_id=self.glue_ids.get(UPPER, -1),
         )
 
     # ---- public entry -------------------------------------------------------------------
@@ -197,6 +211,9 @@ class ChunkEncoder:
         case, low = case_class(chunk)
         if case != MIXED:
             path = self._morph(low)
+            glued = self._glued(case, low, path)
+            if glued is not None and self._decode(glued) == chunk:
+                return glued
             if path is not None and self._parse_needs_no_check(case, low, path):
                 return path
             if path is None:
@@ -220,6 +237,33 @@ class ChunkEncoder:
         whose last letter alternates (the decoder voices it before a vowel).
         """
         return case == LOWER and len(low) <= _CONTEXT_CHARS and path[0][0] not in self.voicing
+
+    def _glued(self, case: int, low: str, path: Path_ | None) -> Path_ | None:
+        """A word with no space before it, parsed with a spaced root after a glue marker
+        ("Kitabı" at a text's start: <|glue_cap|> " kitap" +(s)I), when that costs no more than
+        `path`, its parse with an unspaced root (None if there is none), with its case marker.
+
+        So a root keeps one id wherever its word stands. The glue markers replace the case
+        markers, so only a lowercase word pays a token for one.
+        """
+        if not self.glue_ids or low[:1] == " ":
+            return None
+        spaced = self._morph(" " + low)
+        if spaced is None:
+            return None
+        (root, n), *rest = spaced
+        glued = [(self.glue_ids[case], 0), (root, n - 1), *rest]
+        if path is not None and self._path_cost(glued) > self._path_cost(
+            self._with_marker(case, path)
+        ):
+            return None
+        return glued
+
+    def _path_cost(self, path: Path_) -> float:
+        total = 0.0
+        for tid, _ in path:  # summed in order, as _native.c does (sum() may compensate)
+            total += self.cost[tid]
+        return total
 
     def _with_marker(self, case: int, path: Path_) -> Path_:
         if case == CAPITALIZED:
@@ -245,9 +289,13 @@ class ChunkEncoder:
                 context += tr_lower(part)
                 continue
             sub = self._morph(low) if not context else None
-            if sub is None:
-                sub = self._cheapest(context + low, shared=True, start=len(context))
-            path += self._with_marker(case, sub)
+            glued = self._glued(case, low, sub) if not context else None
+            if glued is not None:
+                path += glued
+            else:
+                if sub is None:
+                    sub = self._cheapest(context + low, shared=True, start=len(context))
+                path += self._with_marker(case, sub)
             context += low
         return path
 

@@ -21,11 +21,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
-from tr_tokenizer.casing import MIXED, case_class, tr_lower
+from tr_tokenizer.casing import LOWER, MIXED, case_class, tr_lower
 from tr_tokenizer.pretokenize import MAX_CHUNK, PATTERN, WORD
 from tr_tokenizer.suffixes import (
     APOSTROPHES,
     CASES,
+    DERIVATIONAL,
     INVENTORY,
     POSSESSIVES,
     canonical_chain,
@@ -50,7 +51,9 @@ class TrainConfig:
     suffix_chains: int = 2000  # suffix tokens beyond the single-morpheme inventory
     root_fraction: float = 0.46  # share of the remaining vocabulary given to roots
     word_fraction: float = 0.32  # share given to frequent inflected words as whole pieces
-    unspaced_ratio: float = 0.1  # assumed share of a root's uses without a leading space
+    # assumed share of a root's uses in lowercase with no space before it (after a bracket or a
+    # quote); a capitalized word there takes the spaced root after <|glue_cap|> at no extra cost
+    unspaced_ratio: float = 0.02
     max_parse_words: int = 300_000  # most frequent word types parsed for statistics
     min_root_count: float = 2.0
     alphabet_size: int = 200  # single characters kept as pieces
@@ -217,8 +220,13 @@ class _MorphParser:
         self.default_morph_cost = 1.0
 
     def parse(self, word: str) -> tuple[str, list[str]] | None:
-        """Best (root, [morpheme forms and apostrophes]) for a word, or None."""
-        best = min(self.parses(word), default=None)
+        """Best (root, [morpheme forms and apostrophes]) for a word, or None.
+
+        A parse with fewer derivational morphemes wins whatever its cost: a stem the lexicon
+        lists (düzlük, tuzlu) is its own root, not re-derived (düz + lük, tuz + lu), as a
+        dictionary lemmatizes it. Among the rest, the cheapest.
+        """
+        best = min(self.parses(word), key=_derivations_then_cost, default=None)
         return None if best is None else (best[1], best[2])
 
     def parses(self, word: str) -> list[tuple[float, str, list[str]]]:
@@ -288,6 +296,14 @@ class _MorphParser:
         self.morph_cost = {m: -math.log(c / mt) for m, c in morph_counts.items()}
         self.default_root_cost = -math.log(0.5 / rt)
         self.default_morph_cost = -math.log(0.5 / mt)
+
+
+_DERIVATIONAL = frozenset(DERIVATIONAL)
+
+
+def _derivations_then_cost(parse: tuple[float, str, list[str]]) -> tuple[int, float]:
+    cost, _, forms = parse
+    return sum(f in _DERIVATIONAL for f in forms), cost
 
 
 # Classes of the last morpheme for the parser's search: 0 root or other, 1 possessive, 2 case;
@@ -410,7 +426,9 @@ def _sort_chunks(chunks: Counter) -> tuple[Counter, Counter, Counter]:
         if len(chunk) <= MAX_CHUNK and WORD.fullmatch(chunk):
             case, low = case_class(chunk)
             if case != MIXED:
-                words[low] += count
+                # a capitalized or all-caps word with no space before it is encoded with the
+                # spaced root after a glue marker, at no extra cost: count it as spaced
+                words[low if case == LOWER or low[:1] == " " else " " + low] += count
                 continue
         if not chunk.isspace():
             raw[chunk] += count

@@ -5,7 +5,10 @@ Stored as `tr_tokenizer.json` inside a directory, written atomically (its own na
 reserves `tokenizer.json` for the `tokenizers` format; directories written before the rename,
 with `tokenizer.json`, still load). Kinds:
   special  "<|pad|>", "<|bos|>", "<|eos|>", chat role markers
-  case     "<|cap|>" (next word capitalized), "<|upper|>" (next word in capitals)
+  case     "<|cap|>" (next word capitalized), "<|upper|>" (next word in capitals), and from
+           vocabulary v3 on "<|glue|>", "<|glue_cap|>", "<|glue_upper|>": the same, and the
+           next piece's leading space is dropped, so a word with no space before it (a text's
+           first word, after a quote or a bracket) is spelled with its spaced root (" kitap")
   byte     "<0x00>" ... "<0xFF>" (UTF-8 byte fallback)
   space    whitespace runs (" ", "   ", "\\n", "\\t", ...)
   root     lexicon roots, with or without a leading space (" kitap", "kitap")
@@ -37,6 +40,8 @@ PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 CHAT_MARKERS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 SPECIAL_TOKENS = (PAD, BOS, EOS, *CHAT_MARKERS)
 CAP, UPPER = "<|cap|>", "<|upper|>"
+# Case markers that also glue the next piece to the text before it (drop its leading space).
+GLUE, GLUE_CAP, GLUE_UPPER = "<|glue|>", "<|glue_cap|>", "<|glue_upper|>"
 BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
 SPACE_TOKENS = (
     tuple(" " * n for n in range(1, 17))
@@ -46,10 +51,12 @@ SPACE_TOKENS = (
 )
 
 
-def fixed_pieces() -> list[tuple[str, str, float]]:
-    """The pieces every vocabulary starts with, in id order."""
+def fixed_pieces(glue: bool = True) -> list[tuple[str, str, float]]:
+    """The pieces every vocabulary starts with, in id order. glue=False gives the layout of
+    vocabularies made before the glue markers (v1, v2), which still load."""
+    markers = (CAP, UPPER, GLUE, GLUE_CAP, GLUE_UPPER) if glue else (CAP, UPPER)
     pieces = [(t, "special", 0.0) for t in SPECIAL_TOKENS]
-    pieces += [(CAP, "case", 0.0), (UPPER, "case", 0.0)]
+    pieces += [(t, "case", 0.0) for t in markers]
     pieces += [(t, "byte", 0.0) for t in BYTE_TOKENS]
     pieces += [(t, "space", 0.0) for t in SPACE_TOKENS]
     return pieces
@@ -105,11 +112,11 @@ class Vocabulary:
                 raise VocabularyError(f"{where}: voicing names id {i}, which is not a root")
             if not (isinstance(letter, str) and len(letter) == 1 and letter.isalpha()):
                 raise VocabularyError(f"{where}: voicing of id {i} must be one letter")
-        fixed = fixed_pieces()
-        if [tuple(p[:2]) for p in self.pieces[: len(fixed)]] != [p[:2] for p in fixed]:
+        layouts = [[p[:2] for p in fixed_pieces(glue)] for glue in (True, False)]
+        if not any([tuple(p[:2]) for p in self.pieces[: len(f)]] == f for f in layouts):
             raise VocabularyError(
-                f"{where}: the first {len(fixed)} pieces must be the special, case, byte and "
-                "whitespace tokens in their standard order; retrain with tr_tokenizer.train()"
+                f"{where}: the first {len(layouts[0])} pieces must be the special, case, byte "
+                "and whitespace tokens in their standard order; retrain with tr_tokenizer.train()"
             )
 
     def to_json(self) -> str:
