@@ -903,27 +903,40 @@ static int Segmenter_init(Segmenter *self, PyObject *args, PyObject *kwds)
 
 /* ---- context keys (suffixes.context_keys) ------------------------------------------- */
 
+/* Per handled letter (below TABLE_CHARS), what context_classes needs of its lowercase: the
+ * vowel_rank of a vowel (0 for a consonant), the class base after a consonant. */
+static uint8_t VOWEL_RANK_OF[TABLE_CHARS];
+static uint8_t CONSONANT_CLASS[TABLE_CHARS];
+
+static void fill_context_tables(void) /* after fill_letter_table */
+{
+    for (Py_UCS4 c = 0; c < TABLE_CHARS; c++) {
+        Py_UCS4 low = LOW_OF[c];
+        if (low == 0)
+            continue;
+        VOWEL_RANK_OF[c] = is_vowel(low) ? (uint8_t)vowel_rank(low) : 0;
+        CONSONANT_CLASS[c] = is_voiceless(low) ? CLASS_AFTER_VOICELESS : CLASS_AFTER_CONSONANT;
+    }
+}
+
 /* classes[i] = harmony class of the key of s[:i], for i in 0..n. Every char of s must be a
  * handled letter, an apostrophe or a space (checked by the caller). */
 static void context_classes(const Py_UCS4 *s, Py_ssize_t n, int *classes)
 {
-    int key = CLASS_NO_WORD;
-    Py_UCS4 vowel = 0;
+    int key = CLASS_NO_WORD, rank = 0; /* rank: vowel_rank of the last vowel */
     classes[0] = CLASS_NO_WORD;
     for (Py_ssize_t i = 0; i < n; i++) {
-        Py_UCS4 c = s[i], low, up;
-        int is_up;
-        if (is_apostrophe(c)) {
-            /* the context looks through apostrophes */
-        } else if (!letter_info(c, &low, &up, &is_up)) {
-            key = CLASS_NO_WORD;
-            vowel = 0;
-        } else if (is_vowel(low)) {
-            vowel = low;
-            key = CLASS_AFTER_VOWEL + vowel_rank(low) - 1;
+        Py_UCS4 c = s[i];
+        if (c >= TABLE_CHARS || LOW_OF[c] == 0) {
+            if (!is_apostrophe(c)) { /* the context looks through apostrophes */
+                key = CLASS_NO_WORD;
+                rank = 0;
+            }
+        } else if (VOWEL_RANK_OF[c] != 0) {
+            rank = VOWEL_RANK_OF[c];
+            key = CLASS_AFTER_VOWEL + rank - 1;
         } else {
-            key = (is_voiceless(low) ? CLASS_AFTER_VOICELESS : CLASS_AFTER_CONSONANT) +
-                  vowel_rank(vowel);
+            key = CONSONANT_CLASS[c] + rank;
         }
         classes[i + 1] = key;
     }
@@ -987,7 +1000,9 @@ static int morph(const Segmenter *sg, const Py_UCS4 *s, Py_ssize_t n, Path *out)
     int classes[MAX_CHARS + 1];
     int32_t node = 0;
     Py_ssize_t first_letter = s[0] == ' ' ? 2 : 1; /* a root this long is one letter */
-    for (Py_ssize_t j = 0; j <= MAX_CHARS; j++)
+    if (n < 1 || n > MAX_CHARS) /* never (encode_span): tells the compiler cost[n] is set */
+        return 0;
+    for (Py_ssize_t j = 0; j <= n; j++)
         cost[j] = INF;
     for (Py_ssize_t j = 1; j <= n; j++) {
         node = trie_child(&sg->roots, node, s[j - 1]);
@@ -1004,10 +1019,14 @@ static int morph(const Segmenter *sg, const Py_UCS4 *s, Py_ssize_t n, Path *out)
             back_id[j] = hit->id;
         }
     }
-    context_classes(s, n, classes);
+    int have_classes = 0; /* computed once a root is found, as in Python */
     for (Py_ssize_t i = 1; i < n; i++) {
         if (cost[i] == INF)
             continue;
+        if (!have_classes) {
+            context_classes(s, n, classes);
+            have_classes = 1;
+        }
         relax_edges(&sg->suffix[classes[i]], s, n, i, cost, back_i, back_id, 0, 0.0);
     }
     if (!(cost[n] < INF))
@@ -1061,7 +1080,7 @@ static int cheapest(const Segmenter *sg, const Py_UCS4 *s, Py_ssize_t n, int sha
     int32_t back_i[MAX_CHARS + 1], back_id[MAX_CHARS + 1];
     int classes[MAX_CHARS + 1];
     const Trie *scan = shared ? &sg->text : &sg->raw;
-    for (Py_ssize_t j = 0; j <= MAX_CHARS; j++)
+    for (Py_ssize_t j = 0; j <= n; j++)
         cost[j] = INF;
     cost[start] = 0.0;
     Py_ssize_t one_letter = shared ? one_letter_start(s, n) : 0;
@@ -1794,20 +1813,31 @@ static int encode_span(const Segmenter *sg, const Py_UCS4 *w, Py_ssize_t n, Path
 
 /* PATTERN's classes as `re` defines them for str patterns: \s is Py_UNICODE_ISSPACE, \d
  * Py_UNICODE_ISDECIMAL, \w alphanumeric or "_"; a letter ([^\W\d_]) is alphanumeric and no
- * decimal digit. */
-static inline int re_letter(Py_UCS4 c)
+ * decimal digit. For chars below TABLE_CHARS (nearly all Turkish text) RE_CLASS holds them,
+ * computed by the same calls, so the split reads a table instead of Unicode lookups. */
+enum { RE_LETTER = 1, RE_DIGIT = 2, RE_SYMBOL = 4, RE_SPACE = 8 };
+static uint8_t RE_CLASS[TABLE_CHARS];
+
+static int re_class(Py_UCS4 c) /* after fill_letter_table */
 {
-    if (c < TABLE_CHARS && LOW_OF[c] != 0)
-        return 1;
-    return c >= 0x80 && Py_UNICODE_ISALNUM(c) && !Py_UNICODE_ISDECIMAL(c);
+    int letter = (c < TABLE_CHARS && LOW_OF[c] != 0) ||
+                 (c >= 0x80 && Py_UNICODE_ISALNUM(c) && !Py_UNICODE_ISDECIMAL(c));
+    int digit = c < 0x80 ? (c >= '0' && c <= '9') : Py_UNICODE_ISDECIMAL(c);
+    int symbol = c == '_' || !(Py_UNICODE_ISALNUM(c) || Py_UNICODE_ISSPACE(c));
+    return (letter ? RE_LETTER : 0) | (digit ? RE_DIGIT : 0) | (symbol ? RE_SYMBOL : 0) |
+           (Py_UNICODE_ISSPACE(c) ? RE_SPACE : 0);
 }
 
-static inline int re_digit(Py_UCS4 c) { return c < 0x80 ? (c >= '0' && c <= '9') : Py_UNICODE_ISDECIMAL(c); }
-
-static inline int re_symbol(Py_UCS4 c) /* [^\s\w]|_ */
+static void fill_re_table(void)
 {
-    return c == '_' || !(Py_UNICODE_ISALNUM(c) || Py_UNICODE_ISSPACE(c));
+    for (Py_UCS4 c = 0; c < TABLE_CHARS; c++)
+        RE_CLASS[c] = (uint8_t)re_class(c);
 }
+
+static inline int re_is(Py_UCS4 c, int flag) { return (c < TABLE_CHARS ? RE_CLASS[c] : re_class(c)) & flag; }
+static inline int re_letter(Py_UCS4 c) { return re_is(c, RE_LETTER); }
+static inline int re_digit(Py_UCS4 c) { return re_is(c, RE_DIGIT); }
+static inline int re_symbol(Py_UCS4 c) { return re_is(c, RE_SYMBOL); } /* [^\s\w]|_ */
 
 /* The end of the chunk of s[:n] that starts at i: the alternatives of PATTERN in order. */
 static Py_ssize_t chunk_end(const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t i)
@@ -1842,7 +1872,7 @@ static Py_ssize_t chunk_end(const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t i)
             j++;
         return j;
     }
-    for (j = i; j < n && Py_UNICODE_ISSPACE(s[j]);) /* whitespace: s[i] is some */
+    for (j = i; j < n && re_is(s[j], RE_SPACE);) /* whitespace: s[i] is some */
         j++;
     if (j == n || j - i == 1)
         return j;
@@ -2193,6 +2223,8 @@ static struct PyModuleDef native_module = {
 PyMODINIT_FUNC PyInit__native(void)
 {
     fill_letter_table();
+    fill_context_tables();
+    fill_re_table();
     if (PyType_Ready(&SegmenterType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&native_module);
