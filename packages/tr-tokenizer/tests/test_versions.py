@@ -7,12 +7,16 @@ import tr_tokenizer
 from tr_tokenizer.tokenizer import DEFAULT_VOCAB, SHIPPED_VOCABULARIES, shipped_version
 
 V1_FINGERPRINT = "5b34758e5c813cf0"  # what every checkpoint and data set made before v2 records
+V2_FINGERPRINT = "0bc311cb62fccf6e"  # ... and those made with v2, the default before v3
 
 
-def test_v1_is_still_shipped_unchanged() -> None:
-    v1 = tr_tokenizer.load(version="v1")
-    assert v1.fingerprint == V1_FINGERPRINT
-    assert shipped_version(V1_FINGERPRINT) == "v1"
+@pytest.mark.parametrize(
+    ("version", "fingerprint"), [("v1", V1_FINGERPRINT), ("v2", V2_FINGERPRINT)]
+)
+def test_earlier_versions_are_still_shipped_unchanged(version: str, fingerprint: str) -> None:
+    old = tr_tokenizer.load(version=version)
+    assert old.fingerprint == fingerprint
+    assert shipped_version(fingerprint) == version
 
 
 def test_default_is_the_newest_and_differs(tok) -> None:

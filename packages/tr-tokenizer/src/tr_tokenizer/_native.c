@@ -47,11 +47,6 @@ static int is_apostrophe(Py_UCS4 c) { return c == '\'' || c == 0x2019; }
 static Py_UCS4 LOW_OF[TABLE_CHARS], UP_OF[TABLE_CHARS];
 enum { F_VOWEL = 1, F_BACK = 2, F_ROUNDED = 4, F_VOICELESS = 8 };
 static uint8_t LETTER_CLASS[TABLE_CHARS];
-/* A small code (1 ..) for each char of lowercase Turkish words and of numbers, 0 for others:
- * the index of a child in a trie node's dense table (trie_densify). */
-#define DENSE_CODES 48 /* 35 letters, space, apostrophe, 10 digits, and 0 */
-#define DENSE_MIN 4    /* nodes with this many children or more get a table */
-static uint8_t CHAR_CODE[TABLE_CHARS];
 
 #define MARK(chars, flag)                                                                        \
     for (size_t k = 0; k < sizeof(chars) / sizeof(chars[0]); k++)                               \
@@ -79,10 +74,6 @@ static void fill_letter_table(void)
             UP_OF[UPPER_EXTRA[k]] = UPPER_EXTRA[k];
         }
     }
-    int code = 1;
-    for (Py_UCS4 c = 1; c < TABLE_CHARS; c++)
-        if (LOW_OF[c] == c || c == ' ' || c == '\'' || (c >= '0' && c <= '9'))
-            CHAR_CODE[c] = (uint8_t)code++;
 }
 
 /* Returns 1 and sets *low, *up, *is_up for a handled letter, else 0. */
@@ -121,7 +112,6 @@ typedef struct {
     int32_t id;    /* NO_ID: only a proper prefix of some key */
     int32_t first; /* its children: nodes[first : first + count], sorted by char */
     int32_t count;
-    int32_t dense; /* its children by CHAR_CODE: dense[dense + code], or -1 (trie_densify) */
     double cost;
 } Node;
 
@@ -136,7 +126,6 @@ typedef struct {
     size_t mask;
     size_t used;
     int32_t root_child[TABLE_CHARS]; /* after trie_freeze */
-    int32_t *dense;                  /* after trie_freeze: child tables (trie_densify) */
 } Trie;
 
 static size_t slot_of(uint64_t key, size_t mask)
@@ -205,7 +194,6 @@ static int32_t trie_new_node(Trie *t)
     t->nodes[t->n_nodes].c = 0;
     t->nodes[t->n_nodes].id = NO_ID;
     t->nodes[t->n_nodes].first = t->nodes[t->n_nodes].count = 0;
-    t->nodes[t->n_nodes].dense = -1;
     t->nodes[t->n_nodes].cost = 0.0;
     return (int32_t)t->n_nodes++;
 }
@@ -228,40 +216,7 @@ static void trie_free(Trie *t)
     PyMem_Free(t->nodes);
     PyMem_Free(t->keys);
     PyMem_Free(t->children);
-    PyMem_Free(t->dense);
     memset(t, 0, sizeof(*t));
-}
-
-/* Give each node with DENSE_MIN or more children a table of them by CHAR_CODE, so that the
- * walks over Turkish words (most of the segmentation time) find a child in one load instead
- * of a search; other chars still take the search. */
-static int trie_densify(Trie *t)
-{
-    Py_ssize_t n_dense = 0;
-    for (Py_ssize_t k = 0; k < t->n_nodes; k++)
-        n_dense += t->nodes[k].count >= DENSE_MIN;
-    t->dense = PyMem_Malloc((n_dense * DENSE_CODES + 1) * sizeof(int32_t));
-    if (t->dense == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    int32_t at = 0;
-    for (Py_ssize_t k = 0; k < t->n_nodes; k++) {
-        Node *node = &t->nodes[k];
-        node->dense = -1;
-        if (node->count < DENSE_MIN)
-            continue;
-        node->dense = at;
-        for (int q = 0; q < DENSE_CODES; q++)
-            t->dense[at + q] = -1;
-        for (int32_t child = node->first; child < node->first + node->count; child++) {
-            Py_UCS4 c = t->nodes[child].c;
-            if (c < TABLE_CHARS && CHAR_CODE[c] != 0)
-                t->dense[at + CHAR_CODE[c]] = child;
-        }
-        at += DENSE_CODES;
-    }
-    return 0;
 }
 
 /* Renumber the nodes depth first with each node's children side by side, sorted by char, and
@@ -337,7 +292,7 @@ static int trie_freeze(Trie *t)
     t->children = NULL;
     if (!ok)
         PyErr_NoMemory();
-    return ok ? trie_densify(t) : -1;
+    return ok ? 0 : -1;
 }
 
 /* The child of `node` by char c in a frozen trie, or -1. */
@@ -346,8 +301,6 @@ static inline int32_t trie_child(const Trie *t, int32_t node, Py_UCS4 c)
     if (node == 0 && c < TABLE_CHARS)
         return t->root_child[c];
     const Node *nodes = t->nodes;
-    if (nodes[node].dense >= 0 && c < TABLE_CHARS && CHAR_CODE[c] != 0)
-        return t->dense[nodes[node].dense + CHAR_CODE[c]];
     int32_t lo = nodes[node].first, end = lo + nodes[node].count, hi = end;
     while (hi - lo > 8) { /* the first child with a char >= c is in [lo, hi] */
         int32_t mid = (lo + hi) / 2;
@@ -590,6 +543,7 @@ typedef struct {
     uint8_t *kind;          /* decoder kind code per id */
     uint8_t *letters_only;
     uint8_t *spaced_word;
+    uint8_t *whole_only;    /* a root-scan id a parse takes only as the whole word */
     Py_UCS4 *voiced;        /* voiced last letter of an alternating root, 0 otherwise */
     Py_ssize_t *text_start; /* text of id i: text_buf[text_start[i] : text_start[i + 1]] */
     Py_UCS4 *text_buf;
@@ -612,6 +566,7 @@ static void Segmenter_dealloc(Segmenter *self)
     PyMem_Free(self->kind);
     PyMem_Free(self->letters_only);
     PyMem_Free(self->spaced_word);
+    PyMem_Free(self->whole_only);
     PyMem_Free(self->voiced);
     PyMem_Free(self->text_start);
     PyMem_Free(self->text_buf);
@@ -655,7 +610,8 @@ static Py_UCS4 single_char(PyObject *s)
 typedef struct {
     PyObject *root_scan, *text_scan, *raw_scan; /* dict: text -> id, or NO_ID for a prefix */
     PyObject *suffix_tables;                    /* list of NUM_CLASSES dicts (trie_from_dict) */
-    PyObject *costs, *kinds, *texts, *elements, *voiced, *letters_only, *spaced_word; /* per id */
+    PyObject *costs, *kinds, *texts, *elements, *voiced, *letters_only, *spaced_word,
+        *whole_only; /* per id */
     double byte_cost, one_letter_cost;
     long cap_id, upper_id, byte0;
     long glue_id[3]; /* glue_id, glue_cap_id, glue_upper_id: -1 for a vocabulary without them */
@@ -677,6 +633,7 @@ static const struct {
     {"voiced", 0, offsetof(Tables, voiced)},
     {"letters_only", 0, offsetof(Tables, letters_only)},
     {"spaced_word", 0, offsetof(Tables, spaced_word)},
+    {"whole_only", 0, offsetof(Tables, whole_only)},
 };
 #define NUM_TABLE_FIELDS (sizeof(TABLE_FIELDS) / sizeof(TABLE_FIELDS[0]))
 
@@ -777,13 +734,14 @@ static int alloc_per_id(Segmenter *self, const Tables *t, Py_ssize_t n)
     self->kind = PyMem_Malloc(n);
     self->letters_only = PyMem_Malloc(n);
     self->spaced_word = PyMem_Malloc(n);
+    self->whole_only = PyMem_Malloc(n);
     self->voiced = PyMem_Malloc(n * sizeof(Py_UCS4));
     self->text_start = PyMem_Malloc((n + 1) * sizeof(Py_ssize_t));
     self->elem_start = PyMem_Malloc((n + 1) * sizeof(Py_ssize_t));
     self->id_objects = PyMem_Calloc(n, sizeof(PyObject *));
     self->text_buf = PyMem_Malloc((text_total + 1) * sizeof(Py_UCS4));
     self->elem_buf = PyMem_Malloc((elem_total + 1) * sizeof(Element));
-    if (!self->costs || !self->kind || !self->letters_only || !self->spaced_word ||
+    if (!self->costs || !self->kind || !self->letters_only || !self->spaced_word || !self->whole_only ||
         !self->voiced || !self->text_start || !self->elem_start || !self->id_objects ||
         !self->text_buf || !self->elem_buf) {
         PyErr_NoMemory();
@@ -820,7 +778,8 @@ static int fill_per_id(Segmenter *self, const Tables *t, Py_ssize_t n)
         long k = PyLong_AsLong(PyList_GET_ITEM(t->kinds, i));
         int lo = PyObject_IsTrue(PyList_GET_ITEM(t->letters_only, i));
         int sw = PyObject_IsTrue(PyList_GET_ITEM(t->spaced_word, i));
-        if (PyErr_Occurred() || lo < 0 || sw < 0)
+        int wo = PyObject_IsTrue(PyList_GET_ITEM(t->whole_only, i));
+        if (PyErr_Occurred() || lo < 0 || sw < 0 || wo < 0)
             return -1;
         if (k < 0 || k >= NUM_KINDS) {
             PyErr_Format(PyExc_ValueError, "unknown kind code %ld", k);
@@ -829,6 +788,7 @@ static int fill_per_id(Segmenter *self, const Tables *t, Py_ssize_t n)
         self->kind[i] = (uint8_t)k;
         self->letters_only[i] = (uint8_t)lo;
         self->spaced_word[i] = (uint8_t)sw;
+        self->whole_only[i] = (uint8_t)wo;
         PyObject *v = PyList_GET_ITEM(t->voiced, i);
         self->voiced[i] = v == Py_None ? 0 : single_char(v);
         if (self->voiced[i] == (Py_UCS4)-1)
@@ -1012,8 +972,9 @@ static int morph(const Segmenter *sg, const Py_UCS4 *s, Py_ssize_t n, Path *out)
         if (hit->id != NO_ID) {
             if (j == n) /* the whole word is one root: one token beats two or more */
                 return path_push(out, hit->id, (int32_t)n) < 0 ? -1 : 1;
-            if (j <= first_letter)
-                continue; /* no one-letter root before suffixes (encoder.ONE_LETTER_START) */
+            if (j <= first_letter || sg->whole_only[hit->id])
+                continue; /* no one-letter root before suffixes (encoder.ONE_LETTER_START), no
+                             whole word either where the vocabulary says so */
             cost[j] = hit->cost;
             back_i[j] = 0;
             back_id[j] = hit->id;

@@ -43,6 +43,10 @@ _INF = float("inf")
 # Ties between segmentations with the same number of tokens go to the higher-scoring pieces;
 # scores are log-probabilities, scaled so that they never outweigh a whole token.
 _TIE = 1e-3
+# With the vocabulary's longest_first rule (TrainConfig), each character of a root or whole word
+# takes this off its cost: on equal token counts the longer one wins unless it is far rarer
+# (10 nats per character). Roots stay short enough that this never outweighs a token either.
+_LONGER = 1e-2
 _BYTE_PENALTY = 40.0
 # A word that starts with a one-letter piece followed by more pieces (ç + ı + kan, s + izin)
 # is almost never morphology: the parse never takes a one-letter root unless it is the whole
@@ -74,6 +78,7 @@ class SegmenterTables:
     voiced: list[str | None]  # per id: the voiced last letter of an alternating root
     letters_only: list[bool]  # per id: may continue an all-caps word
     spaced_word: list[bool]  # per id: may start an all-caps word
+    whole_only: list[bool]  # per id: a parse takes it only as the whole word
     cap_id: int
     upper_id: int
     byte0: int  # the id of byte 0x00; bytes follow in order
@@ -94,8 +99,15 @@ class ChunkEncoder:
         # context key -> {spelling: (id, cost), proper prefix: ()}, built on first use
         self.tables_by_context: dict[tuple | None, dict[str, tuple]] = {}
         self.cost: list[float] = []
+        # ids that a parse takes only as the whole word (see TrainConfig.whole_words_alone)
+        self.whole_only: list[bool] = [
+            kind == "word" and vocab.config.get("whole_words_alone", False)
+            for _, kind, _ in vocab.pieces
+        ]
+        longer = _LONGER if vocab.config.get("longest_first", False) else 0.0
         for i, (text, kind, score) in enumerate(vocab.pieces):
-            self.cost.append(1.0 + _TIE * min(-score, 30.0))
+            lexical = kind in ("root", "word")
+            self.cost.append(1.0 + _TIE * min(-score, 30.0) - lexical * longer * len(text.strip()))
             if kind == "suffix" and text.startswith("+"):
                 self.shared.append((i, parse_form(text[1:])))
             elif kind in ("root", "word", "suffix", "bpe", "space"):
@@ -169,6 +181,7 @@ class ChunkEncoder:
             voiced=t.voiced,
             letters_only=t.letters_only,
             spaced_word=t.spaced_word,
+            whole_only=self.whole_only,
             cap_id=self.cap_id,
             upper_id=self.upper_id,
             byte0=self.byte0,
@@ -319,7 +332,7 @@ class ChunkEncoder:
             root = root_scan.get(s[:j])
             if root is None:
                 break
-            if root != _PREFIX and j > first_letter:
+            if root != _PREFIX and j > first_letter and not self.whole_only[root]:
                 cost[j] = costs[root]
                 back[j] = (0, root)
         keys = None

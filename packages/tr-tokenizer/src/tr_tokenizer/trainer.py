@@ -49,14 +49,20 @@ class TrainConfig:
     vocab_size: int = 32768
     share_allomorphs: bool = True  # one id per suffix chain across its allomorphs
     suffix_chains: int = 2000  # suffix tokens beyond the single-morpheme inventory
-    root_fraction: float = 0.46  # share of the remaining vocabulary given to roots
-    word_fraction: float = 0.32  # share given to frequent inflected words as whole pieces
+    root_fraction: float = 0.55  # share of the remaining vocabulary given to roots
+    word_fraction: float = 0.25  # share given to frequent inflected words as whole pieces
     # assumed share of a root's uses in lowercase with no space before it (after a bracket or a
     # quote); a capitalized word there takes the spaced root after <|glue_cap|> at no extra cost
     unspaced_ratio: float = 0.02
     max_parse_words: int = 300_000  # most frequent word types parsed for statistics
     min_root_count: float = 2.0
     alphabet_size: int = 200  # single characters kept as pieces
+    # encoding rule saved with the vocabulary: between segmentations with as many tokens, the
+    # longer root or whole word first (korku + yla, not kork + uyla; dayı + mı, not da + yımı)
+    longest_first: bool = True
+    # another one: a whole-word piece (" kitapları") is a complete word, never followed by suffix
+    # tokens in a parse (no kitapları + mızdan for kitaplarımızdan)
+    whole_words_alone: bool = True
 
 
 def train(
