@@ -929,11 +929,18 @@ static Py_ssize_t one_letter_start(const Py_UCS4 *s, Py_ssize_t n)
     return n > end && !is_apostrophe(s[end - 1]) ? end : 0;
 }
 
+/* Inlined where the callers pass constants that drop work from the inner loop. */
+#if defined(__GNUC__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
+
 /* Relax the edges from i over every piece of trie t that spells s[i:j]; an edge ending at
  * `penalized` costs `penalty` more. */
-static void relax_edges(const Trie *t, const Py_UCS4 *s, Py_ssize_t n, Py_ssize_t i,
-                         double *cost, int32_t *back_i, int32_t *back_id,
-                         Py_ssize_t penalized, double penalty)
+static ALWAYS_INLINE void relax_edges(const Trie *t, const Py_UCS4 *s, Py_ssize_t n,
+                                      Py_ssize_t i, double *cost, int32_t *back_i,
+                                      int32_t *back_id, Py_ssize_t penalized, double penalty)
 {
     double c0 = cost[i];
     int32_t node = 0;

@@ -52,16 +52,10 @@ NOMINAL = [
     "(ş)Ar",
 ]
 COPULA = ["(y)Im", "(y)Iz", "sIn", "sInIz", "DIr", "(y)DI", "(y)mIş", "(y)sA", "(y)ken", "lAr"]
+# Voice: passive, reflexive, causative, reciprocal (they make new verb stems).
+VOICE = ["Il", "In", "n", "DIr", "t", "Ir", "Ar", "It", "(I)ş"]
 VERBAL = [
-    "Il",
-    "In",
-    "n",
-    "DIr",
-    "t",
-    "Ir",
-    "Ar",
-    "It",
-    "(I)ş",
+    *VOICE,
     "mA",
     "mAz",
     "mAm",

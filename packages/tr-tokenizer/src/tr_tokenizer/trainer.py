@@ -29,6 +29,7 @@ from tr_tokenizer.suffixes import (
     DERIVATIONAL,
     INVENTORY,
     POSSESSIVES,
+    VOICE,
     canonical_chain,
     left_context,
     may_follow,
@@ -304,7 +305,9 @@ class _MorphParser:
         self.default_morph_cost = -math.log(0.5 / mt)
 
 
-_DERIVATIONAL = frozenset(DERIVATIONAL)
+# Nominal derivation, and the verbal voice suffixes (passive, reflexive, causative, reciprocal),
+# which make new verb stems that dictionaries list of their own (ayrıl, yerleş, sıkıl).
+_DERIVATIONAL = frozenset(DERIVATIONAL) | frozenset(VOICE)
 
 
 def _derivations_then_cost(parse: tuple[float, str, list[str]]) -> tuple[int, float]:
