@@ -2,7 +2,7 @@
 
 Workers are forked once per tokenizer (and worker count) and reused across calls, so the cost of
 starting them and of warming their caches is paid once. Python threads would not help: encoding
-holds the GIL (the cache is a dict).
+holds the GIL (the compiled segmenter keeps its per-chunk cache without releasing it).
 """
 
 from __future__ import annotations
