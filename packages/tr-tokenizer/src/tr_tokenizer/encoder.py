@@ -92,12 +92,21 @@ class ChunkEncoder:
 
     def __init__(self, vocab: Vocabulary, tables: DecodeTables) -> None:
         self.tables = tables
+        # context key -> {spelling: (id, cost), proper prefix: ()}, built on first use
+        self.tables_by_context: dict[tuple | None, dict[str, tuple]] = {}
+        self._read_pieces(vocab)
+        self._build_scans(vocab)
+        self._find_markers(vocab)
+        self.native: _native.Segmenter | None = None
+        if native_available():
+            self.native = self._native_segmenter()
+
+    def _read_pieces(self, vocab: Vocabulary) -> None:
+        """Costs, the pieces by kind, and the vocabulary's encoding rules (TrainConfig)."""
         self.text_ids: dict[str, int] = {}
         self.root_ids: dict[str, int] = {}
         self.suffix_ids: dict[str, int] = {}  # literal suffix pieces and apostrophes
         self.shared: list[tuple[int, tuple[Element, ...]]] = []
-        # context key -> {spelling: (id, cost), proper prefix: ()}, built on first use
-        self.tables_by_context: dict[tuple | None, dict[str, tuple]] = {}
         self.cost: list[float] = []
         # ids that a parse takes only as the whole word (see TrainConfig.whole_words_alone)
         self.whole_only: list[bool] = [
@@ -119,6 +128,9 @@ class ChunkEncoder:
         for apostrophe in APOSTROPHES:
             if apostrophe in self.text_ids:
                 self.suffix_ids[apostrophe] = self.text_ids[apostrophe]
+
+    def _build_scans(self, vocab: Vocabulary) -> None:
+        """The lookups the segmentation loops scan: roots, all text pieces, fixed-text pieces."""
         # voiced stems of alternating roots (" kitab" -> id of " kitap"); only the parse uses
         # them, because only a following vowel makes the decoder write the voiced letter
         self.voicing = frozenset(vocab.voicing)  # root ids whose last letter alternates
@@ -143,6 +155,9 @@ class ChunkEncoder:
         roots = dict(self.voiced_root_ids)
         roots.update(self.root_ids)  # a plain root wins over a voiced stem with the same text
         self.root_scan = _with_prefixes(roots)
+
+    def _find_markers(self, vocab: Vocabulary) -> None:
+        """The ids of byte 0x00, the case markers and the glue markers."""
         self.byte0 = vocab.pieces.index((BYTE_TOKENS[0], "byte", 0.0)) if vocab.pieces else 0
         self.cap_id = next(i for i, p in enumerate(vocab.pieces) if p[0] == CAP)
         self.upper_id = next(i for i, p in enumerate(vocab.pieces) if p[0] == UPPER_TOKEN)
@@ -154,9 +169,6 @@ class ChunkEncoder:
             if all(t in ids for t in glue)
             else {}
         )
-        self.native: _native.Segmenter | None = None
-        if native_available():
-            self.native = self._native_segmenter()
 
     def _native_segmenter(self) -> _native.Segmenter:
         """The compiled segmenter over this encoder's tables (see tr_tokenizer._native)."""
