@@ -159,14 +159,13 @@ class ChunkEncoder:
     def _find_markers(self, vocab: Vocabulary) -> None:
         """The ids of byte 0x00, the case markers and the glue markers."""
         self.byte0 = vocab.pieces.index((BYTE_TOKENS[0], "byte", 0.0)) if vocab.pieces else 0
-        self.cap_id = next(i for i, p in enumerate(vocab.pieces) if p[0] == CAP)
-        self.upper_id = next(i for i, p in enumerate(vocab.pieces) if p[0] == UPPER_TOKEN)
+        markers = {text: i for i, (text, kind, _) in enumerate(vocab.pieces) if kind == "case"}
+        self.cap_id, self.upper_id = markers[CAP], markers[UPPER_TOKEN]
         # the glue markers by case class; empty for vocabularies made before them (v1, v2)
-        ids = {p[0]: i for i, p in enumerate(vocab.pieces[:64]) if p[1] == "case"}
-        glue = (GLUE, GLUE_CAP, GLUE_UPPER)
+        glue = {LOWER: GLUE, CAPITALIZED: GLUE_CAP, UPPER: GLUE_UPPER}
         self.glue_ids: dict[int, int] = (
-            dict(zip((LOWER, CAPITALIZED, UPPER), (ids[t] for t in glue)))
-            if all(t in ids for t in glue)
+            {case: markers[t] for case, t in glue.items()}
+            if all(t in markers for t in glue.values())
             else {}
         )
 
