@@ -314,7 +314,7 @@ def main() -> int:
                 text,
                 batch,
             )
-            for version in ("v2", "v1")
+            for version in ("v3", "v2", "v1")
         ),
         measure_tr(
             "tr-tokenizer (no sharing)",

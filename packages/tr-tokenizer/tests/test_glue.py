@@ -1,4 +1,4 @@
-"""Glue markers (vocabulary v3 on): a word with no space before it keeps its spaced root.
+"""Glue markers (vocabularies v3 and later): a word with no space before it keeps its spaced root.
 
 A text's first word, a word after a bracket or a quote, has no leading space, while roots carry
 one (" kitap"). <|glue|>, <|glue_cap|> and <|glue_upper|> drop the next piece's space, so such a

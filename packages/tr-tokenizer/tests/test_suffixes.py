@@ -104,3 +104,14 @@ def test_training_parser_keeps_to_morphotactics() -> None:
     assert parser.parses("notaları") == [(pytest.approx(1.996), "nota", ["lArI"])]
     assert parser.parse("evdekileri") == ("ev", ["DA", "ki", "lArI"])
     assert parser.parse("evdeler") == ("ev", ["DA", "lAr"])
+
+
+def test_training_parser_takes_proper_names_only_before_an_apostrophe() -> None:
+    from tr_tokenizer.trainer import _MorphParser
+
+    parser = _MorphParser({"ara", "aras", "ankara"}, proper=frozenset({"aras", "ankara"}))
+    assert parser.parse("arasında") == ("ara", ["(s)I", "nDA"])
+    assert parser.parse("aras'ta") == ("aras", ["'", "DA"])
+    assert parser.parse("aras") == ("aras", [])
+    assert parser.parse("ankarada") is None  # a proper name's suffix follows an apostrophe
+    assert _MorphParser({"ara", "aras"}).parse("arasında") == ("aras", ["(s)I", "nDA"])

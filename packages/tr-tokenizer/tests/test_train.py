@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import tr_tokenizer
 from hypothesis import given, settings
@@ -93,6 +95,18 @@ def test_root_alternants_share_an_id(voicing) -> None:
     assert kitap not in voicing.encode(" kitapı").ids
 
 
+def test_a_name_spelled_like_a_voiced_stem_leaves_the_root_alternating() -> None:
+    """zemberek lists the name Kitab besides kitap/kitab: kitabı is still kitap + ı, and the
+    name takes its suffixes after an apostrophe only."""
+    tok = tr_tokenizer.train(
+        [VOICING_CORPUS], vocab_size=900, lexicon=[*VOICING_LEXICON, "Kitab"],
+        config=TrainConfig(suffix_chains=100, alphabet_size=120, word_fraction=0.0),
+    )  # fmt: skip
+    kitap = tok.token_to_id(" kitap")
+    assert tok.vocab.voicing[kitap] == "b"
+    assert tok.encode(" kitabı").ids[0] == kitap
+
+
 def test_root_alternants_without_sharing_are_separate_roots() -> None:
     tok = tr_tokenizer.train(
         [VOICING_CORPUS], vocab_size=900, lexicon=VOICING_LEXICON, share_allomorphs=False,
@@ -145,6 +159,38 @@ def test_frequent_inflected_words_become_whole_pieces(tmp_path) -> None:
     assert tok.token_to_id("kalemlerimizden") is not None  # its unspaced use (sentence starts)
     assert tok.encode(" kalemlerimizden").ids != tok.encode(" kalemler").ids
     assert tok.decode(tok.encode(" Kalemlerimizden kalemler").ids) == " Kalemlerimizden kalemler"
+
+
+def test_derived_stems_become_roots_of_their_own() -> None:
+    """yaşlı (yaş + lI) and mutsuzluk (mut + sIz + lIk) are lemmas of their own: roots that
+    take suffixes, the k of -lIk voicing like a root's (mutsuzluğu)."""
+    counts = {"yaşlılar": 300.0, "yaşlıyı": 200.0, "yaş": 400.0, "mutsuzluğu": 200.0,
+              "mutsuzluktan": 200.0}  # fmt: skip
+    lexicon = [*LEXICON, "yaş", "mut"]
+    tok = tr_tokenizer.train([CORPUS], vocab_size=1000, lexicon=lexicon, word_counts=counts,
+                             config=SMALL)  # fmt: skip
+    yasli, mutsuzluk = tok.token_to_id(" yaşlı"), tok.token_to_id(" mutsuzluk")
+    assert tok.kind(yasli) == "root" and tok.kind(mutsuzluk) == "root"
+    assert tok.vocab.voicing[mutsuzluk] == "ğ"
+    assert tok.encode(" yaşlılar").ids[0] == yasli
+    for word in (" mutsuzluğu", " Mutsuzluktan"):
+        ids = tok.encode(word).ids
+        assert mutsuzluk in ids and len(ids) <= 3 and tok.decode(ids) == word
+    roots_only = replace(SMALL, derived_stems=False)
+    tok = tr_tokenizer.train([CORPUS], vocab_size=1000, lexicon=lexicon, word_counts=counts,
+                             config=roots_only)  # fmt: skip
+    assert tok.token_to_id(" yaşlı") is None and tok.token_to_id(" mutsuzluk") is None
+
+
+def test_a_frequent_short_root_does_not_take_the_stems_it_starts() -> None:
+    """Hard EM's first estimate shares a word among its shortest parses only: da, frequent on
+    its own, would otherwise collect half of dayanır (da + yan + ır) and keep it."""
+    counts = {"da": 5000.0, "dayanır": 50.0, "dayandı": 50.0, "dayanmak": 50.0}
+    tok = tr_tokenizer.train([CORPUS], vocab_size=1000, lexicon=[*LEXICON, "da", "dayan"],
+                             word_counts=counts, config=SMALL)  # fmt: skip
+    dayan = tok.token_to_id(" dayan")
+    assert dayan is not None and tok.kind(dayan) == "root"
+    assert tok.encode(" dayanır").ids[0] == dayan
 
 
 def test_training_errors(tmp_path) -> None:

@@ -87,13 +87,14 @@ def test_v1_targets_on_ud_turkish(ud_sentences) -> None:
 
 @pytest.mark.slow
 def test_default_targets_on_ud_turkish(tok, ud_sentences) -> None:
-    """The default (v3) keeps frequent inflected words whole and a sentence's first word on its
-    spaced root (glue markers): fewer tokens than a byte-level BPE-32k trained on the same text
-    (1.808 per word here, bench/tokenizer.py; v3 measured 1.772), no one-letter starts, roots
-    whole more often than v2 (92.2%; v3 measured 94.7%)."""
-    assert _tokens_per_word(tok, ud_sentences) <= 1.78
+    """The default (v4) keeps frequent inflected words whole, a sentence's first word on its
+    spaced root (glue markers) and derived stems whole (yaşlı + lar): fewer tokens than a
+    byte-level BPE-32k trained on the same text (1.808 per word here, bench/tokenizer.py; v4
+    measured 1.763), no one-letter starts, at least 95% of roots whole (issue 19; v3 measured
+    94.7%, v4 95.3%)."""
+    assert _tokens_per_word(tok, ud_sentences) <= 1.77
     offsets = {s.text: tok.encode(s.text).offsets for s in ud_sentences}
     bad, words = one_letter_starts([s.text for s in ud_sentences], offsets.__getitem__)
     assert words > 40000 and bad / words <= 0.003
     whole, eligible = roots_intact(ud_sentences, offsets.__getitem__)
-    assert eligible > 60000 and whole / eligible >= 0.945
+    assert eligible > 60000 and whole / eligible >= 0.95

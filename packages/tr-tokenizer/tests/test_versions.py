@@ -8,10 +8,12 @@ from tr_tokenizer.tokenizer import DEFAULT_VOCAB, SHIPPED_VOCABULARIES, shipped_
 
 V1_FINGERPRINT = "5b34758e5c813cf0"  # what every checkpoint and data set made before v2 records
 V2_FINGERPRINT = "0bc311cb62fccf6e"  # ... and those made with v2, the default before v3
+V3_FINGERPRINT = "6620d83490d89744"  # ... and those made with v3, the default before v4
 
 
 @pytest.mark.parametrize(
-    ("version", "fingerprint"), [("v1", V1_FINGERPRINT), ("v2", V2_FINGERPRINT)]
+    ("version", "fingerprint"),
+    [("v1", V1_FINGERPRINT), ("v2", V2_FINGERPRINT), ("v3", V3_FINGERPRINT)],
 )
 def test_earlier_versions_are_still_shipped_unchanged(version: str, fingerprint: str) -> None:
     old = tr_tokenizer.load(version=version)

@@ -224,7 +224,11 @@ def _add_train_parser(t: argparse.ArgumentParser) -> None:
     t.add_argument("--input", nargs="+", required=True, help="UTF-8 text files")
     t.add_argument("--vocab-size", type=int, default=32768)
     t.add_argument("--out", required=True, help="output directory")
-    t.add_argument("--lexicon", help="roots, one per line")
+    t.add_argument(
+        "--lexicon",
+        help="roots, one per line: ROOT or ROOT<TAB>VOICED_STEM (kitap\\tkitab); a capitalized "
+        "root (Ankara) is a proper name, whose suffixes follow an apostrophe",
+    )
     t.add_argument("--word-counts", help="extra word frequencies, 'word<TAB>count' per line")
     t.add_argument(
         "--no-share-allomorphs",
@@ -237,7 +241,7 @@ def _add_train_parser(t: argparse.ArgumentParser) -> None:
     )
     t.add_argument(
         "--root-fraction", type=float, default=defaults.root_fraction,
-        help="vocabulary share of roots",
+        help="vocabulary share of roots and derived stems",
     )  # fmt: skip
     t.add_argument(
         "--word-fraction", type=float, default=defaults.word_fraction,

@@ -343,7 +343,7 @@ class Tokenizer:
 # The vocabularies this package ships (src/tr_tokenizer/vocabs/NAME), oldest first; the last
 # is the default. An old one stays so that data and models made with it keep their meaning;
 # they also carry a copy of their vocabulary, which `load(path)` reads.
-SHIPPED_VOCABULARIES = ("v1", "v2", "v3")
+SHIPPED_VOCABULARIES = ("v1", "v2", "v3", "v4")
 DEFAULT_VOCAB = SHIPPED_VOCABULARIES[-1]
 
 

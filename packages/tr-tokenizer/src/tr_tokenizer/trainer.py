@@ -3,8 +3,9 @@
 Steps (each a function below):
 1. count pre-tokenized chunks in the corpus (plus optional word counts, e.g. a frequency list);
 2. parse every frequent lowercase word as lexicon root + inventory suffixes (two passes of hard
-   EM, started from counts that share each word evenly among its roots);
-3. keep the most frequent roots (with and without a leading space), suffix chains (whole
+   EM, started from counts that share each word evenly among its shortest parses);
+3. keep the most frequent roots and derived stems (with and without a leading space), suffix
+   chains (whole
    sequences such as "+lArIndAn" shared across allomorphs, or literal "larından" without sharing)
    and inflected words as whole pieces ("word": " olarak", " arasında");
 4. train BPE with `tokenizers` on what the morphology does not cover (unparsed words, names,
@@ -64,6 +65,9 @@ class TrainConfig:
     # another one: a whole-word piece (" kitapları") is a complete word, never followed by suffix
     # tokens in a parse (no kitapları + mızdan for kitaplarımızdan)
     whole_words_alone: bool = True
+    # derived stems (yaşlı = yaş + lI, mutsuzluk, getirt) compete with roots for the root share,
+    # counted over every word built on them, as dictionaries list them as lemmas of their own
+    derived_stems: bool = True
 
 
 def train(
@@ -99,8 +103,8 @@ def train(
                 _add(chunks, chunk, count)
     if not chunks:
         raise ValueError("train() got no text: pass files or an iterable of non-empty strings")
-    roots, voiced = _lexicon(lexicon)
-    vocab = build_vocabulary(chunks, roots, cfg, voiced)
+    roots, voiced, proper = _lexicon(lexicon)
+    vocab = build_vocabulary(chunks, roots, cfg, voiced, proper)
     return Tokenizer(vocab)
 
 
@@ -148,28 +152,37 @@ def _is_file(item: str) -> bool:
     return 0 < len(item) < 4096 and "\n" not in item and Path(item).is_file()
 
 
-def _lexicon(lexicon) -> tuple[set[str], dict[str, str]]:
-    """Roots, and voiced stems of roots whose last consonant alternates (kitab -> kitap).
+def _lexicon(lexicon) -> tuple[set[str], dict[str, str], frozenset[str]]:
+    """Roots (lowercase), voiced stems of roots whose last consonant alternates (kitab ->
+    kitap), and the roots that are proper names only.
 
     Each line (or item) is a root, optionally followed by a tab and its voiced stem
-    ("kitap\tkitab"). A voiced stem that is also a root of its own is not treated as one.
+    ("kitap\tkitab"). A voiced stem that is also a root of its own is not treated as one. A root
+    written capitalized ("Ankara") is a proper name, unless it is also listed in lowercase or is
+    a voiced stem.
     """
     if lexicon is None:
-        return set(), {}
+        return set(), {}, frozenset()
     if isinstance(lexicon, (str, os.PathLike)):
         path = Path(lexicon)
         if not path.is_file():
             raise FileNotFoundError(f"lexicon file {path} does not exist (one root per line)")
         lexicon = _read_utf8(path, "lexicon file").split("\n")
     roots: set[str] = set()
+    named: set[str] = set()  # roots written capitalized
+    common: set[str] = set()  # roots written in lowercase
     voiced: dict[str, str] = {}
     for line in lexicon:
-        root, _, stem = (tr_lower(x.strip()) for x in line.partition("\t"))
+        written, _, stem = (x.strip() for x in line.partition("\t"))
+        root, stem = tr_lower(written), tr_lower(stem)
         if root and WORD.fullmatch(root):
             roots.add(root)
+            (named if written[:1].isupper() else common).add(root)
             if len(stem) == len(root) > 1 and stem[:-1] == root[:-1] and stem != root:
                 voiced.setdefault(stem, root)
-    return roots, {stem: root for stem, root in voiced.items() if stem not in roots}
+    # a name spelled like a voiced stem (Kitab) does not stop kitab(ı) from being kitap's
+    voiced = {stem: root for stem, root in voiced.items() if stem not in common}
+    return roots, voiced, frozenset(named - common - voiced.keys())
 
 
 def _word_counts(word_counts) -> Mapping[str, float]:
@@ -213,8 +226,11 @@ _Parse = tuple[str, list[str]]  # (root, suffix forms and apostrophes) of a word
 class _MorphParser:
     """Parses lowercase words as root + inventory morphemes (for training statistics)."""
 
-    def __init__(self, roots: set[str]) -> None:
+    def __init__(self, roots: set[str], proper: frozenset[str] = frozenset()) -> None:
         self.roots = roots
+        # proper names take their suffixes after an apostrophe (Aras'ta), so a proper name
+        # never starts a word that continues with a letter (arasında is ara + sı + nda)
+        self.proper = proper
         self.max_root = max((len(r) for r in roots), default=0)
         self.by_surface: dict[str, list[str]] = {}
         for form in INVENTORY:
@@ -242,6 +258,8 @@ class _MorphParser:
         for L in range(min(len(word), self.max_root), 0, -1):
             root = word[:L]
             if root not in self.roots:
+                continue
+            if root in self.proper and L < len(word) and word[L] not in APOSTROPHES:
                 continue
             rest = self._suffixes(word, L)
             if rest is not None:
@@ -288,6 +306,8 @@ class _MorphParser:
                 if not may_follow(previous, form):
                     continue
                 c = c0 + self.morph_cost.get(form, self.default_morph_cost)
+                if form in _DERIVATIONAL:  # as in parse(): fewer derivations first (kitab +
+                    c += _DERIVATION_COST  # ın is a genitive, not the reflexive -In)
                 # after a case only ki starts a new noun; copula and person endings keep the
                 # word closed to possessives and cases (not + a + lar + ı is no word)
                 to = 2 if k == 2 and form != "ki" else _class_of(form)
@@ -310,6 +330,10 @@ class _MorphParser:
 _DERIVATIONAL = frozenset(DERIVATIONAL) | frozenset(VOICE)
 
 
+# More than any parse's cost: the search takes the fewest derivations, then the cheapest.
+_DERIVATION_COST = 1e4
+
+
 def _derivations_then_cost(parse: tuple[float, str, list[str]]) -> tuple[int, float]:
     cost, _, forms = parse
     return sum(f in _DERIVATIONAL for f in forms), cost
@@ -327,19 +351,33 @@ def _class_of(form: str) -> int:
 def _uniform_counts(
     parser: _MorphParser, words: list[str], bare: Counter
 ) -> tuple[Counter, Counter]:
-    """Root and morpheme counts with each word's count shared evenly among its roots: the
-    first estimate for hard EM. Starting from equal costs instead lets the longest root win
-    every tie (aras+ında, yaşın+a, bun+u), and the passes after it only reinforce that."""
+    """Root and morpheme counts with each word's count shared evenly among its parses with the
+    fewest derivations, then the fewest morphemes: the first estimate for hard EM. Starting from
+    equal costs instead lets the longest root win every tie (aras+ında, yaşın+a, bun+u); sharing
+    among all parses lets a frequent short word take the stems it starts (sö + k + üp for söküp,
+    da + yan + ır for dayanır: sö and da collect half of every word they begin), and the passes
+    after it only reinforce either."""
     roots: Counter = Counter()
     morphs: Counter = Counter()
     for w in words:
-        found = parser.parses(w)
+        found = _shortest(parser.parses(w))
         for _, root, forms in found:
             share = bare[w] / len(found)
             _add(roots, root, share)
             for f in forms:
                 _add(morphs, f, share)
     return roots, morphs
+
+
+def _shortest(
+    parses: list[tuple[float, str, list[str]]],
+) -> list[tuple[float, str, list[str]]]:
+    """The parses with the fewest derivations, and among them the fewest morphemes."""
+    if not parses:
+        return parses
+    size = [(sum(f in _DERIVATIONAL for f in forms), len(forms)) for _, _, forms in parses]
+    least = min(size)
+    return [p for p, n in zip(parses, size) if n == least]
 
 
 def _chains(forms: list[str]) -> list[list[str]]:
@@ -378,22 +416,29 @@ def _surface_of_run(word: str, root: str, forms: list[str]) -> list[str]:
 
 
 def build_vocabulary(
-    chunks: Counter, lexicon: set[str], cfg: TrainConfig, voiced: dict[str, str] | None = None
+    chunks: Counter,
+    lexicon: set[str],
+    cfg: TrainConfig,
+    voiced: dict[str, str] | None = None,
+    proper: frozenset[str] = frozenset(),
 ) -> Vocabulary:
     """Choose roots, suffix tokens and BPE pieces from chunk counts.
 
     voiced maps voiced stems to their roots (kitab -> kitap). With share_allomorphs both count
-    as the root and share its id; without, the stem is a root of its own.
+    as the root and share its id; without, the stem is a root of its own. proper: the roots
+    that are proper names only (their suffixes follow an apostrophe).
     """
     voiced = voiced or {}
     base_of = voiced if cfg.share_allomorphs else {}
     fixed = fixed_pieces()
     words, raw, chars = _sort_chunks(chunks)
-    bare, parses = _parse_words(words, lexicon | set(voiced), cfg.max_parse_words)
+    bare, parses = _parse_words(words, lexicon | set(voiced), cfg.max_parse_words, proper)
     suffixes = _suffix_tokens(parses, bare, cfg)
     # roots and whole words share what suffixes and single characters leave
     room = cfg.vocab_size - len(fixed) - len(suffixes.texts) - cfg.alphabet_size
-    variants = _root_variant_counts(words, parses, base_of, cfg.unspaced_ratio)
+    if cfg.derived_stems and cfg.share_allomorphs:  # mutsuzluğ(u) -> mutsuzluk, as kitab -> kitap
+        base_of = {**base_of, **_voiced_stems(parses)}
+    variants = _root_variant_counts(words, parses, base_of, cfg)
     roots = [
         (r, c)
         for r, c in variants.most_common()
@@ -445,7 +490,7 @@ def _sort_chunks(chunks: Counter) -> tuple[Counter, Counter, Counter]:
 
 
 def _parse_words(
-    words: Counter, roots: set[str], max_parse_words: int
+    words: Counter, roots: set[str], max_parse_words: int, proper: frozenset[str] = frozenset()
 ) -> tuple[Counter, dict[str, _Parse | None]]:
     """(bare, parses): word counts with spaced and unspaced uses pooled, and the parse (root,
     suffix forms) of each of the max_parse_words most frequent, None where none exists, from
@@ -454,7 +499,7 @@ def _parse_words(
     for w, c in words.items():
         bare[w.lstrip(" ")] += c
     frequent = [w for w, _ in bare.most_common(max_parse_words)]
-    parser = _MorphParser(roots)
+    parser = _MorphParser(roots, proper)
     parser.set_costs(*_uniform_counts(parser, frequent, bare))
     parses: dict[str, _Parse | None] = {}
     for _ in range(2):
@@ -472,21 +517,57 @@ def _parse_words(
 
 
 def _root_variant_counts(
-    words: Counter, parses: dict[str, _Parse | None], base_of: dict[str, str], unspaced_ratio: float
+    words: Counter, parses: dict[str, _Parse | None], base_of: dict[str, str], cfg: TrainConfig
 ) -> Counter:
-    """Uses of each root with and without a leading space (a voiced stem counted as its root
-    when base_of maps it); a spaced use also counts unspaced_ratio of one unspaced use."""
+    """Uses of each root, and with cfg.derived_stems of each derived stem, with and without a
+    leading space (a voiced stem counted as its root when base_of maps it); a spaced use also
+    counts cfg.unspaced_ratio of one unspaced use."""
     counts: Counter = Counter()
     for w, c in words.items():
-        p = parses.get(w.lstrip(" "))
+        bare_word = w.lstrip(" ")
+        p = parses.get(bare_word)
         if p is None:
             continue
         spaced = w.startswith(" ")
-        root = base_of.get(p[0], p[0])
-        _add(counts, (" " if spaced else "") + root, c)
-        if spaced:
-            _add(counts, root, unspaced_ratio * c)
+        stems = _stems_of(bare_word, *p) if cfg.derived_stems else []
+        for stem in (p[0], *stems):
+            stem = base_of.get(stem, stem)
+            _add(counts, (" " if spaced else "") + stem, c)
+            if spaced:
+                _add(counts, stem, cfg.unspaced_ratio * c)
     return counts
+
+
+# Derivation that makes a stem of its own (yaşlı, mutsuzluk, kiracı, getirt, sınırlan). DIr is
+# left out: after a noun it is the copula (güzeldir), not the causative (öldür).
+_STEM_FORMING = _DERIVATIONAL - {"DIr"}
+
+
+def _stems_of(word: str, root: str, forms: list[str]) -> list[str]:
+    """The derived stems a parsed word is built on, as spelled in it: its root plus each
+    leading run of stem-forming morphemes (yaşlılar: yaşlı; mutsuzluğu: mutsuz, mutsuzluğ)."""
+    stems = []
+    pos = len(root)
+    for form in forms:
+        if form not in _STEM_FORMING:
+            break
+        pos += len(realize(parse_form(form), *left_context(word[:pos])) or "")
+        stems.append(word[:pos])
+    return stems
+
+
+def _voiced_stems(parses: dict[str, _Parse | None]) -> dict[str, str]:
+    """Derived stems spelled with the voiced twin of a final k ({"mutsuzluğ": "mutsuzluk"}):
+    the inventory writes -lIk / -lIğ as two forms, a stem piece has one text that voices."""
+    voiced = {}
+    for word, p in parses.items():
+        if p is None:
+            continue
+        root, forms = p
+        for stem, form in zip(_stems_of(word, root, forms), forms):
+            if form.endswith("ğ") and stem.endswith("ğ"):
+                voiced[stem] = stem[:-1] + "k"
+    return voiced
 
 
 class _SuffixTokens(NamedTuple):

@@ -11,7 +11,8 @@ with `tokenizer.json`, still load). Kinds:
            first word, after a quote or a bracket) is spelled with its spaced root (" kitap")
   byte     "<0x00>" ... "<0xFF>" (UTF-8 byte fallback)
   space    whitespace runs (" ", "   ", "\\n", "\\t", ...)
-  root     lexicon roots, with or without a leading space (" kitap", "kitap")
+  root     lexicon roots, with or without a leading space (" kitap", "kitap"), and from v4 on
+           frequent derived stems (" yaşlı", " mutsuzluk"), which take suffixes like a root
   word     frequent inflected words as one piece (" olarak", " arasında"): a root and its
            suffixes that would otherwise take two or more tokens; encoded like a root
   suffix   "+lArI" (shared: spelled out by rule from the left context) or a literal surface "ları"
