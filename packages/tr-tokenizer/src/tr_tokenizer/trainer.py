@@ -5,9 +5,8 @@ Steps (each a function below):
 2. parse every frequent lowercase word as lexicon root + inventory suffixes (two passes of hard
    EM, started from counts that share each word evenly among its shortest parses);
 3. keep the most frequent roots and derived stems (with and without a leading space), suffix
-   chains (whole
-   sequences such as "+lArIndAn" shared across allomorphs, or literal "larından" without sharing)
-   and inflected words as whole pieces ("word": " olarak", " arasında");
+   chains (whole sequences such as "+lArIndAn" shared across allomorphs, or literal "larından"
+   without sharing) and inflected words as whole pieces ("word": " olarak", " arasında");
 4. train BPE with `tokenizers` on what the morphology does not cover (unparsed words, names,
    numbers, punctuation) to fill the rest of the vocabulary.
 """
