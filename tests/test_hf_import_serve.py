@@ -87,8 +87,10 @@ def client(llama_dir, tmp_path_factory) -> Iterator[openai.OpenAI]:
     out = tmp_path_factory.mktemp("imported") / "llama-tr"
     assert main(["import", str(llama_dir), str(out)]) == 0
     port = free_port()
+    # float32 as transformers runs the reference; --dtype auto is bfloat16 on a CPU with native bf16
+    args = [str(out), "--port", str(port), "--device", "cpu", "--dtype", "float32"]
     proc = start_serve(
-        [str(out), "--port", str(port), "--device", "cpu", "--max-batch", "2"],
+        [*args, "--max-batch", "2"],
         port=port,
         log=out.parent / "serve.log",
         env={**os.environ, "OMP_NUM_THREADS": "1"},

@@ -74,6 +74,7 @@ def test_lm_eval_over_http_equals_in_process(checkpoint: Path, tmp_path: Path, m
     port = free_port()
     args = [str(checkpoint), "--port", str(port), "--max-model-len", str(CONTEXT)]
     args += ["--max-batch", "4", "--served-model-name", MODEL]
+    args += ["--dtype", "float32"]  # as loaded in process (auto: bf16 on a CPU with native bf16)
     proc = start_serve(args, port=port, log=tmp_path / "serve.log", env=offline_env())
     try:
         http = run_lm_eval_http(base_url(port), tasks_dir, tmp_path / "out")

@@ -66,8 +66,10 @@ def start_server(checkpoint: Path, log_dir: Path, *args: str) -> Server:
     log = log_dir / f"serve-{port}.log"
     # One intra-op thread: on a shared 2-core machine more threads only spin against each other.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # float32: the tests compare with float32 forward passes and seeded draws; --dtype auto is
+    # bfloat16 on a CPU with native bf16 (AVX512-BF16, AMX), whose rounding moves both
     proc = start_serve(
-        [str(checkpoint), "--port", str(port), "--device", "cpu", *args],
+        [str(checkpoint), "--port", str(port), "--device", "cpu", "--dtype", "float32", *args],
         port=port,
         log=log,
         env=env,

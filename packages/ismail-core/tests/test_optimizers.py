@@ -11,6 +11,7 @@ import torch
 from ismail_core.checkpoint import WEIGHTS_FILE, load_weights, resolve_checkpoint
 from ismail_core.config import ModelConfig
 from ismail_core.model.transformer import Transformer
+from ismail_core.runtime import native_bf16
 from ismail_core.train import build_config, train
 from ismail_core.train.config import OptimSection
 from ismail_core.train.lr_schedule import set_lr
@@ -68,7 +69,7 @@ def test_a_chain_step_is_the_step_of_its_parts(model, tiny_model_config) -> None
     rest = [p for n, p in twin.named_parameters() if not is_hidden_matrix(n, p)]
     muon = Muon(
         hidden,
-        float32_iteration=True,  # as on this CPU (no native bfloat16)
+        float32_iteration=not native_bf16(CPU),  # as build_optimizer chooses on this CPU
         lr=0.02,
         weight_decay=cfg.weight_decay,
         adjust_lr_fn="match_rms_adamw",

@@ -127,6 +127,8 @@ def reference(checkpoints) -> TextClassifier:
 def classifier_state(checkpoint: Path, **config) -> ServerState:
     """A server's state for a classifier checkpoint, loaded as ismail-serve loads it."""
     state = ServerState(model_name=CLASSIFIER, is_classifier=True, checkpoint=str(checkpoint))
+    # float32, as TextClassifier.predict loads it (--dtype auto: bf16 on a CPU with native bf16)
+    config = {"dtype": "float32", **config}
     state.attach_classifier(load_classifier(ServeConfig(str(checkpoint), **config), state.metrics))
     return state
 
@@ -364,6 +366,7 @@ def test_ismail_serve_command_serves_a_classifier(checkpoints, reference, tmp_pa
     openai = pytest.importorskip("openai")
     port, log = free_port(), tmp_path / "serve.log"
     args = [str(checkpoints["classifier"]), "--port", str(port), "--device", "cpu"]
+    args += ["--dtype", "float32"]  # as TextClassifier.predict loads it (auto: bf16 on some CPUs)
     proc = start_serve([*args, "--max-batch", "2"], port=port, log=log)
     base = base_url(port)
     try:
