@@ -244,11 +244,12 @@ class _MorphParser:
     def parse(self, word: str) -> tuple[str, list[str]] | None:
         """Best (root, [morpheme forms and apostrophes]) for a word, or None.
 
-        A parse with fewer derivational morphemes wins whatever its cost: a stem the lexicon
-        lists (düzlük, tuzlu) is its own root, not re-derived (düz + lük, tuz + lu), as a
-        dictionary lemmatizes it. Among the rest, the cheapest.
+        A parse with fewer derivational morphemes wins whatever its other costs (each one adds
+        _DERIVATION_COST): a stem the lexicon lists (düzlük, tuzlu) is its own root, not
+        re-derived (düz + lük, tuz + lu), as a dictionary lemmatizes it. Among the rest, the
+        cheapest.
         """
-        best = min(self.parses(word), key=_derivations_then_cost, default=None)
+        best = min(self.parses(word), key=lambda parse: parse[0], default=None)
         return None if best is None else (best[1], best[2])
 
     def parses(self, word: str) -> list[tuple[float, str, list[str]]]:
@@ -331,11 +332,6 @@ _DERIVATIONAL = frozenset(DERIVATIONAL) | frozenset(VOICE)
 
 # More than any parse's cost: the search takes the fewest derivations, then the cheapest.
 _DERIVATION_COST = 1e4
-
-
-def _derivations_then_cost(parse: tuple[float, str, list[str]]) -> tuple[int, float]:
-    cost, _, forms = parse
-    return sum(f in _DERIVATIONAL for f in forms), cost
 
 
 # Classes of the last morpheme for the parser's search: 0 root or other, 1 possessive, 2 case;
@@ -435,9 +431,10 @@ def build_vocabulary(
     suffixes = _suffix_tokens(parses, bare, cfg)
     # roots and whole words share what suffixes and single characters leave
     room = cfg.vocab_size - len(fixed) - len(suffixes.texts) - cfg.alphabet_size
-    if cfg.derived_stems and cfg.share_allomorphs:  # mutsuzluğ(u) -> mutsuzluk, as kitab -> kitap
-        base_of = {**base_of, **_voiced_stems(parses)}
-    variants = _root_variant_counts(words, parses, base_of, cfg)
+    stems = _derived_stems(parses) if cfg.derived_stems else {}
+    if cfg.share_allomorphs:  # mutsuzluğ(u) -> mutsuzluk, as kitab -> kitap
+        base_of = {**base_of, **_voiced_stems(stems)}
+    variants = _root_variant_counts(words, parses, stems, base_of, cfg.unspaced_ratio)
     roots = [
         (r, c)
         for r, c in variants.most_common()
@@ -516,11 +513,15 @@ def _parse_words(
 
 
 def _root_variant_counts(
-    words: Counter, parses: dict[str, _Parse | None], base_of: dict[str, str], cfg: TrainConfig
+    words: Counter,
+    parses: dict[str, _Parse | None],
+    stems: dict[str, list[tuple[str, str]]],
+    base_of: dict[str, str],
+    unspaced_ratio: float,
 ) -> Counter:
-    """Uses of each root, and with cfg.derived_stems of each derived stem, with and without a
+    """Uses of each root and each derived stem (`stems`, from _derived_stems) with and without a
     leading space (a voiced stem counted as its root when base_of maps it); a spaced use also
-    counts cfg.unspaced_ratio of one unspaced use."""
+    counts unspaced_ratio of one unspaced use."""
     counts: Counter = Counter()
     for w, c in words.items():
         bare_word = w.lstrip(" ")
@@ -528,12 +529,11 @@ def _root_variant_counts(
         if p is None:
             continue
         spaced = w.startswith(" ")
-        stems = _stems_of(bare_word, *p) if cfg.derived_stems else []
-        for stem in (p[0], *stems):
+        for stem in (p[0], *(stem for stem, _ in stems.get(bare_word, ()))):
             stem = base_of.get(stem, stem)
             _add(counts, (" " if spaced else "") + stem, c)
             if spaced:
-                _add(counts, stem, cfg.unspaced_ratio * c)
+                _add(counts, stem, unspaced_ratio * c)
     return counts
 
 
@@ -542,31 +542,36 @@ def _root_variant_counts(
 _STEM_FORMING = _DERIVATIONAL - {"DIr"}
 
 
-def _stems_of(word: str, root: str, forms: list[str]) -> list[str]:
-    """The derived stems a parsed word is built on, as spelled in it: its root plus each
-    leading run of stem-forming morphemes (yaşlılar: yaşlı; mutsuzluğu: mutsuz, mutsuzluğ)."""
-    stems = []
-    pos = len(root)
-    for form in forms:
-        if form not in _STEM_FORMING:
-            break
-        pos += len(realize(parse_form(form), *left_context(word[:pos])) or "")
-        stems.append(word[:pos])
-    return stems
-
-
-def _voiced_stems(parses: dict[str, _Parse | None]) -> dict[str, str]:
-    """Derived stems spelled with the voiced twin of a final k ({"mutsuzluğ": "mutsuzluk"}):
-    the inventory writes -lIk / -lIğ as two forms, a stem piece has one text that voices."""
-    voiced = {}
+def _derived_stems(parses: dict[str, _Parse | None]) -> dict[str, list[tuple[str, str]]]:
+    """For each parsed word, the derived stems it is built on, as spelled in it, each with the
+    morpheme that ends it: its root plus each leading run of stem-forming morphemes
+    (yaşlılar: [(yaşlı, lI)]; mutsuzluğu: [(mutsuz, sIz), (mutsuzluğ, lIğ)])."""
+    found = {}
     for word, p in parses.items():
         if p is None:
             continue
         root, forms = p
-        for stem, form in zip(_stems_of(word, root, forms), forms):
-            if form.endswith("ğ") and stem.endswith("ğ"):
-                voiced[stem] = stem[:-1] + "k"
-    return voiced
+        stems = []
+        pos = len(root)
+        for form in forms:
+            if form not in _STEM_FORMING:
+                break
+            pos += len(realize(parse_form(form), *left_context(word[:pos])) or "")
+            stems.append((word[:pos], form))
+        if stems:
+            found[word] = stems
+    return found
+
+
+def _voiced_stems(stems: dict[str, list[tuple[str, str]]]) -> dict[str, str]:
+    """Derived stems spelled with the voiced twin of a final k ({"mutsuzluğ": "mutsuzluk"}):
+    the inventory writes -lIk / -lIğ as two forms, a stem piece has one text that voices."""
+    return {
+        stem: stem[:-1] + "k"
+        for word_stems in stems.values()
+        for stem, form in word_stems
+        if form.endswith("ğ") and stem.endswith("ğ")
+    }
 
 
 class _SuffixTokens(NamedTuple):
